@@ -1,0 +1,40 @@
+//! Deterministic crash points for crash tests.
+//!
+//! Random `kill -9` finds most crash windows, but the narrow ones (between the manifest write
+//! and the commits, between two renames of one commit) deserve to be hit on purpose. When the
+//! environment variable `KEEL_CRASH_AT` is `<point>:<n>`, the process aborts (no destructors,
+//! no flushing: the same as `kill -9` for everything on disk) the `n`-th time it reaches
+//! `<point>`. Points: `after_prepare`, `after_state`, `after_manifest`, `mid_commit`,
+//! `after_commit`. Unset, a crash point costs one relaxed atomic load.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+struct Plan {
+    point: String,
+    nth: u64,
+    seen: AtomicU64,
+}
+
+fn plan() -> Option<&'static Plan> {
+    static PLAN: OnceLock<Option<Plan>> = OnceLock::new();
+    PLAN.get_or_init(|| {
+        let v = std::env::var("KEEL_CRASH_AT").ok()?;
+        let (point, nth) = v.split_once(':')?;
+        Some(Plan { point: point.to_owned(), nth: nth.parse().ok()?, seen: AtomicU64::new(0) })
+    })
+    .as_ref()
+}
+
+/// Aborts the process if `KEEL_CRASH_AT` names this point and this is the chosen visit.
+pub fn crash_point(point: &str) {
+    if let Some(p) = plan()
+        && p.point == point
+    {
+        let n = p.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == p.nth {
+            eprintln!("keel: KEEL_CRASH_AT={point}:{n} reached, aborting");
+            std::process::abort();
+        }
+    }
+}

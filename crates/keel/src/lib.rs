@@ -1,0 +1,88 @@
+//! keel: fault-tolerant data pipelines with exactly-once checkpoints.
+//!
+//! A pipeline reads [`Record`]s from a [`Source`], runs them through a [`Flow`] of steps and
+//! writes them to a [`Sink`]. Every second (by default) keel takes a consistent checkpoint of
+//! source positions, keyed state, watermarks and sink pre-commits; output becomes visible
+//! only when its checkpoint is durable, so a crash at any instant loses nothing and
+//! duplicates nothing after a restart. Failed records are classified ([`Failure`]) and sent
+//! to a dead-letter output with their provenance.
+//!
+//! Where to look:
+//! - [`checkpoint`]: the protocol, the manifest format, recovery decisions.
+//! - [`state`]: keyed state and its snapshot format.
+//! - [`step`]: steps and the [`Flow`] builder.
+//! - [`failure`]: failure classes and reasons.
+//! - [`runtime`]: building and running a [`Pipeline`].
+//!
+//! # Example
+//!
+//! A running total per customer, with bad records dead-lettered, using an in-memory source
+//! and sinks from [`testing`] (the file connectors live in `keel-connectors`):
+//!
+//! ```
+//! use keel::{Flow, Failure, Pipeline, Record, StateSpec};
+//! use keel::testing::{MemorySink, VecSource};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Order { customer: String, amount: i64 }
+//!
+//! let totals = StateSpec::<i64>::new("totals");
+//! let flow = Flow::<Record>::new()
+//!     .parse_json::<Order>()
+//!     .validate(|o| if o.amount < 0 { Err(Failure::permanent("negative_amount", "amount < 0")) } else { Ok(()) })
+//!     .key_by(|o| o.customer.clone())
+//!     .stateful(move |o, cx| {
+//!         let total = cx.state(&totals).update(|t| { *t.get_or_insert(0) += o.amount; t.unwrap_or(0) })?;
+//!         Ok(serde_json::json!({ "customer": o.customer, "running_total": total }))
+//!     });
+//!
+//! let out = MemorySink::new();
+//! let dead = MemorySink::new();
+//! let source = VecSource::new(vec![vec![
+//!     r#"{"customer":"a","amount":5}"#, r#"{"customer":"a","amount":-1}"#, r#"{"customer":"a","amount":2}"#,
+//! ]]);
+//! let summary = Pipeline::builder("orders")
+//!     .source(source)
+//!     .flow(flow)
+//!     .sink(out.clone())
+//!     .dead_letters(dead.clone())
+//!     .build()?
+//!     .run()?;
+//! assert_eq!(summary.records_in, 3);
+//! assert_eq!(out.committed_lines(), vec![
+//!     r#"{"customer":"a","running_total":5}"#, r#"{"customer":"a","running_total":7}"#,
+//! ]);
+//! assert_eq!(dead.committed_lines().len(), 1);
+//! # Ok::<(), keel::PipelineError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod context;
+pub mod crash;
+pub mod dead_letter;
+pub mod durable;
+pub mod failure;
+pub mod record;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+pub mod state;
+pub mod step;
+pub mod testing;
+pub mod time;
+pub mod util;
+
+pub use checkpoint::{CheckpointStore, FileCheckpointStore, Manifest};
+pub use context::{Context, KeyedState};
+pub use failure::{Class, Failure};
+pub use record::{Record, SourceBatch};
+pub use runtime::{
+    Options, Outcome, Pipeline, PipelineBuilder, PipelineError, Progress, ProgressSnapshot, RunSummary, ShutdownHandle,
+};
+pub use sink::{Encoder, Framing, Guarantee, JsonEncoder, OutBatch, RawEncoder, SealedEpoch, Sink, SinkError};
+pub use source::{PartitionReader, ReadStatus, Source, SourceError};
+pub use state::StateSpec;
+pub use step::{Flow, Step};
+pub use time::{LatePolicy, WatermarkConfig};

@@ -1,0 +1,537 @@
+//! The coordinator: recovery on start, opening partitions, triggering checkpoints, ending.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use super::checkpointer::{Checkpointer, Completion, Job};
+use super::shared::{RuntimeShared, SinkHandle, TaskSlot};
+use super::task::{Outboxes, PartitionTask, encode_main};
+use super::{NamedSink, Outcome, Pipeline, PipelineError, RunSummary};
+use crate::checkpoint::recovery;
+use crate::checkpoint::{CheckpointId, CheckpointStore, Manifest, ManifestRead, PartitionCheckpoint, RunStats, StateFiles};
+use crate::context::{Context, SideSink, StepShared, TaskLocal};
+use crate::record::Record;
+use crate::sink::Encoder;
+use crate::source::Source;
+use crate::state::StateStore;
+use crate::step::Step;
+use crate::time::{PartitionTime, pipeline_watermark};
+use crate::util::now_ms;
+
+/// Runs a pipeline to its end. See the module docs of [`crate::checkpoint`].
+pub(crate) async fn run<Src, S, E>(p: Pipeline<Src, S, E>) -> Result<RunSummary, PipelineError>
+where
+    Src: Source,
+    S: Step<Record>,
+    E: Encoder<S::Out>,
+{
+    let started = Instant::now();
+    let Pipeline { name, mut source, flow, encoder, main, side, dead_letters, store, options, progress, shutdown } = p;
+
+    let mut sinks: Vec<NamedSink> = std::iter::once(main).chain(side).collect();
+    let side_sinks: Vec<SideSink> =
+        sinks[1..].iter().map(|s| SideSink { name: s.name.clone(), framing: s.sink.framing() }).collect();
+    let dead_index = dead_letters.map(|d| {
+        sinks.push(d);
+        sinks.len() - 1
+    });
+
+    // 1. Choose the checkpoint to restore and restore its state.
+    if options.from_scratch
+        && let Some(store) = &store
+    {
+        wipe(store.as_ref())?;
+        tracing::info!(store = %store.describe(), "starting from scratch: checkpoints deleted");
+    }
+    let mut highest = None;
+    for s in &mut sinks {
+        let h = s.sink.highest_epoch().await.map_err(|e| PipelineError::Sink { sink: s.name.clone(), source: e })?;
+        highest = highest.max(h);
+    }
+    let mut reads = match &store {
+        Some(st) => {
+            st.remove_temp_files().map_err(|e| PipelineError::Checkpoint(format!("cleaning temp files: {e}")))?;
+            st.read_all().map_err(|e| PipelineError::Checkpoint(format!("listing checkpoints: {e}")))?
+        }
+        None => Vec::new(),
+    };
+    let mut state = StateStore::new(options.snapshots);
+    let plan = loop {
+        let plan = recovery::decide(&reads, highest);
+        let Some(m) = &plan.restore else { break plan };
+        let Some(st) = &store else { break plan };
+        match state.restore(&m.state.files, |n| st.read_state(n)) {
+            Ok(()) => break plan,
+            Err(e) => {
+                tracing::warn!(checkpoint = m.id, error = %e, "checkpoint state is unusable; falling back to the previous checkpoint");
+                let id = m.id;
+                for r in reads.iter_mut() {
+                    if r.id() == id {
+                        *r = ManifestRead::Corrupt { id, reason: format!("state: {e}") };
+                    }
+                }
+            }
+        }
+    };
+    for (id, reason) in &plan.skipped {
+        tracing::warn!(checkpoint = id, reason = %reason, "checkpoint is unusable; falling back to the previous one");
+    }
+    if let Some(m) = &plan.restore {
+        tracing::info!(checkpoint = m.id, keys = state.len(), partitions = m.partitions.len(), "restored checkpoint");
+        if !options.fingerprint.is_empty() && !m.fingerprint.is_empty() && m.fingerprint != options.fingerprint {
+            tracing::warn!(
+                checkpoint = m.id,
+                "the pipeline definition changed since this checkpoint was written; resuming with the new one"
+            );
+        }
+    }
+
+    // 2. Sinks finish interrupted commits and discard epochs after the checkpoint.
+    for s in &mut sinks {
+        let r = s
+            .sink
+            .recover(&plan.sink(&s.name))
+            .await
+            .map_err(|e| PipelineError::Sink { sink: s.name.clone(), source: e })?;
+        if r.rolled_back > 0 {
+            tracing::warn!(sink = %s.name, files = r.rolled_back, "removed committed output newer than the restored checkpoint (its checkpoint was lost); it will be produced again");
+        }
+        if r.committed + r.aborted > 0 {
+            tracing::info!(sink = %s.name, finished_commits = r.committed, discarded = r.aborted, "sink recovered");
+        }
+    }
+    let restored_from = plan.restored_id();
+    let base_stats = plan.restore.as_ref().map(|m| m.stats).unwrap_or_default();
+    if let Some(m) = plan.restore.as_ref().filter(|m| m.finished) {
+        progress.set_finished();
+        return Ok(RunSummary {
+            outcome: Outcome::AlreadyFinished,
+            restored_from,
+            records_in: 0,
+            records_out: 0,
+            dead_letters: 0,
+            late_dropped: 0,
+            checkpoints: 0,
+            last_checkpoint: Some(m.id),
+            totals: base_stats,
+            elapsed: started.elapsed(),
+            startup: started.elapsed(),
+        });
+    }
+
+    // 3. The shared runtime and the checkpoint thread.
+    let step_shared = StepShared::new(&name, state, options.watermarks, side_sinks);
+    step_shared.watermark.set(plan.restore.as_ref().and_then(|m| m.watermark));
+    let handles: Vec<SinkHandle> = sinks
+        .into_iter()
+        .map(|s| SinkHandle { name: s.name, framing: s.sink.framing(), sink: tokio::sync::Mutex::new(s.sink) })
+        .collect();
+    let rt = RuntimeShared::new(
+        step_shared,
+        handles,
+        dead_index,
+        plan.next_epoch,
+        progress.clone(),
+        options.batch_size,
+        options.flush_bytes,
+        options.poll_interval,
+    );
+    let checkpointer = Checkpointer::spawn(store.clone(), options.retain, 2)
+        .map_err(|e| PipelineError::Runtime(format!("cannot start the checkpoint thread: {e}")))?;
+
+    let mut slots = BTreeMap::new();
+    if let Some(m) = &plan.restore {
+        for (pid, pc) in &m.partitions {
+            let position = if pc.done && pc.position.is_null() {
+                None
+            } else {
+                Some(serde_json::from_value::<Src::Position>(pc.position.clone()).map_err(|e| {
+                    PipelineError::Checkpoint(format!(
+                        "checkpoint {}: position of partition {pid} does not decode for this source: {e}",
+                        m.id
+                    ))
+                })?)
+            };
+            slots.insert(pid.clone(), TaskSlot::new(position, pc.done, pc.max_event_time));
+        }
+    }
+
+    let mut c = Coordinator {
+        name,
+        flow,
+        encoder,
+        rt,
+        slots,
+        pending: VecDeque::new(),
+        tasks: Vec::new(),
+        epoch: plan.next_epoch,
+        base_stats,
+        checkpointer,
+        acks: BTreeMap::new(),
+        completed: 0,
+        last_completed: None,
+        store_present: store.is_some(),
+        fingerprint: options.fingerprint.clone(),
+        max_open: options.max_open_partitions,
+    };
+    c.discover(&mut source).await?;
+    let startup = started.elapsed();
+    tracing::info!(
+        pipeline = %c.name,
+        epoch = c.epoch,
+        partitions = c.pending.len(),
+        startup_ms = startup.as_millis() as u64,
+        "pipeline started"
+    );
+
+    let result = c.main_loop(&mut source, &options, &shutdown).await;
+    for t in c.tasks.drain(..) {
+        t.abort();
+    }
+    c.checkpointer.join();
+    let outcome = result?;
+    progress.set_finished();
+    let counters = &c.rt.counters;
+    Ok(RunSummary {
+        outcome,
+        restored_from,
+        records_in: counters.records_in.get(),
+        records_out: counters.records_out.get(),
+        dead_letters: counters.dead_letters.get(),
+        late_dropped: counters.late_dropped.get(),
+        checkpoints: c.completed,
+        last_checkpoint: c.last_completed.or(restored_from),
+        totals: c.stats(),
+        elapsed: started.elapsed(),
+        startup,
+    })
+}
+
+fn wipe(store: &dyn CheckpointStore) -> Result<(), PipelineError> {
+    let err = |e: std::io::Error| PipelineError::Checkpoint(format!("deleting checkpoints: {e}"));
+    for id in store.list().map_err(err)? {
+        store.delete_manifest(id).map_err(err)?;
+    }
+    for name in store.list_state().map_err(err)? {
+        store.delete_state(&name).map_err(err)?;
+    }
+    Ok(())
+}
+
+struct Coordinator<Src: Source, S, E> {
+    name: String,
+    flow: S,
+    encoder: E,
+    rt: Rc<RuntimeShared>,
+    slots: BTreeMap<String, Rc<TaskSlot<Src::Position>>>,
+    pending: VecDeque<String>,
+    tasks: Vec<JoinHandle<()>>,
+    epoch: CheckpointId,
+    base_stats: RunStats,
+    checkpointer: Checkpointer,
+    acks: BTreeMap<CheckpointId, Vec<(String, Src::Position)>>,
+    completed: u64,
+    last_completed: Option<CheckpointId>,
+    store_present: bool,
+    fingerprint: String,
+    max_open: usize,
+}
+
+impl<Src, S, E> Coordinator<Src, S, E>
+where
+    Src: Source,
+    S: Step<Record>,
+    E: Encoder<S::Out>,
+{
+    async fn main_loop(
+        &mut self,
+        source: &mut Src,
+        options: &super::Options,
+        shutdown: &super::ShutdownHandle,
+    ) -> Result<Outcome, PipelineError> {
+        let interval = options.checkpoint_interval;
+        let mut next_checkpoint = interval.map(|d| tokio::time::Instant::now() + d);
+        let mut watermark_tick = tokio::time::interval(Duration::from_millis(100));
+        watermark_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let discovery_every = source.discovery_interval().filter(|_| !source.is_bounded());
+        let mut next_discovery = discovery_every.map(|d| tokio::time::Instant::now() + d);
+        let mut signals = if options.handle_signals { Some(Signals::new()?) } else { None };
+
+        loop {
+            if let Some(e) = self.rt.fatal.take() {
+                return Err(e);
+            }
+            self.open_partitions(source).await?;
+            if source.is_bounded() && self.rt.barrier.running() == 0 && self.pending.is_empty() {
+                self.update_watermark();
+                self.finish_input().await?;
+                self.checkpoint(source, true, false).await?;
+                self.drain(source).await?;
+                return Ok(Outcome::Finished);
+            }
+            let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                _ = self.rt.fatal.notify.notified() => {}
+                _ = shutdown.wait() => {
+                    tracing::info!("shutdown requested: stopping input, taking a final checkpoint");
+                    return self.stop(source).await;
+                }
+                _ = wait_signal(&mut signals) => {
+                    tracing::info!("signal received: stopping input, taking a final checkpoint (send it again to exit at once)");
+                    exit_on_next_signal(signals.take());
+                    return self.stop(source).await;
+                }
+                Some(done) = self.checkpointer.done.recv() => {
+                    self.on_completion(source, done).await?;
+                }
+                _ = tokio::time::sleep_until(next_checkpoint.unwrap_or(far)), if next_checkpoint.is_some() => {
+                    self.update_watermark();
+                    self.checkpoint(source, false, true).await?;
+                    next_checkpoint = interval.map(|d| tokio::time::Instant::now() + d);
+                }
+                _ = tokio::time::sleep_until(next_discovery.unwrap_or(far)), if next_discovery.is_some() => {
+                    self.discover(source).await?;
+                    next_discovery = discovery_every.map(|d| tokio::time::Instant::now() + d);
+                }
+                _ = self.rt.task_exit.notified() => {}
+                _ = watermark_tick.tick() => self.update_watermark(),
+            }
+        }
+    }
+
+    async fn stop(&mut self, source: &mut Src) -> Result<Outcome, PipelineError> {
+        self.update_watermark();
+        self.checkpoint(source, false, false).await?;
+        self.drain(source).await?;
+        Ok(Outcome::Stopped)
+    }
+
+    /// Looks for partitions and queues the ones not seen before.
+    async fn discover(&mut self, source: &mut Src) -> Result<(), PipelineError> {
+        let found = source
+            .discover()
+            .await
+            .map_err(|e| PipelineError::Source { partition: String::new(), source: e })?;
+        for pid in found {
+            let known = self.slots.get(&pid);
+            let skip = known.is_some_and(|s| s.done.get() || s.running.get()) || self.pending.contains(&pid);
+            if !skip {
+                self.pending.push_back(pid);
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens queued partitions up to the limit of open partitions.
+    async fn open_partitions(&mut self, source: &mut Src) -> Result<(), PipelineError> {
+        self.tasks.retain(|t| !t.is_finished());
+        while self.rt.barrier.running() < self.max_open {
+            let Some(pid) = self.pending.pop_front() else { break };
+            let slot = self.slots.entry(pid.clone()).or_insert_with(|| TaskSlot::new(None, false, None)).clone();
+            if slot.done.get() || slot.running.get() {
+                continue;
+            }
+            let from = slot.position.borrow().clone();
+            let reader = source
+                .open(&pid, from)
+                .await
+                .map_err(|e| PipelineError::Source { partition: pid.clone(), source: e })?;
+            let task = PartitionTask {
+                rt: self.rt.clone(),
+                slot: slot.clone(),
+                reader,
+                flow: self.flow.clone(),
+                encoder: self.encoder.clone(),
+                local: TaskLocal::new(&pid, &self.rt.step),
+                out: Outboxes::new(&self.rt),
+            };
+            slot.running.set(true);
+            self.rt.barrier.task_started();
+            self.tasks.push(tokio::task::spawn_local(task.run()));
+        }
+        let done = self.slots.values().filter(|s| s.done.get()).count() as u64;
+        self.rt.progress.set_partitions(self.rt.barrier.running() as u64, done);
+        Ok(())
+    }
+
+    fn update_watermark(&self) {
+        let wm = pipeline_watermark(
+            &self.rt.step.time,
+            self.slots.values().map(|s| PartitionTime {
+                max_event_time: s.max_event_time.get(),
+                inactive: s.done.get() || s.idle.get() || !s.running.get(),
+            }),
+            self.rt.step.watermark.get(),
+        );
+        self.rt.step.watermark.set(wm);
+    }
+
+    /// Runs `finish` of the flow once, after a bounded input is exhausted.
+    async fn finish_input(&mut self) -> Result<(), PipelineError> {
+        let rt = self.rt.clone();
+        let mut flow = self.flow.clone();
+        let mut local = TaskLocal::new("", &rt.step);
+        let mut out = Outboxes::new(&rt);
+        let mut outputs = Vec::new();
+        let mut cx = Context::new(&rt.step, &mut local, None);
+        let end = |f| PipelineError::Record { partition: "(end of input)".into(), failure: Box::new(f) };
+        flow.finish(&mut cx, &mut outputs).await.map_err(end)?;
+        let mut key = Vec::new();
+        for o in &outputs {
+            encode_main(&mut out.main, &mut self.encoder, o, &mut key).map_err(end)?;
+        }
+        let c = &rt.counters;
+        c.records_out.set(c.records_out.get() + outputs.len() as u64);
+        out.flush(&rt, &mut local).await
+    }
+
+    fn stats(&self) -> RunStats {
+        let c = &self.rt.counters;
+        RunStats {
+            records_in: self.base_stats.records_in + c.records_in.get(),
+            records_out: self.base_stats.records_out + c.records_out.get(),
+            dead_letters: self.base_stats.dead_letters + c.dead_letters.get(),
+        }
+    }
+
+    /// Closes the current epoch: stops every task at a record boundary, seals the sinks,
+    /// snapshots state and hands the checkpoint to the checkpoint thread. `release` lets the
+    /// tasks go on (false for the last checkpoint of a run).
+    async fn checkpoint(&mut self, _source: &mut Src, finished: bool, release: bool) -> Result<(), PipelineError> {
+        let rt = self.rt.clone();
+        rt.barrier.request();
+        rt.barrier.wait_all_arrived(&rt.fatal).await;
+        if let Some(e) = rt.fatal.take() {
+            return Err(e);
+        }
+        let epoch = self.epoch;
+        let mut partitions = BTreeMap::new();
+        let mut acks = Vec::new();
+        for (pid, slot) in &self.slots {
+            let pos = slot.position.borrow();
+            let position = match pos.as_ref() {
+                Some(p) => {
+                    acks.push((pid.clone(), p.clone()));
+                    serde_json::to_value(p).map_err(|e| PipelineError::Checkpoint(format!("position of {pid}: {e}")))?
+                }
+                None if slot.done.get() => serde_json::Value::Null,
+                None => continue,
+            };
+            partitions.insert(
+                pid.clone(),
+                PartitionCheckpoint { position, done: slot.done.get(), max_event_time: slot.max_event_time.get() },
+            );
+        }
+        let mut sealed = Vec::with_capacity(rt.sinks.len());
+        for h in &rt.sinks {
+            let s = h
+                .sink
+                .lock()
+                .await
+                .seal(epoch)
+                .await
+                .map_err(|e| PipelineError::Sink { sink: h.name.clone(), source: e })?;
+            sealed.push((h.name.clone(), s));
+        }
+        let (snapshot, files) = {
+            let mut state = rt.step.state.borrow_mut();
+            let snapshot = if self.store_present { state.snapshot(epoch)? } else { None };
+            let files = StateFiles { files: state.chain().to_vec(), keys: state.len() as u64, bytes: state.chain_bytes() };
+            (snapshot, files)
+        };
+        let manifest = Manifest {
+            id: epoch,
+            pipeline: self.name.clone(),
+            fingerprint: self.fingerprint.clone(),
+            created_at_ms: now_ms(),
+            finished,
+            partitions,
+            watermark: rt.step.watermark.get(),
+            state: files,
+            sinks: BTreeMap::new(),
+            stats: self.stats(),
+        };
+        self.epoch += 1;
+        rt.epoch.set(self.epoch);
+        if release {
+            rt.barrier.release();
+        }
+        self.acks.insert(epoch, acks);
+        self.checkpointer
+            .jobs
+            .send(Job { manifest, sealed, state: snapshot })
+            .await
+            .map_err(|_| PipelineError::Runtime("the checkpoint thread stopped".into()))?;
+        Ok(())
+    }
+
+    async fn on_completion(&mut self, source: &mut Src, done: Completion) -> Result<(), PipelineError> {
+        done.result.map_err(PipelineError::Checkpoint)?;
+        self.completed += 1;
+        self.last_completed = Some(done.id);
+        self.rt.progress.checkpoint_done(done.id, done.at_ms, done.keys);
+        tracing::debug!(checkpoint = done.id, "checkpoint committed");
+        // Older entries belong to checkpoints that were superseded; keep only newer ones.
+        let acks = self.acks.remove(&done.id);
+        self.acks.retain(|id, _| *id > done.id);
+        if let Some(acks) = acks
+            && let Err(e) = source.acknowledge(done.id, &acks).await
+        {
+            tracing::warn!(checkpoint = done.id, error = %e, "acknowledging the source failed (monitoring only)");
+        }
+        Ok(())
+    }
+
+    /// Waits until every checkpoint handed to the checkpoint thread is committed.
+    async fn drain(&mut self, source: &mut Src) -> Result<(), PipelineError> {
+        let last = self.epoch - 1;
+        while self.last_completed.is_none_or(|c| c < last) {
+            match self.checkpointer.done.recv().await {
+                Some(done) => self.on_completion(source, done).await?,
+                None => return Err(PipelineError::Runtime("the checkpoint thread stopped".into())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// SIGINT and SIGTERM.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, PipelineError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let err = |e: std::io::Error| PipelineError::Runtime(format!("cannot handle signals: {e}"));
+        Ok(Signals { int: signal(SignalKind::interrupt()).map_err(err)?, term: signal(SignalKind::terminate()).map_err(err)? })
+    }
+}
+
+async fn wait_signal(signals: &mut Option<Signals>) {
+    match signals {
+        Some(s) => {
+            tokio::select! {
+                _ = s.int.recv() => {}
+                _ = s.term.recv() => {}
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// After the first signal, a second one exits at once (status 130).
+fn exit_on_next_signal(signals: Option<Signals>) {
+    if let Some(s) = signals {
+        tokio::task::spawn_local(async move {
+            let mut s = Some(s);
+            wait_signal(&mut s).await;
+            eprintln!("keel: second signal, exiting without waiting for the final checkpoint");
+            std::process::exit(130);
+        });
+    }
+}

@@ -1,0 +1,214 @@
+//! State shared by the coordinator and the partition tasks on the worker thread.
+//!
+//! Everything here lives on one thread (a current-thread runtime), so plain `Cell`s and
+//! `RefCell`s are enough; no borrow is ever held across an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, Notify, watch};
+
+use super::PipelineError;
+use super::progress::Progress;
+use crate::context::StepShared;
+use crate::sink::{DynSink, Framing};
+
+/// A sink and its name, shared by all tasks. The async mutex is only contended at barriers.
+pub(crate) struct SinkHandle {
+    pub(crate) name: String,
+    pub(crate) framing: Framing,
+    pub(crate) sink: Mutex<Box<dyn DynSink>>,
+}
+
+/// The checkpoint barrier.
+///
+/// The coordinator calls [`Barrier::request`]; each running task, at its next record
+/// boundary, flushes its outputs, publishes its position and calls [`Barrier::arrive`], then
+/// waits for the release. When every running task has arrived (or ended), the coordinator
+/// takes the snapshot and calls [`Barrier::release`].
+pub(crate) struct Barrier {
+    requested: Cell<bool>,
+    arrived: Cell<usize>,
+    running: Cell<usize>,
+    all_arrived: Notify,
+    requested_notify: Notify,
+    release: watch::Sender<u64>,
+}
+
+impl Barrier {
+    fn new() -> Self {
+        Barrier {
+            requested: Cell::new(false),
+            arrived: Cell::new(0),
+            running: Cell::new(0),
+            all_arrived: Notify::new(),
+            requested_notify: Notify::new(),
+            release: watch::channel(0).0,
+        }
+    }
+
+    /// True when tasks should stop at the next record boundary.
+    #[inline]
+    pub(crate) fn requested(&self) -> bool {
+        self.requested.get()
+    }
+
+    pub(crate) fn request(&self) {
+        self.arrived.set(0);
+        self.requested.set(true);
+        self.requested_notify.notify_waiters();
+    }
+
+    /// Resolves when a barrier is requested (for tasks waiting for input).
+    pub(crate) async fn wait_requested(&self) {
+        if !self.requested.get() {
+            self.requested_notify.notified().await;
+        }
+    }
+
+    /// A task has stopped for the barrier; returns a receiver to await the release with.
+    pub(crate) fn arrive(&self) -> watch::Receiver<u64> {
+        let mut rx = self.release.subscribe();
+        rx.borrow_and_update();
+        self.arrived.set(self.arrived.get() + 1);
+        if self.arrived.get() >= self.running.get() {
+            self.all_arrived.notify_one();
+        }
+        rx
+    }
+
+    /// Waits until every running task has arrived.
+    pub(crate) async fn wait_all_arrived(&self, fatal: &Fatal) {
+        while self.arrived.get() < self.running.get() && !fatal.is_set() {
+            tokio::select! {
+                _ = self.all_arrived.notified() => {}
+                _ = fatal.notify.notified() => {}
+            }
+        }
+    }
+
+    pub(crate) fn release(&self) {
+        self.requested.set(false);
+        self.arrived.set(0);
+        self.release.send_modify(|g| *g += 1);
+    }
+
+    pub(crate) fn task_started(&self) {
+        self.running.set(self.running.get() + 1);
+    }
+
+    pub(crate) fn task_ended(&self) {
+        self.running.set(self.running.get().saturating_sub(1));
+        if self.requested.get() && self.arrived.get() >= self.running.get() {
+            self.all_arrived.notify_one();
+        }
+    }
+
+    pub(crate) fn running(&self) -> usize {
+        self.running.get()
+    }
+}
+
+/// The first fatal error of any task; the coordinator stops on it.
+pub(crate) struct Fatal {
+    error: RefCell<Option<PipelineError>>,
+    pub(crate) notify: Notify,
+}
+
+impl Fatal {
+    pub(crate) fn set(&self, e: PipelineError) {
+        let mut slot = self.error.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        drop(slot);
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.error.borrow().is_some()
+    }
+
+    pub(crate) fn take(&self) -> Option<PipelineError> {
+        self.error.borrow_mut().take()
+    }
+}
+
+/// Counters of this run (not cumulative over restarts).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) records_in: Cell<u64>,
+    pub(crate) records_out: Cell<u64>,
+    pub(crate) dead_letters: Cell<u64>,
+    pub(crate) late_dropped: Cell<u64>,
+}
+
+/// Everything the tasks and the coordinator share.
+pub(crate) struct RuntimeShared {
+    pub(crate) step: StepShared,
+    pub(crate) barrier: Barrier,
+    pub(crate) fatal: Fatal,
+    pub(crate) task_exit: Notify,
+    /// Index 0 is the main sink, then side sinks in declaration order, then dead letters.
+    pub(crate) sinks: Vec<SinkHandle>,
+    pub(crate) dead_letter_sink: Option<usize>,
+    pub(crate) epoch: Cell<u64>,
+    pub(crate) counters: Counters,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) batch_size: usize,
+    pub(crate) flush_bytes: usize,
+    pub(crate) poll_interval: Duration,
+}
+
+impl RuntimeShared {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        step: StepShared,
+        sinks: Vec<SinkHandle>,
+        dead_letter_sink: Option<usize>,
+        epoch: u64,
+        progress: Arc<Progress>,
+        batch_size: usize,
+        flush_bytes: usize,
+        poll_interval: Duration,
+    ) -> Rc<Self> {
+        Rc::new(RuntimeShared {
+            step,
+            barrier: Barrier::new(),
+            fatal: Fatal { error: RefCell::new(None), notify: Notify::new() },
+            task_exit: Notify::new(),
+            sinks,
+            dead_letter_sink,
+            epoch: Cell::new(epoch),
+            counters: Counters::default(),
+            progress,
+            batch_size,
+            flush_bytes,
+            poll_interval,
+        })
+    }
+}
+
+/// Where one partition stands, as its task last published it.
+pub(crate) struct TaskSlot<P> {
+    pub(crate) position: RefCell<Option<P>>,
+    pub(crate) done: Cell<bool>,
+    pub(crate) running: Cell<bool>,
+    pub(crate) idle: Cell<bool>,
+    pub(crate) max_event_time: Cell<Option<i64>>,
+}
+
+impl<P> TaskSlot<P> {
+    pub(crate) fn new(position: Option<P>, done: bool, max_event_time: Option<i64>) -> Rc<Self> {
+        Rc::new(TaskSlot {
+            position: RefCell::new(position),
+            done: Cell::new(done),
+            running: Cell::new(false),
+            idle: Cell::new(false),
+            max_event_time: Cell::new(max_event_time),
+        })
+    }
+}

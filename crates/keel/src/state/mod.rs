@@ -1,0 +1,512 @@
+//! Keyed state: named tables of typed values, one value per key, checkpointed with the epoch.
+//!
+//! A stateful step declares a [`StateSpec<T>`] (a table name and its value type) and reads or
+//! writes the value of the *current key* (set by `key_by`) through [`crate::Context::state`].
+//! Values are typed through serde and encoded with `postcard` in state files.
+//!
+//! At each checkpoint the store writes what changed during the epoch (a delta) or, when the
+//! chain of deltas grows too long, a full snapshot ([`file`] describes the format). Restoring
+//! applies the checkpoint's files in order. Tables restored from disk keep their raw bytes
+//! until a step first touches them with a type, so restoring needs no registration.
+
+pub mod file;
+
+use std::any::Any;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use rustc_hash::FxHasher;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use self::file::{Entry, Kind, StateFileError, StateFileWriter};
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// A state error.
+#[derive(Debug, Error)]
+pub enum StateError {
+    /// A stored value does not decode as the type the step asked for.
+    #[error("state table `{table}`: stored value does not decode as the requested type: {source}")]
+    Decode {
+        /// Table name.
+        table: String,
+        /// The postcard error.
+        source: postcard::Error,
+    },
+    /// A value could not be encoded.
+    #[error("state table `{table}`: value does not encode: {source}")]
+    Encode {
+        /// Table name.
+        table: String,
+        /// The postcard error.
+        source: postcard::Error,
+    },
+    /// The same table name was used with two different value types.
+    #[error("state table `{0}` is used with two different value types")]
+    TypeClash(String),
+    /// A state file is unusable.
+    #[error("state file: {0}")]
+    File(#[from] StateFileError),
+}
+
+/// Names a table of keyed state and its value type. Cheap to clone; clones share nothing
+/// but the name.
+#[derive(Debug)]
+pub struct StateSpec<T> {
+    name: Arc<str>,
+    index: Cell<Option<usize>>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for StateSpec<T> {
+    fn clone(&self) -> Self {
+        StateSpec { name: self.name.clone(), index: self.index.clone(), _t: PhantomData }
+    }
+}
+
+impl<T> StateSpec<T> {
+    /// A table called `name`.
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        StateSpec { name: name.into(), index: Cell::new(None), _t: PhantomData }
+    }
+
+    /// The table name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+struct Slot<T> {
+    value: T,
+    dirty: bool,
+}
+
+/// A table of values of one type. A slot holds `Some` while its key is live; `update` lets
+/// a step take the value out (`None`) to delete the key.
+struct Table<T> {
+    map: FxMap<Box<[u8]>, Slot<Option<T>>>,
+    deleted: Vec<Box<[u8]>>,
+}
+
+/// Object-safe operations on any table, for snapshots and restore.
+trait AnyTable: Any {
+    fn len(&self) -> usize;
+    fn write(&mut self, w: &mut StateFileWriter, full: bool, name: &str) -> Result<(), StateError>;
+    fn apply(&mut self, name: &str, entry: Entry<'_>) -> Result<(), StateError>;
+    fn has_changes(&self) -> bool;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn is_raw(&self) -> bool;
+    fn into_raw(self: Box<Self>, name: &str) -> Result<RawTable, StateError>;
+}
+
+/// A table restored from disk and not yet touched by a typed step.
+#[derive(Default)]
+struct RawTable {
+    map: FxMap<Box<[u8]>, Slot<Box<[u8]>>>,
+    deleted: Vec<Box<[u8]>>,
+}
+
+impl AnyTable for RawTable {
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+    fn write(&mut self, w: &mut StateFileWriter, full: bool, name: &str) -> Result<(), StateError> {
+        w.table(name);
+        if !full {
+            for k in self.deleted.drain(..) {
+                w.delete(&k);
+            }
+        }
+        self.deleted.clear();
+        for (k, slot) in self.map.iter_mut() {
+            if full || slot.dirty {
+                w.put(k, &slot.value);
+                slot.dirty = false;
+            }
+        }
+        Ok(())
+    }
+    fn apply(&mut self, _name: &str, entry: Entry<'_>) -> Result<(), StateError> {
+        match entry {
+            Entry::Put(k, v) => {
+                self.map.insert(k.into(), Slot { value: v.into(), dirty: false });
+            }
+            Entry::Delete(k) => {
+                self.map.remove(k);
+            }
+        }
+        Ok(())
+    }
+    fn has_changes(&self) -> bool {
+        !self.deleted.is_empty() || self.map.values().any(|s| s.dirty)
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn is_raw(&self) -> bool {
+        true
+    }
+    fn into_raw(self: Box<Self>, _name: &str) -> Result<RawTable, StateError> {
+        Ok(*self)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + 'static> AnyTable for Table<T> {
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+    fn write(&mut self, w: &mut StateFileWriter, full: bool, name: &str) -> Result<(), StateError> {
+        w.table(name);
+        if !full {
+            for k in self.deleted.drain(..) {
+                w.delete(&k);
+            }
+        }
+        self.deleted.clear();
+        let mut err = None;
+        for (k, slot) in self.map.iter_mut() {
+            if let (true, Some(value)) = (full || slot.dirty, &slot.value) {
+                w.put_with(k, |buf| {
+                    if let Err(e) = postcard::to_io(value, &mut *buf) {
+                        err = Some(e);
+                    }
+                });
+                slot.dirty = false;
+            }
+        }
+        match err {
+            Some(source) => Err(StateError::Encode { table: name.to_owned(), source }),
+            None => Ok(()),
+        }
+    }
+    fn apply(&mut self, name: &str, entry: Entry<'_>) -> Result<(), StateError> {
+        match entry {
+            Entry::Put(k, v) => {
+                let value = postcard::from_bytes(v)
+                    .map_err(|source| StateError::Decode { table: name.to_owned(), source })?;
+                self.map.insert(k.into(), Slot { value: Some(value), dirty: false });
+            }
+            Entry::Delete(k) => {
+                self.map.remove(k);
+            }
+        }
+        Ok(())
+    }
+    fn has_changes(&self) -> bool {
+        !self.deleted.is_empty() || self.map.values().any(|s| s.dirty)
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn is_raw(&self) -> bool {
+        false
+    }
+    fn into_raw(self: Box<Self>, name: &str) -> Result<RawTable, StateError> {
+        let mut raw = RawTable { map: FxMap::default(), deleted: self.deleted };
+        for (k, slot) in self.map {
+            let Some(value) = slot.value else { continue };
+            let bytes = postcard::to_allocvec(&value)
+                .map_err(|source| StateError::Encode { table: name.to_owned(), source })?;
+            raw.map.insert(k, Slot { value: bytes.into(), dirty: slot.dirty });
+        }
+        Ok(raw)
+    }
+}
+
+/// Settings for when to write a full snapshot instead of a delta.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotPolicy {
+    /// Write a full snapshot after this many deltas in a row.
+    pub max_deltas: usize,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy { max_deltas: 16 }
+    }
+}
+
+/// A state file produced at a checkpoint, ready to be written by the checkpoint thread.
+#[derive(Debug)]
+pub struct StateSnapshot {
+    /// The file name (`<id>.full` or `<id>.delta`).
+    pub name: String,
+    /// The file bytes.
+    pub bytes: Vec<u8>,
+    /// Full snapshot (restarts the chain) or delta (extends it).
+    pub kind: Kind,
+}
+
+/// All keyed state of a pipeline.
+#[derive(Default)]
+pub struct StateStore {
+    names: Vec<Arc<str>>,
+    tables: Vec<Box<dyn AnyTable>>,
+    by_name: FxMap<Arc<str>, usize>,
+    policy: SnapshotPolicy,
+    /// State files of the last checkpoint, oldest first (full snapshot, then deltas).
+    chain: Vec<String>,
+    chain_bytes: u64,
+    full_bytes: u64,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore").field("tables", &self.names).field("chain", &self.chain).finish()
+    }
+}
+
+impl StateStore {
+    /// An empty store.
+    pub fn new(policy: SnapshotPolicy) -> Self {
+        StateStore { policy, ..Default::default() }
+    }
+
+    fn index_of(&mut self, name: &Arc<str>) -> usize {
+        if let Some(&i) = self.by_name.get(name) {
+            return i;
+        }
+        let i = self.tables.len();
+        self.names.push(name.clone());
+        self.tables.push(Box::new(RawTable::default()));
+        self.by_name.insert(name.clone(), i);
+        i
+    }
+
+    /// The typed table for `spec`, converting a raw restored table on first use.
+    fn table<T: Serialize + DeserializeOwned + 'static>(&mut self, spec: &StateSpec<T>) -> Result<&mut Table<T>, StateError> {
+        let i = match spec.index.get() {
+            Some(i) if i < self.tables.len() && self.names[i] == spec.name => i,
+            _ => {
+                let i = self.index_of(&spec.name);
+                spec.index.set(Some(i));
+                i
+            }
+        };
+        if !self.tables[i].as_any_mut().is::<Table<T>>() {
+            let name = self.names[i].clone();
+            let slot = std::mem::replace(&mut self.tables[i], Box::new(RawTable::default()));
+            if !slot.is_raw() {
+                self.tables[i] = slot;
+                return Err(StateError::TypeClash(name.to_string()));
+            }
+            let raw = slot.into_raw(&name)?;
+            let mut typed: Table<T> = Table { map: FxMap::default(), deleted: raw.deleted };
+            typed.map.reserve(raw.map.len());
+            for (k, s) in raw.map {
+                let value = postcard::from_bytes(&s.value)
+                    .map_err(|source| StateError::Decode { table: name.to_string(), source })?;
+                typed.map.insert(k, Slot { value: Some(value), dirty: s.dirty });
+            }
+            self.tables[i] = Box::new(typed);
+        }
+        match self.tables[i].as_any_mut().downcast_mut::<Table<T>>() {
+            Some(t) => Ok(t),
+            None => Err(StateError::TypeClash(self.names[i].to_string())),
+        }
+    }
+
+    /// Reads the value of `key`.
+    pub fn get<T: Serialize + DeserializeOwned + Clone + 'static>(
+        &mut self,
+        spec: &StateSpec<T>,
+        key: &[u8],
+    ) -> Result<Option<T>, StateError> {
+        Ok(self.table(spec)?.map.get(key).and_then(|s| s.value.clone()))
+    }
+
+    /// Runs `f` on the value of `key` (`None` if absent). Leaving `None` deletes the key.
+    pub fn update<T: Serialize + DeserializeOwned + 'static, R>(
+        &mut self,
+        spec: &StateSpec<T>,
+        key: &[u8],
+        f: impl FnOnce(&mut Option<T>) -> R,
+    ) -> Result<R, StateError> {
+        let table = self.table(spec)?;
+        if let Some(slot) = table.map.get_mut(key) {
+            let r = f(&mut slot.value);
+            if slot.value.is_some() {
+                slot.dirty = true;
+            } else {
+                table.map.remove(key);
+                table.deleted.push(key.into());
+            }
+            Ok(r)
+        } else {
+            let mut value = None;
+            let r = f(&mut value);
+            if value.is_some() {
+                table.map.insert(key.into(), Slot { value, dirty: true });
+            }
+            Ok(r)
+        }
+    }
+
+    /// Sets the value of `key`.
+    pub fn put<T: Serialize + DeserializeOwned + 'static>(
+        &mut self,
+        spec: &StateSpec<T>,
+        key: &[u8],
+        value: T,
+    ) -> Result<(), StateError> {
+        let table = self.table(spec)?;
+        match table.map.get_mut(key) {
+            Some(slot) => {
+                slot.value = Some(value);
+                slot.dirty = true;
+            }
+            None => {
+                table.map.insert(key.into(), Slot { value: Some(value), dirty: true });
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes `key`; returns the old value.
+    pub fn delete<T: Serialize + DeserializeOwned + 'static>(
+        &mut self,
+        spec: &StateSpec<T>,
+        key: &[u8],
+    ) -> Result<Option<T>, StateError> {
+        let table = self.table(spec)?;
+        let old = table.map.remove(key).and_then(|s| s.value);
+        if old.is_some() {
+            table.deleted.push(key.into());
+        }
+        Ok(old)
+    }
+
+    /// Every key and value of a table, in no particular order (for end-of-input output).
+    pub fn entries<T: Serialize + DeserializeOwned + Clone + 'static>(
+        &mut self,
+        spec: &StateSpec<T>,
+    ) -> Result<Vec<(Box<[u8]>, T)>, StateError> {
+        Ok(self.table(spec)?.map.iter().filter_map(|(k, s)| Some((k.clone(), s.value.clone()?))).collect())
+    }
+
+    /// Deletes every key of a table for which `keep` returns false.
+    pub fn retain<T: Serialize + DeserializeOwned + 'static>(
+        &mut self,
+        spec: &StateSpec<T>,
+        mut keep: impl FnMut(&[u8], &T) -> bool,
+    ) -> Result<usize, StateError> {
+        let table = self.table(spec)?;
+        let before = table.map.len();
+        let deleted = &mut table.deleted;
+        table.map.retain(|k, s| {
+            let k_keep = s.value.as_ref().is_some_and(|v| keep(k, v));
+            if !k_keep {
+                deleted.push(k.clone());
+            }
+            k_keep
+        });
+        Ok(before - table.map.len())
+    }
+
+    /// Number of live keys over all tables.
+    pub fn len(&self) -> usize {
+        self.tables.iter().map(|t| t.len()).sum()
+    }
+
+    /// True when no table holds a key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The state files of the last checkpoint (full snapshot first).
+    pub fn chain(&self) -> &[String] {
+        &self.chain
+    }
+
+    /// Total bytes of the current chain.
+    pub fn chain_bytes(&self) -> u64 {
+        self.chain_bytes
+    }
+
+    /// Serialises the changes of the epoch closed by checkpoint `id`, or a full snapshot when
+    /// the delta chain is long enough. Returns `None` when nothing changed. Marks everything
+    /// clean, and updates the chain reported by [`StateStore::chain`].
+    pub fn snapshot(&mut self, id: u64) -> Result<Option<StateSnapshot>, StateError> {
+        if !self.tables.iter().any(|t| t.has_changes()) {
+            return Ok(None);
+        }
+        let deltas = self.chain.len().saturating_sub(1);
+        let full = self.chain.is_empty() || deltas >= self.policy.max_deltas || self.chain_bytes > 2 * self.full_bytes.max(1);
+        let kind = if full { Kind::Full } else { Kind::Delta };
+        let mut w = StateFileWriter::new(kind, id);
+        for (i, t) in self.tables.iter_mut().enumerate() {
+            t.write(&mut w, full, &self.names[i])?;
+        }
+        let bytes = w.finish();
+        let name = format!("{id:020}.{}", kind.suffix());
+        if full {
+            self.chain.clear();
+            self.chain_bytes = 0;
+            self.full_bytes = bytes.len() as u64;
+        }
+        self.chain.push(name.clone());
+        self.chain_bytes += bytes.len() as u64;
+        Ok(Some(StateSnapshot { name, bytes, kind }))
+    }
+
+    /// Rebuilds the store from the files of a checkpoint, read through `read_file`.
+    pub fn restore(
+        &mut self,
+        files: &[String],
+        mut read_file: impl FnMut(&str) -> std::io::Result<Vec<u8>>,
+    ) -> Result<(), RestoreError> {
+        self.tables.clear();
+        self.names.clear();
+        self.by_name.clear();
+        self.chain.clear();
+        self.chain_bytes = 0;
+        for (n, name) in files.iter().enumerate() {
+            let bytes = read_file(name).map_err(|e| RestoreError::Read(name.clone(), e))?;
+            let mut err = None;
+            let (kind, _) = file::read(&bytes, |table, entry| {
+                if err.is_some() {
+                    return;
+                }
+                let i = self.index_of(&Arc::from(table));
+                if let Err(e) = self.tables[i].apply(table, entry) {
+                    err = Some(e);
+                }
+            })
+            .map_err(|e| RestoreError::File(name.clone(), e))?;
+            if let Some(e) = err {
+                return Err(RestoreError::State(name.clone(), e));
+            }
+            if (n == 0) != (kind == Kind::Full) {
+                return Err(RestoreError::File(name.clone(), StateFileError::Malformed("chain must start with one full snapshot")));
+            }
+            if kind == Kind::Full {
+                self.full_bytes = bytes.len() as u64;
+            }
+            self.chain.push(name.clone());
+            self.chain_bytes += bytes.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Why restoring state failed.
+#[derive(Debug, Error)]
+pub enum RestoreError {
+    /// A file could not be read.
+    #[error("cannot read state file {0}: {1}")]
+    Read(String, std::io::Error),
+    /// A file is corrupt.
+    #[error("state file {0}: {1}")]
+    File(String, StateFileError),
+    /// A value could not be applied.
+    #[error("state file {0}: {1}")]
+    State(String, StateError),
+}
+
+#[cfg(test)]
+mod tests;
