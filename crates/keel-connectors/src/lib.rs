@@ -1,1 +1,11 @@
-//! placeholder
+//! Sources and sinks for keel.
+//!
+//! - [`file`]: local files (always built): the embedded default.
+//! - [`generator`]: deterministic synthetic records for demos and benchmarks.
+//! - [`stdout`]: print committed records.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod file;
+pub mod generator;
+pub mod stdout;
