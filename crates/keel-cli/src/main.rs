@@ -1,1 +1,80 @@
-fn main() {}
+//! `keel`: run, validate and operate pipelines declared in TOML.
+//!
+//! Exit codes (stable, documented in the README):
+//! - 0: success.
+//! - 1: the pipeline finished, but records were dead-lettered; or a check found problems.
+//! - 2: usage or configuration error: nothing was run.
+//! - 3: the pipeline failed (the last checkpoint stays valid; run again to resume).
+#![forbid(unsafe_code)]
+
+mod checkpoints;
+mod logging;
+mod progress;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: finished with dead letters, or a check found problems.
+pub const EXIT_DEAD_LETTERS: u8 = 1;
+/// Exit code: usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the pipeline failed.
+pub const EXIT_FAILED: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "keel", version, about = "Fault-tolerant data pipelines with exactly-once checkpoints")]
+#[command(after_help = "Exit codes: 0 ok, 1 finished with dead letters (or a check found problems), \
+2 usage or configuration error, 3 pipeline failed.")]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = logging::Format::Text)]
+    log_format: logging::Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline; a rerun resumes from its last checkpoint.
+    Run(run::RunArgs),
+    /// Check a pipeline file without running it.
+    Validate {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Inspect and manage checkpoints.
+    #[command(subcommand)]
+    Checkpoints(checkpoints::Cmd),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    logging::init(&cli.log_level, cli.log_format);
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Validate { pipeline } => run::validate(&pipeline),
+        Command::Checkpoints(cmd) => checkpoints::run(cmd),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("keel: error: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}

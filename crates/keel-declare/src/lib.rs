@@ -1,1 +1,23 @@
-//! placeholder
+//! Pipelines declared in TOML: the file format of `keel run`.
+//!
+//! A pipeline file names a source, a list of steps, sinks, a dead-letter output and
+//! checkpoint settings ([`config`] documents every key). [`load`] reads and parses it,
+//! [`build`] checks every key (reporting the line of each problem) and builds a
+//! [`keel::Pipeline`] on the same engine as the Rust API: the steps become one [`DocChain`]
+//! step over [`Doc`]s, cheap JSON objects that keep untouched values as text.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod build;
+pub mod config;
+pub mod doc;
+pub mod encode;
+pub mod error;
+pub mod interpolate;
+pub mod source;
+pub mod steps;
+
+pub use build::{DeclaredPipeline, Loaded, build, load};
+pub use doc::Doc;
+pub use error::{ConfigError, ConfigErrors};
+pub use steps::DocChain;

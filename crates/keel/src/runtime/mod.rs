@@ -276,6 +276,11 @@ impl<Src, S, E> PipelineBuilder<Src, S, E> {
         }
     }
 
+    /// Sets the steps records go through as one [`Step`] from records.
+    pub fn step<S2: Step<Record>>(self, step: S2) -> PipelineBuilder<Src, S2, E> {
+        self.flow(FlowStep(step))
+    }
+
     /// Sets the main sink, encoding items as JSON.
     pub fn sink(mut self, sink: impl Sink) -> Self {
         self.main = Some(NamedSink { name: "main".into(), sink: Box::new(sink) });

@@ -1,0 +1,168 @@
+//! `keel run` and `keel validate`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use keel::{Outcome, RunSummary};
+use keel_declare::config::SourceConfig;
+
+use crate::progress::{Reporter, human};
+use crate::{EXIT_DEAD_LETTERS, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+
+/// Arguments of `keel run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The pipeline file.
+    pipeline: PathBuf,
+    /// Delete existing checkpoints and start from the beginning of the input.
+    #[arg(long)]
+    from_scratch: bool,
+    /// Override the checkpoint interval (`500ms`, `1s`, `off`).
+    #[arg(long)]
+    checkpoint_interval: Option<String>,
+    /// No progress line or progress logs.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn config_errors(e: &keel_declare::ConfigErrors) -> u8 {
+    for err in &e.0 {
+        eprintln!("keel: config error: {err}");
+    }
+    EXIT_USAGE
+}
+
+/// `keel validate`: every check of `keel run` that needs no data.
+pub fn validate(path: &Path) -> Result<u8> {
+    let loaded = match keel_declare::load(path) {
+        Ok(l) => l,
+        Err(e) => return Ok(config_errors(&e)),
+    };
+    let pipeline = match keel_declare::build(&loaded, |_| {}) {
+        Ok(p) => p,
+        Err(e) => return Ok(config_errors(&e)),
+    };
+    if let SourceConfig::Files(f) = &loaded.config.source {
+        let dir = loaded.resolve(&f.path);
+        if !dir.is_dir() {
+            eprintln!("keel: config error: {}: source.path: input directory {} does not exist", path.display(), dir.display());
+            return Ok(EXIT_USAGE);
+        }
+    }
+    println!("ok: pipeline `{}`", pipeline.name());
+    println!("  source: {}", pipeline.source_description());
+    println!("  steps:  {}", loaded.config.steps.iter().map(|s| s.given_name().unwrap_or(s.kind())).collect::<Vec<_>>().join(" -> "));
+    for s in pipeline.sinks() {
+        println!("  sink {}: {} ({})", s.name, s.describe, s.guarantee);
+    }
+    println!("  checkpoints: {}", loaded.state_dir().display());
+    Ok(EXIT_OK)
+}
+
+/// `keel run`.
+pub fn run(args: RunArgs) -> Result<u8> {
+    let loaded = match keel_declare::load(&args.pipeline) {
+        Ok(l) => l,
+        Err(e) => return Ok(config_errors(&e)),
+    };
+    let interval = match args.checkpoint_interval.as_deref() {
+        None => None,
+        Some("off") => Some(None),
+        Some(s) => match keel_declare::config::parse_duration(s) {
+            Ok(d) if !d.is_zero() => Some(Some(d)),
+            Ok(_) => {
+                eprintln!("keel: --checkpoint-interval must be positive or `off`");
+                return Ok(EXIT_USAGE);
+            }
+            Err(e) => {
+                eprintln!("keel: --checkpoint-interval: {e}");
+                return Ok(EXIT_USAGE);
+            }
+        },
+    };
+    let pipeline = match keel_declare::build(&loaded, |o| {
+        o.from_scratch = args.from_scratch;
+        o.handle_signals = true;
+        if let Some(i) = interval {
+            o.checkpoint_interval = i;
+        }
+    }) {
+        Ok(p) => p,
+        Err(e) => return Ok(config_errors(&e)),
+    };
+    tracing::info!(pipeline = %pipeline.name(), source = %pipeline.source_description(), checkpoints = %loaded.state_dir().display(), "starting");
+    for s in pipeline.sinks() {
+        tracing::info!(sink = %s.name, output = %s.describe, guarantee = %s.guarantee, "sink");
+    }
+    let reporter = Reporter::start(pipeline.progress(), args.quiet || args.json);
+    let result = pipeline.run();
+    reporter.finish();
+    match result {
+        Err(e) => {
+            eprintln!("keel: pipeline failed: {e}");
+            eprintln!("keel: the last checkpoint is intact; run the same command again to resume");
+            Ok(EXIT_FAILED)
+        }
+        Ok(summary) => {
+            report(&summary, args.json);
+            Ok(if summary.dead_letters > 0 && summary.outcome != Outcome::AlreadyFinished {
+                EXIT_DEAD_LETTERS
+            } else {
+                EXIT_OK
+            })
+        }
+    }
+}
+
+fn report(s: &RunSummary, json: bool) {
+    let outcome = match s.outcome {
+        Outcome::Finished => "finished",
+        Outcome::Stopped => "stopped",
+        Outcome::AlreadyFinished => "already_finished",
+    };
+    if json {
+        let v = serde_json::json!({
+            "outcome": outcome,
+            "restored_from": s.restored_from,
+            "records_in": s.records_in,
+            "records_out": s.records_out,
+            "dead_letters": s.dead_letters,
+            "late_dropped": s.late_dropped,
+            "checkpoints": s.checkpoints,
+            "last_checkpoint": s.last_checkpoint,
+            "elapsed_s": s.elapsed.as_secs_f64(),
+            "startup_s": s.startup.as_secs_f64(),
+            "records_per_s": s.records_per_sec(),
+            "totals": { "records_in": s.totals.records_in, "records_out": s.totals.records_out, "dead_letters": s.totals.dead_letters },
+        });
+        println!("{v}");
+        return;
+    }
+    if s.outcome == Outcome::AlreadyFinished {
+        eprintln!(
+            "keel: nothing to do: checkpoint {} says this input was fully processed ({} records in, {} out, {} dead-lettered). Use --from-scratch to run again.",
+            s.last_checkpoint.unwrap_or(0),
+            s.totals.records_in,
+            s.totals.records_out,
+            s.totals.dead_letters
+        );
+        return;
+    }
+    let resumed = s.restored_from.map_or(String::new(), |c| format!(", resumed from checkpoint {c}"));
+    eprintln!(
+        "keel: {outcome}{resumed}: {} records in, {} out, {} dead-lettered{}, {} checkpoints, {:.2}s, {}/s",
+        s.records_in,
+        s.records_out,
+        s.dead_letters,
+        if s.late_dropped > 0 { format!(", {} late dropped", s.late_dropped) } else { String::new() },
+        s.checkpoints,
+        s.elapsed.as_secs_f64(),
+        human(s.records_per_sec())
+    );
+    if s.dead_letters > 0 {
+        eprintln!("keel: {} records were dead-lettered (exit code {EXIT_DEAD_LETTERS})", s.dead_letters);
+    }
+}

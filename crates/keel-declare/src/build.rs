@@ -1,0 +1,483 @@
+//! From a pipeline file to a runnable [`Pipeline`]: loading, checking every key, building.
+//!
+//! Everything that can be checked without touching the data is checked here, and every
+//! problem is reported with its line and key, before any work starts.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use keel::{FileCheckpointStore, Options, Pipeline, PipelineBuilder, WatermarkConfig};
+use keel_connectors::file::{FileFormat, FileSink, FileSinkConfig, FileSource, FileSourceConfig};
+use keel_connectors::generator::{GeneratorConfig, GeneratorSource};
+use keel_connectors::stdout::StdoutSink;
+
+use crate::config::*;
+use crate::doc::FieldPath;
+use crate::encode::{DocEncoder, csv_header};
+use crate::error::{ConfigError, ConfigErrors, Errors, KeyPath};
+use crate::interpolate::interpolate;
+use crate::source::AnySource;
+use crate::steps::*;
+
+/// The pipeline type a pipeline file builds.
+pub type DeclaredPipeline = Pipeline<AnySource, DocChain, DocEncoder>;
+
+/// A pipeline file, read and parsed.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The file.
+    pub path: PathBuf,
+    /// Its directory: relative paths in the file are relative to it.
+    pub dir: PathBuf,
+    /// The text after `${VAR}` interpolation.
+    pub text: String,
+    /// The parsed configuration.
+    pub config: PipelineConfig,
+}
+
+impl Loaded {
+    /// A path from the file, made relative to the file's directory.
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() { p.to_path_buf() } else { self.dir.join(p) }
+    }
+
+    /// The checkpoint directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.resolve(&self.config.checkpoint.path)
+    }
+
+    /// A fingerprint of the definition (CRC-32C of the interpolated text).
+    pub fn fingerprint(&self) -> String {
+        format!("{:08x}", crc32c::crc32c(self.text.as_bytes()))
+    }
+}
+
+/// Reads, interpolates and parses a pipeline file.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let one = |line: Option<usize>, message: String| {
+        ConfigErrors(vec![ConfigError { file: path.to_path_buf(), line, key: None, message }])
+    };
+    let raw = std::fs::read_to_string(path).map_err(|e| one(None, format!("cannot read the pipeline file: {e}")))?;
+    let text = interpolate(&raw, |k| std::env::var(k).ok()).map_err(|(line, m)| one(Some(line), m))?;
+    let config: PipelineConfig = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1);
+        one(line, e.message().trim_end().to_owned())
+    })?;
+    let dir = path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+    Ok(Loaded { path: path.to_path_buf(), dir, text, config })
+}
+
+fn is_snake_case(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && s.as_bytes()[0].is_ascii_lowercase()
+}
+
+fn field(errors: &mut Errors<'_>, at: &KeyPath, text: &str) -> Option<FieldPath> {
+    let p = FieldPath::parse(text);
+    if p.is_none() {
+        errors.add(at, format!("`{text}` is not a field name (use `name` or `a.b.c`)"));
+    }
+    p
+}
+
+fn sink_format(cfg: &SinkConfig) -> (DocEncoder, Option<String>) {
+    match cfg {
+        SinkConfig::Files(f) if f.format == FileFormat::Csv => {
+            let cols: Vec<String> = f.columns.clone().unwrap_or_default();
+            let header = csv_header(&cols);
+            (DocEncoder::Csv(cols.into()), Some(header))
+        }
+        _ => (DocEncoder::Json, None),
+    }
+}
+
+/// Checks the whole file and builds the steps. Returns every problem found.
+pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<DeclaredPipeline, ConfigErrors> {
+    let cfg = &loaded.config;
+    let mut errors = Errors::new(&loaded.path, &loaded.text);
+
+    if cfg.name.trim().is_empty() {
+        errors.add(&KeyPath::key("name"), "the pipeline needs a name");
+    }
+
+    // sinks
+    let mut sink_names = BTreeSet::new();
+    if cfg.sinks.is_empty() {
+        errors.add(&KeyPath::key("sinks"), "at least one [[sinks]] table is needed");
+    }
+    for (i, s) in cfg.sinks.iter().enumerate() {
+        let at = KeyPath::key("sinks").i(i);
+        if !sink_names.insert(s.name().to_owned()) {
+            errors.add(&at.k("name"), format!("two sinks are named `{}`", s.name()));
+        }
+        if s.name() == "dead_letters" {
+            errors.add(&at.k("name"), "`dead_letters` is reserved for the dead-letter output");
+        }
+        if let SinkConfig::Files(f) = s {
+            match (f.format, &f.columns) {
+                (FileFormat::Csv, None) => errors.add(&at.k("columns"), "a CSV sink needs `columns`"),
+                (FileFormat::Lines, _) => errors.add(&at.k("format"), "sinks write `json_lines` or `csv`"),
+                (FileFormat::JsonLines, Some(_)) => errors.add(&at.k("columns"), "`columns` is for CSV sinks"),
+                _ => {}
+            }
+        }
+    }
+    let main_sink = cfg.sinks.first().map(|s| s.name().to_owned()).unwrap_or_default();
+
+    // steps
+    let mut steps: Vec<(Arc<str>, Box<dyn DocStep>)> = Vec::new();
+    let mut parsed = false;
+    let mut watermarks = WatermarkConfig::default();
+    let mut seen_event_time = false;
+    let mut tables = BTreeSet::new();
+    for (i, step) in cfg.steps.iter().enumerate() {
+        let at = KeyPath::key("steps").i(i);
+        let name: Arc<str> = step.given_name().unwrap_or(step.kind()).into();
+        if !matches!(step, StepConfig::Parse(_)) && !parsed {
+            errors.add(&at.k("type"), format!("a `{}` step needs parsed records: put a `parse` step before it", step.kind()));
+        }
+        let built: Option<Box<dyn DocStep>> = match step {
+            StepConfig::Parse(p) => {
+                if parsed {
+                    errors.add(&at.k("type"), "records are already parsed");
+                }
+                parsed = true;
+                match p.format {
+                    ParseFormat::Json => {
+                        if p.delimiter.is_some() || p.infer_types || p.columns.is_some() {
+                            errors.add(&at, "`delimiter`, `infer_types` and `columns` are for `format = \"csv\"`");
+                        }
+                        Some(Box::new(ParseJson))
+                    }
+                    ParseFormat::Csv => {
+                        let d = p.delimiter.unwrap_or(',');
+                        if !d.is_ascii() || d == '"' || d == '\n' {
+                            errors.add(&at.k("delimiter"), "the delimiter must be one ASCII character other than a quote");
+                        }
+                        Some(Box::new(ParseCsv::new(d as u8, p.infer_types, p.columns.clone())))
+                    }
+                }
+            }
+            StepConfig::Validate(v) => build_validate(loaded, &mut errors, &at, v).map(|v| Box::new(v) as Box<dyn DocStep>),
+            StepConfig::Transform(j) | StepConfig::Filter(j) => match JqProgram::compile(&j.jq) {
+                Ok(p) => {
+                    let p = Arc::new(p);
+                    Some(if matches!(step, StepConfig::Filter(_)) {
+                        Box::new(JqFilter(p)) as Box<dyn DocStep>
+                    } else {
+                        Box::new(JqTransform(p))
+                    })
+                }
+                Err(e) => {
+                    errors.add(&at.k("jq"), format!("jq program does not compile: {e}"));
+                    None
+                }
+            },
+            StepConfig::Select(f) => Some(Box::new(Select(f.fields.clone().into()))),
+            StepConfig::Drop(f) => Some(Box::new(DropFields(f.fields.clone().into()))),
+            StepConfig::Rename(r) => Some(Box::new(Rename(r.fields.clone().into_iter().collect::<Vec<_>>().into()))),
+            StepConfig::EventTime(e) => {
+                if seen_event_time {
+                    errors.add(&at, "only one `event_time` step is allowed");
+                }
+                seen_event_time = true;
+                watermarks = WatermarkConfig {
+                    lateness: e.lateness.unwrap_or(watermarks.lateness),
+                    idle_timeout: e.idle_timeout.unwrap_or(watermarks.idle_timeout),
+                    late: e.late,
+                };
+                field(&mut errors, &at.k("field"), &e.field).map(|f| Box::new(EventTimeStep::new(f, e.unit)) as Box<dyn DocStep>)
+            }
+            StepConfig::Aggregate(a) => {
+                let table = a.name.clone().unwrap_or_else(|| "aggregate".into());
+                if !tables.insert(table.clone()) {
+                    errors.add(&at.k("name"), format!("two stateful steps use the state table `{table}`: give one a `name`"));
+                }
+                build_aggregate(cfg, &mut errors, &at, a, &table, &main_sink).map(|a| Box::new(a) as Box<dyn DocStep>)
+            }
+            StepConfig::Dedupe(d) => {
+                let table = d.name.clone().unwrap_or_else(|| "dedupe".into());
+                if !tables.insert(table.clone()) {
+                    errors.add(&at.k("name"), format!("two stateful steps use the state table `{table}`: give one a `name`"));
+                }
+                if d.window.is_zero() {
+                    errors.add(&at.k("window"), "the window must be positive");
+                }
+                field(&mut errors, &at.k("key"), &d.key)
+                    .map(|k| Box::new(Dedupe::new(&table, k, d.window, d.on_duplicate)) as Box<dyn DocStep>)
+            }
+        };
+        if let Some(b) = built {
+            steps.push((name, b));
+        }
+    }
+
+    // dead letters
+    let id_field = cfg.dead_letter.as_ref().and_then(|d| d.id_field.clone()).map(Arc::<str>::from);
+
+    // source
+    let source = match &cfg.source {
+        SourceConfig::Files(f) => {
+            let mut sc = FileSourceConfig::new(loaded.resolve(&f.path), f.format);
+            sc.pattern = f.pattern.clone();
+            sc.follow = f.follow;
+            if let Some(p) = f.poll_interval {
+                sc.poll_interval = p;
+            }
+            AnySource::Files(FileSource::new(sc))
+        }
+        SourceConfig::Generator(g) => {
+            let gc = GeneratorConfig {
+                partitions: g.partitions,
+                records: g.records,
+                rate: g.rate,
+                seed: g.seed,
+                customers: g.customers,
+                bad_fraction: g.bad_fraction,
+                ..GeneratorConfig::default()
+            };
+            match GeneratorSource::new(gc) {
+                Ok(s) => AnySource::Generator(s),
+                Err(e) => {
+                    errors.add(&KeyPath::key("source"), e.to_string());
+                    AnySource::Generator(GeneratorSource::new(GeneratorConfig::default()).map_err(|e| {
+                        ConfigErrors(vec![ConfigError { file: loaded.path.clone(), line: None, key: None, message: e.to_string() }])
+                    })?)
+                }
+            }
+        }
+    };
+
+    if cfg.checkpoint.retain == 0 {
+        errors.add(&KeyPath::key("checkpoint").k("retain"), "keep at least one checkpoint");
+    }
+    if cfg.run.batch_size == Some(0) {
+        errors.add(&KeyPath::key("run").k("batch_size"), "must be at least 1");
+    }
+    if cfg.run.max_open_partitions == Some(0) {
+        errors.add(&KeyPath::key("run").k("max_open_partitions"), "must be at least 1");
+    }
+    if !errors.list.is_empty() {
+        return Err(ConfigErrors(errors.list));
+    }
+
+    let mut opts = Options {
+        checkpoint_interval: cfg.checkpoint.interval,
+        retain: cfg.checkpoint.retain,
+        watermarks,
+        fingerprint: loaded.fingerprint(),
+        ..Options::default()
+    };
+    if let Some(b) = cfg.run.batch_size {
+        opts.batch_size = b;
+    }
+    if let Some(m) = cfg.run.max_open_partitions {
+        opts.max_open_partitions = m;
+    }
+    options(&mut opts);
+
+    let chain = DocChain::new(steps, id_field);
+    let builder = Pipeline::builder(cfg.name.clone())
+        .source(source)
+        .step(chain)
+        .checkpoints(FileCheckpointStore::new(loaded.state_dir()))
+        .options(opts);
+    let builder = add_sinks(loaded, builder)?;
+    builder.build().map_err(|e| {
+        ConfigErrors(vec![ConfigError { file: loaded.path.clone(), line: None, key: None, message: e.to_string() }])
+    })
+}
+
+fn file_sink(loaded: &Loaded, f: &FilesSinkConfig, header: Option<String>) -> FileSink {
+    let mut c = FileSinkConfig::new(loaded.resolve(&f.path), f.format);
+    if let Some(p) = &f.prefix {
+        c.prefix = p.clone();
+    }
+    if let Some(m) = f.max_file_bytes {
+        c.max_file_bytes = m;
+    }
+    c.header = header;
+    FileSink::new(c)
+}
+
+fn add_sinks(
+    loaded: &Loaded,
+    builder: PipelineBuilder<AnySource, DocChain, keel::JsonEncoder>,
+) -> Result<PipelineBuilder<AnySource, DocChain, DocEncoder>, ConfigErrors> {
+    let cfg = &loaded.config;
+    let Some(main) = cfg.sinks.first() else {
+        return Err(ConfigErrors(vec![ConfigError {
+            file: loaded.path.clone(),
+            line: None,
+            key: Some("sinks".into()),
+            message: "at least one sink is needed".into(),
+        }]));
+    };
+    let (enc, header) = sink_format(main);
+    let mut b = match main {
+        SinkConfig::Files(f) => builder.sink_with(&f.name, file_sink(loaded, f, header), enc),
+        SinkConfig::Stdout(s) => builder.sink_with(&s.name, StdoutSink::new(), enc),
+    };
+    for s in &cfg.sinks[1..] {
+        let (_, header) = sink_format(s);
+        b = match s {
+            SinkConfig::Files(f) => b.side_sink(&f.name, file_sink(loaded, f, header)),
+            SinkConfig::Stdout(o) => b.side_sink(&o.name, StdoutSink::new()),
+        };
+    }
+    if let Some(d) = &cfg.dead_letter {
+        b = b.dead_letters(FileSink::new(FileSinkConfig::new(loaded.resolve(&d.path), FileFormat::JsonLines)));
+    }
+    Ok(b)
+}
+
+fn build_validate(loaded: &Loaded, errors: &mut Errors<'_>, at: &KeyPath, v: &ValidateConfig) -> Option<Validate> {
+    let mut ok = true;
+    let mut required = Vec::new();
+    for (j, r) in v.required.iter().enumerate() {
+        match field(errors, &at.k("required").i(j), r) {
+            Some(f) => required.push(f),
+            None => ok = false,
+        }
+    }
+    let mut types = Vec::new();
+    for (k, t) in &v.types {
+        match field(errors, &at.k("types").k(k), k) {
+            Some(f) => types.push((f, *t)),
+            None => ok = false,
+        }
+    }
+    let mut rules = Vec::new();
+    for (j, r) in v.rules.iter().enumerate() {
+        let rat = at.k("rules").i(j);
+        if !is_snake_case(&r.reason) {
+            errors.add(&rat.k("reason"), format!("`{}` is not a snake_case reason (like `negative_amount`)", r.reason));
+            ok = false;
+        }
+        let pattern = match &r.pattern {
+            None => None,
+            Some(p) => match regex::Regex::new(&format!("^(?:{p})$")) {
+                Ok(re) => Some(re),
+                Err(e) => {
+                    errors.add(&rat.k("pattern"), format!("invalid regular expression: {e}"));
+                    ok = false;
+                    None
+                }
+            },
+        };
+        if r.min.is_none()
+            && r.max.is_none()
+            && r.min_length.is_none()
+            && r.max_length.is_none()
+            && r.pattern.is_none()
+            && r.one_of.is_none()
+        {
+            errors.add(&rat, "a rule needs at least one of min, max, min_length, max_length, pattern, one_of");
+            ok = false;
+        }
+        let one_of = r.one_of.as_ref().map(|vals| {
+            vals.iter().map(|v| serde_json::to_value(v).unwrap_or(serde_json::Value::Null)).collect::<Vec<_>>()
+        });
+        let Some(f) = field(errors, &rat.k("field"), &r.field) else {
+            ok = false;
+            continue;
+        };
+        rules.push(Rule {
+            field: f,
+            reason: r.reason.as_str().into(),
+            min: r.min,
+            max: r.max,
+            min_length: r.min_length,
+            max_length: r.max_length,
+            pattern,
+            one_of,
+            message: r.message.clone(),
+        });
+    }
+    let schema = match &v.schema {
+        None => None,
+        Some(p) => {
+            let path = loaded.resolve(p);
+            let loaded_schema = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| format!("{} is not JSON: {e}", path.display())))
+                .and_then(|s| jsonschema::validator_for(&s).map_err(|e| format!("{} is not a valid JSON Schema: {e}", path.display())));
+            match loaded_schema {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    errors.add(&at.k("schema"), e);
+                    ok = false;
+                    None
+                }
+            }
+        }
+    };
+    ok.then(|| Validate::new(required, types, rules, schema))
+}
+
+fn build_aggregate(
+    cfg: &PipelineConfig,
+    errors: &mut Errors<'_>,
+    at: &KeyPath,
+    a: &AggregateConfig,
+    table: &str,
+    main_sink: &str,
+) -> Option<Aggregate> {
+    let key = field(errors, &at.k("key"), &a.key)?;
+    if a.aggregates.is_empty() {
+        errors.add(&at.k("aggregates"), "name at least one aggregate, like `total = \"sum(amount)\"`");
+        return None;
+    }
+    let mut specs = Vec::new();
+    for (name, text) in &a.aggregates {
+        match Func::parse(text) {
+            Ok(func) => specs.push(AggregateSpec { name: name.clone(), func }),
+            Err(e) => errors.add(&at.k("aggregates").k(name), e),
+        }
+    }
+    if specs.len() != a.aggregates.len() {
+        return None;
+    }
+    let final_output = match &a.final_output {
+        None => None,
+        Some(f) => {
+            let fat = at.k("final");
+            let Some(sink) = cfg.sinks.iter().find(|s| s.name() == f.sink) else {
+                errors.add(&fat.k("sink"), format!("no sink is named `{}`", f.sink));
+                return None;
+            };
+            if f.sink == main_sink {
+                errors.add(&fat.k("sink"), format!("`{}` is the main output; final results need a sink of their own", f.sink));
+                return None;
+            }
+            let key_name = a.key.rsplit('.').next().unwrap_or(&a.key).to_owned();
+            let fields: Vec<(String, Option<usize>)> = match &f.fields {
+                None => std::iter::once((key_name, None))
+                    .chain(specs.iter().enumerate().map(|(i, s)| (s.name.clone(), Some(i))))
+                    .collect(),
+                Some(m) => {
+                    let mut out = Vec::new();
+                    for (out_name, what) in m {
+                        if what == "key" {
+                            out.push((out_name.clone(), None));
+                        } else if let Some(i) = specs.iter().position(|s| &s.name == what) {
+                            out.push((out_name.clone(), Some(i)));
+                        } else {
+                            errors.add(&fat.k("fields").k(out_name), format!("`{what}` is neither `key` nor an aggregate of this step"));
+                            return None;
+                        }
+                    }
+                    out
+                }
+            };
+            Some(FinalOutput { sink: f.sink.clone(), fields, encoder: sink_format(sink).0 })
+        }
+    };
+    if !a.emit && final_output.is_none() {
+        errors.add(&at.k("emit"), "with `emit = false` and no `final`, this step has no effect");
+    }
+    Some(Aggregate::new(table, key, specs, a.emit, final_output))
+}

@@ -1,0 +1,590 @@
+//! The pipeline file: every table and key `keel run` accepts.
+//!
+//! Every struct refuses unknown keys, so a typo is an error that names the key and its line,
+//! not a silently ignored setting. Durations are strings such as `"500ms"`, `"1s"`, `"5m"`.
+
+use indexmap::IndexMap;
+use std::fmt;
+use std::time::Duration;
+
+use keel::LatePolicy;
+use keel_connectors::file::FileFormat;
+use serde::{Deserialize, Deserializer};
+
+/// A whole pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Pipeline name: used in checkpoints, dead letters and logs.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Where records come from.
+    pub source: SourceConfig,
+    /// What happens to each record, in order.
+    #[serde(default)]
+    pub steps: Vec<StepConfig>,
+    /// Where records go: the first sink receives the output of the last step; others are
+    /// reached by name (for example the final results of an `aggregate` step).
+    pub sinks: Vec<SinkConfig>,
+    /// Where failed records go, with their reason and provenance.
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterConfig>,
+    /// Checkpoint settings.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// Runtime tuning.
+    #[serde(default)]
+    pub run: RunConfig,
+}
+
+/// The source.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// A directory of files, each a partition.
+    Files(FilesSourceConfig),
+    /// Synthetic order records.
+    Generator(GeneratorSourceConfig),
+}
+
+/// `type = "files"` source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSourceConfig {
+    /// Directory to read (relative to the pipeline file).
+    pub path: String,
+    /// `json_lines` (default), `csv` or `lines`.
+    #[serde(default)]
+    pub format: FileFormat,
+    /// File name pattern; default `*.jsonl`, `*.csv` or `*.txt` by format.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Keep watching for new files and lines.
+    #[serde(default)]
+    pub follow: bool,
+    /// How often to look for new data in follow mode.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub poll_interval: Option<Duration>,
+}
+
+/// `type = "generator"` source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorSourceConfig {
+    /// Partitions.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Total records; absent: unbounded.
+    #[serde(default)]
+    pub records: Option<u64>,
+    /// Records per second; absent: as fast as possible.
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// Seed.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Distinct customers.
+    #[serde(default = "default_customers")]
+    pub customers: u64,
+    /// Fraction of bad records.
+    #[serde(default = "default_bad_fraction")]
+    pub bad_fraction: f64,
+}
+
+fn default_partitions() -> u32 {
+    4
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_customers() -> u64 {
+    10_000
+}
+fn default_bad_fraction() -> f64 {
+    0.001
+}
+
+/// One step.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StepConfig {
+    /// Decode the record text (JSON or CSV) into fields.
+    Parse(ParseConfig),
+    /// Check required fields, types, rules and a JSON Schema.
+    Validate(ValidateConfig),
+    /// Reshape records with a jq program (zero or more outputs per record).
+    Transform(JqConfig),
+    /// Keep records for which a jq program is true.
+    Filter(JqConfig),
+    /// Keep only the listed fields, in that order.
+    Select(FieldsConfig),
+    /// Remove the listed fields.
+    Drop(FieldsConfig),
+    /// Rename fields.
+    Rename(RenameConfig),
+    /// Take event time from a field; track watermarks; route late records.
+    EventTime(EventTimeConfig),
+    /// Running aggregates per key in keyed state; optional final results at the end.
+    Aggregate(AggregateConfig),
+    /// Drop (or dead-letter) records whose key was seen within a window.
+    Dedupe(DedupeConfig),
+}
+
+impl StepConfig {
+    /// The `type` of the step.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StepConfig::Parse(_) => "parse",
+            StepConfig::Validate(_) => "validate",
+            StepConfig::Transform(_) => "transform",
+            StepConfig::Filter(_) => "filter",
+            StepConfig::Select(_) => "select",
+            StepConfig::Drop(_) => "drop",
+            StepConfig::Rename(_) => "rename",
+            StepConfig::EventTime(_) => "event_time",
+            StepConfig::Aggregate(_) => "aggregate",
+            StepConfig::Dedupe(_) => "dedupe",
+        }
+    }
+
+    /// The name given to the step, if any.
+    pub fn given_name(&self) -> Option<&str> {
+        match self {
+            StepConfig::Parse(c) => c.name.as_deref(),
+            StepConfig::Validate(c) => c.name.as_deref(),
+            StepConfig::Transform(c) | StepConfig::Filter(c) => c.name.as_deref(),
+            StepConfig::Select(c) | StepConfig::Drop(c) => c.name.as_deref(),
+            StepConfig::Rename(c) => c.name.as_deref(),
+            StepConfig::EventTime(c) => c.name.as_deref(),
+            StepConfig::Aggregate(c) => c.name.as_deref(),
+            StepConfig::Dedupe(c) => c.name.as_deref(),
+        }
+    }
+}
+
+/// Formats a parse step understands.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ParseFormat {
+    /// One JSON object per record.
+    #[default]
+    Json,
+    /// One CSV row per record; column names from the file's header line.
+    Csv,
+}
+
+/// `type = "parse"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParseConfig {
+    /// Stage name in dead letters (default `parse`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `json` (default) or `csv`.
+    #[serde(default)]
+    pub format: ParseFormat,
+    /// CSV: field delimiter (default `,`).
+    #[serde(default)]
+    pub delimiter: Option<char>,
+    /// CSV: turn values that look like integers, floats and booleans into those types.
+    #[serde(default)]
+    pub infer_types: bool,
+    /// CSV: column names when the files have no header line.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+}
+
+/// JSON types a field can be required to have.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TypeName {
+    /// A whole number.
+    Integer,
+    /// Any number.
+    Number,
+    /// A string.
+    String,
+    /// true or false.
+    Boolean,
+    /// An object.
+    Object,
+    /// An array.
+    Array,
+}
+
+impl TypeName {
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TypeName::Integer => "integer",
+            TypeName::Number => "number",
+            TypeName::String => "string",
+            TypeName::Boolean => "boolean",
+            TypeName::Object => "object",
+            TypeName::Array => "array",
+        }
+    }
+}
+
+/// `type = "validate"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// Stage name in dead letters (default `validate`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Fields that must be present and not null (reason `missing_field`).
+    #[serde(default)]
+    pub required: Vec<String>,
+    /// Types of fields, when present (reason `bad_type`).
+    #[serde(default)]
+    pub types: IndexMap<String, TypeName>,
+    /// Value rules, each with its own reason.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// A JSON Schema file (relative to the pipeline file); reason `schema_violation`.
+    #[serde(default)]
+    pub schema: Option<String>,
+}
+
+/// One value rule of a validate step. A rule applies when its field is present.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// The field (dotted path).
+    pub field: String,
+    /// Reason of the failure: snake_case, for example `negative_amount`.
+    pub reason: String,
+    /// Numbers: smallest allowed value.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Numbers: largest allowed value.
+    #[serde(default)]
+    pub max: Option<f64>,
+    /// Strings: shortest allowed length (in characters).
+    #[serde(default)]
+    pub min_length: Option<usize>,
+    /// Strings: longest allowed length (in characters).
+    #[serde(default)]
+    pub max_length: Option<usize>,
+    /// Strings: a regular expression the whole value must match.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Allowed values.
+    #[serde(default)]
+    pub one_of: Option<Vec<toml::Value>>,
+    /// Message in dead letters (default: generated).
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// `type = "transform"` and `type = "filter"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JqConfig {
+    /// Stage name in dead letters.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The jq program.
+    pub jq: String,
+}
+
+/// `type = "select"` and `type = "drop"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldsConfig {
+    /// Stage name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Top-level field names.
+    pub fields: Vec<String>,
+}
+
+/// `type = "rename"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameConfig {
+    /// Stage name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Old name = new name.
+    pub fields: IndexMap<String, String>,
+}
+
+/// How an event-time field is written.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeUnit {
+    /// Integer milliseconds since the Unix epoch.
+    #[default]
+    Ms,
+    /// Integer or fractional seconds since the Unix epoch.
+    S,
+    /// Integer microseconds since the Unix epoch.
+    Us,
+    /// Integer nanoseconds since the Unix epoch.
+    Ns,
+    /// An RFC 3339 string (`2023-11-14T01:00:00Z`).
+    Rfc3339,
+}
+
+/// `type = "event_time"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeConfig {
+    /// Stage name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The field holding event time.
+    pub field: String,
+    /// Its unit.
+    #[serde(default)]
+    pub unit: TimeUnit,
+    /// How late records may arrive (default 5s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub lateness: Option<Duration>,
+    /// A partition quiet for this long does not hold the watermark back (default 60s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// `dead_letter` (default), `drop` or `keep`.
+    #[serde(default)]
+    pub late: LatePolicy,
+}
+
+/// `type = "aggregate"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Stage name; also the state table name (default `aggregate`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The key field (dotted path).
+    pub key: String,
+    /// Output field = `count()`, `sum(field)`, `min(field)` or `max(field)`.
+    pub aggregates: IndexMap<String, String>,
+    /// Add the running values to each record (default true).
+    #[serde(default = "yes")]
+    pub emit: bool,
+    /// At the end of a bounded input, write one record per key to a sink.
+    #[serde(default, rename = "final")]
+    pub final_output: Option<FinalConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Final results of an aggregate step.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinalConfig {
+    /// The sink (by name).
+    pub sink: String,
+    /// Output field = `key` or an aggregate name; default: the key field and every aggregate.
+    #[serde(default)]
+    pub fields: Option<IndexMap<String, String>>,
+}
+
+/// What dedupe does with a repeated key.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicatePolicy {
+    /// Drop it and count it.
+    #[default]
+    Drop,
+    /// Dead-letter it with reason `duplicate`.
+    DeadLetter,
+}
+
+/// `type = "dedupe"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// Stage name; also the state table name (default `dedupe`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The key field (dotted path).
+    pub key: String,
+    /// How long a key is remembered, in event time when the record has one.
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    /// `drop` (default) or `dead_letter`.
+    #[serde(default)]
+    pub on_duplicate: DuplicatePolicy,
+}
+
+/// A sink.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// Files with exactly-once commits.
+    Files(FilesSinkConfig),
+    /// Standard output, at commit time.
+    Stdout(StdoutSinkConfig),
+}
+
+impl SinkConfig {
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SinkConfig::Files(c) => &c.name,
+            SinkConfig::Stdout(c) => &c.name,
+        }
+    }
+}
+
+/// `type = "files"` sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSinkConfig {
+    /// Name, used by steps that write to it.
+    pub name: String,
+    /// Output directory (relative to the pipeline file).
+    pub path: String,
+    /// `json_lines` (default) or `csv`.
+    #[serde(default)]
+    pub format: FileFormat,
+    /// CSV: the columns, in order (also the header line).
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// File name prefix (default `part`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Start a new file within an epoch after this many bytes (default 256 MiB).
+    #[serde(default)]
+    pub max_file_bytes: Option<u64>,
+}
+
+/// `type = "stdout"` sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {
+    /// Name.
+    pub name: String,
+}
+
+/// The dead-letter output.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Directory of dead-letter files (relative to the pipeline file).
+    pub path: String,
+    /// A field to copy into each dead letter as its `id`; for records that are not valid
+    /// JSON, the first `"<field>": <value>` in the text is used.
+    #[serde(default)]
+    pub id_field: Option<String>,
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Checkpoint directory (relative to the pipeline file; default `state`).
+    #[serde(default = "default_state_path")]
+    pub path: String,
+    /// Time between checkpoints, or `"off"` for only a final one (default `1s`).
+    #[serde(default = "default_interval", deserialize_with = "interval")]
+    pub interval: Option<Duration>,
+    /// Checkpoints to keep (default 3).
+    #[serde(default = "default_retain")]
+    pub retain: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig { path: default_state_path(), interval: default_interval(), retain: default_retain() }
+    }
+}
+
+fn default_state_path() -> String {
+    "state".into()
+}
+fn default_interval() -> Option<Duration> {
+    Some(Duration::from_secs(1))
+}
+fn default_retain() -> usize {
+    3
+}
+
+/// `[run]`: runtime tuning.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Records per source read (default 1024).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Partitions read at once (default 64).
+    #[serde(default)]
+    pub max_open_partitions: Option<usize>,
+}
+
+/// Parses `"1s"`, `"250ms"`, `"5m"`, `"1h"`, `"2d"`, `"1.5s"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (try \"500ms\", \"1s\", \"5m\")"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        "us" => n / 1e6,
+        _ => return Err(format!("`{s}` has no known unit (ms, s, m, h, d)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{s}` is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+struct DurationVisitor;
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration such as \"500ms\", \"1s\" or \"5m\"")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+        parse_duration(v).map_err(E::custom)
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_str(DurationVisitor)
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    d.deserialize_str(DurationVisitor).map(Some)
+}
+
+fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim() == "off" {
+        return Ok(None);
+    }
+    let d = parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if d.is_zero() {
+        return Err(serde::de::Error::custom("the checkpoint interval must be positive (or \"off\")"));
+    }
+    Ok(Some(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! The sources a pipeline file can name.
+
+use keel::{PartitionReader, ReadStatus, Source, SourceBatch, SourceError};
+use keel_connectors::file::{FileReader, FileSource};
+use keel_connectors::generator::{GeneratorReader, GeneratorSource};
+
+/// Any source of a pipeline file.
+#[derive(Debug)]
+pub enum AnySource {
+    /// Files.
+    Files(FileSource),
+    /// The generator.
+    Generator(GeneratorSource),
+}
+
+/// A reader of any source.
+#[derive(Debug)]
+pub enum AnyReader {
+    /// Files.
+    Files(FileReader),
+    /// The generator.
+    Generator(GeneratorReader),
+}
+
+impl Source for AnySource {
+    type Position = u64;
+    type Reader = AnyReader;
+
+    fn describe(&self) -> String {
+        match self {
+            AnySource::Files(s) => s.describe(),
+            AnySource::Generator(s) => s.describe(),
+        }
+    }
+
+    fn is_bounded(&self) -> bool {
+        match self {
+            AnySource::Files(s) => s.is_bounded(),
+            AnySource::Generator(s) => s.is_bounded(),
+        }
+    }
+
+    fn discovery_interval(&self) -> Option<std::time::Duration> {
+        match self {
+            AnySource::Files(s) => s.discovery_interval(),
+            AnySource::Generator(s) => s.discovery_interval(),
+        }
+    }
+
+    async fn discover(&mut self) -> Result<Vec<String>, SourceError> {
+        match self {
+            AnySource::Files(s) => s.discover().await,
+            AnySource::Generator(s) => s.discover().await,
+        }
+    }
+
+    async fn open(&mut self, partition: &str, from: Option<u64>) -> Result<AnyReader, SourceError> {
+        Ok(match self {
+            AnySource::Files(s) => AnyReader::Files(s.open(partition, from).await?),
+            AnySource::Generator(s) => AnyReader::Generator(s.open(partition, from).await?),
+        })
+    }
+}
+
+impl PartitionReader for AnyReader {
+    type Position = u64;
+
+    async fn next_batch(&mut self, batch: &mut SourceBatch<u64>, max: usize) -> Result<ReadStatus, SourceError> {
+        match self {
+            AnyReader::Files(r) => r.next_batch(batch, max).await,
+            AnyReader::Generator(r) => r.next_batch(batch, max).await,
+        }
+    }
+}
