@@ -176,7 +176,7 @@ pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<Decl
                     None
                 }
             },
-            StepConfig::Select(f) => Some(Box::new(Select(f.fields.clone().into()))),
+            StepConfig::Select(f) => Some(Box::new(Select::new(f.fields.clone()))),
             StepConfig::Drop(f) => Some(Box::new(DropFields(f.fields.clone().into()))),
             StepConfig::Rename(r) => Some(Box::new(Rename(r.fields.clone().into_iter().collect::<Vec<_>>().into()))),
             StepConfig::EventTime(e) => {
@@ -434,7 +434,7 @@ fn build_aggregate(
     let mut specs = Vec::new();
     for (name, text) in &a.aggregates {
         match Func::parse(text) {
-            Ok(func) => specs.push(AggregateSpec { name: name.clone(), func }),
+            Ok(func) => specs.push(AggregateSpec { name: name.as_str().into(), func }),
             Err(e) => errors.add(&at.k("aggregates").k(name), e),
         }
     }
@@ -456,14 +456,14 @@ fn build_aggregate(
             let key_name = a.key.rsplit('.').next().unwrap_or(&a.key).to_owned();
             let fields: Vec<(String, Option<usize>)> = match &f.fields {
                 None => std::iter::once((key_name, None))
-                    .chain(specs.iter().enumerate().map(|(i, s)| (s.name.clone(), Some(i))))
+                    .chain(specs.iter().enumerate().map(|(i, s)| (s.name.to_string(), Some(i))))
                     .collect(),
                 Some(m) => {
                     let mut out = Vec::new();
                     for (out_name, what) in m {
                         if what == "key" {
                             out.push((out_name.clone(), None));
-                        } else if let Some(i) = specs.iter().position(|s| &s.name == what) {
+                        } else if let Some(i) = specs.iter().position(|s| &*s.name == what) {
                             out.push((out_name.clone(), Some(i)));
                         } else {
                             errors.add(&fat.k("fields").k(out_name), format!("`{what}` is neither `key` nor an aggregate of this step"));

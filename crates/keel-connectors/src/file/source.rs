@@ -147,30 +147,22 @@ impl FileReader {
     /// Reads the next chunk; returns false at the end of the file.
     fn fill(&mut self) -> Result<bool, SourceError> {
         let carried = self.partial.len();
-        let mut buf = BytesMut::with_capacity(CHUNK + carried);
+        let mut buf = Vec::with_capacity(CHUNK + carried);
         buf.extend_from_slice(&self.partial);
-        buf.resize(carried + CHUNK, 0);
-        let mut filled = carried;
-        while filled < buf.len() {
-            match self.file.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(SourceError::Io { context: format!("reading {}", self.path.display()), source: e });
-                }
-            }
-        }
-        let read = (filled - carried) as u64;
+        // read_to_end fills spare capacity without zeroing it first
+        let read = (&mut self.file)
+            .take(CHUNK as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| SourceError::Io { context: format!("reading {}", self.path.display()), source: e })?
+            as u64;
         if read == 0 {
             // nothing new: the unfinished line stays in `partial`
             return Ok(false);
         }
-        buf.truncate(filled);
         self.partial.clear();
         self.chunk_offset = self.read_offset - carried as u64;
         self.read_offset += read;
-        self.chunk = buf.freeze();
+        self.chunk = Bytes::from(buf);
         Ok(true)
     }
 

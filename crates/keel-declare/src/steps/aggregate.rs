@@ -11,8 +11,9 @@ use std::sync::Arc;
 use keel::failure::reason;
 use keel::{Context, Failure, StateSpec};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
-use super::DocStep;
+use super::{DocStep, Next};
 use crate::doc::{Doc, FieldPath, Value};
 use crate::encode::DocEncoder;
 use keel::Encoder;
@@ -59,7 +60,7 @@ impl Func {
 #[derive(Clone, Debug)]
 pub struct AggregateSpec {
     /// Output field name.
-    pub name: String,
+    pub name: Arc<str>,
     /// The function.
     pub func: Func,
 }
@@ -108,9 +109,10 @@ impl Num {
     }
 }
 
-/// The state of one key: one number per aggregate, in declaration order.
+/// The state of one key: one number per aggregate, in declaration order (inline for up to
+/// two aggregates).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AggregateState(pub Vec<Num>);
+pub struct AggregateState(pub SmallVec<[Num; 1]>);
 
 /// Where final results go.
 #[derive(Clone, Debug)]
@@ -133,11 +135,14 @@ pub struct Aggregate {
     state: StateSpec<AggregateState>,
     key_buf: Vec<u8>,
     inputs: Vec<Num>,
+    /// Field position hints: the key, then each aggregate's input.
+    hints: Vec<u32>,
 }
 
 impl Aggregate {
     /// An aggregate step keeping state in table `table`.
     pub fn new(table: &str, key: FieldPath, specs: Vec<AggregateSpec>, emit: bool, final_output: Option<FinalOutput>) -> Self {
+        let specs_len = specs.len();
         Aggregate {
             key,
             specs: specs.into(),
@@ -146,14 +151,15 @@ impl Aggregate {
             state: StateSpec::new(table),
             key_buf: Vec::with_capacity(32),
             inputs: Vec::new(),
+            hints: vec![0; specs_len + 1],
         }
     }
 }
 
 impl DocStep for Aggregate {
-    fn apply(&mut self, mut doc: Doc, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
+    fn apply(&mut self, doc: &mut Doc, cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         {
-            let key = doc.get_path(&self.key).ok_or_else(|| {
+            let key = doc.get_path_hinted(&self.key, &mut self.hints[0]).ok_or_else(|| {
                 Failure::permanent(reason::MISSING_FIELD, format!("key field `{}` is missing", self.key))
                     .with_field(self.key.as_str())
             })?;
@@ -161,10 +167,10 @@ impl DocStep for Aggregate {
             doc.write_value(key.value(), &mut self.key_buf);
         }
         self.inputs.clear();
-        for s in self.specs.iter() {
+        for (i, s) in self.specs.iter().enumerate() {
             let n = match s.func.input() {
                 None => Num::Int(1),
-                Some(f) => match doc.get_path(f) {
+                Some(f) => match doc.get_path_hinted(f, &mut self.hints[i + 1]) {
                     None => Num::Empty,
                     Some(v) => {
                         let v = v.value();
@@ -190,7 +196,7 @@ impl DocStep for Aggregate {
         let mut results: [Num; 8] = [Num::Empty; 8];
         let mut many: Vec<Num> = Vec::new();
         cx.state(&self.state).update(|st| {
-            let st = st.get_or_insert_with(|| AggregateState(vec![Num::Empty; specs.len()]));
+            let st = st.get_or_insert_with(|| AggregateState(smallvec::smallvec![Num::Empty; specs.len()]));
             st.0.resize(specs.len(), Num::Empty);
             for (i, s) in specs.iter().enumerate() {
                 let x = inputs[i];
@@ -205,18 +211,17 @@ impl DocStep for Aggregate {
                 if st.0.len() <= results.len() {
                     results[..st.0.len()].copy_from_slice(&st.0);
                 } else {
-                    many = st.0.clone();
+                    many = st.0.to_vec();
                 }
             }
         })?;
         if emit {
             let vals = if many.is_empty() { &results[..specs.len()] } else { &many[..] };
             for (s, n) in specs.iter().zip(vals) {
-                doc.set(&s.name, n.value());
+                doc.set_shared(&s.name, n.value());
             }
         }
-        out.push(doc);
-        Ok(())
+        Ok(Next::Keep)
     }
 
     fn finish(&mut self, cx: &mut Context<'_>, _out: &mut Vec<Doc>) -> Result<(), Failure> {

@@ -11,7 +11,7 @@ use keel::failure::reason;
 use keel::util::now_ms;
 use keel::{Context, Failure, StateSpec};
 
-use super::DocStep;
+use super::{DocStep, Next};
 use crate::config::DuplicatePolicy;
 use crate::doc::{Doc, FieldPath};
 
@@ -54,7 +54,7 @@ impl Dedupe {
 }
 
 impl DocStep for Dedupe {
-    fn apply(&mut self, doc: Doc, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
+    fn apply(&mut self, doc: &mut Doc, cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         let key = doc.get_path(&self.key).ok_or_else(|| {
             Failure::permanent(reason::MISSING_FIELD, format!("dedupe key `{}` is missing", self.key)).with_field(self.key.as_str())
         })?;
@@ -80,13 +80,12 @@ impl DocStep for Dedupe {
             }
         })?;
         if !duplicate {
-            out.push(doc);
-            return Ok(());
+            return Ok(Next::Keep);
         }
         match self.policy {
             DuplicatePolicy::Drop => {
                 self.dropped += 1;
-                Ok(())
+                Ok(Next::Drop)
             }
             DuplicatePolicy::DeadLetter => Err(Failure::permanent(
                 reason::DUPLICATE,

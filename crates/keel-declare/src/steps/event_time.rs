@@ -3,7 +3,7 @@
 use keel::failure::reason;
 use keel::{Context, Failure};
 
-use super::DocStep;
+use super::{DocStep, Next};
 use crate::config::TimeUnit;
 use crate::doc::{Doc, FieldPath};
 
@@ -44,12 +44,9 @@ impl EventTimeStep {
 }
 
 impl DocStep for EventTimeStep {
-    fn apply(&mut self, doc: Doc, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
-        let ts = self.millis(&doc)?;
-        if cx.observe_event_time(ts)? {
-            out.push(doc);
-        }
-        Ok(())
+    fn apply(&mut self, doc: &mut Doc, cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
+        let ts = self.millis(doc)?;
+        Ok(if cx.observe_event_time(ts)? { Next::Keep } else { Next::Drop })
     }
     fn clone_box(&self) -> Box<dyn DocStep> {
         Box::new(self.clone())

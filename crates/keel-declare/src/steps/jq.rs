@@ -9,7 +9,7 @@ use jaq_json::{Num, Val};
 use keel::failure::reason;
 use keel::{Context, Failure};
 
-use super::DocStep;
+use super::{DocStep, Next};
 use crate::doc::Doc;
 
 type Data = JustLut<Val>;
@@ -98,10 +98,11 @@ impl JqProgram {
 pub struct JqTransform(pub Arc<JqProgram>);
 
 impl DocStep for JqTransform {
-    fn apply(&mut self, doc: Doc, _cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
-        for v in self.0.run(&doc)? {
+    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, more: &mut Vec<Doc>) -> Result<Next, Failure> {
+        let mut outputs = Vec::new();
+        for v in self.0.run(doc)? {
             match Doc::from_json(v) {
-                Ok(d) => out.push(d),
+                Ok(d) => outputs.push(d),
                 Err(other) => {
                     return Err(Failure::permanent(
                         reason::TRANSFORM_ERROR,
@@ -110,7 +111,15 @@ impl DocStep for JqTransform {
                 }
             }
         }
-        Ok(())
+        let mut outputs = outputs.into_iter();
+        match outputs.next() {
+            None => Ok(Next::Drop),
+            Some(first) => {
+                *doc = first;
+                more.extend(outputs);
+                Ok(Next::Keep)
+            }
+        }
     }
     fn clone_box(&self) -> Box<dyn DocStep> {
         Box::new(self.clone())
@@ -122,15 +131,12 @@ impl DocStep for JqTransform {
 pub struct JqFilter(pub Arc<JqProgram>);
 
 impl DocStep for JqFilter {
-    fn apply(&mut self, doc: Doc, _cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
+    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         let keep = matches!(
-            self.0.run(&doc)?.first(),
+            self.0.run(doc)?.first(),
             Some(v) if !matches!(v, serde_json::Value::Null | serde_json::Value::Bool(false))
         );
-        if keep {
-            out.push(doc);
-        }
-        Ok(())
+        Ok(if keep { Next::Keep } else { Next::Drop })
     }
     fn clone_box(&self) -> Box<dyn DocStep> {
         Box::new(self.clone())

@@ -24,10 +24,21 @@ pub use validate::{Rule, Validate};
 
 use crate::doc::Doc;
 
-/// One declared step.
+/// What a step decided about a doc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Pass the (possibly changed) doc on.
+    Keep,
+    /// Drop it (filtered out, or consumed).
+    Drop,
+}
+
+/// One declared step. Steps change docs in place: most records pass every step without
+/// being moved or copied.
 pub trait DocStep {
-    /// Handles one doc, pushing zero or more docs into `out`.
-    fn apply(&mut self, doc: Doc, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure>;
+    /// Handles one doc. A step with several outputs per input (jq) makes `doc` the first and
+    /// pushes the others into `more`; they continue after it, in order.
+    fn apply(&mut self, doc: &mut Doc, cx: &mut Context<'_>, more: &mut Vec<Doc>) -> Result<Next, Failure>;
 
     /// Called once at the end of a bounded input.
     fn finish(&mut self, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
@@ -43,8 +54,7 @@ pub trait DocStep {
 pub struct DocChain {
     steps: Vec<(Arc<str>, Box<dyn DocStep>)>,
     id_field: Option<Arc<str>>,
-    a: Vec<Doc>,
-    b: Vec<Doc>,
+    more: Vec<Doc>,
 }
 
 impl Clone for DocChain {
@@ -52,8 +62,7 @@ impl Clone for DocChain {
         DocChain {
             steps: self.steps.iter().map(|(n, s)| (n.clone(), s.clone_box())).collect(),
             id_field: self.id_field.clone(),
-            a: Vec::new(),
-            b: Vec::new(),
+            more: Vec::new(),
         }
     }
 }
@@ -61,27 +70,31 @@ impl Clone for DocChain {
 impl DocChain {
     /// A chain of named steps. `id_field` names the field copied into dead letters as `id`.
     pub fn new(steps: Vec<(Arc<str>, Box<dyn DocStep>)>, id_field: Option<Arc<str>>) -> Self {
-        DocChain { steps, id_field, a: Vec::new(), b: Vec::new() }
+        DocChain { steps, id_field, more: Vec::new() }
     }
 
-    /// Runs `docs` through the steps from `from` on.
-    fn run(&mut self, from: usize, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
-        for (name, step) in &mut self.steps[from..] {
-            self.b.clear();
-            for d in self.a.drain(..) {
-                if let Err(mut f) = step.apply(d, cx, &mut self.b) {
-                    if f.stage.is_empty() {
-                        f.stage = name.to_string();
-                    }
+    /// Runs `doc` through the steps from `from` on, pushing what comes out into `out`.
+    fn run(&mut self, mut doc: Doc, from: usize, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
+        for i in from..self.steps.len() {
+            let (name, step) = &mut self.steps[i];
+            match step.apply(&mut doc, cx, &mut self.more) {
+                Ok(Next::Keep) => {}
+                Ok(Next::Drop) => return Ok(()),
+                Err(mut f) => {
+                    f.stage_if_empty(name);
                     return Err(f);
                 }
             }
-            std::mem::swap(&mut self.a, &mut self.b);
-            if self.a.is_empty() {
+            if !self.more.is_empty() {
+                let extra = std::mem::take(&mut self.more);
+                self.run(doc, i + 1, cx, out)?;
+                for d in extra {
+                    self.run(d, i + 1, cx, out)?;
+                }
                 return Ok(());
             }
         }
-        out.append(&mut self.a);
+        out.push(doc);
         Ok(())
     }
 
@@ -97,21 +110,19 @@ impl Step<Record> for DocChain {
     type Out = Doc;
 
     async fn process(&mut self, item: Record, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
-        self.a.clear();
-        self.a.push(Doc::raw(item.value));
-        self.run(0, cx, out).map_err(|f| self.with_record_id(f, cx))
+        self.run(Doc::raw(item.value), 0, cx, out).map_err(|f| self.with_record_id(f, cx))
     }
 
     async fn finish(&mut self, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
         for i in 0..self.steps.len() {
-            self.a.clear();
+            let mut finals = Vec::new();
             let (name, step) = &mut self.steps[i];
-            step.finish(cx, &mut self.a).map_err(|mut f| {
+            step.finish(cx, &mut finals).map_err(|mut f| {
                 f.stage_if_empty(name);
                 f
             })?;
-            if !self.a.is_empty() {
-                self.run(i + 1, cx, out)?;
+            for d in finals {
+                self.run(d, i + 1, cx, out)?;
             }
         }
         Ok(())

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use keel::failure::reason;
 use keel::{Context, Failure};
 
-use super::DocStep;
+use super::{DocStep, Next};
 use crate::doc::{Doc, Value};
 
 /// Parses a JSON object per record. Text that is not strict JSON, or not an object, fails
@@ -15,12 +15,9 @@ use crate::doc::{Doc, Value};
 pub struct ParseJson;
 
 impl DocStep for ParseJson {
-    fn apply(&mut self, doc: Doc, _cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
-        match Doc::parse_json(doc.source().clone()) {
-            Ok(d) => {
-                out.push(d);
-                Ok(())
-            }
+    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
+        match doc.reparse_json() {
+            Ok(()) => Ok(Next::Keep),
             Err(e) if e.invalid_utf8 => Err(Failure::permanent(reason::INVALID_UTF8, e.message)),
             Err(e) => Err(Failure::permanent(reason::MALFORMED, e.message)),
         }
@@ -72,7 +69,7 @@ impl ParseCsv {
 }
 
 impl DocStep for ParseCsv {
-    fn apply(&mut self, doc: Doc, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
+    fn apply(&mut self, doc: &mut Doc, cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         let header = self.header(cx)?;
         let text = std::str::from_utf8(doc.source())
             .map_err(|e| Failure::permanent(reason::INVALID_UTF8, format!("CSV row is not UTF-8: {e}")))?;
@@ -88,8 +85,8 @@ impl DocStep for ParseCsv {
             let v = if self.infer_types { infer(cell) } else { Value::Str(cell.into()) };
             d.set(name, v);
         }
-        out.push(d);
-        Ok(())
+        *doc = d;
+        Ok(Next::Keep)
     }
     fn clone_box(&self) -> Box<dyn DocStep> {
         Box::new(self.clone())

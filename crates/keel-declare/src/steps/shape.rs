@@ -4,18 +4,27 @@ use std::sync::Arc;
 
 use keel::{Context, Failure};
 
-use super::DocStep;
+use super::{DocStep, Next};
 use crate::doc::Doc;
 
 /// Keeps only the listed fields, in the listed order.
 #[derive(Clone)]
-pub struct Select(pub Arc<[String]>);
+pub struct Select {
+    names: Arc<[String]>,
+    hints: Vec<u32>,
+}
+
+impl Select {
+    /// Keeps `names`.
+    pub fn new(names: Vec<String>) -> Self {
+        Select { hints: vec![0; names.len()], names: names.into() }
+    }
+}
 
 impl DocStep for Select {
-    fn apply(&mut self, mut doc: Doc, _cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
-        doc.select(&self.0);
-        out.push(doc);
-        Ok(())
+    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
+        doc.select_hinted(&self.names, &mut self.hints);
+        Ok(Next::Keep)
     }
     fn clone_box(&self) -> Box<dyn DocStep> {
         Box::new(self.clone())
@@ -27,12 +36,11 @@ impl DocStep for Select {
 pub struct DropFields(pub Arc<[String]>);
 
 impl DocStep for DropFields {
-    fn apply(&mut self, mut doc: Doc, _cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
+    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         for f in self.0.iter() {
             doc.remove(f);
         }
-        out.push(doc);
-        Ok(())
+        Ok(Next::Keep)
     }
     fn clone_box(&self) -> Box<dyn DocStep> {
         Box::new(self.clone())
@@ -44,12 +52,11 @@ impl DocStep for DropFields {
 pub struct Rename(pub Arc<[(String, String)]>);
 
 impl DocStep for Rename {
-    fn apply(&mut self, mut doc: Doc, _cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
+    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         for (from, to) in self.0.iter() {
             doc.rename(from, to);
         }
-        out.push(doc);
-        Ok(())
+        Ok(Next::Keep)
     }
     fn clone_box(&self) -> Box<dyn DocStep> {
         Box::new(self.clone())

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use keel::failure::reason;
 use keel::{Context, Failure};
+use smallvec::SmallVec;
 
-use super::DocStep;
+use super::{DocStep, Next};
 use crate::config::TypeName;
 use crate::doc::{Doc, FieldPath, Kind, PathValue};
 
@@ -34,12 +35,20 @@ pub struct Rule {
 }
 
 /// The validate step.
+///
+/// Each distinct field is looked up once per record; the checks then run in their documented
+/// order (required, types, rules, schema) over those lookups.
 #[derive(Clone)]
 pub struct Validate {
-    required: Arc<[FieldPath]>,
-    types: Arc<[(FieldPath, TypeName)]>,
-    rules: Arc<[Rule]>,
+    /// Distinct fields used by the checks below.
+    fields: Arc<[FieldPath]>,
+    /// Indexes into `fields`.
+    required: Arc<[usize]>,
+    types: Arc<[(usize, TypeName)]>,
+    rules: Arc<[(usize, Rule)]>,
     schema: Option<Arc<jsonschema::Validator>>,
+    /// Field position hints, one per distinct field.
+    hints: Vec<u32>,
 }
 
 impl Validate {
@@ -50,12 +59,27 @@ impl Validate {
         rules: Vec<Rule>,
         schema: Option<jsonschema::Validator>,
     ) -> Self {
-        Validate { required: required.into(), types: types.into(), rules: rules.into(), schema: schema.map(Arc::new) }
+        let mut fields: Vec<FieldPath> = Vec::new();
+        let mut index = |p: &FieldPath| match fields.iter().position(|f| f == p) {
+            Some(i) => i,
+            None => {
+                fields.push(p.clone());
+                fields.len() - 1
+            }
+        };
+        let required: Vec<usize> = required.iter().map(&mut index).collect();
+        let types: Vec<(usize, TypeName)> = types.iter().map(|(p, t)| (index(p), *t)).collect();
+        let rules: Vec<(usize, Rule)> = rules.into_iter().map(|r| (index(&r.field), r)).collect();
+        let hints = vec![0; fields.len()];
+        Validate {
+            fields: fields.into(),
+            required: required.into(),
+            types: types.into(),
+            rules: rules.into(),
+            schema: schema.map(Arc::new),
+            hints,
+        }
     }
-}
-
-fn lookup<'a>(doc: &'a Doc, path: &FieldPath) -> Option<PathValue<'a>> {
-    doc.get_path(path)
 }
 
 fn has_type(kind: Kind, t: TypeName) -> bool {
@@ -70,8 +94,8 @@ fn has_type(kind: Kind, t: TypeName) -> bool {
 }
 
 impl Rule {
-    fn check(&self, doc: &Doc) -> Result<(), Failure> {
-        let Some(found) = lookup(doc, &self.field) else { return Ok(()) };
+    fn check(&self, doc: &Doc, found: Option<&PathValue<'_>>) -> Result<(), Failure> {
+        let Some(found) = found else { return Ok(()) };
         let v = found.value();
         if doc.kind(v) == Kind::Null {
             return Ok(());
@@ -134,18 +158,23 @@ fn json_eq(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 }
 
 impl DocStep for Validate {
-    fn apply(&mut self, doc: Doc, _cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
-        for f in self.required.iter() {
-            let present = lookup(&doc, f).is_some_and(|v| doc.kind(v.value()) != Kind::Null);
-            if !present {
+    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
+        let mut found: SmallVec<[Option<PathValue<'_>>; 8]> = SmallVec::with_capacity(self.fields.len());
+        for (f, hint) in self.fields.iter().zip(self.hints.iter_mut()) {
+            found.push(doc.get_path_hinted(f, hint));
+        }
+        for &i in self.required.iter() {
+            if found[i].as_ref().is_none_or(|v| doc.kind(v.value()) == Kind::Null) {
+                let f = &self.fields[i];
                 return Err(Failure::permanent(reason::MISSING_FIELD, format!("required field `{f}` is missing or null"))
                     .with_field(f.as_str()));
             }
         }
-        for (f, t) in self.types.iter() {
-            if let Some(v) = lookup(&doc, f) {
+        for &(i, t) in self.types.iter() {
+            if let Some(v) = &found[i] {
                 let kind = doc.kind(v.value());
-                if kind != Kind::Null && !has_type(kind, *t) {
+                if kind != Kind::Null && !has_type(kind, t) {
+                    let f = &self.fields[i];
                     return Err(Failure::permanent(
                         reason::BAD_TYPE,
                         format!("field `{f}` is a {}, expected a {}", kind.name(), t.name()),
@@ -154,8 +183,8 @@ impl DocStep for Validate {
                 }
             }
         }
-        for r in self.rules.iter() {
-            r.check(&doc)?;
+        for (i, r) in self.rules.iter() {
+            r.check(doc, found[*i].as_ref())?;
         }
         if let Some(schema) = &self.schema {
             let value = doc.to_json();
@@ -168,8 +197,7 @@ impl DocStep for Validate {
                 return Err(f);
             }
         }
-        out.push(doc);
-        Ok(())
+        Ok(Next::Keep)
     }
     fn clone_box(&self) -> Box<dyn DocStep> {
         Box::new(self.clone())

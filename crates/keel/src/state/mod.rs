@@ -27,6 +27,10 @@ use self::file::{Entry, Kind, StateFileError, StateFileWriter};
 
 type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
+/// A state key: stored inline up to 16 bytes, so typical keys cost no allocation and one
+/// memory access less per lookup.
+type Key = smallvec::SmallVec<[u8; 16]>;
+
 /// A state error.
 #[derive(Debug, Error)]
 pub enum StateError {
@@ -89,8 +93,8 @@ struct Slot<T> {
 /// A table of values of one type. A slot holds `Some` while its key is live; `update` lets
 /// a step take the value out (`None`) to delete the key.
 struct Table<T> {
-    map: FxMap<Box<[u8]>, Slot<Option<T>>>,
-    deleted: Vec<Box<[u8]>>,
+    map: FxMap<Key, Slot<Option<T>>>,
+    deleted: Vec<Key>,
 }
 
 /// Object-safe operations on any table, for snapshots and restore.
@@ -107,8 +111,8 @@ trait AnyTable: Any {
 /// A table restored from disk and not yet touched by a typed step.
 #[derive(Default)]
 struct RawTable {
-    map: FxMap<Box<[u8]>, Slot<Box<[u8]>>>,
-    deleted: Vec<Box<[u8]>>,
+    map: FxMap<Key, Slot<Box<[u8]>>>,
+    deleted: Vec<Key>,
 }
 
 impl AnyTable for RawTable {
@@ -281,7 +285,7 @@ impl StateStore {
     /// The typed table for `spec`, converting a raw restored table on first use.
     fn table<T: Serialize + DeserializeOwned + 'static>(&mut self, spec: &StateSpec<T>) -> Result<&mut Table<T>, StateError> {
         let i = match spec.index.get() {
-            Some(i) if i < self.tables.len() && self.names[i] == spec.name => i,
+            Some(i) if i < self.tables.len() && (Arc::ptr_eq(&self.names[i], &spec.name) || self.names[i] == spec.name) => i,
             _ => {
                 let i = self.index_of(&spec.name);
                 spec.index.set(Some(i));
@@ -386,7 +390,7 @@ impl StateStore {
         &mut self,
         spec: &StateSpec<T>,
     ) -> Result<Vec<(Box<[u8]>, T)>, StateError> {
-        Ok(self.table(spec)?.map.iter().filter_map(|(k, s)| Some((k.clone(), s.value.clone()?))).collect())
+        Ok(self.table(spec)?.map.iter().filter_map(|(k, s)| Some((k[..].into(), s.value.clone()?))).collect())
     }
 
     /// Deletes every key of a table for which `keep` returns false.

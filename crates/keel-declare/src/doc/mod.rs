@@ -8,16 +8,17 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
-use serde_json::value::RawValue;
+
+pub mod scan;
 
 /// A JSON value held by a [`Doc`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
-    /// JSON text in the doc's source, `start..end`.
-    Raw(u32, u32),
+    /// JSON text in the doc's source, `start..end`, of a known kind.
+    Raw(u32, u32, Kind),
     /// A string.
     Str(Box<str>),
     /// An integer.
@@ -68,8 +69,10 @@ impl Kind {
 
 #[derive(Clone, Debug, PartialEq)]
 enum Name {
+    /// Key text in the source (it had no escapes, so it is also its own JSON form).
     Span(u32, u32),
-    Owned(Box<str>),
+    /// A name set by a step; shared, so setting it on every record costs no allocation.
+    Owned(Arc<str>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -84,6 +87,9 @@ pub struct Doc {
     src: Bytes,
     fields: Vec<Field>,
     parsed: bool,
+    /// False when the parsed keys are certainly distinct (a cheap signature test), which
+    /// lets hinted lookups skip the search for a later duplicate.
+    maybe_dups: bool,
 }
 
 /// Why text is not a JSON object.
@@ -98,12 +104,12 @@ pub struct ParseError {
 impl Doc {
     /// Unparsed text: written back as is.
     pub fn raw(src: Bytes) -> Self {
-        Doc { src, fields: Vec::new(), parsed: false }
+        Doc { src, fields: Vec::new(), parsed: false, maybe_dups: false }
     }
 
     /// An empty object.
     pub fn object() -> Self {
-        Doc { src: Bytes::new(), fields: Vec::new(), parsed: true }
+        Doc { src: Bytes::new(), fields: Vec::new(), parsed: true, maybe_dups: false }
     }
 
     /// True once the doc is an object with fields (after a parse step).
@@ -116,22 +122,55 @@ impl Doc {
         &self.src
     }
 
-    /// Parses `src` as one JSON object.
+    /// Parses `src` as one JSON object (strict RFC 8259, see [`scan`]).
     pub fn parse_json(src: Bytes) -> Result<Doc, ParseError> {
-        let mut fields = Vec::with_capacity(8);
-        let result = {
-            let mut de = serde_json::Deserializer::from_slice(&src);
-            let seed = ObjectSeed { base: src.as_ptr() as usize, len: src.len(), fields: &mut fields };
-            seed.deserialize(&mut de).and_then(|()| de.end())
-        };
-        match result {
-            Ok(()) => Ok(Doc { src, fields, parsed: true }),
-            Err(e) => {
-                let msg = e.to_string();
-                let invalid_utf8 = std::str::from_utf8(&src).is_err();
-                Err(ParseError { message: if invalid_utf8 { format!("invalid UTF-8: {msg}") } else { msg }, invalid_utf8 })
-            }
+        let mut doc = Doc { src, fields: Vec::new(), parsed: true, maybe_dups: false };
+        doc.reparse_json()?;
+        Ok(doc)
+    }
+
+    /// Parses this doc's source as a JSON object, replacing its fields.
+    pub fn reparse_json(&mut self) -> Result<(), ParseError> {
+        self.fields.clear();
+        if self.fields.capacity() == 0 {
+            self.fields = take_pooled();
         }
+        self.parsed = true;
+        self.maybe_dups = false;
+        let src = &self.src;
+        let fields = &mut self.fields;
+        let mut signatures = 0u64;
+        let mut maybe_dups = false;
+        let mut key_error = None;
+        let scanned = scan::scan_members(src, |m| {
+            let key = &src[m.key.0 as usize..m.key.1 as usize];
+            let sig = 1u64
+                << (key.len().wrapping_mul(31) + key.first().map_or(0, |&c| c as usize * 7) + key.last().map_or(0, |&c| c as usize))
+                    % 64;
+            maybe_dups |= signatures & sig != 0 || m.key_escaped;
+            signatures |= sig;
+            let name = if m.key_escaped {
+                match serde_json::from_slice::<String>(&src[m.key.0 as usize - 1..m.key.1 as usize + 1]) {
+                    Ok(k) => Name::Owned(k.into()),
+                    Err(e) => {
+                        key_error = Some(e.to_string());
+                        return Err(scan::ScanError { message: "invalid key", at: m.key.0 as usize, invalid_utf8: false });
+                    }
+                }
+            } else {
+                Name::Span(m.key.0, m.key.1)
+            };
+            fields.push(Field { name, value: Value::Raw(m.value.0, m.value.1, m.kind) });
+            Ok(())
+        });
+        self.maybe_dups = maybe_dups;
+        scanned.map_err(|e| ParseError {
+            message: match key_error {
+                Some(k) => format!("key at byte {}: {k}", e.at),
+                None => format!("{} at byte {}", e.message, e.at),
+            },
+            invalid_utf8: e.invalid_utf8,
+        })
     }
 
     /// Builds a doc from a decoded JSON object.
@@ -148,18 +187,43 @@ impl Doc {
         }
     }
 
-    fn name_of<'a>(&'a self, f: &'a Field) -> &'a str {
+    fn name_bytes<'a>(&'a self, f: &'a Field) -> &'a [u8] {
         match &f.name {
-            Name::Span(a, b) => std::str::from_utf8(&self.src[*a as usize..*b as usize]).unwrap_or_default(),
-            Name::Owned(s) => s,
+            Name::Span(a, b) => &self.src[*a as usize..*b as usize],
+            Name::Owned(s) => s.as_bytes(),
         }
     }
 
+    fn name_of<'a>(&'a self, f: &'a Field) -> &'a str {
+        // span names were borrowed from validated UTF-8 text
+        std::str::from_utf8(self.name_bytes(f)).unwrap_or_default()
+    }
+
+    /// The index of the last field called `name` (the last duplicate wins).
+    #[inline]
     fn index(&self, name: &str) -> Option<usize> {
-        (0..self.fields.len()).rev().find(|&i| self.name_of(&self.fields[i]) == name)
+        let name = name.as_bytes();
+        (0..self.fields.len()).rev().find(|&i| short_eq(self.name_bytes(&self.fields[i]), name))
+    }
+
+    /// The value of a top-level field, trying the index in `hint` first and updating it.
+    /// Records of a stream usually share their layout, so this is one comparison.
+    #[inline]
+    pub fn get_hinted(&self, name: &str, hint: &mut u32) -> Option<&Value> {
+        let h = *hint as usize;
+        if !self.maybe_dups
+            && let Some(f) = self.fields.get(h)
+            && short_eq(self.name_bytes(f), name.as_bytes())
+        {
+            return Some(&f.value);
+        }
+        let i = self.index(name)?;
+        *hint = i as u32;
+        Some(&self.fields[i].value)
     }
 
     /// The value of a top-level field.
+    #[inline]
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.index(name).map(|i| &self.fields[i].value)
     }
@@ -170,6 +234,19 @@ impl Doc {
         match self.index(name) {
             Some(i) => self.fields[i].value = value,
             None => self.fields.push(Field { name: Name::Owned(name.into()), value }),
+        }
+    }
+
+    /// Sets a top-level field whose name a step holds; appending costs no allocation.
+    pub fn set_shared(&mut self, name: &Arc<str>, value: Value) {
+        self.parsed = true;
+        let found = self.fields.iter().rposition(|f| match &f.name {
+            Name::Owned(n) if Arc::ptr_eq(n, name) => true,
+            _ => short_eq(self.name_bytes(f), name.as_bytes()),
+        });
+        match found {
+            Some(i) => self.fields[i].value = value,
+            None => self.fields.push(Field { name: Name::Owned(name.clone()), value }),
         }
     }
 
@@ -195,15 +272,30 @@ impl Doc {
         }
     }
 
-    /// Keeps only the listed fields, in the listed order (absent ones are skipped).
+    /// Keeps only the listed fields, in the listed order (absent ones are skipped). Works in
+    /// place: each wanted field is swapped to the front.
     pub fn select(&mut self, names: &[String]) {
-        let mut kept = Vec::with_capacity(names.len());
-        for n in names {
-            if let Some(i) = self.index(n) {
-                kept.push(self.fields[i].clone());
+        self.select_hinted(names, &mut [])
+    }
+
+    /// [`Doc::select`] with position hints (one per name; missing hints are fine).
+    pub fn select_hinted(&mut self, names: &[String], hints: &mut [u32]) {
+        let mut next = 0;
+        for (k, n) in names.iter().enumerate() {
+            let nb = n.as_bytes();
+            let hinted = hints.get(k).map(|&h| h as usize).filter(|&h| {
+                !self.maybe_dups && h >= next && h < self.fields.len() && short_eq(self.name_bytes(&self.fields[h]), nb)
+            });
+            let found = hinted.or_else(|| (next..self.fields.len()).rev().find(|&i| short_eq(self.name_bytes(&self.fields[i]), nb)));
+            if let Some(i) = found {
+                if let Some(h) = hints.get_mut(k) {
+                    *h = i as u32;
+                }
+                self.fields.swap(next, i);
+                next += 1;
             }
         }
-        self.fields = kept;
+        self.fields.truncate(next);
     }
 
     /// Field names, in order.
@@ -214,7 +306,7 @@ impl Doc {
     /// The raw JSON text of a `Raw` value.
     pub fn raw_text(&self, v: &Value) -> Option<&str> {
         match v {
-            Value::Raw(a, b) => std::str::from_utf8(&self.src[*a as usize..*b as usize]).ok(),
+            Value::Raw(a, b, _) => std::str::from_utf8(&self.src[*a as usize..*b as usize]).ok(),
             _ => None,
         }
     }
@@ -222,7 +314,7 @@ impl Doc {
     /// The JSON type of a value.
     pub fn kind(&self, v: &Value) -> Kind {
         match v {
-            Value::Raw(a, b) => raw_kind(&self.src[*a as usize..*b as usize]),
+            Value::Raw(_, _, k) => *k,
             Value::Str(_) => Kind::String,
             Value::Int(_) => Kind::Integer,
             Value::Float(_) => Kind::Float,
@@ -237,7 +329,7 @@ impl Doc {
         match v {
             Value::Int(i) => Some(*i),
             // JSON text of a float (`1.5`, `1e3`) or a non-number does not parse as i64
-            Value::Raw(a, b) => std::str::from_utf8(&self.src[*a as usize..*b as usize]).ok()?.parse().ok(),
+            Value::Raw(a, b, Kind::Integer) => parse_int(&self.src[*a as usize..*b as usize]),
             Value::Json(j) => j.as_i64(),
             _ => None,
         }
@@ -248,13 +340,11 @@ impl Doc {
         match v {
             Value::Int(i) => Some(*i as f64),
             Value::Float(f) => Some(*f),
-            Value::Raw(a, b) => {
-                let t = &self.src[*a as usize..*b as usize];
-                match raw_kind(t) {
-                    Kind::Integer | Kind::Float => std::str::from_utf8(t).ok()?.parse().ok(),
-                    _ => None,
-                }
-            }
+            Value::Raw(a, b, Kind::Integer) => match parse_int(&self.src[*a as usize..*b as usize]) {
+                Some(i) => Some(i as f64),
+                None => std::str::from_utf8(&self.src[*a as usize..*b as usize]).ok()?.parse().ok(),
+            },
+            Value::Raw(a, b, Kind::Float) => std::str::from_utf8(&self.src[*a as usize..*b as usize]).ok()?.parse().ok(),
             Value::Json(j) => j.as_f64(),
             _ => None,
         }
@@ -264,9 +354,9 @@ impl Doc {
     pub fn as_str<'a>(&'a self, v: &'a Value) -> Option<Cow<'a, str>> {
         match v {
             Value::Str(s) => Some(Cow::Borrowed(s)),
-            Value::Raw(a, b) => {
+            Value::Raw(a, b, Kind::String) => {
                 let t = &self.src[*a as usize..*b as usize];
-                if t.first() != Some(&b'"') || t.len() < 2 {
+                if t.len() < 2 {
                     return None;
                 }
                 let inner = &t[1..t.len() - 1];
@@ -284,7 +374,7 @@ impl Doc {
     /// Writes a value as canonical JSON text (the form used for state keys).
     pub fn write_value(&self, v: &Value, out: &mut Vec<u8>) {
         match v {
-            Value::Raw(a, b) => out.extend_from_slice(&self.src[*a as usize..*b as usize]),
+            Value::Raw(a, b, _) => out.extend_from_slice(&self.src[*a as usize..*b as usize]),
             Value::Str(s) => write_json_str(s, out),
             Value::Int(i) => {
                 let mut b = itoa::Buffer::new();
@@ -305,7 +395,7 @@ impl Doc {
     /// A value decoded into `serde_json::Value`.
     pub fn to_json_value(&self, v: &Value) -> serde_json::Value {
         match v {
-            Value::Raw(a, b) => serde_json::from_slice(&self.src[*a as usize..*b as usize]).unwrap_or(serde_json::Value::Null),
+            Value::Raw(a, b, _) => serde_json::from_slice(&self.src[*a as usize..*b as usize]).unwrap_or(serde_json::Value::Null),
             Value::Str(s) => serde_json::Value::String(s.to_string()),
             Value::Int(i) => (*i).into(),
             Value::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
@@ -329,7 +419,14 @@ impl Doc {
 
     /// Looks up a dotted path (`user.address.city`); nested levels are decoded on demand.
     pub fn get_path(&self, path: &FieldPath) -> Option<PathValue<'_>> {
-        let top = self.get(&path.segments[0])?;
+        let mut hint = 0;
+        self.get_path_hinted(path, &mut hint)
+    }
+
+    /// [`Doc::get_path`] with a position hint for the top-level field (see
+    /// [`Doc::get_hinted`]).
+    pub fn get_path_hinted(&self, path: &FieldPath, hint: &mut u32) -> Option<PathValue<'_>> {
+        let top = self.get_hinted(&path.segments[0], hint)?;
         if path.segments.len() == 1 {
             return Some(PathValue::Top(top));
         }
@@ -353,6 +450,7 @@ impl Doc {
             out.extend_from_slice(&self.src);
             return;
         }
+        out.reserve(self.src.len() + 16 * self.fields.len());
         out.push(b'{');
         for (i, f) in self.fields.iter().enumerate() {
             if i > 0 {
@@ -371,6 +469,31 @@ impl Doc {
             self.write_value(&f.value, out);
         }
         out.push(b'}');
+    }
+}
+
+thread_local! {
+    /// Field vectors of dropped docs, reused by the next parses on this thread.
+    static POOL: std::cell::RefCell<Vec<Vec<Field>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_pooled() -> Vec<Field> {
+    POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(8))
+}
+
+impl Drop for Doc {
+    fn drop(&mut self) {
+        if self.fields.capacity() == 0 || self.fields.capacity() > 64 {
+            return;
+        }
+        let mut v = std::mem::take(&mut self.fields);
+        v.clear();
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < 256 {
+                p.push(v);
+            }
+        });
     }
 }
 
@@ -454,107 +577,52 @@ fn json_kind(j: &serde_json::Value) -> Kind {
     }
 }
 
-/// The kind of valid JSON text, from its first bytes.
-fn raw_kind(t: &[u8]) -> Kind {
-    match t.first() {
-        Some(b'"') => Kind::String,
-        Some(b'{') => Kind::Object,
-        Some(b'[') => Kind::Array,
-        Some(b't') | Some(b'f') => Kind::Bool,
-        Some(b'n') => Kind::Null,
-        _ => {
-            if t.iter().any(|&c| c == b'.' || c == b'e' || c == b'E') {
-                Kind::Float
-            } else {
-                // an integer literal; too large for 64 bits counts as a float
-                let fits = std::str::from_utf8(t).ok().is_some_and(|s| s.parse::<i64>().is_ok() || s.parse::<u64>().is_ok());
-                if fits { Kind::Integer } else { Kind::Float }
-            }
+/// Parses JSON integer text (`-?[0-9]+`) that fits in an i64, without UTF-8 checks.
+#[inline]
+fn parse_int(t: &[u8]) -> Option<i64> {
+    let (neg, digits) = match t.first() {
+        Some(b'-') => (true, &t[1..]),
+        _ => (false, t),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &c in digits {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_sub(i64::from(d))?;
+    }
+    if neg { Some(v) } else { v.checked_neg() }
+}
+
+/// Byte equality tuned for short names.
+#[inline]
+fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    // names are short: a plain loop beats a call to memcmp
+    for i in 0..a.len() {
+        if a[i] != b[i] {
+            return false;
         }
     }
+    true
 }
 
 /// Writes `s` as a JSON string.
+#[inline]
 pub fn write_json_str(s: &str, out: &mut Vec<u8>) {
-    // serde_json's string writer escapes exactly what JSON requires
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-/// Visits one object, recording each key and value as spans of the input.
-struct ObjectSeed<'f> {
-    base: usize,
-    len: usize,
-    fields: &'f mut Vec<Field>,
-}
-
-impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ObjectSeed<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<KeyStr<'de>>()? {
-            let raw: &'de RawValue = map.next_value()?;
-            let name = match key {
-                KeyStr::Borrowed(k) => match self.span(k.as_bytes()) {
-                    Some((a, b)) => Name::Span(a, b),
-                    None => Name::Owned(k.into()),
-                },
-                KeyStr::Owned(k) => Name::Owned(k.into()),
-            };
-            let value = match self.span(raw.get().as_bytes()) {
-                Some((a, b)) => Value::Raw(a, b),
-                None => Value::Json(Box::new(serde_json::from_str(raw.get()).map_err(de::Error::custom)?)),
-            };
-            self.fields.push(Field { name, value });
-        }
-        Ok(())
-    }
-}
-
-impl ObjectSeed<'_> {
-    /// The span of `part` inside the input, if it lies inside it.
-    fn span(&self, part: &[u8]) -> Option<(u32, u32)> {
-        let start = (part.as_ptr() as usize).checked_sub(self.base)?;
-        let end = start.checked_add(part.len())?;
-        (end <= self.len && end <= u32::MAX as usize).then_some((start as u32, end as u32))
-    }
-}
-
-/// A key, borrowed from the input when it has no escapes.
-enum KeyStr<'de> {
-    Borrowed(&'de str),
-    Owned(String),
-}
-
-impl<'de> de::Deserialize<'de> for KeyStr<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = KeyStr<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<KeyStr<'de>, E> {
-                Ok(KeyStr::Borrowed(v))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyStr<'de>, E> {
-                Ok(KeyStr::Owned(v.to_owned()))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<KeyStr<'de>, E> {
-                Ok(KeyStr::Owned(v))
-            }
-        }
-        d.deserialize_str(V)
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // serde_json's string writer escapes exactly what JSON requires
+        let _ = serde_json::to_writer(&mut *out, s);
     }
 }
 
