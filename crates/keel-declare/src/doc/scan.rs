@@ -56,13 +56,20 @@ static PLAIN: [u8; 256] = {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// True when some byte of `w` is `"`, `\\`, below 0x20 or above 0x7f (SWAR: no false
-/// negatives; a false positive only sends the chunk through the byte loop).
+/// A mask with the high bit set in bytes of `w` (little-endian) that are `"`, `\\`, below
+/// 0x20 or above 0x7f. Bytes above the first such byte may be flagged falsely (borrows
+/// propagate upwards), but the lowest flagged byte is always a true one: its index is
+/// `mask.trailing_zeros() / 8`.
 #[inline]
-fn special(w: u64) -> bool {
+fn special_mask(w: u64) -> u64 {
     let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
     let below_0x20 = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
-    (zero_byte(w ^ (ONES * u64::from(b'"'))) | zero_byte(w ^ (ONES * u64::from(b'\\'))) | below_0x20 | (w & HIGHS)) != 0
+    zero_byte(w ^ (ONES * u64::from(b'"'))) | zero_byte(w ^ (ONES * u64::from(b'\\'))) | below_0x20 | (w & HIGHS)
+}
+
+#[cfg(test)]
+fn special(w: u64) -> bool {
+    special_mask(w) != 0
 }
 
 struct Scanner<'a> {
@@ -101,17 +108,26 @@ impl<'a> Scanner<'a> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            // Skip eight plain bytes at a time: no quote, backslash or control character.
-            while let Some(chunk) = self.b.get(self.i..).and_then(|r| r.first_chunk::<8>()) {
-                if special(u64::from_le_bytes(*chunk)) {
-                    break;
+            // Jump to the next byte that needs attention, eight bytes at a time.
+            loop {
+                match self.b.get(self.i..).and_then(|r| r.first_chunk::<8>()) {
+                    Some(chunk) => {
+                        let mask = special_mask(u64::from_le_bytes(*chunk));
+                        if mask == 0 {
+                            self.i += 8;
+                        } else {
+                            self.i += (mask.trailing_zeros() / 8) as usize;
+                            break;
+                        }
+                    }
+                    None => {
+                        // fewer than eight bytes left: one at a time
+                        let rest = &self.b[self.i.min(self.b.len())..];
+                        self.i += rest.iter().position(|&c| PLAIN[c as usize] == 0).unwrap_or(rest.len());
+                        break;
+                    }
                 }
-                self.i += 8;
             }
-            // Then plain bytes one at a time, up to the next special one.
-            let rest = &self.b[self.i.min(self.b.len())..];
-            let plain = rest.iter().position(|&c| PLAIN[c as usize] == 0).unwrap_or(rest.len());
-            self.i += plain;
             let Some(&c) = self.b.get(self.i) else { return self.err("unterminated string") };
             match c {
                 b'"' => {
@@ -442,6 +458,32 @@ mod tests {
         assert_eq!(kinds, vec![Integer, Float, Float, String, Object, Array, Null, Bool, Integer]);
         assert_eq!(&s[m[3].value.0 as usize..m[3].value.1 as usize], "\"x\"");
         assert!(m[8].key_escaped && !m[0].key_escaped);
+    }
+
+    #[test]
+    fn swar_mask_points_at_the_first_special_byte() {
+        let specials = [b'"', b'\\', 0x00, 0x1f, 0x80, 0xff];
+        let plains = [b'a', b' ', b'~', b'!', 0x7f, b'0'];
+        let mut rng = 12345u64;
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let mut w = [0u8; 8];
+            let mut first = None;
+            for (k, b) in w.iter_mut().enumerate() {
+                let r = (rng >> (k * 6)) as usize;
+                *b = if r % 5 == 0 { specials[(r / 5) % specials.len()] } else { plains[(r / 5) % plains.len()] };
+                if first.is_none() && PLAIN[*b as usize] == 0 {
+                    first = Some(k);
+                }
+            }
+            let mask = special_mask(u64::from_le_bytes(w));
+            match first {
+                None => assert_eq!(mask, 0, "{w:?}"),
+                Some(k) => assert_eq!((mask.trailing_zeros() / 8) as usize, k, "{w:?}"),
+            }
+        }
     }
 
     #[test]
