@@ -101,9 +101,10 @@ pub enum EpochFileAction {
     /// The epoch is not covered by any valid checkpoint: its records will be replayed, so its
     /// staged output is discarded.
     Abort(String),
-    /// Committed output of an epoch newer than the restored checkpoint. This happens only if
-    /// a newer manifest was lost or corrupted after its commit; the records will be replayed,
-    /// so the output is removed to keep it exactly-once (the caller warns loudly).
+    /// Committed output of an epoch no usable checkpoint covers: a newer manifest was lost or
+    /// corrupted after its commit, or the checkpoints were deleted (a run from scratch). The
+    /// records will be produced again, so the output is removed to keep it exactly-once (the
+    /// caller warns loudly).
     RollBack(String),
 }
 
@@ -111,9 +112,9 @@ pub enum EpochFileAction {
 ///
 /// - staged, epoch <= restored checkpoint: commit (the commit was interrupted);
 /// - staged, newer or no checkpoint: abort;
-/// - committed, newer than the restored checkpoint: roll back;
-/// - committed, covered by the checkpoint: keep. With no checkpoint at all, committed files
-///   are kept too: they are the output of an earlier run that started over.
+/// - committed, newer than the restored checkpoint or with no checkpoint at all: roll back,
+///   so that the output always describes exactly the restored checkpoint (I3);
+/// - committed, covered by the checkpoint: keep.
 pub fn plan_epoch_files(files: &[EpochFile], last: Option<CheckpointId>) -> Vec<EpochFileAction> {
     let mut actions: Vec<EpochFileAction> = files
         .iter()
@@ -122,8 +123,8 @@ pub fn plan_epoch_files(files: &[EpochFile], last: Option<CheckpointId>) -> Vec<
             match (f.state, covered) {
                 (EpochFileState::Staged, true) => Some(EpochFileAction::Commit(f.name.clone())),
                 (EpochFileState::Staged, false) => Some(EpochFileAction::Abort(f.name.clone())),
-                (EpochFileState::Committed, false) if last.is_some() => Some(EpochFileAction::RollBack(f.name.clone())),
-                (EpochFileState::Committed, _) => None,
+                (EpochFileState::Committed, false) => Some(EpochFileAction::RollBack(f.name.clone())),
+                (EpochFileState::Committed, true) => None,
             }
         })
         .collect();
@@ -228,11 +229,11 @@ mod tests {
     }
 
     #[test]
-    fn without_checkpoint_staged_are_aborted_and_committed_kept() {
+    fn without_checkpoint_everything_is_discarded() {
         use EpochFileAction::*;
         use EpochFileState::*;
         let files = [f(1, Committed), f(2, Staged)];
-        assert_eq!(plan_epoch_files(&files, None), vec![Abort("2-Staged".into())]);
+        assert_eq!(plan_epoch_files(&files, None), vec![Abort("2-Staged".into()), RollBack("1-Committed".into())]);
     }
 
     #[test]
@@ -270,10 +271,7 @@ mod tests {
                         (EpochFileState::Committed, None) => true,
                         (EpochFileState::Staged, None) => panic!("staged file left undecided"),
                     };
-                    let should = match last {
-                        Some(k) => file.epoch <= k,
-                        None => file.state == EpochFileState::Committed,
-                    };
+                    let should = last.is_some_and(|k| file.epoch <= k);
                     assert_eq!(visible_after, should, "last={last:?} file={file:?}");
                 }
             }

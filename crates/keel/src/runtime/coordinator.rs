@@ -97,7 +97,7 @@ where
             .await
             .map_err(|e| PipelineError::Sink { sink: s.name.clone(), source: e })?;
         if r.rolled_back > 0 {
-            tracing::warn!(sink = %s.name, files = r.rolled_back, "removed committed output newer than the restored checkpoint (its checkpoint was lost); it will be produced again");
+            tracing::warn!(sink = %s.name, files = r.rolled_back, "removed committed output that no usable checkpoint covers; it will be produced again");
         }
         if r.committed + r.aborted > 0 {
             tracing::info!(sink = %s.name, finished_commits = r.committed, discarded = r.aborted, "sink recovered");

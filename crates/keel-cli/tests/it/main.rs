@@ -1,0 +1,5 @@
+//! Integration tests of the `keel` command (one test binary for the crate).
+
+mod cli;
+mod crash;
+mod refjob;
