@@ -82,7 +82,11 @@ fn verify_state(store: &FileCheckpointStore, m: &Manifest) -> Vec<String> {
     let mut state = StateStore::new(Default::default());
     match state.restore(&m.state.files, |n| store.read_state(n)) {
         Ok(()) if state.len() as u64 != m.state.keys => {
-            vec![format!("state has {} keys, manifest says {}", state.len(), m.state.keys)]
+            vec![format!(
+                "state has {} keys, manifest says {}",
+                state.len(),
+                m.state.keys
+            )]
         }
         Ok(()) => Vec::new(),
         Err(e) => vec![e.to_string()],
@@ -124,7 +128,10 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                     }
                     ManifestRead::Corrupt { id, reason } => {
                         if json {
-                            println!("{}", serde_json::json!({"id": id, "valid": false, "error": reason}));
+                            println!(
+                                "{}",
+                                serde_json::json!({"id": id, "valid": false, "error": reason})
+                            );
                         } else {
                             println!("{id:>8}  CORRUPT: {reason}");
                         }
@@ -166,7 +173,12 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                     ManifestRead::Valid(m) => {
                         let issues = verify_state(&store, m);
                         if issues.is_empty() {
-                            println!("checkpoint {}: ok ({} state files, {} keys)", m.id, m.state.files.len(), m.state.keys);
+                            println!(
+                                "checkpoint {}: ok ({} state files, {} keys)",
+                                m.id,
+                                m.state.files.len(),
+                                m.state.keys
+                            );
                             newest_ok = Some(m.id);
                         } else {
                             problems += 1;
@@ -185,16 +197,32 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                 Some(id) => println!("a restart would resume from checkpoint {id}"),
                 None => println!("no usable checkpoint: a restart would start from the beginning"),
             }
-            Ok(if problems == 0 { EXIT_OK } else { EXIT_DEAD_LETTERS })
+            Ok(if problems == 0 {
+                EXIT_OK
+            } else {
+                EXIT_DEAD_LETTERS
+            })
         }
-        Cmd::Prune { target, keep, confirm } => {
+        Cmd::Prune {
+            target,
+            keep,
+            confirm,
+        } => {
             let store = store(&target)?;
             if !confirm {
                 eprintln!("prune deletes checkpoints; add --confirm to proceed");
                 return Ok(EXIT_USAGE);
             }
             let deleted = store.prune(keep).context("pruning")?;
-            println!("deleted {} checkpoints{}", deleted.len(), if deleted.is_empty() { String::new() } else { format!(": {deleted:?}") });
+            println!(
+                "deleted {} checkpoints{}",
+                deleted.len(),
+                if deleted.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {deleted:?}")
+                }
+            );
             Ok(EXIT_OK)
         }
     }

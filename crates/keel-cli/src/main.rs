@@ -27,9 +27,15 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_FAILED: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "keel", version, about = "Fault-tolerant data pipelines with exactly-once checkpoints")]
-#[command(after_help = "Exit codes: 0 ok, 1 finished with dead letters (or a check found problems), \
-2 usage or configuration error, 3 pipeline failed.")]
+#[command(
+    name = "keel",
+    version,
+    about = "Fault-tolerant data pipelines with exactly-once checkpoints"
+)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 finished with dead letters (or a check found problems), \
+2 usage or configuration error, 3 pipeline failed."
+)]
 struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]

@@ -32,7 +32,11 @@ impl Reporter {
         let stop = Arc::new(AtomicBool::new(false));
         let tty = std::io::stderr().is_terminal();
         if quiet {
-            return Reporter { stop, thread: None, tty };
+            return Reporter {
+                stop,
+                thread: None,
+                tty,
+            };
         }
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -41,7 +45,11 @@ impl Reporter {
                 let started = Instant::now();
                 let (mut last_n, mut last_t) = (0u64, Instant::now());
                 let mut last_log = Instant::now();
-                let tick = if tty { Duration::from_millis(250) } else { Duration::from_millis(500) };
+                let tick = if tty {
+                    Duration::from_millis(250)
+                } else {
+                    Duration::from_millis(500)
+                };
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(tick);
                     let p = progress.snapshot();
@@ -51,7 +59,8 @@ impl Reporter {
                     let ckpt = if p.last_checkpoint == 0 {
                         "none yet".to_string()
                     } else {
-                        let age = keel::util::now_ms().saturating_sub(p.last_checkpoint_ms) as f64 / 1000.0;
+                        let age = keel::util::now_ms().saturating_sub(p.last_checkpoint_ms) as f64
+                            / 1000.0;
                         format!("#{} {age:.1}s ago", p.last_checkpoint)
                     };
                     if tty {

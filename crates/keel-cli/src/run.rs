@@ -48,13 +48,26 @@ pub fn validate(path: &Path) -> Result<u8> {
     if let SourceConfig::Files(f) = &loaded.config.source {
         let dir = loaded.resolve(&f.path);
         if !dir.is_dir() {
-            eprintln!("keel: config error: {}: source.path: input directory {} does not exist", path.display(), dir.display());
+            eprintln!(
+                "keel: config error: {}: source.path: input directory {} does not exist",
+                path.display(),
+                dir.display()
+            );
             return Ok(EXIT_USAGE);
         }
     }
     println!("ok: pipeline `{}`", pipeline.name());
     println!("  source: {}", pipeline.source_description());
-    println!("  steps:  {}", loaded.config.steps.iter().map(|s| s.given_name().unwrap_or(s.kind())).collect::<Vec<_>>().join(" -> "));
+    println!(
+        "  steps:  {}",
+        loaded
+            .config
+            .steps
+            .iter()
+            .map(|s| s.given_name().unwrap_or(s.kind()))
+            .collect::<Vec<_>>()
+            .join(" -> ")
+    );
     for s in pipeline.sinks() {
         println!("  sink {}: {} ({})", s.name, s.describe, s.guarantee);
     }
@@ -108,11 +121,13 @@ pub fn run(args: RunArgs) -> Result<u8> {
         }
         Ok(summary) => {
             report(&summary, args.json);
-            Ok(if summary.dead_letters > 0 && summary.outcome != Outcome::AlreadyFinished {
-                EXIT_DEAD_LETTERS
-            } else {
-                EXIT_OK
-            })
+            Ok(
+                if summary.dead_letters > 0 && summary.outcome != Outcome::AlreadyFinished {
+                    EXIT_DEAD_LETTERS
+                } else {
+                    EXIT_OK
+                },
+            )
         }
     }
 }
@@ -151,18 +166,27 @@ fn report(s: &RunSummary, json: bool) {
         );
         return;
     }
-    let resumed = s.restored_from.map_or(String::new(), |c| format!(", resumed from checkpoint {c}"));
+    let resumed = s
+        .restored_from
+        .map_or(String::new(), |c| format!(", resumed from checkpoint {c}"));
     eprintln!(
         "keel: {outcome}{resumed}: {} records in, {} out, {} dead-lettered{}, {} checkpoints, {:.2}s, {}/s",
         s.records_in,
         s.records_out,
         s.dead_letters,
-        if s.late_dropped > 0 { format!(", {} late dropped", s.late_dropped) } else { String::new() },
+        if s.late_dropped > 0 {
+            format!(", {} late dropped", s.late_dropped)
+        } else {
+            String::new()
+        },
         s.checkpoints,
         s.elapsed.as_secs_f64(),
         human(s.records_per_sec())
     );
     if s.dead_letters > 0 {
-        eprintln!("keel: {} records were dead-lettered (exit code {EXIT_DEAD_LETTERS})", s.dead_letters);
+        eprintln!(
+            "keel: {} records were dead-lettered (exit code {EXIT_DEAD_LETTERS})",
+            s.dead_letters
+        );
     }
 }

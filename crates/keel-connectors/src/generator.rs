@@ -53,13 +53,19 @@ impl GeneratorSource {
     /// A generator with the given settings.
     pub fn new(config: GeneratorConfig) -> Result<Self, SourceError> {
         if config.partitions == 0 || config.customers == 0 {
-            return Err(SourceError::Config("generator: partitions and customers must be at least 1".into()));
+            return Err(SourceError::Config(
+                "generator: partitions and customers must be at least 1".into(),
+            ));
         }
         if !(0.0..=1.0).contains(&config.bad_fraction) {
-            return Err(SourceError::Config("generator: bad_fraction must be between 0 and 1".into()));
+            return Err(SourceError::Config(
+                "generator: bad_fraction must be between 0 and 1".into(),
+            ));
         }
         if config.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
-            return Err(SourceError::Config("generator: rate must be positive".into()));
+            return Err(SourceError::Config(
+                "generator: rate must be positive".into(),
+            ));
         }
         Ok(GeneratorSource { config })
     }
@@ -98,17 +104,28 @@ impl Source for GeneratorSource {
     }
 
     async fn discover(&mut self) -> Result<Vec<String>, SourceError> {
-        Ok((0..self.config.partitions).map(|p| format!("gen-{p}")).collect())
+        Ok((0..self.config.partitions)
+            .map(|p| format!("gen-{p}"))
+            .collect())
     }
 
-    async fn open(&mut self, partition: &str, from: Option<u64>) -> Result<GeneratorReader, SourceError> {
+    async fn open(
+        &mut self,
+        partition: &str,
+        from: Option<u64>,
+    ) -> Result<GeneratorReader, SourceError> {
         let p: u64 = partition
             .strip_prefix("gen-")
             .and_then(|n| n.parse().ok())
             .filter(|p| *p < u64::from(self.config.partitions))
-            .ok_or_else(|| SourceError::Config(format!("generator has no partition {partition}")))?;
+            .ok_or_else(|| {
+                SourceError::Config(format!("generator has no partition {partition}"))
+            })?;
         let parts = u64::from(self.config.partitions);
-        let limit = self.config.records.map(|n| n / parts + u64::from(p < n % parts));
+        let limit = self
+            .config
+            .records
+            .map(|n| n / parts + u64::from(p < n % parts));
         Ok(GeneratorReader {
             config: self.config.clone(),
             partition: p,
@@ -122,8 +139,8 @@ impl Source for GeneratorSource {
 }
 
 const WORDS: [&str; 16] = [
-    "alpha", "blue", "coffee", "delta", "fox", "green", "ink", "jade", "lime", "mango", "oak", "pear", "red", "sun",
-    "tea", "wolf",
+    "alpha", "blue", "coffee", "delta", "fox", "green", "ink", "jade", "lime", "mango", "oak",
+    "pear", "red", "sun", "tea", "wolf",
 ];
 
 /// A stateless pseudo-random function (SplitMix64).
@@ -144,15 +161,31 @@ pub fn generate(config: &GeneratorConfig, id: u64, out: &mut Vec<u8>) {
     let customer = r0 % config.customers;
     let amount = (r1 % 50_000) as i64 + 1;
     let ts = config.start_ts + id as i64;
-    let note = format!("{} {}", WORDS[(r2 & 15) as usize], WORDS[((r2 >> 4) & 15) as usize]);
+    let note = format!(
+        "{} {}",
+        WORDS[(r2 & 15) as usize],
+        WORDS[((r2 >> 4) & 15) as usize]
+    );
     let bad = ((r2 >> 11) as f64 / (1u64 << 53) as f64) < config.bad_fraction;
     let _ = if !bad {
-        write!(out, r#"{{"id": {id}, "ts": {ts}, "customer": "c{customer}", "amount": {amount}, "note": "{note}"}}"#)
+        write!(
+            out,
+            r#"{{"id": {id}, "ts": {ts}, "customer": "c{customer}", "amount": {amount}, "note": "{note}"}}"#
+        )
     } else {
         match (r2 >> 8) % 3 {
-            0 => write!(out, r#"{{"id": {id}, "ts": {ts}, "customer": "c{customer}", "amou"#),
-            1 => write!(out, r#"{{"id": {id}, "ts": {ts}, "amount": {amount}, "note": "{note}"}}"#),
-            _ => write!(out, r#"{{"id": {id}, "ts": {ts}, "customer": "c{customer}", "amount": -{amount}, "note": "{note}"}}"#),
+            0 => write!(
+                out,
+                r#"{{"id": {id}, "ts": {ts}, "customer": "c{customer}", "amou"#
+            ),
+            1 => write!(
+                out,
+                r#"{{"id": {id}, "ts": {ts}, "amount": {amount}, "note": "{note}"}}"#
+            ),
+            _ => write!(
+                out,
+                r#"{{"id": {id}, "ts": {ts}, "customer": "c{customer}", "amount": -{amount}, "note": "{note}"}}"#
+            ),
         }
     };
 }
@@ -160,7 +193,11 @@ pub fn generate(config: &GeneratorConfig, id: u64, out: &mut Vec<u8>) {
 impl PartitionReader for GeneratorReader {
     type Position = u64;
 
-    async fn next_batch(&mut self, batch: &mut SourceBatch<u64>, max: usize) -> Result<ReadStatus, SourceError> {
+    async fn next_batch(
+        &mut self,
+        batch: &mut SourceBatch<u64>,
+        max: usize,
+    ) -> Result<ReadStatus, SourceError> {
         let mut n = max as u64;
         if let Some(limit) = self.limit {
             if self.next >= limit {
@@ -197,7 +234,10 @@ mod tests {
 
     #[test]
     fn records_are_a_function_of_seed_and_id() {
-        let c = GeneratorConfig { bad_fraction: 0.1, ..Default::default() };
+        let c = GeneratorConfig {
+            bad_fraction: 0.1,
+            ..Default::default()
+        };
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for id in [0, 1, 99, 123_456] {
             generate(&c, id, &mut a);
@@ -208,14 +248,19 @@ mod tests {
 
     #[test]
     fn bad_fraction_is_roughly_respected() {
-        let c = GeneratorConfig { bad_fraction: 0.05, ..Default::default() };
+        let c = GeneratorConfig {
+            bad_fraction: 0.05,
+            ..Default::default()
+        };
         let mut line = Vec::new();
         let mut bad = 0;
         for id in 0..20_000 {
             generate(&c, id, &mut line);
             let ok = serde_json::from_slice::<serde_json::Value>(&line)
                 .ok()
-                .and_then(|v| Some(v.get("customer")?.is_string() && v.get("amount")?.as_i64()? >= 0))
+                .and_then(|v| {
+                    Some(v.get("customer")?.is_string() && v.get("amount")?.as_i64()? >= 0)
+                })
                 .unwrap_or(false);
             bad += usize::from(!ok);
         }

@@ -32,7 +32,9 @@ impl SealedEpoch for SealedStdout {
     fn commit(&mut self) -> Result<(), SinkError> {
         let data = std::mem::take(&mut self.0);
         let mut out = std::io::stdout().lock();
-        out.write_all(&data).and_then(|_| out.flush()).map_err(|e| SinkError::io("writing to stdout", e))
+        out.write_all(&data)
+            .and_then(|_| out.flush())
+            .map_err(|e| SinkError::io("writing to stdout", e))
     }
 }
 

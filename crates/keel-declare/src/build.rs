@@ -40,7 +40,11 @@ impl Loaded {
     /// A path from the file, made relative to the file's directory.
     pub fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_path_buf() } else { self.dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
     }
 
     /// The checkpoint directory.
@@ -57,28 +61,54 @@ impl Loaded {
 /// Reads, interpolates and parses a pipeline file.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     let one = |line: Option<usize>, message: String| {
-        ConfigErrors(vec![ConfigError { file: path.to_path_buf(), line, key: None, message }])
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line,
+            key: None,
+            message,
+        }])
     };
-    let raw = std::fs::read_to_string(path).map_err(|e| one(None, format!("cannot read the pipeline file: {e}")))?;
-    let text = interpolate(&raw, |k| std::env::var(k).ok()).map_err(|(line, m)| one(Some(line), m))?;
+    let raw = std::fs::read_to_string(path)
+        .map_err(|e| one(None, format!("cannot read the pipeline file: {e}")))?;
+    let text =
+        interpolate(&raw, |k| std::env::var(k).ok()).map_err(|(line, m)| one(Some(line), m))?;
     let config: PipelineConfig = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1);
+        let line = e.span().map(|s| {
+            text[..s.start.min(text.len())]
+                .bytes()
+                .filter(|&b| b == b'\n')
+                .count()
+                + 1
+        });
         one(line, e.message().trim_end().to_owned())
     })?;
-    let dir = path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
-    Ok(Loaded { path: path.to_path_buf(), dir, text, config })
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        dir,
+        text,
+        config,
+    })
 }
 
 fn is_snake_case(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && s.as_bytes()[0].is_ascii_lowercase()
 }
 
 fn field(errors: &mut Errors<'_>, at: &KeyPath, text: &str) -> Option<FieldPath> {
     let p = FieldPath::parse(text);
     if p.is_none() {
-        errors.add(at, format!("`{text}` is not a field name (use `name` or `a.b.c`)"));
+        errors.add(
+            at,
+            format!("`{text}` is not a field name (use `name` or `a.b.c`)"),
+        );
     }
     p
 }
@@ -95,7 +125,10 @@ fn sink_format(cfg: &SinkConfig) -> (DocEncoder, Option<String>) {
 }
 
 /// Checks the whole file and builds the steps. Returns every problem found.
-pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<DeclaredPipeline, ConfigErrors> {
+pub fn build(
+    loaded: &Loaded,
+    options: impl FnOnce(&mut Options),
+) -> Result<DeclaredPipeline, ConfigErrors> {
     let cfg = &loaded.config;
     let mut errors = Errors::new(&loaded.path, &loaded.text);
 
@@ -106,7 +139,10 @@ pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<Decl
     // sinks
     let mut sink_names = BTreeSet::new();
     if cfg.sinks.is_empty() {
-        errors.add(&KeyPath::key("sinks"), "at least one [[sinks]] table is needed");
+        errors.add(
+            &KeyPath::key("sinks"),
+            "at least one [[sinks]] table is needed",
+        );
     }
     for (i, s) in cfg.sinks.iter().enumerate() {
         let at = KeyPath::key("sinks").i(i);
@@ -114,18 +150,31 @@ pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<Decl
             errors.add(&at.k("name"), format!("two sinks are named `{}`", s.name()));
         }
         if s.name() == "dead_letters" {
-            errors.add(&at.k("name"), "`dead_letters` is reserved for the dead-letter output");
+            errors.add(
+                &at.k("name"),
+                "`dead_letters` is reserved for the dead-letter output",
+            );
         }
         if let SinkConfig::Files(f) = s {
             match (f.format, &f.columns) {
-                (FileFormat::Csv, None) => errors.add(&at.k("columns"), "a CSV sink needs `columns`"),
-                (FileFormat::Lines, _) => errors.add(&at.k("format"), "sinks write `json_lines` or `csv`"),
-                (FileFormat::JsonLines, Some(_)) => errors.add(&at.k("columns"), "`columns` is for CSV sinks"),
+                (FileFormat::Csv, None) => {
+                    errors.add(&at.k("columns"), "a CSV sink needs `columns`")
+                }
+                (FileFormat::Lines, _) => {
+                    errors.add(&at.k("format"), "sinks write `json_lines` or `csv`")
+                }
+                (FileFormat::JsonLines, Some(_)) => {
+                    errors.add(&at.k("columns"), "`columns` is for CSV sinks")
+                }
                 _ => {}
             }
         }
     }
-    let main_sink = cfg.sinks.first().map(|s| s.name().to_owned()).unwrap_or_default();
+    let main_sink = cfg
+        .sinks
+        .first()
+        .map(|s| s.name().to_owned())
+        .unwrap_or_default();
 
     // steps
     let mut steps: Vec<(Arc<str>, Box<dyn DocStep>)> = Vec::new();
@@ -137,7 +186,13 @@ pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<Decl
         let at = KeyPath::key("steps").i(i);
         let name: Arc<str> = step.given_name().unwrap_or(step.kind()).into();
         if !matches!(step, StepConfig::Parse(_)) && !parsed {
-            errors.add(&at.k("type"), format!("a `{}` step needs parsed records: put a `parse` step before it", step.kind()));
+            errors.add(
+                &at.k("type"),
+                format!(
+                    "a `{}` step needs parsed records: put a `parse` step before it",
+                    step.kind()
+                ),
+            );
         }
         let built: Option<Box<dyn DocStep>> = match step {
             StepConfig::Parse(p) => {
@@ -155,13 +210,22 @@ pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<Decl
                     ParseFormat::Csv => {
                         let d = p.delimiter.unwrap_or(',');
                         if !d.is_ascii() || d == '"' || d == '\n' {
-                            errors.add(&at.k("delimiter"), "the delimiter must be one ASCII character other than a quote");
+                            errors.add(
+                                &at.k("delimiter"),
+                                "the delimiter must be one ASCII character other than a quote",
+                            );
                         }
-                        Some(Box::new(ParseCsv::new(d as u8, p.infer_types, p.columns.clone())))
+                        Some(Box::new(ParseCsv::new(
+                            d as u8,
+                            p.infer_types,
+                            p.columns.clone(),
+                        )))
                     }
                 }
             }
-            StepConfig::Validate(v) => build_validate(loaded, &mut errors, &at, v).map(|v| Box::new(v) as Box<dyn DocStep>),
+            StepConfig::Validate(v) => {
+                build_validate(loaded, &mut errors, &at, v).map(|v| Box::new(v) as Box<dyn DocStep>)
+            }
             StepConfig::Transform(j) | StepConfig::Filter(j) => match JqProgram::compile(&j.jq) {
                 Ok(p) => {
                     let p = Arc::new(p);
@@ -178,7 +242,9 @@ pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<Decl
             },
             StepConfig::Select(f) => Some(Box::new(Select::new(f.fields.clone()))),
             StepConfig::Drop(f) => Some(Box::new(DropFields(f.fields.clone().into()))),
-            StepConfig::Rename(r) => Some(Box::new(Rename(r.fields.clone().into_iter().collect::<Vec<_>>().into()))),
+            StepConfig::Rename(r) => Some(Box::new(Rename(
+                r.fields.clone().into_iter().collect::<Vec<_>>().into(),
+            ))),
             StepConfig::EventTime(e) => {
                 if seen_event_time {
                     errors.add(&at, "only one `event_time` step is allowed");
@@ -189,25 +255,38 @@ pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<Decl
                     idle_timeout: e.idle_timeout.unwrap_or(watermarks.idle_timeout),
                     late: e.late,
                 };
-                field(&mut errors, &at.k("field"), &e.field).map(|f| Box::new(EventTimeStep::new(f, e.unit)) as Box<dyn DocStep>)
+                field(&mut errors, &at.k("field"), &e.field)
+                    .map(|f| Box::new(EventTimeStep::new(f, e.unit)) as Box<dyn DocStep>)
             }
             StepConfig::Aggregate(a) => {
                 let table = a.name.clone().unwrap_or_else(|| "aggregate".into());
                 if !tables.insert(table.clone()) {
-                    errors.add(&at.k("name"), format!("two stateful steps use the state table `{table}`: give one a `name`"));
+                    errors.add(
+                        &at.k("name"),
+                        format!(
+                            "two stateful steps use the state table `{table}`: give one a `name`"
+                        ),
+                    );
                 }
-                build_aggregate(cfg, &mut errors, &at, a, &table, &main_sink).map(|a| Box::new(a) as Box<dyn DocStep>)
+                build_aggregate(cfg, &mut errors, &at, a, &table, &main_sink)
+                    .map(|a| Box::new(a) as Box<dyn DocStep>)
             }
             StepConfig::Dedupe(d) => {
                 let table = d.name.clone().unwrap_or_else(|| "dedupe".into());
                 if !tables.insert(table.clone()) {
-                    errors.add(&at.k("name"), format!("two stateful steps use the state table `{table}`: give one a `name`"));
+                    errors.add(
+                        &at.k("name"),
+                        format!(
+                            "two stateful steps use the state table `{table}`: give one a `name`"
+                        ),
+                    );
                 }
                 if d.window.is_zero() {
                     errors.add(&at.k("window"), "the window must be positive");
                 }
-                field(&mut errors, &at.k("key"), &d.key)
-                    .map(|k| Box::new(Dedupe::new(&table, k, d.window, d.on_duplicate)) as Box<dyn DocStep>)
+                field(&mut errors, &at.k("key"), &d.key).map(|k| {
+                    Box::new(Dedupe::new(&table, k, d.window, d.on_duplicate)) as Box<dyn DocStep>
+                })
             }
         };
         if let Some(b) = built {
@@ -216,7 +295,11 @@ pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<Decl
     }
 
     // dead letters
-    let id_field = cfg.dead_letter.as_ref().and_then(|d| d.id_field.clone()).map(Arc::<str>::from);
+    let id_field = cfg
+        .dead_letter
+        .as_ref()
+        .and_then(|d| d.id_field.clone())
+        .map(Arc::<str>::from);
 
     // source
     let source = match &cfg.source {
@@ -243,22 +326,35 @@ pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<Decl
                 Ok(s) => AnySource::Generator(s),
                 Err(e) => {
                     errors.add(&KeyPath::key("source"), e.to_string());
-                    AnySource::Generator(GeneratorSource::new(GeneratorConfig::default()).map_err(|e| {
-                        ConfigErrors(vec![ConfigError { file: loaded.path.clone(), line: None, key: None, message: e.to_string() }])
-                    })?)
+                    AnySource::Generator(GeneratorSource::new(GeneratorConfig::default()).map_err(
+                        |e| {
+                            ConfigErrors(vec![ConfigError {
+                                file: loaded.path.clone(),
+                                line: None,
+                                key: None,
+                                message: e.to_string(),
+                            }])
+                        },
+                    )?)
                 }
             }
         }
     };
 
     if cfg.checkpoint.retain == 0 {
-        errors.add(&KeyPath::key("checkpoint").k("retain"), "keep at least one checkpoint");
+        errors.add(
+            &KeyPath::key("checkpoint").k("retain"),
+            "keep at least one checkpoint",
+        );
     }
     if cfg.run.batch_size == Some(0) {
         errors.add(&KeyPath::key("run").k("batch_size"), "must be at least 1");
     }
     if cfg.run.max_open_partitions == Some(0) {
-        errors.add(&KeyPath::key("run").k("max_open_partitions"), "must be at least 1");
+        errors.add(
+            &KeyPath::key("run").k("max_open_partitions"),
+            "must be at least 1",
+        );
     }
     if !errors.list.is_empty() {
         return Err(ConfigErrors(errors.list));
@@ -287,7 +383,12 @@ pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<Decl
         .options(opts);
     let builder = add_sinks(loaded, builder)?;
     builder.build().map_err(|e| {
-        ConfigErrors(vec![ConfigError { file: loaded.path.clone(), line: None, key: None, message: e.to_string() }])
+        ConfigErrors(vec![ConfigError {
+            file: loaded.path.clone(),
+            line: None,
+            key: None,
+            message: e.to_string(),
+        }])
     })
 }
 
@@ -329,12 +430,20 @@ fn add_sinks(
         };
     }
     if let Some(d) = &cfg.dead_letter {
-        b = b.dead_letters(FileSink::new(FileSinkConfig::new(loaded.resolve(&d.path), FileFormat::JsonLines)));
+        b = b.dead_letters(FileSink::new(FileSinkConfig::new(
+            loaded.resolve(&d.path),
+            FileFormat::JsonLines,
+        )));
     }
     Ok(b)
 }
 
-fn build_validate(loaded: &Loaded, errors: &mut Errors<'_>, at: &KeyPath, v: &ValidateConfig) -> Option<Validate> {
+fn build_validate(
+    loaded: &Loaded,
+    errors: &mut Errors<'_>,
+    at: &KeyPath,
+    v: &ValidateConfig,
+) -> Option<Validate> {
     let mut ok = true;
     let mut required = Vec::new();
     for (j, r) in v.required.iter().enumerate() {
@@ -354,7 +463,13 @@ fn build_validate(loaded: &Loaded, errors: &mut Errors<'_>, at: &KeyPath, v: &Va
     for (j, r) in v.rules.iter().enumerate() {
         let rat = at.k("rules").i(j);
         if !is_snake_case(&r.reason) {
-            errors.add(&rat.k("reason"), format!("`{}` is not a snake_case reason (like `negative_amount`)", r.reason));
+            errors.add(
+                &rat.k("reason"),
+                format!(
+                    "`{}` is not a snake_case reason (like `negative_amount`)",
+                    r.reason
+                ),
+            );
             ok = false;
         }
         let pattern = match &r.pattern {
@@ -362,7 +477,10 @@ fn build_validate(loaded: &Loaded, errors: &mut Errors<'_>, at: &KeyPath, v: &Va
             Some(p) => match regex::Regex::new(&format!("^(?:{p})$")) {
                 Ok(re) => Some(re),
                 Err(e) => {
-                    errors.add(&rat.k("pattern"), format!("invalid regular expression: {e}"));
+                    errors.add(
+                        &rat.k("pattern"),
+                        format!("invalid regular expression: {e}"),
+                    );
                     ok = false;
                     None
                 }
@@ -375,11 +493,16 @@ fn build_validate(loaded: &Loaded, errors: &mut Errors<'_>, at: &KeyPath, v: &Va
             && r.pattern.is_none()
             && r.one_of.is_none()
         {
-            errors.add(&rat, "a rule needs at least one of min, max, min_length, max_length, pattern, one_of");
+            errors.add(
+                &rat,
+                "a rule needs at least one of min, max, min_length, max_length, pattern, one_of",
+            );
             ok = false;
         }
         let one_of = r.one_of.as_ref().map(|vals| {
-            vals.iter().map(|v| serde_json::to_value(v).unwrap_or(serde_json::Value::Null)).collect::<Vec<_>>()
+            vals.iter()
+                .map(|v| serde_json::to_value(v).unwrap_or(serde_json::Value::Null))
+                .collect::<Vec<_>>()
         });
         let Some(f) = field(errors, &rat.k("field"), &r.field) else {
             ok = false;
@@ -403,8 +526,14 @@ fn build_validate(loaded: &Loaded, errors: &mut Errors<'_>, at: &KeyPath, v: &Va
             let path = loaded.resolve(p);
             let loaded_schema = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| format!("{} is not JSON: {e}", path.display())))
-                .and_then(|s| jsonschema::validator_for(&s).map_err(|e| format!("{} is not a valid JSON Schema: {e}", path.display())));
+                .and_then(|t| {
+                    serde_json::from_str::<serde_json::Value>(&t)
+                        .map_err(|e| format!("{} is not JSON: {e}", path.display()))
+                })
+                .and_then(|s| {
+                    jsonschema::validator_for(&s)
+                        .map_err(|e| format!("{} is not a valid JSON Schema: {e}", path.display()))
+                });
             match loaded_schema {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -428,13 +557,19 @@ fn build_aggregate(
 ) -> Option<Aggregate> {
     let key = field(errors, &at.k("key"), &a.key)?;
     if a.aggregates.is_empty() {
-        errors.add(&at.k("aggregates"), "name at least one aggregate, like `total = \"sum(amount)\"`");
+        errors.add(
+            &at.k("aggregates"),
+            "name at least one aggregate, like `total = \"sum(amount)\"`",
+        );
         return None;
     }
     let mut specs = Vec::new();
     for (name, text) in &a.aggregates {
         match Func::parse(text) {
-            Ok(func) => specs.push(AggregateSpec { name: name.as_str().into(), func }),
+            Ok(func) => specs.push(AggregateSpec {
+                name: name.as_str().into(),
+                func,
+            }),
             Err(e) => errors.add(&at.k("aggregates").k(name), e),
         }
     }
@@ -450,13 +585,24 @@ fn build_aggregate(
                 return None;
             };
             if f.sink == main_sink {
-                errors.add(&fat.k("sink"), format!("`{}` is the main output; final results need a sink of their own", f.sink));
+                errors.add(
+                    &fat.k("sink"),
+                    format!(
+                        "`{}` is the main output; final results need a sink of their own",
+                        f.sink
+                    ),
+                );
                 return None;
             }
             let key_name = a.key.rsplit('.').next().unwrap_or(&a.key).to_owned();
             let fields: Vec<(String, Option<usize>)> = match &f.fields {
                 None => std::iter::once((key_name, None))
-                    .chain(specs.iter().enumerate().map(|(i, s)| (s.name.to_string(), Some(i))))
+                    .chain(
+                        specs
+                            .iter()
+                            .enumerate()
+                            .map(|(i, s)| (s.name.to_string(), Some(i))),
+                    )
                     .collect(),
                 Some(m) => {
                     let mut out = Vec::new();
@@ -466,18 +612,28 @@ fn build_aggregate(
                         } else if let Some(i) = specs.iter().position(|s| &*s.name == what) {
                             out.push((out_name.clone(), Some(i)));
                         } else {
-                            errors.add(&fat.k("fields").k(out_name), format!("`{what}` is neither `key` nor an aggregate of this step"));
+                            errors.add(
+                                &fat.k("fields").k(out_name),
+                                format!("`{what}` is neither `key` nor an aggregate of this step"),
+                            );
                             return None;
                         }
                     }
                     out
                 }
             };
-            Some(FinalOutput { sink: f.sink.clone(), fields, encoder: sink_format(sink).0 })
+            Some(FinalOutput {
+                sink: f.sink.clone(),
+                fields,
+                encoder: sink_format(sink).0,
+            })
         }
     };
     if !a.emit && final_output.is_none() {
-        errors.add(&at.k("emit"), "with `emit = false` and no `final`, this step has no effect");
+        errors.add(
+            &at.k("emit"),
+            "with `emit = false` and no `final`, this step has no effect",
+        );
     }
     Some(Aggregate::new(table, key, specs, a.emit, final_output))
 }

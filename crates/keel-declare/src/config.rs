@@ -494,7 +494,11 @@ pub struct CheckpointConfig {
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        CheckpointConfig { path: default_state_path(), interval: default_interval(), retain: default_retain() }
+        CheckpointConfig {
+            path: default_state_path(),
+            interval: default_interval(),
+            retain: default_retain(),
+        }
     }
 }
 
@@ -523,9 +527,13 @@ pub struct RunConfig {
 /// Parses `"1s"`, `"250ms"`, `"5m"`, `"1h"`, `"2d"`, `"1.5s"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (try \"500ms\", \"1s\", \"5m\")"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try \"500ms\", \"1s\", \"5m\")"))?;
     let secs = match unit.trim() {
         "ms" => n / 1000.0,
         "s" => n,
@@ -568,7 +576,9 @@ fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
     }
     let d = parse_duration(&s).map_err(serde::de::Error::custom)?;
     if d.is_zero() {
-        return Err(serde::de::Error::custom("the checkpoint interval must be positive (or \"off\")"));
+        return Err(serde::de::Error::custom(
+            "the checkpoint interval must be positive (or \"off\")",
+        ));
     }
     Ok(Some(d))
 }

@@ -57,7 +57,13 @@ fn write_csv_cell(doc: &Doc, v: &Value, out: &mut Vec<u8>) {
 pub fn csv_header(columns: &[String]) -> String {
     columns
         .iter()
-        .map(|c| if c.contains([',', '"']) { format!("\"{}\"", c.replace('"', "\"\"")) } else { c.clone() })
+        .map(|c| {
+            if c.contains([',', '"']) {
+                format!("\"{}\"", c.replace('"', "\"\""))
+            } else {
+                c.clone()
+            }
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -70,8 +76,20 @@ mod tests {
 
     #[test]
     fn csv_cells_are_quoted_when_needed() {
-        let d = Doc::parse_json(Bytes::from_static(br#"{"a": "x,y", "b": 2, "c": null, "d": "say \"hi\""}"#)).unwrap();
-        let mut e = DocEncoder::Csv(vec!["a".into(), "b".into(), "c".into(), "d".into(), "missing".into()].into());
+        let d = Doc::parse_json(Bytes::from_static(
+            br#"{"a": "x,y", "b": 2, "c": null, "d": "say \"hi\""}"#,
+        ))
+        .unwrap();
+        let mut e = DocEncoder::Csv(
+            vec![
+                "a".into(),
+                "b".into(),
+                "c".into(),
+                "d".into(),
+                "missing".into(),
+            ]
+            .into(),
+        );
         let mut out = Vec::new();
         e.encode(&d, &mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), r#""x,y",2,,"say ""hi""","#);

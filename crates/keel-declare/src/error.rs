@@ -108,7 +108,9 @@ pub struct Locator<'t> {
 impl<'t> Locator<'t> {
     /// Parses `text` once for lookups.
     pub fn new(text: &'t str) -> Self {
-        let root = DeTable::parse(text).ok().map(|t| DeValue::Table(t.into_inner()));
+        let root = DeTable::parse(text)
+            .ok()
+            .map(|t| DeValue::Table(t.into_inner()));
         Locator { root, text }
     }
 
@@ -126,7 +128,13 @@ impl<'t> Locator<'t> {
             cur = next.get_ref();
         }
         let start = span?.start;
-        Some(self.text[..start.min(self.text.len())].bytes().filter(|&b| b == b'\n').count() + 1)
+        Some(
+            self.text[..start.min(self.text.len())]
+                .bytes()
+                .filter(|&b| b == b'\n')
+                .count()
+                + 1,
+        )
     }
 }
 
@@ -141,7 +149,11 @@ pub struct Errors<'a> {
 impl<'a> Errors<'a> {
     /// A collector for `file` with text `text`.
     pub fn new(file: &'a Path, text: &'a str) -> Self {
-        Errors { file, locator: Locator::new(text), list: Vec::new() }
+        Errors {
+            file,
+            locator: Locator::new(text),
+            list: Vec::new(),
+        }
     }
 
     /// Records a problem at `path`.
@@ -165,9 +177,15 @@ mod tests {
         let loc = Locator::new(text);
         assert_eq!(loc.line_of(&KeyPath::key("name")), Some(1));
         assert_eq!(loc.line_of(&KeyPath::key("steps").i(1).k("type")), Some(7));
-        assert_eq!(loc.line_of(&KeyPath::key("steps").i(1).k("rules").i(0).k("reason")), Some(9));
+        assert_eq!(
+            loc.line_of(&KeyPath::key("steps").i(1).k("rules").i(0).k("reason")),
+            Some(9)
+        );
         // a missing key falls back to its nearest parent
         assert_eq!(loc.line_of(&KeyPath::key("steps").i(0).k("nope")), Some(3));
-        assert_eq!(KeyPath::key("steps").i(1).k("rules").i(0).to_string(), "steps[1].rules[0]");
+        assert_eq!(
+            KeyPath::key("steps").i(1).k("rules").i(0).to_string(),
+            "steps[1].rules[0]"
+        );
     }
 }

@@ -2,7 +2,10 @@
 
 /// Replaces variables using `lookup`. An unset variable without a default is an error with
 /// its line number.
-pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, (usize, String)> {
+pub fn interpolate(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, (usize, String)> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut line = 1;
@@ -25,7 +28,14 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
             }
             match lookup(name).or(default.map(str::to_owned)) {
                 Some(v) => out.push_str(&v),
-                None => return Err((line, format!("environment variable `{name}` is not set (write `${{{name}:-default}}` for a default)"))),
+                None => {
+                    return Err((
+                        line,
+                        format!(
+                            "environment variable `{name}` is not set (write `${{{name}:-default}}` for a default)"
+                        ),
+                    ));
+                }
             }
             rest = &r[end + 1..];
         } else {
@@ -44,9 +54,18 @@ mod tests {
     #[test]
     fn variables() {
         let env = |k: &str| (k == "IN").then(|| "/data".to_string());
-        assert_eq!(interpolate("path = \"${IN}/x\"", env).unwrap(), "path = \"/data/x\"");
-        assert_eq!(interpolate("a = \"${OUT:-out}\"", env).unwrap(), "a = \"out\"");
-        assert_eq!(interpolate("cost = \"$$5 $x\"", env).unwrap(), "cost = \"$5 $x\"");
+        assert_eq!(
+            interpolate("path = \"${IN}/x\"", env).unwrap(),
+            "path = \"/data/x\""
+        );
+        assert_eq!(
+            interpolate("a = \"${OUT:-out}\"", env).unwrap(),
+            "a = \"out\""
+        );
+        assert_eq!(
+            interpolate("cost = \"$$5 $x\"", env).unwrap(),
+            "cost = \"$5 $x\""
+        );
         assert_eq!(interpolate("a\nb = \"${NOPE}\"", env).unwrap_err().0, 2);
         assert!(interpolate("${", env).is_err());
     }

@@ -31,8 +31,19 @@ pub(crate) struct SideSink {
 }
 
 impl StepShared {
-    pub(crate) fn new(pipeline: &str, state: StateStore, time: WatermarkConfig, side_sinks: Vec<SideSink>) -> Self {
-        StepShared { pipeline: pipeline.into(), state: RefCell::new(state), watermark: Cell::new(None), time, side_sinks }
+    pub(crate) fn new(
+        pipeline: &str,
+        state: StateStore,
+        time: WatermarkConfig,
+        side_sinks: Vec<SideSink>,
+    ) -> Self {
+        StepShared {
+            pipeline: pipeline.into(),
+            state: RefCell::new(state),
+            watermark: Cell::new(None),
+            time,
+            side_sinks,
+        }
     }
 }
 
@@ -56,7 +67,11 @@ impl TaskLocal {
             has_key: false,
             event_time: None,
             max_event_time: None,
-            side: shared.side_sinks.iter().map(|s| OutBatch::new(s.framing)).collect(),
+            side: shared
+                .side_sinks
+                .iter()
+                .map(|s| OutBatch::new(s.framing))
+                .collect(),
             late_dropped: 0,
         }
     }
@@ -88,8 +103,16 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    pub(crate) fn new(shared: &'a StepShared, local: &'a mut TaskLocal, origin: Option<&'a Record>) -> Self {
-        Context { shared, local, origin }
+    pub(crate) fn new(
+        shared: &'a StepShared,
+        local: &'a mut TaskLocal,
+        origin: Option<&'a Record>,
+    ) -> Self {
+        Context {
+            shared,
+            local,
+            origin,
+        }
     }
 
     /// The pipeline name.
@@ -132,24 +155,47 @@ impl<'a> Context<'a> {
     where
         T: Serialize + DeserializeOwned + 'static,
     {
-        let key: &[u8] = if self.local.has_key { &self.local.key } else { &[] };
-        KeyedState { store: &self.shared.state, key, spec }
+        let key: &[u8] = if self.local.has_key {
+            &self.local.key
+        } else {
+            &[]
+        };
+        KeyedState {
+            store: &self.shared.state,
+            key,
+            spec,
+        }
     }
 
     /// Every key and value of table `spec` (for end-of-input output). Costs a copy.
-    pub fn state_entries<T>(&mut self, spec: &StateSpec<T>) -> Result<Vec<(Box<[u8]>, T)>, Failure>
+    pub fn state_entries<T>(
+        &mut self,
+        spec: &StateSpec<T>,
+    ) -> Result<crate::state::Entries<T>, Failure>
     where
         T: Serialize + DeserializeOwned + Clone + 'static,
     {
-        self.shared.state.borrow_mut().entries(spec).map_err(state_failure)
+        self.shared
+            .state
+            .borrow_mut()
+            .entries(spec)
+            .map_err(state_failure)
     }
 
     /// Deletes the keys of table `spec` for which `keep` returns false; returns how many.
-    pub fn state_retain<T>(&mut self, spec: &StateSpec<T>, keep: impl FnMut(&[u8], &T) -> bool) -> Result<usize, Failure>
+    pub fn state_retain<T>(
+        &mut self,
+        spec: &StateSpec<T>,
+        keep: impl FnMut(&[u8], &T) -> bool,
+    ) -> Result<usize, Failure>
     where
         T: Serialize + DeserializeOwned + 'static,
     {
-        self.shared.state.borrow_mut().retain(spec, keep).map_err(state_failure)
+        self.shared
+            .state
+            .borrow_mut()
+            .retain(spec, keep)
+            .map_err(state_failure)
     }
 
     /// The event time of the current record, if known.
@@ -178,7 +224,10 @@ impl<'a> Context<'a> {
                 }
                 LatePolicy::DeadLetter => Err(Failure::permanent(
                     reason::LATE,
-                    format!("event time {ts} is behind the watermark {wm} by {} ms", wm - ts),
+                    format!(
+                        "event time {ts} is behind the watermark {wm} by {} ms",
+                        wm - ts
+                    ),
                 )),
                 LatePolicy::Keep => Ok(true),
             };
@@ -194,7 +243,12 @@ impl<'a> Context<'a> {
             .side_sinks
             .iter()
             .position(|s| s.name == sink)
-            .ok_or_else(|| Failure::fatal("unknown_sink", format!("no sink named `{sink}` in this pipeline")))
+            .ok_or_else(|| {
+                Failure::fatal(
+                    "unknown_sink",
+                    format!("no sink named `{sink}` in this pipeline"),
+                )
+            })
     }
 
     /// Sends `value`, encoded as JSON, to the sink named `sink`.
@@ -206,7 +260,12 @@ impl<'a> Context<'a> {
     }
 
     /// Sends an already encoded record to the sink named `sink`.
-    pub fn emit_bytes(&mut self, sink: &str, key: Option<&[u8]>, value: &[u8]) -> Result<(), Failure> {
+    pub fn emit_bytes(
+        &mut self,
+        sink: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<(), Failure> {
         let i = self.side_index(sink)?;
         self.local.side[i].push(key, value);
         Ok(())
@@ -240,21 +299,33 @@ impl<T: Serialize + DeserializeOwned + 'static> KeyedState<'_, T> {
     where
         T: Clone,
     {
-        self.store.borrow_mut().get(self.spec, self.key).map_err(state_failure)
+        self.store
+            .borrow_mut()
+            .get(self.spec, self.key)
+            .map_err(state_failure)
     }
 
     /// Runs `f` on the value (`None` if absent); leaving `None` deletes the key.
     pub fn update<R>(&self, f: impl FnOnce(&mut Option<T>) -> R) -> Result<R, Failure> {
-        self.store.borrow_mut().update(self.spec, self.key, f).map_err(state_failure)
+        self.store
+            .borrow_mut()
+            .update(self.spec, self.key, f)
+            .map_err(state_failure)
     }
 
     /// Sets the value.
     pub fn put(&self, value: T) -> Result<(), Failure> {
-        self.store.borrow_mut().put(self.spec, self.key, value).map_err(state_failure)
+        self.store
+            .borrow_mut()
+            .put(self.spec, self.key, value)
+            .map_err(state_failure)
     }
 
     /// Deletes the value; returns the old one.
     pub fn delete(&self) -> Result<Option<T>, Failure> {
-        self.store.borrow_mut().delete(self.spec, self.key).map_err(state_failure)
+        self.store
+            .borrow_mut()
+            .delete(self.spec, self.key)
+            .map_err(state_failure)
     }
 }

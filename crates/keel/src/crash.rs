@@ -21,7 +21,11 @@ fn plan() -> Option<&'static Plan> {
     PLAN.get_or_init(|| {
         let v = std::env::var("KEEL_CRASH_AT").ok()?;
         let (point, nth) = v.split_once(':')?;
-        Some(Plan { point: point.to_owned(), nth: nth.parse().ok()?, seen: AtomicU64::new(0) })
+        Some(Plan {
+            point: point.to_owned(),
+            nth: nth.parse().ok()?,
+            seen: AtomicU64::new(0),
+        })
     })
     .as_ref()
 }

@@ -35,7 +35,11 @@ pub struct LocalOps;
 
 impl FileOps for LocalOps {
     fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
         f.write_all(bytes)?;
         f.sync_all()
     }
@@ -97,7 +101,10 @@ pub fn rename_durable(ops: &dyn FileOps, from: &Path, to: &Path) -> io::Result<(
 
 /// The temp file name used by [`write_atomic`] for `path`: hidden, in the same directory.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     parent_dir(path).join(format!(".{name}.{}.tmp", std::process::id()))
 }
 
@@ -154,7 +161,11 @@ pub struct FailingOps {
 impl FailingOps {
     /// Fails every call from the `fail_from`-th on.
     pub fn new(fail_from: usize) -> Self {
-        FailingOps { inner: LocalOps, fail_from, calls: AtomicUsize::new(0) }
+        FailingOps {
+            inner: LocalOps,
+            fail_from,
+            calls: AtomicUsize::new(0),
+        }
     }
 
     /// How many calls were made (including failed ones).
@@ -165,7 +176,9 @@ impl FailingOps {
     fn gate(&self) -> io::Result<()> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         if n >= self.fail_from {
-            Err(io::Error::other(format!("injected failure at file operation {n}")))
+            Err(io::Error::other(format!(
+                "injected failure at file operation {n}"
+            )))
         } else {
             Ok(())
         }
@@ -206,7 +219,10 @@ mod tests {
         write_atomic(&LocalOps, &p, b"one").unwrap();
         write_atomic(&LocalOps, &p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1);
     }
 
@@ -238,8 +254,10 @@ mod tests {
                 }
             }
             remove_temp_files(&LocalOps, dir.path()).unwrap();
-            let names: Vec<_> =
-                fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            let names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
             assert_eq!(names, vec!["m.json".to_string()], "fail_at={fail_at}");
         }
     }

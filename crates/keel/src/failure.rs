@@ -78,8 +78,16 @@ pub mod reason {
 }
 
 /// A classified failure of one record (or of one call on its behalf).
+///
+/// The details live behind one allocation, so that `Result<_, Failure>` stays as small as a
+/// pointer on the hot path where nothing fails. Fields are reached through `Deref`
+/// (`failure.reason`, `failure.class`).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Failure {
+pub struct Failure(Box<FailureDetails>);
+
+/// The details of a [`Failure`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct FailureDetails {
     /// What can be done about it.
     pub class: Class,
     /// Stable snake_case reason, such as `malformed` or `negative_amount`.
@@ -100,10 +108,27 @@ pub struct Failure {
     pub status: Option<u16>,
 }
 
+impl std::ops::Deref for Failure {
+    type Target = FailureDetails;
+    fn deref(&self) -> &FailureDetails {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Failure {
+    fn deref_mut(&mut self) -> &mut FailureDetails {
+        &mut self.0
+    }
+}
+
 impl Failure {
     /// A failure of the given class and reason.
-    pub fn new(class: Class, reason: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        Failure {
+    pub fn new(
+        class: Class,
+        reason: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Failure(Box::new(FailureDetails {
             class,
             reason: reason.into(),
             field: None,
@@ -113,7 +138,7 @@ impl Failure {
             retry_after: None,
             record_id: None,
             status: None,
-        }
+        }))
     }
 
     /// A permanent failure: the same input will fail again.
@@ -229,7 +254,8 @@ pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> Failure {
         }
         cur = e.source();
     }
-    let mut failure = failure.unwrap_or_else(|| Failure::permanent(reason::STEP_ERROR, err.to_string()));
+    let mut failure =
+        failure.unwrap_or_else(|| Failure::permanent(reason::STEP_ERROR, err.to_string()));
     failure.message = err.to_string();
     failure.chain = chain;
     failure
@@ -256,7 +282,9 @@ pub fn classify_io(err: &std::io::Error) -> Failure {
         K::StorageFull | K::QuotaExceeded | K::PermissionDenied | K::ReadOnlyFilesystem => {
             Failure::fatal(reason::IO, msg)
         }
-        K::InvalidData | K::InvalidInput | K::UnexpectedEof => Failure::permanent(reason::MALFORMED, msg),
+        K::InvalidData | K::InvalidInput | K::UnexpectedEof => {
+            Failure::permanent(reason::MALFORMED, msg)
+        }
         _ => Failure::transient(reason::IO, msg),
     }
 }
@@ -318,7 +346,10 @@ mod tests {
     fn json_errors_are_malformed_and_keep_their_chain() {
         let err = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
         let f: Failure = err.into();
-        assert_eq!((f.class, f.reason.as_ref()), (Class::Permanent, "malformed"));
+        assert_eq!(
+            (f.class, f.reason.as_ref()),
+            (Class::Permanent, "malformed")
+        );
         assert_eq!(f.chain.len(), 1);
     }
 
@@ -333,6 +364,9 @@ mod tests {
         }
         impl std::error::Error for Mine {}
         let f: Failure = Mine.into();
-        assert_eq!((f.class, f.reason.as_ref(), f.message.as_str()), (Class::Permanent, "step_error", "mine"));
+        assert_eq!(
+            (f.class, f.reason.as_ref(), f.message.as_str()),
+            (Class::Permanent, "step_error", "mine")
+        );
     }
 }

@@ -79,9 +79,12 @@ pub use context::{Context, KeyedState};
 pub use failure::{Class, Failure};
 pub use record::{Record, SourceBatch};
 pub use runtime::{
-    Options, Outcome, Pipeline, PipelineBuilder, PipelineError, Progress, ProgressSnapshot, RunSummary, ShutdownHandle,
+    Options, Outcome, Pipeline, PipelineBuilder, PipelineError, Progress, ProgressSnapshot,
+    RunSummary, ShutdownHandle,
 };
-pub use sink::{Encoder, Framing, Guarantee, JsonEncoder, OutBatch, RawEncoder, SealedEpoch, Sink, SinkError};
+pub use sink::{
+    Encoder, Framing, Guarantee, JsonEncoder, OutBatch, RawEncoder, SealedEpoch, Sink, SinkError,
+};
 pub use source::{PartitionReader, ReadStatus, Source, SourceError};
 pub use state::StateSpec;
 pub use step::{Flow, Step};

@@ -19,7 +19,10 @@ pub struct Record {
 impl Record {
     /// A record with only a value.
     pub fn from_value(value: impl Into<Bytes>) -> Self {
-        Record { value: value.into(), ..Record::default() }
+        Record {
+            value: value.into(),
+            ..Record::default()
+        }
     }
 
     /// The value as UTF-8 text, if it is valid UTF-8.
@@ -41,7 +44,10 @@ pub struct SourceBatch<P> {
 
 impl<P> Default for SourceBatch<P> {
     fn default() -> Self {
-        SourceBatch { records: Vec::new(), positions: Vec::new() }
+        SourceBatch {
+            records: Vec::new(),
+            positions: Vec::new(),
+        }
     }
 }
 

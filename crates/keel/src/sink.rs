@@ -74,7 +74,10 @@ pub enum SinkError {
 impl SinkError {
     /// An I/O error with context.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        SinkError::Io { context: context.into(), source }
+        SinkError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -106,7 +109,11 @@ pub struct OutRecord<'a> {
 impl OutBatch {
     /// An empty batch for a sink with the given framing.
     pub fn new(framing: Framing) -> Self {
-        OutBatch { framing, data: Vec::new(), spans: Vec::new() }
+        OutBatch {
+            framing,
+            data: Vec::new(),
+            spans: Vec::new(),
+        }
     }
 
     /// Appends a record whose value `encode` writes into the buffer it is given; `key`, if
@@ -160,7 +167,9 @@ impl OutBatch {
     /// The records, in order.
     pub fn records(&self) -> impl ExactSizeIterator<Item = OutRecord<'_>> + '_ {
         self.spans.iter().map(|s| OutRecord {
-            key: s.has_key.then(|| &self.data[s.key_start as usize..s.value_start as usize]),
+            key: s
+                .has_key
+                .then(|| &self.data[s.key_start as usize..s.value_start as usize]),
             value: &self.data[s.value_start as usize..s.end as usize],
         })
     }
@@ -249,13 +258,23 @@ pub trait Sink: 'static {
 
     /// Called once on start, before any write: finish commits of epochs up to the restored
     /// checkpoint, discard staged epochs after it.
-    fn recover(&mut self, recovery: &SinkRecovery) -> impl Future<Output = Result<RecoveryReport, SinkError>>;
+    fn recover(
+        &mut self,
+        recovery: &SinkRecovery,
+    ) -> impl Future<Output = Result<RecoveryReport, SinkError>>;
 
     /// Writes records of epoch `epoch` to the staging area (invisible until commit).
-    fn write(&mut self, epoch: CheckpointId, batch: &OutBatch) -> impl Future<Output = Result<(), SinkError>>;
+    fn write(
+        &mut self,
+        epoch: CheckpointId,
+        batch: &OutBatch,
+    ) -> impl Future<Output = Result<(), SinkError>>;
 
     /// Ends epoch `epoch` on the writing side; later writes belong to a later epoch.
-    fn seal(&mut self, epoch: CheckpointId) -> impl Future<Output = Result<Box<dyn SealedEpoch>, SinkError>>;
+    fn seal(
+        &mut self,
+        epoch: CheckpointId,
+    ) -> impl Future<Output = Result<Box<dyn SealedEpoch>, SinkError>>;
 }
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -266,8 +285,15 @@ pub(crate) trait DynSink {
     fn guarantee(&self) -> Guarantee;
     fn framing(&self) -> Framing;
     fn highest_epoch(&mut self) -> BoxFut<'_, Result<Option<CheckpointId>, SinkError>>;
-    fn recover<'a>(&'a mut self, r: &'a SinkRecovery) -> BoxFut<'a, Result<RecoveryReport, SinkError>>;
-    fn write<'a>(&'a mut self, epoch: CheckpointId, batch: &'a OutBatch) -> BoxFut<'a, Result<(), SinkError>>;
+    fn recover<'a>(
+        &'a mut self,
+        r: &'a SinkRecovery,
+    ) -> BoxFut<'a, Result<RecoveryReport, SinkError>>;
+    fn write<'a>(
+        &'a mut self,
+        epoch: CheckpointId,
+        batch: &'a OutBatch,
+    ) -> BoxFut<'a, Result<(), SinkError>>;
     fn seal(&mut self, epoch: CheckpointId) -> BoxFut<'_, Result<Box<dyn SealedEpoch>, SinkError>>;
 }
 
@@ -284,10 +310,17 @@ impl<S: Sink> DynSink for S {
     fn highest_epoch(&mut self) -> BoxFut<'_, Result<Option<CheckpointId>, SinkError>> {
         Box::pin(Sink::highest_epoch(self))
     }
-    fn recover<'a>(&'a mut self, r: &'a SinkRecovery) -> BoxFut<'a, Result<RecoveryReport, SinkError>> {
+    fn recover<'a>(
+        &'a mut self,
+        r: &'a SinkRecovery,
+    ) -> BoxFut<'a, Result<RecoveryReport, SinkError>> {
         Box::pin(Sink::recover(self, r))
     }
-    fn write<'a>(&'a mut self, epoch: CheckpointId, batch: &'a OutBatch) -> BoxFut<'a, Result<(), SinkError>> {
+    fn write<'a>(
+        &'a mut self,
+        epoch: CheckpointId,
+        batch: &'a OutBatch,
+    ) -> BoxFut<'a, Result<(), SinkError>> {
         Box::pin(Sink::write(self, epoch, batch))
     }
     fn seal(&mut self, epoch: CheckpointId) -> BoxFut<'_, Result<Box<dyn SealedEpoch>, SinkError>> {
@@ -339,7 +372,13 @@ mod tests {
         b.push(Some(b"k"), b"bb");
         assert_eq!(b.data(), b"a\nkbb\n");
         let recs: Vec<_> = b.records().collect();
-        assert_eq!(recs[1], OutRecord { key: Some(b"k"), value: b"bb" });
+        assert_eq!(
+            recs[1],
+            OutRecord {
+                key: Some(b"k"),
+                value: b"bb"
+            }
+        );
         b.truncate(1);
         assert_eq!(b.data(), b"a\n");
         assert_eq!(b.len(), 1);

@@ -25,7 +25,10 @@ impl VecSource {
     pub fn new<T: AsRef<[u8]>>(partitions: Vec<Vec<T>>) -> Self {
         VecSource {
             partitions: Arc::new(
-                partitions.into_iter().map(|p| p.into_iter().map(|r| r.as_ref().to_vec()).collect()).collect(),
+                partitions
+                    .into_iter()
+                    .map(|p| p.into_iter().map(|r| r.as_ref().to_vec()).collect())
+                    .collect(),
             ),
         }
     }
@@ -52,7 +55,9 @@ impl Source for VecSource {
     }
 
     async fn discover(&mut self) -> Result<Vec<String>, SourceError> {
-        Ok((0..self.partitions.len()).map(|i| format!("p{i}")).collect())
+        Ok((0..self.partitions.len())
+            .map(|i| format!("p{i}"))
+            .collect())
     }
 
     async fn open(&mut self, partition: &str, from: Option<u64>) -> Result<VecReader, SourceError> {
@@ -61,14 +66,22 @@ impl Source for VecSource {
             .and_then(|i| i.parse::<usize>().ok())
             .filter(|i| *i < self.partitions.len())
             .ok_or_else(|| SourceError::Config(format!("no partition {partition}")))?;
-        Ok(VecReader { records: self.partitions.clone(), partition: index, next: from.unwrap_or(0) })
+        Ok(VecReader {
+            records: self.partitions.clone(),
+            partition: index,
+            next: from.unwrap_or(0),
+        })
     }
 }
 
 impl PartitionReader for VecReader {
     type Position = u64;
 
-    async fn next_batch(&mut self, batch: &mut SourceBatch<u64>, max: usize) -> Result<ReadStatus, SourceError> {
+    async fn next_batch(
+        &mut self,
+        batch: &mut SourceBatch<u64>,
+        max: usize,
+    ) -> Result<ReadStatus, SourceError> {
         let records = &self.records[self.partition];
         if self.next as usize >= records.len() {
             return Ok(ReadStatus::End);
@@ -85,12 +98,13 @@ impl PartitionReader for VecReader {
 #[derive(Debug, Default)]
 struct MemoryInner {
     staged: BTreeMap<CheckpointId, Vec<u8>>,
-    committed: Vec<u8>,
+    committed: BTreeMap<CheckpointId, Vec<u8>>,
     commits: u64,
 }
 
-/// An exactly-once sink in memory: epochs are staged and become visible on commit.
-/// Clones share the same storage.
+/// An exactly-once sink in memory: epochs are staged and become visible on commit; recovery
+/// behaves like the file sink's (commit covered epochs, discard the rest). Clones share the
+/// same storage, so a test can run several pipelines against it like restarts.
 #[derive(Clone, Debug, Default)]
 pub struct MemorySink {
     inner: Arc<Mutex<MemoryInner>>,
@@ -108,7 +122,16 @@ impl MemorySink {
 
     /// Committed output, one string per line.
     pub fn committed_lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.lock().committed).lines().map(str::to_owned).collect()
+        let g = self.lock();
+        g.committed
+            .values()
+            .flat_map(|d| {
+                String::from_utf8_lossy(d)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Bytes written but not committed yet.
@@ -134,7 +157,7 @@ impl SealedEpoch for MemorySealed {
     fn commit(&mut self) -> Result<(), SinkError> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(data) = g.staged.remove(&self.epoch) {
-            g.committed.extend_from_slice(&data);
+            g.committed.insert(self.epoch, data);
             g.commits += 1;
         }
         Ok(())
@@ -151,26 +174,40 @@ impl Sink for MemorySink {
     async fn recover(&mut self, r: &SinkRecovery) -> Result<RecoveryReport, SinkError> {
         let mut g = self.lock();
         let mut report = RecoveryReport::default();
+        let covered = |e: CheckpointId| r.last_checkpoint.is_some_and(|k| e <= k);
         let epochs: Vec<_> = g.staged.keys().copied().collect();
         for e in epochs {
-            if r.last_checkpoint.is_some_and(|k| e <= k) {
-                if let Some(d) = g.staged.remove(&e) {
-                    g.committed.extend_from_slice(&d);
+            if let Some(d) = g.staged.remove(&e) {
+                if covered(e) {
+                    g.committed.insert(e, d);
                     report.committed += 1;
+                } else {
+                    report.aborted += 1;
                 }
-            } else {
-                g.staged.remove(&e);
-                report.aborted += 1;
             }
         }
+        let before = g.committed.len();
+        g.committed.retain(|e, _| covered(*e));
+        report.rolled_back = before - g.committed.len();
         Ok(report)
     }
+    async fn highest_epoch(&mut self) -> Result<Option<CheckpointId>, SinkError> {
+        let g = self.lock();
+        Ok(g.staged.keys().chain(g.committed.keys()).copied().max())
+    }
     async fn write(&mut self, epoch: CheckpointId, batch: &OutBatch) -> Result<(), SinkError> {
-        self.lock().staged.entry(epoch).or_default().extend_from_slice(batch.data());
+        self.lock()
+            .staged
+            .entry(epoch)
+            .or_default()
+            .extend_from_slice(batch.data());
         Ok(())
     }
     async fn seal(&mut self, epoch: CheckpointId) -> Result<Box<dyn SealedEpoch>, SinkError> {
-        Ok(Box::new(MemorySealed { inner: self.inner.clone(), epoch }))
+        Ok(Box::new(MemorySealed {
+            inner: self.inner.clone(),
+            epoch,
+        }))
     }
 }
 
@@ -190,15 +227,30 @@ impl StepHarness {
 
     /// A harness with the given side sinks and watermark settings.
     pub fn with_watermarks(side_sinks: &[&str], time: WatermarkConfig) -> Self {
-        let sides = side_sinks.iter().map(|n| SideSink { name: (*n).to_owned(), framing: Framing::Lines }).collect();
-        let shared = StepShared::new("test", StateStore::new(SnapshotPolicy::default()), time, sides);
+        let sides = side_sinks
+            .iter()
+            .map(|n| SideSink {
+                name: (*n).to_owned(),
+                framing: Framing::Lines,
+            })
+            .collect();
+        let shared = StepShared::new(
+            "test",
+            StateStore::new(SnapshotPolicy::default()),
+            time,
+            sides,
+        );
         let local = TaskLocal::new("p0", &shared);
         // A current-thread runtime cannot fail to build without I/O drivers.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap_or_else(|e| panic!("test runtime: {e}"));
-        StepHarness { shared, local, runtime }
+        StepHarness {
+            shared,
+            local,
+            runtime,
+        }
     }
 
     /// Sets the pipeline watermark.
@@ -207,16 +259,26 @@ impl StepHarness {
     }
 
     /// Runs `step` on `item` as if it came from `record`.
-    pub fn run<In, S: Step<In>>(&mut self, step: &mut S, item: In, record: &Record) -> Result<Vec<S::Out>, Failure> {
+    pub fn run<In, S: Step<In>>(
+        &mut self,
+        step: &mut S,
+        item: In,
+        record: &Record,
+    ) -> Result<Vec<S::Out>, Failure> {
         self.local.begin_record(Some(record));
         let mut out = Vec::new();
         let mut cx = Context::new(&self.shared, &mut self.local, Some(record));
-        self.runtime.block_on(step.process(item, &mut cx, &mut out))?;
+        self.runtime
+            .block_on(step.process(item, &mut cx, &mut out))?;
         Ok(out)
     }
 
     /// Runs `step` on a record made from `value`.
-    pub fn run_record<S: Step<Record>>(&mut self, step: &mut S, value: &str) -> Result<Vec<S::Out>, Failure> {
+    pub fn run_record<S: Step<Record>>(
+        &mut self,
+        step: &mut S,
+        value: &str,
+    ) -> Result<Vec<S::Out>, Failure> {
         let r = Record::from_value(value.as_bytes().to_vec());
         self.run(step, r.clone(), &r)
     }
@@ -235,7 +297,10 @@ impl StepHarness {
         let Some(i) = self.shared.side_sinks.iter().position(|s| s.name == name) else {
             return Vec::new();
         };
-        let lines = String::from_utf8_lossy(self.local.side[i].data()).lines().map(str::to_owned).collect();
+        let lines = String::from_utf8_lossy(self.local.side[i].data())
+            .lines()
+            .map(str::to_owned)
+            .collect();
         self.local.side[i].clear();
         lines
     }

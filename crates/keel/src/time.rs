@@ -37,7 +37,11 @@ pub struct WatermarkConfig {
 
 impl Default for WatermarkConfig {
     fn default() -> Self {
-        WatermarkConfig { lateness: Duration::from_secs(5), idle_timeout: Duration::from_secs(60), late: LatePolicy::DeadLetter }
+        WatermarkConfig {
+            lateness: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            late: LatePolicy::DeadLetter,
+        }
     }
 }
 
@@ -81,11 +85,17 @@ mod tests {
     use super::*;
 
     fn cfg() -> WatermarkConfig {
-        WatermarkConfig { lateness: Duration::from_millis(100), ..Default::default() }
+        WatermarkConfig {
+            lateness: Duration::from_millis(100),
+            ..Default::default()
+        }
     }
 
     fn p(max: Option<i64>, inactive: bool) -> PartitionTime {
-        PartitionTime { max_event_time: max, inactive }
+        PartitionTime {
+            max_event_time: max,
+            inactive,
+        }
     }
 
     #[test]
@@ -102,13 +112,22 @@ mod tests {
 
     #[test]
     fn partitions_without_event_time_do_not_count() {
-        assert_eq!(pipeline_watermark(&cfg(), [p(None, false), p(Some(300), false)], None), Some(200));
+        assert_eq!(
+            pipeline_watermark(&cfg(), [p(None, false), p(Some(300), false)], None),
+            Some(200)
+        );
         assert_eq!(pipeline_watermark(&cfg(), [p(None, false)], None), None);
     }
 
     #[test]
     fn watermark_never_goes_back() {
-        assert_eq!(pipeline_watermark(&cfg(), [p(Some(300), false)], Some(900)), Some(900));
-        assert_eq!(pipeline_watermark(&cfg(), [p(Some(300), true)], Some(900)), Some(900));
+        assert_eq!(
+            pipeline_watermark(&cfg(), [p(Some(300), false)], Some(900)),
+            Some(900)
+        );
+        assert_eq!(
+            pipeline_watermark(&cfg(), [p(Some(300), true)], Some(900)),
+            Some(900)
+        );
     }
 }

@@ -16,7 +16,11 @@ fn keel(args: &[&str], envs: &[(&str, &Path)]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// A copy of the orders example in a temp dir.
@@ -38,7 +42,12 @@ fn run_then_rerun_then_from_scratch() {
     let dir = example(tmp.path());
     let p = dir.join("pipeline.toml");
     let o = keel(&["run", p.to_str().unwrap(), "--quiet"], &[]);
-    assert_eq!(o.status.code(), Some(1), "dead letters give exit code 1: {}", text(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "dead letters give exit code 1: {}",
+        text(&o)
+    );
     assert!(text(&o).contains("dead-lettered"), "{}", text(&o));
     let records = refjob::visible_lines(&dir.join("out/records")).len();
     let dead = refjob::visible_lines(&dir.join("out/dead")).len();
@@ -48,9 +57,21 @@ fn run_then_rerun_then_from_scratch() {
     let o = keel(&["run", p.to_str().unwrap(), "--quiet"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("nothing to do"), "{}", text(&o));
-    assert_eq!(refjob::visible_lines(&dir.join("out/records")).len(), records);
+    assert_eq!(
+        refjob::visible_lines(&dir.join("out/records")).len(),
+        records
+    );
 
-    let o = keel(&["run", p.to_str().unwrap(), "--quiet", "--from-scratch", "--json"], &[]);
+    let o = keel(
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "--quiet",
+            "--from-scratch",
+            "--json",
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["records_in"], 2000);
@@ -66,21 +87,41 @@ fn validate_reports_the_line_and_key_of_each_problem() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("exactly-once"), "{}", text(&o));
 
-    let bad = std::fs::read_to_string(&p).unwrap().replace("reason = \"negative_amount\"", "reason = \"Negative Amount\"").replace(
-        "aggregates = { running_total = \"sum(amount)\" }",
-        "aggregates = { running_total = \"avg(amount)\" }",
-    );
+    let bad = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace(
+            "reason = \"negative_amount\"",
+            "reason = \"Negative Amount\"",
+        )
+        .replace(
+            "aggregates = { running_total = \"sum(amount)\" }",
+            "aggregates = { running_total = \"avg(amount)\" }",
+        );
     std::fs::write(&p, bad).unwrap();
     let o = keel(&["validate", p.to_str().unwrap()], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let t = text(&o);
-    assert!(t.contains("pipeline.toml:23: steps[1].rules[0].reason"), "{t}");
-    assert!(t.contains("steps[3].aggregates.running_total") && t.contains("unknown function `avg`"), "{t}");
+    assert!(
+        t.contains("pipeline.toml:23: steps[1].rules[0].reason"),
+        "{t}"
+    );
+    assert!(
+        t.contains("steps[3].aggregates.running_total") && t.contains("unknown function `avg`"),
+        "{t}"
+    );
 
-    std::fs::write(&p, "name = \"x\"\n[source]\ntype = \"files\"\npath = \"in\"\ncolour = 1\n").unwrap();
+    std::fs::write(
+        &p,
+        "name = \"x\"\n[source]\ntype = \"files\"\npath = \"in\"\ncolour = 1\n",
+    )
+    .unwrap();
     let o = keel(&["run", p.to_str().unwrap()], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("pipeline.toml:") && text(&o).contains("colour"), "{}", text(&o));
+    assert!(
+        text(&o).contains("pipeline.toml:") && text(&o).contains("colour"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -91,7 +132,11 @@ fn usage_errors_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     let o = keel(&["run", "/nonexistent/pipeline.toml"], &[]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("cannot read the pipeline file"), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot read the pipeline file"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -113,7 +158,10 @@ fn checkpoints_commands_and_fallback_from_a_corrupt_checkpoint() {
 
     // corrupt the newest manifest: verify says so, and a run falls back to the previous state
     let ckpts = dir.join("state/checkpoints");
-    let mut names: Vec<_> = std::fs::read_dir(&ckpts).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     names.sort();
     let newest = names.last().unwrap().clone();
     let mut bytes = std::fs::read(&newest).unwrap();
@@ -124,10 +172,21 @@ fn checkpoints_commands_and_fallback_from_a_corrupt_checkpoint() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("CORRUPT"), "{}", text(&o));
     let o = keel(&["run", ps, "--quiet"], &[]);
-    assert!(text(&o).contains("unusable"), "a warning names the fallback: {}", text(&o));
+    assert!(
+        text(&o).contains("unusable"),
+        "a warning names the fallback: {}",
+        text(&o)
+    );
     // the single epoch was committed under the corrupt manifest: rolled back and redone
     let records = refjob::visible_lines(&dir.join("out/records"));
-    let mut ids: Vec<i64> = records.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap()).collect();
+    let mut ids: Vec<i64> = records
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
     let n = ids.len();
     ids.sort();
     ids.dedup();
@@ -135,7 +194,10 @@ fn checkpoints_commands_and_fallback_from_a_corrupt_checkpoint() {
 
     let o = keel(&["checkpoints", "prune", ps, "--keep", "1"], &[]);
     assert_eq!(o.status.code(), Some(2), "prune needs --confirm");
-    let o = keel(&["checkpoints", "prune", ps, "--keep", "1", "--confirm"], &[]);
+    let o = keel(
+        &["checkpoints", "prune", ps, "--keep", "1", "--confirm"],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
@@ -155,18 +217,29 @@ fn sigterm_stops_gracefully_and_a_rerun_completes_exactly_once() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(term.success());
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(matches!(out.status.code(), Some(0 | 1)), "graceful stop: {:?} {err}", out.status);
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "graceful stop: {:?} {err}",
+        out.status
+    );
     assert!(err.contains("stopped"), "{err}");
     // the final checkpoint of the stop covers everything visible
     let problems = refjob::check(&input, &dir.join("out"), false);
     assert!(problems.is_empty(), "{problems:?}");
     let o = keel(
         &["run", dir.join("job.toml").to_str().unwrap(), "--quiet"],
-        &[("IN", &dir.join("in")), ("OUT", &dir.join("out")), ("STATE", &dir.join("state"))],
+        &[
+            ("IN", &dir.join("in")),
+            ("OUT", &dir.join("out")),
+            ("STATE", &dir.join("state")),
+        ],
     );
     assert!(text(&o).contains("resumed from checkpoint"), "{}", text(&o));
     let problems = refjob::check(&input, &dir.join("out"), true);

@@ -46,16 +46,25 @@ fn check_after_crash(input: &Input, dir: &Path, what: &str) {
     let newest = newest_checkpoint(&dir.join("state")).unwrap_or(0);
     for sink in ["records", "final", "dead"] {
         for e in refjob::visible_epochs(&dir.join("out").join(sink)) {
-            assert!(e <= newest, "{what}: {sink} shows epoch {e} but the newest durable checkpoint is {newest}");
+            assert!(
+                e <= newest,
+                "{what}: {sink} shows epoch {e} but the newest durable checkpoint is {newest}"
+            );
         }
     }
     let problems = refjob::check(input, &dir.join("out"), false);
-    assert!(problems.is_empty(), "{what}: visible output after the crash: {problems:?}");
+    assert!(
+        problems.is_empty(),
+        "{what}: visible output after the crash: {problems:?}"
+    );
 }
 
 fn run_to_end(dir: &Path) {
     let status = spawn(dir, None).wait().unwrap();
-    assert!(matches!(status.code(), Some(0 | 1)), "final run failed: {status:?}");
+    assert!(
+        matches!(status.code(), Some(0 | 1)),
+        "final run failed: {status:?}"
+    );
 }
 
 #[test]
@@ -66,13 +75,23 @@ fn kill_9_at_random_instants_and_crash_points_then_exactly_once() {
     std::fs::write(dir.join("job.toml"), refjob::JOB).unwrap();
 
     // deterministic crash points first: each aborts the process at a precise instant
-    for (i, point) in
-        ["after_prepare:2", "after_state:3", "after_manifest:2", "mid_commit:4", "mid_rename:3", "after_commit:5"]
-            .iter()
-            .enumerate()
+    for (i, point) in [
+        "after_prepare:2",
+        "after_state:3",
+        "after_manifest:2",
+        "mid_commit:4",
+        "mid_rename:3",
+        "after_commit:5",
+    ]
+    .iter()
+    .enumerate()
     {
         let status = spawn(dir, Some(point)).wait().unwrap();
-        assert_eq!(status.signal(), Some(6), "{point} (#{i}): the process was expected to abort there: {status:?}");
+        assert_eq!(
+            status.signal(),
+            Some(6),
+            "{point} (#{i}): the process was expected to abort there: {status:?}"
+        );
         check_after_crash(&input, dir, point);
     }
 
@@ -99,7 +118,10 @@ fn kill_9_at_random_instants_and_crash_points_then_exactly_once() {
         child.wait().unwrap();
         check_after_crash(&input, dir, &format!("kill {k} after {delay:?}"));
     }
-    assert!(interrupted >= 10, "only {interrupted} kills hit a running job; the input is too small");
+    assert!(
+        interrupted >= 10,
+        "only {interrupted} kills hit a running job; the input is too small"
+    );
 
     run_to_end(dir);
     let problems = refjob::check(&input, &dir.join("out"), true);
@@ -107,5 +129,8 @@ fn kill_9_at_random_instants_and_crash_points_then_exactly_once() {
     // a rerun after completion has nothing to do and changes nothing
     let before = refjob::visible_lines(&dir.join("out/records")).len();
     run_to_end(dir);
-    assert_eq!(refjob::visible_lines(&dir.join("out/records")).len(), before);
+    assert_eq!(
+        refjob::visible_lines(&dir.join("out/records")).len(),
+        before
+    );
 }

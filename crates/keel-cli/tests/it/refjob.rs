@@ -25,30 +25,51 @@ fn xorshift(s: &mut u64) -> u64 {
 }
 
 /// Writes `n` lines over `files` files into `dir`; about `bad_per_mille`/1000 are bad.
-pub fn generate(dir: &Path, n: u64, files: u64, customers: u64, bad_per_mille: u64, seed: u64) -> Input {
+pub fn generate(
+    dir: &Path,
+    n: u64,
+    files: u64,
+    customers: u64,
+    bad_per_mille: u64,
+    seed: u64,
+) -> Input {
     fs::create_dir_all(dir).unwrap();
     let mut rng = seed | 1;
     let mut valid = HashMap::new();
     let mut bad = HashMap::new();
     for f in 0..files {
-        let mut out = std::io::BufWriter::new(fs::File::create(dir.join(format!("part-{f:03}.jsonl"))).unwrap());
+        let mut out = std::io::BufWriter::new(
+            fs::File::create(dir.join(format!("part-{f:03}.jsonl"))).unwrap(),
+        );
         for i in (f * n / files)..((f + 1) * n / files) {
             let id = i as i64;
             let cust = format!("c{}", xorshift(&mut rng) % customers);
             let amount = (xorshift(&mut rng) % 50_000) as i64 + 1;
             let ts = 1_699_923_600_000i64 + id;
-            let kind = if xorshift(&mut rng) % 1000 < bad_per_mille { 1 + xorshift(&mut rng) % 3 } else { 0 };
+            let kind = if xorshift(&mut rng) % 1000 < bad_per_mille {
+                1 + xorshift(&mut rng) % 3
+            } else {
+                0
+            };
             let line = match kind {
                 0 => {
                     valid.insert(id, (cust.clone(), amount));
-                    format!(r#"{{"id": {id}, "ts": {ts}, "customer": "{cust}", "amount": {amount}, "note": "n{}"}}"#, i % 97)
+                    format!(
+                        r#"{{"id": {id}, "ts": {ts}, "customer": "{cust}", "amount": {amount}, "note": "n{}"}}"#,
+                        i % 97
+                    )
                 }
                 1 => format!(r#"{{"id": {id}, "ts": {ts}, "customer": "{cust}", "amou"#),
                 2 => format!(r#"{{"id": {id}, "ts": {ts}, "amount": {amount}}}"#),
-                _ => format!(r#"{{"id": {id}, "ts": {ts}, "customer": "{cust}", "amount": -{amount}}}"#),
+                _ => format!(
+                    r#"{{"id": {id}, "ts": {ts}, "customer": "{cust}", "amount": -{amount}}}"#
+                ),
             };
             if kind > 0 {
-                bad.insert(line.clone(), ["", "malformed", "missing_field", "negative_amount"][kind as usize]);
+                bad.insert(
+                    line.clone(),
+                    ["", "malformed", "missing_field", "negative_amount"][kind as usize],
+                );
             }
             writeln!(out, "{line}").unwrap();
         }
@@ -59,7 +80,9 @@ pub fn generate(dir: &Path, n: u64, files: u64, customers: u64, bad_per_mille: u
 /// Lines of every visible file (name not starting with `.` or `_`) under `dir`.
 pub fn visible_lines(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else { return out };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
     let mut names: Vec<_> = entries.map(|e| e.unwrap().path()).collect();
     names.sort();
     for p in names {
@@ -74,7 +97,9 @@ pub fn visible_lines(dir: &Path) -> Vec<String> {
 
 /// Epochs of the visible files of a file sink directory.
 pub fn visible_epochs(dir: &Path) -> Vec<u64> {
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| {
             let name = e.ok()?.file_name().to_string_lossy().into_owned();
@@ -132,11 +157,17 @@ pub fn check(input: &Input, out: &Path, complete: bool) -> Vec<String> {
         // after a crash a reader may see only a prefix of the stream per customer, which
         // is still a prefix of one serial order: totals must then be consistent too
         if gaps {
-            problems.push(format!("customer {c}: running totals inconsistent with any serial order"));
+            problems.push(format!(
+                "customer {c}: running totals inconsistent with any serial order"
+            ));
         }
     }
     if complete {
-        let missing = input.valid.keys().filter(|id| !seen.contains_key(id)).count();
+        let missing = input
+            .valid
+            .keys()
+            .filter(|id| !seen.contains_key(id))
+            .count();
         if missing > 0 {
             problems.push(format!("{missing} valid ids MISSING"));
         }
@@ -148,12 +179,19 @@ pub fn check(input: &Input, out: &Path, complete: bool) -> Vec<String> {
         for line in visible_lines(&out.join("final")) {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             let c = v["customer"].as_str().unwrap().to_owned();
-            if got.insert(c.clone(), v["total"].as_i64().unwrap()).is_some() {
+            if got
+                .insert(c.clone(), v["total"].as_i64().unwrap())
+                .is_some()
+            {
                 problems.push(format!("final: customer {c} twice"));
             }
         }
         if got != expected {
-            problems.push(format!("final totals differ: {} customers expected, {} found", expected.len(), got.len()));
+            problems.push(format!(
+                "final totals differ: {} customers expected, {} found",
+                expected.len(),
+                got.len()
+            ));
         }
     }
     // dead letters: each bad line at most once (exactly once when complete), right reason
@@ -161,10 +199,18 @@ pub fn check(input: &Input, out: &Path, complete: bool) -> Vec<String> {
     for line in visible_lines(&out.join("dead")) {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let raw = v["raw"].as_str().unwrap_or_default().to_owned();
-        let reason = v["reason"].as_str().unwrap_or_default().split(':').next().unwrap_or_default().to_owned();
+        let reason = v["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         match input.bad.get(&raw) {
             None => problems.push(format!("dead letter that is not a bad input line: {raw:?}")),
-            Some(exp) if *exp != reason => problems.push(format!("dead letter reason {reason}, expected {exp}: {raw:?}")),
+            Some(exp) if *exp != reason => problems.push(format!(
+                "dead letter reason {reason}, expected {exp}: {raw:?}"
+            )),
             _ => {}
         }
         *dead.entry(raw).or_default() += 1;
@@ -174,7 +220,11 @@ pub fn check(input: &Input, out: &Path, complete: bool) -> Vec<String> {
         problems.push(format!("{dup_dead} bad lines dead-lettered more than once"));
     }
     if complete && dead.len() != input.bad.len() {
-        problems.push(format!("{} of {} bad lines dead-lettered", dead.len(), input.bad.len()));
+        problems.push(format!(
+            "{} of {} bad lines dead-lettered",
+            dead.len(),
+            input.bad.len()
+        ));
     }
     problems
 }

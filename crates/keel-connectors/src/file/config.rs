@@ -57,12 +57,20 @@ pub struct FileSourceConfig {
 impl FileSourceConfig {
     /// Reads `*.jsonl` files in `path` once.
     pub fn new(path: impl Into<PathBuf>, format: FileFormat) -> Self {
-        FileSourceConfig { path: path.into(), format, pattern: None, follow: false, poll_interval: Duration::from_millis(500) }
+        FileSourceConfig {
+            path: path.into(),
+            format,
+            pattern: None,
+            follow: false,
+            poll_interval: Duration::from_millis(500),
+        }
     }
 
     /// The effective file name pattern.
     pub fn pattern(&self) -> String {
-        self.pattern.clone().unwrap_or_else(|| format!("*.{}", self.format.extension()))
+        self.pattern
+            .clone()
+            .unwrap_or_else(|| format!("*.{}", self.format.extension()))
     }
 
     /// True when `name` matches the pattern.
@@ -89,7 +97,13 @@ pub struct FileSinkConfig {
 impl FileSinkConfig {
     /// Files `part-*.<ext>` in `path`.
     pub fn new(path: impl Into<PathBuf>, format: FileFormat) -> Self {
-        FileSinkConfig { path: path.into(), format, prefix: "part".into(), max_file_bytes: 256 << 20, header: None }
+        FileSinkConfig {
+            path: path.into(),
+            format,
+            prefix: "part".into(),
+            max_file_bytes: 256 << 20,
+            header: None,
+        }
     }
 }
 

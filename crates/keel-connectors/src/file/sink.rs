@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keel::checkpoint::CheckpointId;
-use keel::checkpoint::recovery::{EpochFile, EpochFileAction, EpochFileState, SinkRecovery, plan_epoch_files};
+use keel::checkpoint::recovery::{
+    EpochFile, EpochFileAction, EpochFileState, SinkRecovery, plan_epoch_files,
+};
 use keel::durable::{self, Ops};
 use keel::sink::{Guarantee, OutBatch, RecoveryReport, SealedEpoch, Sink, SinkError};
 use serde::{Deserialize, Serialize};
@@ -74,7 +76,13 @@ impl FileSink {
 
     /// A sink using the given file operations (tests inject failures this way).
     pub fn with_ops(config: FileSinkConfig, ops: Ops) -> Self {
-        FileSink { config: Arc::new(config), ops, open: None, closed: Vec::new(), seq: 0 }
+        FileSink {
+            config: Arc::new(config),
+            ops,
+            open: None,
+            closed: Vec::new(),
+            seq: 0,
+        }
     }
 
     fn dir(&self) -> &Path {
@@ -82,7 +90,11 @@ impl FileSink {
     }
 
     fn file_name(&self, epoch: CheckpointId, seq: u32) -> String {
-        format!("{}-{epoch:012}-{seq:03}.{}", self.config.prefix, self.config.format.extension())
+        format!(
+            "{}-{epoch:012}-{seq:03}.{}",
+            self.config.prefix,
+            self.config.format.extension()
+        )
     }
 
     fn io(&self, what: &str, e: std::io::Error) -> SinkError {
@@ -91,7 +103,8 @@ impl FileSink {
 
     fn open_file(&mut self, epoch: CheckpointId) -> Result<&mut OpenFile, SinkError> {
         if self.open.is_none() {
-            durable::create_dir_durable(&*self.ops, self.dir()).map_err(|e| self.io("creating the directory", e))?;
+            durable::create_dir_durable(&*self.ops, self.dir())
+                .map_err(|e| self.io("creating the directory", e))?;
             let name = self.file_name(epoch, self.seq);
             self.seq += 1;
             let path = self.dir().join(staged_name(&name));
@@ -108,10 +121,19 @@ impl FileSink {
                     .map_err(|e| self.io("writing", e))?;
                 bytes = h.len() as u64 + 1;
             }
-            self.open = Some(OpenFile { file, staged: StagedFile { handle: None, name, bytes } });
+            self.open = Some(OpenFile {
+                file,
+                staged: StagedFile {
+                    handle: None,
+                    name,
+                    bytes,
+                },
+            });
         }
         // just set above when it was missing
-        self.open.as_mut().ok_or_else(|| SinkError::Other("no open file".into()))
+        self.open
+            .as_mut()
+            .ok_or_else(|| SinkError::Other("no open file".into()))
     }
 
     fn close_open(&mut self) -> Result<(), SinkError> {
@@ -134,7 +156,10 @@ impl FileSink {
         for entry in entries {
             let entry = entry.map_err(|e| self.io("listing", e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let (visible, state) = match name.strip_prefix('.').and_then(|n| n.strip_suffix(".pending")) {
+            let (visible, state) = match name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".pending"))
+            {
                 Some(v) => (v.to_owned(), EpochFileState::Staged),
                 None => (name.clone(), EpochFileState::Committed),
             };
@@ -149,7 +174,9 @@ impl FileSink {
     /// The epoch of a visible file name written by this sink, or `None` for other files.
     fn parse_epoch(&self, name: &str) -> Option<CheckpointId> {
         let rest = name.strip_prefix(&self.config.prefix)?.strip_prefix('-')?;
-        let rest = rest.strip_suffix(self.config.format.extension())?.strip_suffix('.')?;
+        let rest = rest
+            .strip_suffix(self.config.format.extension())?
+            .strip_suffix('.')?;
         let (epoch, seq) = rest.split_once('-')?;
         if epoch.len() != 12 || seq.len() != 3 || !seq.bytes().all(|b| b.is_ascii_digit()) {
             return None;
@@ -173,13 +200,22 @@ impl SealedEpoch for SealedFiles {
     fn prepare(&mut self) -> Result<serde_json::Value, SinkError> {
         for f in &self.files {
             if let Some(h) = &f.handle {
-                h.sync_data().map_err(|e| SinkError::io(format!("fsync of {}", f.name), e))?;
+                h.sync_data()
+                    .map_err(|e| SinkError::io(format!("fsync of {}", f.name), e))?;
             }
         }
         if !self.files.is_empty() {
-            self.ops.sync_dir(&self.dir).map_err(|e| SinkError::io(format!("fsync of {}", self.dir.display()), e))?;
+            self.ops
+                .sync_dir(&self.dir)
+                .map_err(|e| SinkError::io(format!("fsync of {}", self.dir.display()), e))?;
         }
-        let pre = FilePreCommit { files: self.files.iter().map(|f| (f.name.clone(), f.bytes)).collect() };
+        let pre = FilePreCommit {
+            files: self
+                .files
+                .iter()
+                .map(|f| (f.name.clone(), f.bytes))
+                .collect(),
+        };
         serde_json::to_value(pre).map_err(|e| SinkError::Other(e.to_string()))
     }
 
@@ -189,14 +225,21 @@ impl SealedEpoch for SealedFiles {
             commit_file(&*self.ops, &self.dir, &f.name, Some(f.bytes))?;
         }
         if !self.files.is_empty() {
-            self.ops.sync_dir(&self.dir).map_err(|e| SinkError::io(format!("fsync of {}", self.dir.display()), e))?;
+            self.ops
+                .sync_dir(&self.dir)
+                .map_err(|e| SinkError::io(format!("fsync of {}", self.dir.display()), e))?;
         }
         Ok(())
     }
 }
 
 /// Renames a staged file to its visible name. Idempotent: a file already visible is fine.
-fn commit_file(ops: &dyn durable::FileOps, dir: &Path, name: &str, bytes: Option<u64>) -> Result<(), SinkError> {
+fn commit_file(
+    ops: &dyn durable::FileOps,
+    dir: &Path,
+    name: &str,
+    bytes: Option<u64>,
+) -> Result<(), SinkError> {
     let staged = dir.join(staged_name(name));
     let visible = dir.join(name);
     match fs::metadata(&staged) {
@@ -210,7 +253,8 @@ fn commit_file(ops: &dyn durable::FileOps, dir: &Path, name: &str, bytes: Option
                     meta.len()
                 )));
             }
-            ops.rename(&staged, &visible).map_err(|e| SinkError::io(format!("committing {name}"), e))?;
+            ops.rename(&staged, &visible)
+                .map_err(|e| SinkError::io(format!("committing {name}"), e))?;
             keel::crash::crash_point("mid_rename");
             Ok(())
         }
@@ -218,7 +262,9 @@ fn commit_file(ops: &dyn durable::FileOps, dir: &Path, name: &str, bytes: Option
             if visible.exists() {
                 Ok(())
             } else {
-                Err(SinkError::PreCommit(format!("{name}: neither the staged nor the committed file exists")))
+                Err(SinkError::PreCommit(format!(
+                    "{name}: neither the staged nor the committed file exists"
+                )))
             }
         }
         Err(e) => Err(SinkError::io(format!("committing {name}"), e)),
@@ -227,7 +273,11 @@ fn commit_file(ops: &dyn durable::FileOps, dir: &Path, name: &str, bytes: Option
 
 impl Sink for FileSink {
     fn describe(&self) -> String {
-        format!("files {} ({})", self.dir().display(), self.config.format.name())
+        format!(
+            "files {} ({})",
+            self.dir().display(),
+            self.config.format.name()
+        )
     }
 
     fn guarantee(&self) -> Guarantee {
@@ -240,29 +290,45 @@ impl Sink for FileSink {
 
     async fn recover(&mut self, r: &SinkRecovery) -> Result<RecoveryReport, SinkError> {
         let files = self.list()?;
-        let expected: Option<FilePreCommit> = r.precommit.as_ref().and_then(|p| serde_json::from_value(p.clone()).ok());
-        let size_of = |name: &str| expected.as_ref().and_then(|p| p.files.iter().find(|(n, _)| n == name).map(|(_, b)| *b));
+        let expected: Option<FilePreCommit> = r
+            .precommit
+            .as_ref()
+            .and_then(|p| serde_json::from_value(p.clone()).ok());
+        let size_of = |name: &str| {
+            expected
+                .as_ref()
+                .and_then(|p| p.files.iter().find(|(n, _)| n == name).map(|(_, b)| *b))
+        };
         let mut report = RecoveryReport::default();
         for action in plan_epoch_files(&files, r.last_checkpoint) {
             match action {
                 EpochFileAction::Commit(staged) => {
-                    let name = staged.trim_start_matches('.').trim_end_matches(".pending").to_owned();
+                    let name = staged
+                        .trim_start_matches('.')
+                        .trim_end_matches(".pending")
+                        .to_owned();
                     commit_file(&*self.ops, self.dir(), &name, size_of(&name))?;
                     report.committed += 1;
                 }
                 EpochFileAction::Abort(name) => {
-                    self.ops.remove(&self.dir().join(&name)).map_err(|e| self.io("removing a staged file", e))?;
+                    self.ops
+                        .remove(&self.dir().join(&name))
+                        .map_err(|e| self.io("removing a staged file", e))?;
                     report.aborted += 1;
                 }
                 EpochFileAction::RollBack(name) => {
                     tracing::warn!(file = %name, "rolling back committed output of an epoch after the restored checkpoint");
-                    self.ops.remove(&self.dir().join(&name)).map_err(|e| self.io("rolling back", e))?;
+                    self.ops
+                        .remove(&self.dir().join(&name))
+                        .map_err(|e| self.io("rolling back", e))?;
                     report.rolled_back += 1;
                 }
             }
         }
         if report != RecoveryReport::default() {
-            self.ops.sync_dir(self.dir()).map_err(|e| self.io("fsync", e))?;
+            self.ops
+                .sync_dir(self.dir())
+                .map_err(|e| self.io("fsync", e))?;
         }
         Ok(report)
     }
@@ -274,9 +340,12 @@ impl Sink for FileSink {
         let max = self.config.max_file_bytes;
         let dir = self.config.path.clone();
         let open = self.open_file(epoch)?;
-        open.file
-            .write_all(batch.data())
-            .map_err(|e| SinkError::io(format!("writing {} in {}", open.staged.name, dir.display()), e))?;
+        open.file.write_all(batch.data()).map_err(|e| {
+            SinkError::io(
+                format!("writing {} in {}", open.staged.name, dir.display()),
+                e,
+            )
+        })?;
         open.staged.bytes += batch.data().len() as u64;
         if open.staged.bytes >= max {
             self.close_open()?;
@@ -288,6 +357,10 @@ impl Sink for FileSink {
         self.close_open()?;
         self.seq = 0;
         let files = std::mem::take(&mut self.closed);
-        Ok(Box::new(SealedFiles { dir: self.config.path.clone(), ops: self.ops.clone(), files }))
+        Ok(Box::new(SealedFiles {
+            dir: self.config.path.clone(),
+            ops: self.ops.clone(),
+            files,
+        }))
     }
 }

@@ -27,7 +27,9 @@ pub struct FileSource {
 impl FileSource {
     /// A source over `config.path`.
     pub fn new(config: FileSourceConfig) -> Self {
-        FileSource { config: Arc::new(config) }
+        FileSource {
+            config: Arc::new(config),
+        }
     }
 
     /// The partitions (file names relative to the directory) present now, sorted.
@@ -44,11 +46,16 @@ impl FileSource {
 /// Lists input files: regular files matching the pattern, not hidden (`.`/`_` prefix).
 pub(crate) fn list_files(config: &FileSourceConfig) -> Result<Vec<String>, SourceError> {
     let dir = &config.path;
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| SourceError::Io { context: format!("listing input directory {}", dir.display()), source: e })?;
+    let entries = std::fs::read_dir(dir).map_err(|e| SourceError::Io {
+        context: format!("listing input directory {}", dir.display()),
+        source: e,
+    })?;
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| SourceError::Io { context: format!("listing {}", dir.display()), source: e })?;
+        let entry = entry.map_err(|e| SourceError::Io {
+            context: format!("listing {}", dir.display()),
+            source: e,
+        })?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') || name.starts_with('_') {
             continue;
@@ -88,7 +95,11 @@ impl Source for FileSource {
         list_files(&self.config)
     }
 
-    async fn open(&mut self, partition: &str, from: Option<u64>) -> Result<FileReader, SourceError> {
+    async fn open(
+        &mut self,
+        partition: &str,
+        from: Option<u64>,
+    ) -> Result<FileReader, SourceError> {
         FileReader::open(self.config.clone(), partition, from.unwrap_or(0))
     }
 }
@@ -112,11 +123,21 @@ pub struct FileReader {
 }
 
 impl FileReader {
-    fn open(config: Arc<FileSourceConfig>, partition: &str, offset: u64) -> Result<Self, SourceError> {
+    fn open(
+        config: Arc<FileSourceConfig>,
+        partition: &str,
+        offset: u64,
+    ) -> Result<Self, SourceError> {
         let path = config.path.join(partition);
-        let io = |what: &str, e| SourceError::Io { context: format!("{what} {}", path.display()), source: e };
+        let io = |what: &str, e| SourceError::Io {
+            context: format!("{what} {}", path.display()),
+            source: e,
+        };
         let mut file = File::open(&path).map_err(|e| io("opening", e))?;
-        let len = file.metadata().map_err(|e| io("reading metadata of", e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| io("reading metadata of", e))?
+            .len();
         if offset > len {
             return Err(SourceError::BadPosition {
                 partition: partition.to_owned(),
@@ -130,7 +151,8 @@ impl FileReader {
         };
         // a fresh CSV partition starts after its header line
         let offset = if offset == 0 { header_len } else { offset };
-        file.seek(SeekFrom::Start(offset)).map_err(|e| io("seeking in", e))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| io("seeking in", e))?;
         Ok(FileReader {
             config,
             path,
@@ -153,8 +175,10 @@ impl FileReader {
         let read = (&mut self.file)
             .take(CHUNK as u64)
             .read_to_end(&mut buf)
-            .map_err(|e| SourceError::Io { context: format!("reading {}", self.path.display()), source: e })?
-            as u64;
+            .map_err(|e| SourceError::Io {
+                context: format!("reading {}", self.path.display()),
+                source: e,
+            })? as u64;
         if read == 0 {
             // nothing new: the unfinished line stays in `partial`
             return Ok(false);
@@ -185,7 +209,11 @@ impl FileReader {
 impl PartitionReader for FileReader {
     type Position = u64;
 
-    async fn next_batch(&mut self, batch: &mut SourceBatch<u64>, max: usize) -> Result<ReadStatus, SourceError> {
+    async fn next_batch(
+        &mut self,
+        batch: &mut SourceBatch<u64>,
+        max: usize,
+    ) -> Result<ReadStatus, SourceError> {
         loop {
             // Split complete lines out of the current chunk.
             while batch.len() < max && !self.chunk.is_empty() {
@@ -229,7 +257,10 @@ impl PartitionReader for FileReader {
 
 /// The first line of a CSV file (without its terminator) and its length with the terminator.
 fn read_header(path: &Path) -> Result<(Option<Bytes>, u64), SourceError> {
-    let io = |e| SourceError::Io { context: format!("reading the CSV header of {}", path.display()), source: e };
+    let io = |e| SourceError::Io {
+        context: format!("reading the CSV header of {}", path.display()),
+        source: e,
+    };
     let mut f = File::open(path).map_err(io)?;
     let mut line = Vec::new();
     let mut buf = [0u8; 4096];
@@ -248,7 +279,10 @@ fn read_header(path: &Path) -> Result<(Option<Bytes>, u64), SourceError> {
         }
         line.extend_from_slice(&buf[..n]);
         if line.len() > 1 << 20 {
-            return Err(SourceError::Other(format!("{}: CSV header line longer than 1 MiB", path.display())));
+            return Err(SourceError::Other(format!(
+                "{}: CSV header line longer than 1 MiB",
+                path.display()
+            )));
         }
     }
     let len = line.len() as u64;

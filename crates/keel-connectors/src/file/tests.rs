@@ -7,7 +7,11 @@ use keel::{PartitionReader, ReadStatus, Source, SourceBatch};
 use super::*;
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 fn read_all(src: &mut FileSource, part: &str, from: Option<u64>, max: usize) -> Vec<(String, u64)> {
@@ -32,12 +36,19 @@ fn read_all(src: &mut FileSource, part: &str, from: Option<u64>, max: usize) -> 
 #[test]
 fn lines_positions_and_resume() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("a.jsonl"), "{\"a\":1}\n\n{\"a\":2}\r\n{\"a\":3}").unwrap();
+    fs::write(
+        dir.path().join("a.jsonl"),
+        "{\"a\":1}\n\n{\"a\":2}\r\n{\"a\":3}",
+    )
+    .unwrap();
     fs::write(dir.path().join("_skip.jsonl"), "x\n").unwrap();
     fs::write(dir.path().join(".hidden.jsonl"), "x\n").unwrap();
     fs::write(dir.path().join("b.txt"), "x\n").unwrap();
     let mut src = FileSource::new(FileSourceConfig::new(dir.path(), FileFormat::JsonLines));
-    assert_eq!(block_on(src.discover()).unwrap(), vec!["a.jsonl".to_string()]);
+    assert_eq!(
+        block_on(src.discover()).unwrap(),
+        vec!["a.jsonl".to_string()]
+    );
     let all = read_all(&mut src, "a.jsonl", None, 2);
     assert_eq!(
         all,
@@ -74,7 +85,10 @@ fn csv_header_is_attached_and_skipped_on_resume() {
     let mut src = FileSource::new(FileSourceConfig::new(dir.path(), FileFormat::Csv));
     let all = read_all(&mut src, "a.csv", None, 10);
     assert_eq!(all, vec![("1,x".into(), 14), ("2,y".into(), 19)]);
-    assert_eq!(read_all(&mut src, "a.csv", Some(14), 10), vec![("2,y".into(), 19)]);
+    assert_eq!(
+        read_all(&mut src, "a.csv", Some(14), 10),
+        vec![("2,y".into(), 19)]
+    );
     block_on(async {
         let mut r = src.open("a.csv", None).await.unwrap();
         let mut b = SourceBatch::default();
@@ -100,7 +114,11 @@ fn follow_mode_waits_for_complete_lines() {
         b.clear();
         assert_eq!(r.next_batch(&mut b, 10).await.unwrap(), ReadStatus::Idle);
         fs::OpenOptions::new().append(true).open(&p).unwrap();
-        std::io::Write::write_all(&mut fs::OpenOptions::new().append(true).open(&p).unwrap(), b"2\n3\n").unwrap();
+        std::io::Write::write_all(
+            &mut fs::OpenOptions::new().append(true).open(&p).unwrap(),
+            b"2\n3\n",
+        )
+        .unwrap();
         assert_eq!(r.next_batch(&mut b, 10).await.unwrap(), ReadStatus::Records);
         let got: Vec<_> = b.records.iter().map(|r| r.value.to_vec()).collect();
         assert_eq!(got, vec![b"22".to_vec(), b"3".to_vec()]);
@@ -118,7 +136,10 @@ fn a_truncated_file_is_refused_with_a_clear_error() {
 }
 
 fn visible(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     names
 }
@@ -141,13 +162,22 @@ fn sink_stages_then_commits() {
         sink.recover(&SinkRecovery::default()).await.unwrap();
         sink.write(1, &batch(&["a", "b"])).await.unwrap();
         let mut sealed = sink.seal(1).await.unwrap();
-        assert_eq!(visible(&out), vec![".part-000000000001-000.jsonl.pending".to_string()]);
+        assert_eq!(
+            visible(&out),
+            vec![".part-000000000001-000.jsonl.pending".to_string()]
+        );
         let pre = sealed.prepare().unwrap();
         assert_eq!(pre["files"][0][1], 4);
         sealed.commit().unwrap();
         sealed.commit().unwrap(); // idempotent
-        assert_eq!(visible(&out), vec!["part-000000000001-000.jsonl".to_string()]);
-        assert_eq!(fs::read_to_string(out.join("part-000000000001-000.jsonl")).unwrap(), "a\nb\n");
+        assert_eq!(
+            visible(&out),
+            vec!["part-000000000001-000.jsonl".to_string()]
+        );
+        assert_eq!(
+            fs::read_to_string(out.join("part-000000000001-000.jsonl")).unwrap(),
+            "a\nb\n"
+        );
         // an empty epoch leaves no file
         let mut sealed = sink.seal(2).await.unwrap();
         sealed.prepare().unwrap();
@@ -171,12 +201,22 @@ fn sink_recovery_commits_covered_aborts_newer_and_rolls_back() {
     block_on(async {
         assert_eq!(sink.highest_epoch().await.unwrap(), Some(6));
         let pre = serde_json::json!({"files": [["part-000000000004-000.jsonl", 2]]});
-        let r = sink.recover(&SinkRecovery { last_checkpoint: Some(4), precommit: Some(pre) }).await.unwrap();
+        let r = sink
+            .recover(&SinkRecovery {
+                last_checkpoint: Some(4),
+                precommit: Some(pre),
+            })
+            .await
+            .unwrap();
         assert_eq!((r.committed, r.aborted, r.rolled_back), (1, 1, 1));
     });
     assert_eq!(
         visible(&out),
-        vec!["part-000000000003-000.jsonl".to_string(), "part-000000000004-000.jsonl".into(), "unrelated.txt".into()]
+        vec![
+            "part-000000000003-000.jsonl".to_string(),
+            "part-000000000004-000.jsonl".into(),
+            "unrelated.txt".into()
+        ]
     );
 }
 
@@ -188,7 +228,11 @@ fn sink_refuses_a_staged_file_whose_size_differs_from_its_checkpoint() {
     fs::write(out.join(".part-000000000004-000.jsonl.pending"), "4").unwrap();
     let mut sink = FileSink::new(FileSinkConfig::new(&out, FileFormat::JsonLines));
     let pre = serde_json::json!({"files": [["part-000000000004-000.jsonl", 2]]});
-    let err = block_on(sink.recover(&SinkRecovery { last_checkpoint: Some(4), precommit: Some(pre) })).unwrap_err();
+    let err = block_on(sink.recover(&SinkRecovery {
+        last_checkpoint: Some(4),
+        precommit: Some(pre),
+    }))
+    .unwrap_err();
     assert!(err.to_string().contains("checkpoint says 2"), "{err}");
 }
 
@@ -207,6 +251,15 @@ fn sink_rolls_files_and_writes_headers() {
         s.prepare().unwrap();
         s.commit().unwrap();
     });
-    assert_eq!(visible(&out), vec!["part-000000000007-000.csv".to_string(), "part-000000000007-001.csv".into()]);
-    assert_eq!(fs::read_to_string(out.join("part-000000000007-001.csv")).unwrap(), "id,name\n2,x\n");
+    assert_eq!(
+        visible(&out),
+        vec![
+            "part-000000000007-000.csv".to_string(),
+            "part-000000000007-001.csv".into()
+        ]
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("part-000000000007-001.csv")).unwrap(),
+        "id,name\n2,x\n"
+    );
 }

@@ -104,12 +104,22 @@ pub struct ParseError {
 impl Doc {
     /// Unparsed text: written back as is.
     pub fn raw(src: Bytes) -> Self {
-        Doc { src, fields: Vec::new(), parsed: false, maybe_dups: false }
+        Doc {
+            src,
+            fields: Vec::new(),
+            parsed: false,
+            maybe_dups: false,
+        }
     }
 
     /// An empty object.
     pub fn object() -> Self {
-        Doc { src: Bytes::new(), fields: Vec::new(), parsed: true, maybe_dups: false }
+        Doc {
+            src: Bytes::new(),
+            fields: Vec::new(),
+            parsed: true,
+            maybe_dups: false,
+        }
     }
 
     /// True once the doc is an object with fields (after a parse step).
@@ -124,7 +134,12 @@ impl Doc {
 
     /// Parses `src` as one JSON object (strict RFC 8259, see [`scan`]).
     pub fn parse_json(src: Bytes) -> Result<Doc, ParseError> {
-        let mut doc = Doc { src, fields: Vec::new(), parsed: true, maybe_dups: false };
+        let mut doc = Doc {
+            src,
+            fields: Vec::new(),
+            parsed: true,
+            maybe_dups: false,
+        };
         doc.reparse_json()?;
         Ok(doc)
     }
@@ -144,23 +159,34 @@ impl Doc {
         let mut key_error = None;
         let scanned = scan::scan_members(src, |m| {
             let key = &src[m.key.0 as usize..m.key.1 as usize];
-            let sig = 1u64
-                << (key.len().wrapping_mul(31) + key.first().map_or(0, |&c| c as usize * 7) + key.last().map_or(0, |&c| c as usize))
-                    % 64;
-            maybe_dups |= signatures & sig != 0 || m.key_escaped;
+            let bucket = (key.len().wrapping_mul(31)
+                + key.first().map_or(0, |&c| c as usize * 7)
+                + key.last().map_or(0, |&c| c as usize))
+                % 64;
+            let sig = 1u64 << bucket;
+            maybe_dups |= (signatures & sig) != 0 || m.key_escaped;
             signatures |= sig;
             let name = if m.key_escaped {
-                match serde_json::from_slice::<String>(&src[m.key.0 as usize - 1..m.key.1 as usize + 1]) {
+                match serde_json::from_slice::<String>(
+                    &src[m.key.0 as usize - 1..m.key.1 as usize + 1],
+                ) {
                     Ok(k) => Name::Owned(k.into()),
                     Err(e) => {
                         key_error = Some(e.to_string());
-                        return Err(scan::ScanError { message: "invalid key", at: m.key.0 as usize, invalid_utf8: false });
+                        return Err(scan::ScanError {
+                            message: "invalid key",
+                            at: m.key.0 as usize,
+                            invalid_utf8: false,
+                        });
                     }
                 }
             } else {
                 Name::Span(m.key.0, m.key.1)
             };
-            fields.push(Field { name, value: Value::Raw(m.value.0, m.value.1, m.kind) });
+            fields.push(Field {
+                name,
+                value: Value::Raw(m.value.0, m.value.1, m.kind),
+            });
             Ok(())
         });
         self.maybe_dups = maybe_dups;
@@ -203,7 +229,9 @@ impl Doc {
     #[inline]
     fn index(&self, name: &str) -> Option<usize> {
         let name = name.as_bytes();
-        (0..self.fields.len()).rev().find(|&i| short_eq(self.name_bytes(&self.fields[i]), name))
+        (0..self.fields.len())
+            .rev()
+            .find(|&i| short_eq(self.name_bytes(&self.fields[i]), name))
     }
 
     /// The value of a top-level field, trying the index in `hint` first and updating it.
@@ -233,7 +261,10 @@ impl Doc {
         self.parsed = true;
         match self.index(name) {
             Some(i) => self.fields[i].value = value,
-            None => self.fields.push(Field { name: Name::Owned(name.into()), value }),
+            None => self.fields.push(Field {
+                name: Name::Owned(name.into()),
+                value,
+            }),
         }
     }
 
@@ -246,7 +277,10 @@ impl Doc {
         });
         match found {
             Some(i) => self.fields[i].value = value,
-            None => self.fields.push(Field { name: Name::Owned(name.clone()), value }),
+            None => self.fields.push(Field {
+                name: Name::Owned(name.clone()),
+                value,
+            }),
         }
     }
 
@@ -284,9 +318,16 @@ impl Doc {
         for (k, n) in names.iter().enumerate() {
             let nb = n.as_bytes();
             let hinted = hints.get(k).map(|&h| h as usize).filter(|&h| {
-                !self.maybe_dups && h >= next && h < self.fields.len() && short_eq(self.name_bytes(&self.fields[h]), nb)
+                !self.maybe_dups
+                    && h >= next
+                    && h < self.fields.len()
+                    && short_eq(self.name_bytes(&self.fields[h]), nb)
             });
-            let found = hinted.or_else(|| (next..self.fields.len()).rev().find(|&i| short_eq(self.name_bytes(&self.fields[i]), nb)));
+            let found = hinted.or_else(|| {
+                (next..self.fields.len())
+                    .rev()
+                    .find(|&i| short_eq(self.name_bytes(&self.fields[i]), nb))
+            });
             if let Some(i) = found {
                 if let Some(h) = hints.get_mut(k) {
                     *h = i as u32;
@@ -340,11 +381,20 @@ impl Doc {
         match v {
             Value::Int(i) => Some(*i as f64),
             Value::Float(f) => Some(*f),
-            Value::Raw(a, b, Kind::Integer) => match parse_int(&self.src[*a as usize..*b as usize]) {
+            Value::Raw(a, b, Kind::Integer) => match parse_int(&self.src[*a as usize..*b as usize])
+            {
                 Some(i) => Some(i as f64),
-                None => std::str::from_utf8(&self.src[*a as usize..*b as usize]).ok()?.parse().ok(),
+                None => std::str::from_utf8(&self.src[*a as usize..*b as usize])
+                    .ok()?
+                    .parse()
+                    .ok(),
             },
-            Value::Raw(a, b, Kind::Float) => std::str::from_utf8(&self.src[*a as usize..*b as usize]).ok()?.parse().ok(),
+            Value::Raw(a, b, Kind::Float) => {
+                std::str::from_utf8(&self.src[*a as usize..*b as usize])
+                    .ok()?
+                    .parse()
+                    .ok()
+            }
             Value::Json(j) => j.as_f64(),
             _ => None,
         }
@@ -395,10 +445,12 @@ impl Doc {
     /// A value decoded into `serde_json::Value`.
     pub fn to_json_value(&self, v: &Value) -> serde_json::Value {
         match v {
-            Value::Raw(a, b, _) => serde_json::from_slice(&self.src[*a as usize..*b as usize]).unwrap_or(serde_json::Value::Null),
+            Value::Raw(a, b, _) => serde_json::from_slice(&self.src[*a as usize..*b as usize])
+                .unwrap_or(serde_json::Value::Null),
             Value::Str(s) => serde_json::Value::String(s.to_string()),
             Value::Int(i) => (*i).into(),
-            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
             Value::Bool(b) => (*b).into(),
             Value::Null => serde_json::Value::Null,
             Value::Json(j) => (**j).clone(),
@@ -436,7 +488,11 @@ impl Doc {
                 serde_json::Value::Object(mut m) => m.remove(seg)?,
                 serde_json::Value::Array(mut a) => {
                     let i: usize = seg.parse().ok()?;
-                    if i < a.len() { a.swap_remove(i) } else { return None }
+                    if i < a.len() {
+                        a.swap_remove(i)
+                    } else {
+                        return None;
+                    }
                 }
                 _ => return None,
             };
@@ -478,7 +534,8 @@ thread_local! {
 }
 
 fn take_pooled() -> Vec<Field> {
-    POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(8))
+    POOL.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(8))
 }
 
 impl Drop for Doc {
@@ -529,7 +586,10 @@ impl FieldPath {
         if segments.iter().any(String::is_empty) {
             return None;
         }
-        Some(FieldPath { segments, text: text.to_owned() })
+        Some(FieldPath {
+            segments,
+            text: text.to_owned(),
+        })
     }
 
     /// The path as written.
@@ -636,7 +696,9 @@ mod tests {
 
     #[test]
     fn fields_are_read_lazily_and_written_verbatim() {
-        let d = parse(r#" {"id": 123, "ts": 1.5e3, "customer": "c\"42", "ok": true, "n": null, "o": {"a":[1]}} "#);
+        let d = parse(
+            r#" {"id": 123, "ts": 1.5e3, "customer": "c\"42", "ok": true, "n": null, "o": {"a":[1]}} "#,
+        );
         assert_eq!(d.as_i64(d.get("id").unwrap()), Some(123));
         assert_eq!(d.kind(d.get("ts").unwrap()), Kind::Float);
         assert_eq!(d.as_str(d.get("customer").unwrap()).unwrap(), "c\"42");
@@ -646,7 +708,11 @@ mod tests {
         let mut out = Vec::new();
         d.write_json(&mut out);
         let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(back, serde_json::from_str::<serde_json::Value>(std::str::from_utf8(d.source()).unwrap()).unwrap());
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(std::str::from_utf8(d.source()).unwrap())
+                .unwrap()
+        );
     }
 
     #[test]
@@ -662,7 +728,10 @@ mod tests {
             "",
             r#"{"a": 1} x"#,
         ] {
-            assert!(Doc::parse_json(Bytes::copy_from_slice(bad.as_bytes())).is_err(), "accepted {bad:?}");
+            assert!(
+                Doc::parse_json(Bytes::copy_from_slice(bad.as_bytes())).is_err(),
+                "accepted {bad:?}"
+            );
         }
         let e = Doc::parse_json(Bytes::from_static(b"{\"a\": \"\xff\"}")).unwrap_err();
         assert!(e.invalid_utf8);
@@ -698,7 +767,10 @@ mod tests {
         assert_eq!(d.as_str(v.value()).unwrap(), "Oslo");
         let p = FieldPath::parse("user.tags.1").unwrap();
         assert_eq!(d.as_str(d.get_path(&p).unwrap().value()).unwrap(), "y");
-        assert!(d.get_path(&FieldPath::parse("user.nope").unwrap()).is_none());
+        assert!(
+            d.get_path(&FieldPath::parse("user.nope").unwrap())
+                .is_none()
+        );
         assert!(FieldPath::parse("a..b").is_none());
     }
 }

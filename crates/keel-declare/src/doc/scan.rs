@@ -64,7 +64,10 @@ const HIGHS: u64 = 0x8080_8080_8080_8080;
 fn special_mask(w: u64) -> u64 {
     let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
     let below_0x20 = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
-    zero_byte(w ^ (ONES * u64::from(b'"'))) | zero_byte(w ^ (ONES * u64::from(b'\\'))) | below_0x20 | (w & HIGHS)
+    zero_byte(w ^ (ONES * u64::from(b'"')))
+        | zero_byte(w ^ (ONES * u64::from(b'\\')))
+        | below_0x20
+        | (w & HIGHS)
 }
 
 #[cfg(test)]
@@ -82,7 +85,11 @@ type R<T> = Result<T, ScanError>;
 impl<'a> Scanner<'a> {
     #[inline]
     fn err<T>(&self, message: &'static str) -> R<T> {
-        Err(ScanError { message, at: self.i, invalid_utf8: false })
+        Err(ScanError {
+            message,
+            at: self.i,
+            invalid_utf8: false,
+        })
     }
 
     #[inline]
@@ -123,12 +130,17 @@ impl<'a> Scanner<'a> {
                     None => {
                         // fewer than eight bytes left: one at a time
                         let rest = &self.b[self.i.min(self.b.len())..];
-                        self.i += rest.iter().position(|&c| PLAIN[c as usize] == 0).unwrap_or(rest.len());
+                        self.i += rest
+                            .iter()
+                            .position(|&c| PLAIN[c as usize] == 0)
+                            .unwrap_or(rest.len());
                         break;
                     }
                 }
             }
-            let Some(&c) = self.b.get(self.i) else { return self.err("unterminated string") };
+            let Some(&c) = self.b.get(self.i) else {
+                return self.err("unterminated string");
+            };
             match c {
                 b'"' => {
                     let end = self.i;
@@ -159,12 +171,18 @@ impl<'a> Scanner<'a> {
                 self.i += len;
                 Ok(())
             }
-            _ => Err(ScanError { message: "invalid UTF-8", at: self.i, invalid_utf8: true }),
+            _ => Err(ScanError {
+                message: "invalid UTF-8",
+                at: self.i,
+                invalid_utf8: true,
+            }),
         }
     }
 
     fn hex4(&mut self) -> R<u16> {
-        let Some(h) = self.b.get(self.i..self.i + 4) else { return self.err("truncated \\u escape") };
+        let Some(h) = self.b.get(self.i..self.i + 4) else {
+            return self.err("truncated \\u escape");
+        };
         let mut v = 0u16;
         for &c in h {
             let d = match c {
@@ -182,7 +200,9 @@ impl<'a> Scanner<'a> {
     /// At a backslash: validates one escape sequence.
     fn escape(&mut self) -> R<()> {
         self.i += 1;
-        let Some(&c) = self.b.get(self.i) else { return self.err("truncated escape") };
+        let Some(&c) = self.b.get(self.i) else {
+            return self.err("truncated escape");
+        };
         self.i += 1;
         match c {
             b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(()),
@@ -211,7 +231,10 @@ impl<'a> Scanner<'a> {
     #[inline]
     fn digits(&mut self) -> usize {
         let rest = &self.b[self.i.min(self.b.len())..];
-        let n = rest.iter().position(|c| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let n = rest
+            .iter()
+            .position(|c| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         self.i += n;
         n
     }
@@ -255,7 +278,9 @@ impl<'a> Scanner<'a> {
         // integers beyond 64 bits are numbers, not integers
         if kind == Kind::Integer && self.i - start > 18 {
             let t = &self.b[start..self.i];
-            let fits = std::str::from_utf8(t).ok().is_some_and(|s| s.parse::<i64>().is_ok() || s.parse::<u64>().is_ok());
+            let fits = std::str::from_utf8(t)
+                .ok()
+                .is_some_and(|s| s.parse::<i64>().is_ok() || s.parse::<u64>().is_ok());
             if !fits {
                 kind = Kind::Float;
             }
@@ -361,26 +386,44 @@ pub fn scan_object(b: &[u8], out: &mut Vec<Member>) -> Result<(), ScanError> {
 }
 
 /// Scans `b` as one JSON object, calling `member` for each top-level member in order.
-pub fn scan_members(b: &[u8], member: impl FnMut(Member) -> Result<(), ScanError>) -> Result<(), ScanError> {
+pub fn scan_members(
+    b: &[u8],
+    member: impl FnMut(Member) -> Result<(), ScanError>,
+) -> Result<(), ScanError> {
     scan_inner(b, member).map_err(|mut e| {
         // Outside strings only ASCII is valid JSON: report invalid UTF-8 anywhere as such.
         if !e.invalid_utf8
             && let Err(u) = std::str::from_utf8(b)
         {
-            e = ScanError { message: "invalid UTF-8", at: u.valid_up_to(), invalid_utf8: true };
+            e = ScanError {
+                message: "invalid UTF-8",
+                at: u.valid_up_to(),
+                invalid_utf8: true,
+            };
         }
         e
     })
 }
 
-fn scan_inner(b: &[u8], mut member: impl FnMut(Member) -> Result<(), ScanError>) -> Result<(), ScanError> {
+fn scan_inner(
+    b: &[u8],
+    mut member: impl FnMut(Member) -> Result<(), ScanError>,
+) -> Result<(), ScanError> {
     if b.len() > u32::MAX as usize {
-        return Err(ScanError { message: "record too large", at: 0, invalid_utf8: false });
+        return Err(ScanError {
+            message: "record too large",
+            at: 0,
+            invalid_utf8: false,
+        });
     }
     let mut s = Scanner { b, i: 0 };
     s.ws();
     if s.peek() != Some(b'{') {
-        return s.err(if s.peek().is_none() { "empty record" } else { "not a JSON object" });
+        return s.err(if s.peek().is_none() {
+            "empty record"
+        } else {
+            "not a JSON object"
+        });
     }
     s.i += 1;
     s.ws();
@@ -400,7 +443,12 @@ fn scan_inner(b: &[u8], mut member: impl FnMut(Member) -> Result<(), ScanError>)
             s.ws();
             let vs = s.i;
             let kind = s.value(1)?;
-            member(Member { key: (ks as u32, ke as u32), key_escaped, value: (vs as u32, s.i as u32), kind })?;
+            member(Member {
+                key: (ks as u32, ke as u32),
+                key_escaped,
+                value: (vs as u32, s.i as u32),
+                kind,
+            })?;
             s.ws();
             match s.peek() {
                 Some(b',') => {
@@ -431,17 +479,42 @@ mod tests {
     }
 
     fn serde_ok(s: &[u8]) -> bool {
-        matches!(serde_json::from_slice::<serde_json::Value>(s), Ok(serde_json::Value::Object(_)))
+        matches!(
+            serde_json::from_slice::<serde_json::Value>(s),
+            Ok(serde_json::Value::Object(_))
+        )
     }
 
     #[test]
     fn accepts_and_refuses() {
         assert!(ok(r#"{}"#));
-        assert!(ok(r#" { "a" : [1, {"b": [true, false, null]}], "c": -0.5e+10, "d": "x\u00e9\n\ud83d\ude00" } "#));
+        assert!(ok(
+            r#" { "a" : [1, {"b": [true, false, null]}], "c": -0.5e+10, "d": "x\u00e9\n\ud83d\ude00" } "#
+        ));
         for bad in [
-            "", "[]", "{", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{,}", "{\"a\":01}", "{\"a\":1.}", "{\"a\":.5}",
-            "{\"a\":1e}", "{\"a\":+1}", "{\"a\":tru}", "{\"a\":\"\\x\"}", "{\"a\":\"\\ud800\"}", "{\"a\":\"\\udc00\"}",
-            "{\"a\":\"\t\"}", "{a:1}", "{\"a\":1}}", "{\"a\":1} x", "{\"a\":[1,]}", "{\"a\":NaN}", "{'a':1}",
+            "",
+            "[]",
+            "{",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "{,}",
+            "{\"a\":01}",
+            "{\"a\":1.}",
+            "{\"a\":.5}",
+            "{\"a\":1e}",
+            "{\"a\":+1}",
+            "{\"a\":tru}",
+            "{\"a\":\"\\x\"}",
+            "{\"a\":\"\\ud800\"}",
+            "{\"a\":\"\\udc00\"}",
+            "{\"a\":\"\t\"}",
+            "{a:1}",
+            "{\"a\":1}}",
+            "{\"a\":1} x",
+            "{\"a\":[1,]}",
+            "{\"a\":NaN}",
+            "{'a':1}",
         ] {
             assert!(!ok(bad), "accepted {bad:?}");
             assert!(!serde_ok(bad.as_bytes()), "serde accepts {bad:?}");
@@ -455,7 +528,12 @@ mod tests {
         scan_object(s.as_bytes(), &mut m).unwrap();
         let kinds: Vec<Kind> = m.iter().map(|m| m.kind).collect();
         use Kind::*;
-        assert_eq!(kinds, vec![Integer, Float, Float, String, Object, Array, Null, Bool, Integer]);
+        assert_eq!(
+            kinds,
+            vec![
+                Integer, Float, Float, String, Object, Array, Null, Bool, Integer
+            ]
+        );
         assert_eq!(&s[m[3].value.0 as usize..m[3].value.1 as usize], "\"x\"");
         assert!(m[8].key_escaped && !m[0].key_escaped);
     }
@@ -473,7 +551,11 @@ mod tests {
             let mut first = None;
             for (k, b) in w.iter_mut().enumerate() {
                 let r = (rng >> (k * 6)) as usize;
-                *b = if r % 5 == 0 { specials[(r / 5) % specials.len()] } else { plains[(r / 5) % plains.len()] };
+                *b = if r % 5 == 0 {
+                    specials[(r / 5) % specials.len()]
+                } else {
+                    plains[(r / 5) % plains.len()]
+                };
                 if first.is_none() && PLAIN[*b as usize] == 0 {
                     first = Some(k);
                 }
@@ -496,14 +578,23 @@ mod tests {
             }
         }
         assert!(!special(u64::from_le_bytes(*b"plain ok")));
-        assert!(!special(u64::from_le_bytes([0x20, 0x7f, b'~', b'!', b'#', b'[', b'{', b'a'])));
-        assert!(special(u64::from_le_bytes([b'a', b'a', 0xc3, 0xa9, b'a', b'a', b'a', b'a'])));
+        assert!(!special(u64::from_le_bytes([
+            0x20, 0x7f, b'~', b'!', b'#', b'[', b'{', b'a'
+        ])));
+        assert!(special(u64::from_le_bytes([
+            b'a', b'a', 0xc3, 0xa9, b'a', b'a', b'a', b'a'
+        ])));
     }
 
     #[test]
     fn utf8_is_validated_inside_and_outside_strings() {
         assert!(ok("{\"caf\u{e9}\": \"\u{1F600} ok \u{e9}t\u{e9}\"}"));
-        for bad in [&b"{\"a\": \"\xff\"}"[..], b"{\"a\": \"\xc3\"}", b"{\"a\": \"\xed\xa0\x80\"}", b"{\"a\": 1}\xff"] {
+        for bad in [
+            &b"{\"a\": \"\xff\"}"[..],
+            b"{\"a\": \"\xc3\"}",
+            b"{\"a\": \"\xed\xa0\x80\"}",
+            b"{\"a\": 1}\xff",
+        ] {
             let e = scan_object(bad, &mut Vec::new()).unwrap_err();
             assert!(e.invalid_utf8, "{bad:?}: {e:?}");
         }
@@ -552,13 +643,21 @@ mod tests {
             let ours = scan_object(&s, &mut Vec::new()).is_ok();
             let theirs = serde_json::from_slice::<serde_json::Value>(&s);
             // serde_json limits the range of numbers; JSON itself does not
-            if theirs.as_ref().is_err_and(|e| e.to_string().starts_with("number out of range")) {
+            if theirs
+                .as_ref()
+                .is_err_and(|e| e.to_string().starts_with("number out of range"))
+            {
                 continue;
             }
             if ours != serde_ok(&s) {
                 disagreements.push(String::from_utf8_lossy(&s).into_owned());
             }
         }
-        assert!(disagreements.is_empty(), "{} disagreements, e.g. {:?}", disagreements.len(), &disagreements[..disagreements.len().min(5)]);
+        assert!(
+            disagreements.is_empty(),
+            "{} disagreements, e.g. {:?}",
+            disagreements.len(),
+            &disagreements[..disagreements.len().min(5)]
+        );
     }
 }

@@ -35,16 +35,25 @@ impl Func {
     /// Parses `count()`, `sum(field)`, `min(field)`, `max(field)`.
     pub fn parse(text: &str) -> Result<Func, String> {
         let t = text.trim();
-        let (name, rest) = t.split_once('(').ok_or_else(|| format!("`{text}`: expected count(), sum(f), min(f) or max(f)"))?;
-        let arg = rest.strip_suffix(')').ok_or_else(|| format!("`{text}`: missing `)`"))?.trim();
-        let field = || FieldPath::parse(arg).ok_or_else(|| format!("`{text}`: `{arg}` is not a field name"));
+        let (name, rest) = t
+            .split_once('(')
+            .ok_or_else(|| format!("`{text}`: expected count(), sum(f), min(f) or max(f)"))?;
+        let arg = rest
+            .strip_suffix(')')
+            .ok_or_else(|| format!("`{text}`: missing `)`"))?
+            .trim();
+        let field = || {
+            FieldPath::parse(arg).ok_or_else(|| format!("`{text}`: `{arg}` is not a field name"))
+        };
         match name.trim() {
             "count" if arg.is_empty() => Ok(Func::Count),
             "count" => Err(format!("`{text}`: count() takes no field")),
             "sum" => Ok(Func::Sum(field()?)),
             "min" => Ok(Func::Min(field()?)),
             "max" => Ok(Func::Max(field()?)),
-            other => Err(format!("`{text}`: unknown function `{other}` (count, sum, min, max)")),
+            other => Err(format!(
+                "`{text}`: unknown function `{other}` (count, sum, min, max)"
+            )),
         }
     }
 
@@ -96,7 +105,9 @@ impl Num {
     fn add(self, x: Num) -> Num {
         match (self, x) {
             (Num::Empty, x) | (x, Num::Empty) => x,
-            (Num::Int(a), Num::Int(b)) => a.checked_add(b).map_or(Num::Float(a as f64 + b as f64), Num::Int),
+            (Num::Int(a), Num::Int(b)) => a
+                .checked_add(b)
+                .map_or(Num::Float(a as f64 + b as f64), Num::Int),
             (a, b) => Num::Float(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0)),
         }
     }
@@ -141,7 +152,13 @@ pub struct Aggregate {
 
 impl Aggregate {
     /// An aggregate step keeping state in table `table`.
-    pub fn new(table: &str, key: FieldPath, specs: Vec<AggregateSpec>, emit: bool, final_output: Option<FinalOutput>) -> Self {
+    pub fn new(
+        table: &str,
+        key: FieldPath,
+        specs: Vec<AggregateSpec>,
+        emit: bool,
+        final_output: Option<FinalOutput>,
+    ) -> Self {
         let specs_len = specs.len();
         Aggregate {
             key,
@@ -157,12 +174,22 @@ impl Aggregate {
 }
 
 impl DocStep for Aggregate {
-    fn apply(&mut self, doc: &mut Doc, cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
+    fn apply(
+        &mut self,
+        doc: &mut Doc,
+        cx: &mut Context<'_>,
+        _more: &mut Vec<Doc>,
+    ) -> Result<Next, Failure> {
         {
-            let key = doc.get_path_hinted(&self.key, &mut self.hints[0]).ok_or_else(|| {
-                Failure::permanent(reason::MISSING_FIELD, format!("key field `{}` is missing", self.key))
+            let key = doc
+                .get_path_hinted(&self.key, &mut self.hints[0])
+                .ok_or_else(|| {
+                    Failure::permanent(
+                        reason::MISSING_FIELD,
+                        format!("key field `{}` is missing", self.key),
+                    )
                     .with_field(self.key.as_str())
-            })?;
+                })?;
             self.key_buf.clear();
             doc.write_value(key.value(), &mut self.key_buf);
         }
@@ -181,8 +208,11 @@ impl DocStep for Aggregate {
                         } else if matches!(v, Value::Null) || doc.raw_text(v) == Some("null") {
                             Num::Empty
                         } else {
-                            return Err(Failure::permanent(reason::BAD_TYPE, format!("`{f}` is not a number"))
-                                .with_field(f.as_str()));
+                            return Err(Failure::permanent(
+                                reason::BAD_TYPE,
+                                format!("`{f}` is not a number"),
+                            )
+                            .with_field(f.as_str()));
                         }
                     }
                 },
@@ -196,15 +226,29 @@ impl DocStep for Aggregate {
         let mut results: [Num; 8] = [Num::Empty; 8];
         let mut many: Vec<Num> = Vec::new();
         cx.state(&self.state).update(|st| {
-            let st = st.get_or_insert_with(|| AggregateState(smallvec::smallvec![Num::Empty; specs.len()]));
+            let st = st.get_or_insert_with(|| {
+                AggregateState(smallvec::smallvec![Num::Empty; specs.len()])
+            });
             st.0.resize(specs.len(), Num::Empty);
             for (i, s) in specs.iter().enumerate() {
                 let x = inputs[i];
                 let cur = st.0[i];
                 st.0[i] = match s.func {
                     Func::Count | Func::Sum(_) => cur.add(x),
-                    Func::Min(_) => if x != Num::Empty && (cur == Num::Empty || x.less(cur)) { x } else { cur },
-                    Func::Max(_) => if x != Num::Empty && (cur == Num::Empty || cur.less(x)) { x } else { cur },
+                    Func::Min(_) => {
+                        if x != Num::Empty && (cur == Num::Empty || x.less(cur)) {
+                            x
+                        } else {
+                            cur
+                        }
+                    }
+                    Func::Max(_) => {
+                        if x != Num::Empty && (cur == Num::Empty || cur.less(x)) {
+                            x
+                        } else {
+                            cur
+                        }
+                    }
                 };
             }
             if emit {
@@ -216,7 +260,11 @@ impl DocStep for Aggregate {
             }
         })?;
         if emit {
-            let vals = if many.is_empty() { &results[..specs.len()] } else { &many[..] };
+            let vals = if many.is_empty() {
+                &results[..specs.len()]
+            } else {
+                &many[..]
+            };
             for (s, n) in specs.iter().zip(vals) {
                 doc.set_shared(&s.name, n.value());
             }
@@ -225,7 +273,9 @@ impl DocStep for Aggregate {
     }
 
     fn finish(&mut self, cx: &mut Context<'_>, _out: &mut Vec<Doc>) -> Result<(), Failure> {
-        let Some(fin) = self.final_output.clone() else { return Ok(()) };
+        let Some(fin) = self.final_output.clone() else {
+            return Ok(());
+        };
         let mut entries = cx.state_entries(&self.state)?;
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut encoder = fin.encoder.clone();
@@ -233,7 +283,9 @@ impl DocStep for Aggregate {
             let mut d = Doc::object();
             for (name, what) in &fin.fields {
                 let v = match what {
-                    None => serde_json::from_slice(&key).map(Value::from_json).unwrap_or(Value::Null),
+                    None => serde_json::from_slice(&key)
+                        .map(Value::from_json)
+                        .unwrap_or(Value::Null),
                     Some(j) => st.0.get(*j).copied().unwrap_or(Num::Empty).value(),
                 };
                 d.set(name, v);
@@ -255,7 +307,10 @@ mod tests {
     #[test]
     fn functions_parse() {
         assert_eq!(Func::parse("count()").unwrap(), Func::Count);
-        assert_eq!(Func::parse(" sum( amount ) ").unwrap(), Func::Sum(FieldPath::parse("amount").unwrap()));
+        assert_eq!(
+            Func::parse(" sum( amount ) ").unwrap(),
+            Func::Sum(FieldPath::parse("amount").unwrap())
+        );
         assert!(Func::parse("avg(x)").is_err());
         assert!(Func::parse("sum()").is_err());
         assert!(Func::parse("sum(x").is_err());
@@ -264,7 +319,10 @@ mod tests {
 
     #[test]
     fn numbers() {
-        assert_eq!(Num::Int(i64::MAX).add(Num::Int(1)), Num::Float(i64::MAX as f64 + 1.0));
+        assert_eq!(
+            Num::Int(i64::MAX).add(Num::Int(1)),
+            Num::Float(i64::MAX as f64 + 1.0)
+        );
         assert_eq!(Num::Int(2).add(Num::Float(0.5)), Num::Float(2.5));
         assert_eq!(Num::Empty.add(Num::Int(3)), Num::Int(3));
         assert!(Num::Int(1).less(Num::Float(1.5)));

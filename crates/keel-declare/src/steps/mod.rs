@@ -38,7 +38,12 @@ pub enum Next {
 pub trait DocStep {
     /// Handles one doc. A step with several outputs per input (jq) makes `doc` the first and
     /// pushes the others into `more`; they continue after it, in order.
-    fn apply(&mut self, doc: &mut Doc, cx: &mut Context<'_>, more: &mut Vec<Doc>) -> Result<Next, Failure>;
+    fn apply(
+        &mut self,
+        doc: &mut Doc,
+        cx: &mut Context<'_>,
+        more: &mut Vec<Doc>,
+    ) -> Result<Next, Failure>;
 
     /// Called once at the end of a bounded input.
     fn finish(&mut self, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
@@ -60,7 +65,11 @@ pub struct DocChain {
 impl Clone for DocChain {
     fn clone(&self) -> Self {
         DocChain {
-            steps: self.steps.iter().map(|(n, s)| (n.clone(), s.clone_box())).collect(),
+            steps: self
+                .steps
+                .iter()
+                .map(|(n, s)| (n.clone(), s.clone_box()))
+                .collect(),
             id_field: self.id_field.clone(),
             more: Vec::new(),
         }
@@ -70,11 +79,21 @@ impl Clone for DocChain {
 impl DocChain {
     /// A chain of named steps. `id_field` names the field copied into dead letters as `id`.
     pub fn new(steps: Vec<(Arc<str>, Box<dyn DocStep>)>, id_field: Option<Arc<str>>) -> Self {
-        DocChain { steps, id_field, more: Vec::new() }
+        DocChain {
+            steps,
+            id_field,
+            more: Vec::new(),
+        }
     }
 
     /// Runs `doc` through the steps from `from` on, pushing what comes out into `out`.
-    fn run(&mut self, mut doc: Doc, from: usize, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
+    fn run(
+        &mut self,
+        mut doc: Doc,
+        from: usize,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Doc>,
+    ) -> Result<(), Failure> {
         for i in from..self.steps.len() {
             let (name, step) = &mut self.steps[i];
             match step.apply(&mut doc, cx, &mut self.more) {
@@ -109,8 +128,14 @@ impl DocChain {
 impl Step<Record> for DocChain {
     type Out = Doc;
 
-    async fn process(&mut self, item: Record, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
-        self.run(Doc::raw(item.value), 0, cx, out).map_err(|f| self.with_record_id(f, cx))
+    async fn process(
+        &mut self,
+        item: Record,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Doc>,
+    ) -> Result<(), Failure> {
+        self.run(Doc::raw(item.value), 0, cx, out)
+            .map_err(|f| self.with_record_id(f, cx))
     }
 
     async fn finish(&mut self, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
@@ -153,12 +178,17 @@ pub fn record_id(raw: &Bytes, field: &str) -> Option<serde_json::Value> {
     while let Some(i) = text[from..].find(&needle) {
         let rest = text[from + i + needle.len()..].trim_start();
         from += i + needle.len();
-        let Some(rest) = rest.strip_prefix(':') else { continue };
+        let Some(rest) = rest.strip_prefix(':') else {
+            continue;
+        };
         let rest = rest.trim_start();
-        let end = if rest.starts_with('"') {
-            rest[1..].find('"').map(|e| e + 2)
+        let end = if let Some(quoted) = rest.strip_prefix('"') {
+            quoted.find('"').map(|e| e + 2)
         } else {
-            Some(rest.find(|c: char| !(c.is_ascii_digit() || c == '-')).unwrap_or(rest.len()))
+            Some(
+                rest.find(|c: char| !(c.is_ascii_digit() || c == '-'))
+                    .unwrap_or(rest.len()),
+            )
         };
         if let Some(v) = end.and_then(|e| serde_json::from_str(&rest[..e]).ok()) {
             return Some(v);
@@ -174,9 +204,18 @@ mod tests {
     #[test]
     fn record_ids_from_json_and_from_broken_text() {
         let id = |s: &str| record_id(&Bytes::copy_from_slice(s.as_bytes()), "id");
-        assert_eq!(id(r#"{"x": {"id": 1}, "id": 7}"#), Some(serde_json::json!(7)));
-        assert_eq!(id(r#"{"id": 12, "ts": 5, "cust"#), Some(serde_json::json!(12)));
-        assert_eq!(id(r#"{id: 3, "id" : "a-b"}"#), Some(serde_json::json!("a-b")));
+        assert_eq!(
+            id(r#"{"x": {"id": 1}, "id": 7}"#),
+            Some(serde_json::json!(7))
+        );
+        assert_eq!(
+            id(r#"{"id": 12, "ts": 5, "cust"#),
+            Some(serde_json::json!(12))
+        );
+        assert_eq!(
+            id(r#"{id: 3, "id" : "a-b"}"#),
+            Some(serde_json::json!("a-b"))
+        );
         assert_eq!(id(r#"{"name": "x"}"#), None);
         assert_eq!(id("garbage"), None);
     }

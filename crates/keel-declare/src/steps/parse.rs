@@ -15,7 +15,12 @@ use crate::doc::{Doc, Value};
 pub struct ParseJson;
 
 impl DocStep for ParseJson {
-    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
+    fn apply(
+        &mut self,
+        doc: &mut Doc,
+        _cx: &mut Context<'_>,
+        _more: &mut Vec<Doc>,
+    ) -> Result<Next, Failure> {
         match doc.reparse_json() {
             Ok(()) => Ok(Next::Keep),
             Err(e) if e.invalid_utf8 => Err(Failure::permanent(reason::INVALID_UTF8, e.message)),
@@ -41,7 +46,13 @@ pub struct ParseCsv {
 impl ParseCsv {
     /// A parser; `columns` replaces the header line when given.
     pub fn new(delimiter: u8, infer_types: bool, columns: Option<Vec<String>>) -> Self {
-        ParseCsv { delimiter, infer_types, columns: columns.map(Arc::new), cached: None, cells: Vec::new() }
+        ParseCsv {
+            delimiter,
+            infer_types,
+            columns: columns.map(Arc::new),
+            cached: None,
+            cells: Vec::new(),
+        }
     }
 
     fn header(&mut self, cx: &Context<'_>) -> Result<Arc<Vec<String>>, Failure> {
@@ -50,18 +61,28 @@ impl ParseCsv {
         }
         let raw = cx
             .record()
-            .and_then(|r| r.headers.iter().find(|(k, _)| k == "csv.header").map(|(_, v)| v.clone()))
+            .and_then(|r| {
+                r.headers
+                    .iter()
+                    .find(|(k, _)| k == "csv.header")
+                    .map(|(_, v)| v.clone())
+            })
             .ok_or_else(|| {
-                Failure::fatal("config", "parse csv: the source gives no header line; read CSV files or set `columns`")
+                Failure::fatal(
+                    "config",
+                    "parse csv: the source gives no header line; read CSV files or set `columns`",
+                )
             })?;
         if let Some((b, cols)) = &self.cached
             && *b == raw
         {
             return Ok(cols.clone());
         }
-        let text = std::str::from_utf8(&raw).map_err(|_| Failure::permanent(reason::INVALID_UTF8, "CSV header is not UTF-8"))?;
+        let text = std::str::from_utf8(&raw)
+            .map_err(|_| Failure::permanent(reason::INVALID_UTF8, "CSV header is not UTF-8"))?;
         let mut cells = Vec::new();
-        split_csv(text, self.delimiter, &mut cells).map_err(|m| Failure::permanent(reason::MALFORMED, format!("CSV header: {m}")))?;
+        split_csv(text, self.delimiter, &mut cells)
+            .map_err(|m| Failure::permanent(reason::MALFORMED, format!("CSV header: {m}")))?;
         let cols = Arc::new(cells);
         self.cached = Some((raw, cols.clone()));
         Ok(cols)
@@ -69,20 +90,35 @@ impl ParseCsv {
 }
 
 impl DocStep for ParseCsv {
-    fn apply(&mut self, doc: &mut Doc, cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
+    fn apply(
+        &mut self,
+        doc: &mut Doc,
+        cx: &mut Context<'_>,
+        _more: &mut Vec<Doc>,
+    ) -> Result<Next, Failure> {
         let header = self.header(cx)?;
-        let text = std::str::from_utf8(doc.source())
-            .map_err(|e| Failure::permanent(reason::INVALID_UTF8, format!("CSV row is not UTF-8: {e}")))?;
-        split_csv(text, self.delimiter, &mut self.cells).map_err(|m| Failure::permanent(reason::MALFORMED, m))?;
+        let text = std::str::from_utf8(doc.source()).map_err(|e| {
+            Failure::permanent(reason::INVALID_UTF8, format!("CSV row is not UTF-8: {e}"))
+        })?;
+        split_csv(text, self.delimiter, &mut self.cells)
+            .map_err(|m| Failure::permanent(reason::MALFORMED, m))?;
         if self.cells.len() != header.len() {
             return Err(Failure::permanent(
                 reason::MALFORMED,
-                format!("CSV row has {} fields but the header has {}", self.cells.len(), header.len()),
+                format!(
+                    "CSV row has {} fields but the header has {}",
+                    self.cells.len(),
+                    header.len()
+                ),
             ));
         }
         let mut d = Doc::object();
         for (name, cell) in header.iter().zip(self.cells.drain(..)) {
-            let v = if self.infer_types { infer(cell) } else { Value::Str(cell.into()) };
+            let v = if self.infer_types {
+                infer(cell)
+            } else {
+                Value::Str(cell.into())
+            };
             d.set(name, v);
         }
         *doc = d;
@@ -102,7 +138,9 @@ fn infer(cell: String) -> Value {
     }
     if let Ok(f) = cell.parse::<f64>()
         && f.is_finite()
-        && cell.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+        && cell
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
     {
         return Value::Float(f);
     }
@@ -145,7 +183,11 @@ pub fn split_csv(line: &str, delimiter: u8, cells: &mut Vec<String>) -> Result<(
                     return Ok(());
                 }
                 Some(&c) if c == delimiter => i += 1,
-                Some(_) => return Err(format!("unexpected character after a quoted field at byte {i}")),
+                Some(_) => {
+                    return Err(format!(
+                        "unexpected character after a quoted field at byte {i}"
+                    ));
+                }
             }
             cells.push(cell);
         } else {

@@ -17,12 +17,20 @@ pub struct Select {
 impl Select {
     /// Keeps `names`.
     pub fn new(names: Vec<String>) -> Self {
-        Select { hints: vec![0; names.len()], names: names.into() }
+        Select {
+            hints: vec![0; names.len()],
+            names: names.into(),
+        }
     }
 }
 
 impl DocStep for Select {
-    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
+    fn apply(
+        &mut self,
+        doc: &mut Doc,
+        _cx: &mut Context<'_>,
+        _more: &mut Vec<Doc>,
+    ) -> Result<Next, Failure> {
         doc.select_hinted(&self.names, &mut self.hints);
         Ok(Next::Keep)
     }
@@ -36,7 +44,12 @@ impl DocStep for Select {
 pub struct DropFields(pub Arc<[String]>);
 
 impl DocStep for DropFields {
-    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
+    fn apply(
+        &mut self,
+        doc: &mut Doc,
+        _cx: &mut Context<'_>,
+        _more: &mut Vec<Doc>,
+    ) -> Result<Next, Failure> {
         for f in self.0.iter() {
             doc.remove(f);
         }
@@ -52,7 +65,12 @@ impl DocStep for DropFields {
 pub struct Rename(pub Arc<[(String, String)]>);
 
 impl DocStep for Rename {
-    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
+    fn apply(
+        &mut self,
+        doc: &mut Doc,
+        _cx: &mut Context<'_>,
+        _more: &mut Vec<Doc>,
+    ) -> Result<Next, Failure> {
         for (from, to) in self.0.iter() {
             doc.rename(from, to);
         }

@@ -104,7 +104,9 @@ pub enum ManifestError {
     #[error("not a keel checkpoint (bad or missing header line)")]
     BadHeader,
     /// Written by an incompatible version.
-    #[error("unsupported checkpoint format version {0} (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "unsupported checkpoint format version {0} (this build reads version {FORMAT_VERSION})"
+    )]
     UnsupportedVersion(u32),
     /// The body is shorter or longer than the header says: a torn or truncated write.
     #[error("body length {actual} differs from header length {expected} (truncated or torn write)")]
@@ -133,7 +135,11 @@ impl Manifest {
         // Serialising a tree of plain data types with string keys cannot fail.
         let body = serde_json::to_vec_pretty(self).unwrap_or_default();
         let crc = crc32c::crc32c(&body);
-        let mut out = format!("{MAGIC} v{FORMAT_VERSION} len={} crc32c={crc:08x}\n", body.len()).into_bytes();
+        let mut out = format!(
+            "{MAGIC} v{FORMAT_VERSION} len={} crc32c={crc:08x}\n",
+            body.len()
+        )
+        .into_bytes();
         out.extend_from_slice(&body);
         out
     }
@@ -166,11 +172,17 @@ impl Manifest {
             .and_then(|v| u32::from_str_radix(v, 16).ok())
             .ok_or(ManifestError::BadHeader)?;
         if body.len() != len {
-            return Err(ManifestError::Length { expected: len, actual: body.len() });
+            return Err(ManifestError::Length {
+                expected: len,
+                actual: body.len(),
+            });
         }
         let actual = crc32c::crc32c(body);
         if actual != crc {
-            return Err(ManifestError::Checksum { expected: crc, actual });
+            return Err(ManifestError::Checksum {
+                expected: crc,
+                actual,
+            });
         }
         serde_json::from_slice(body).map_err(|e| ManifestError::Body(e.to_string()))
     }
@@ -181,7 +193,11 @@ pub(crate) fn sample(id: CheckpointId) -> Manifest {
     let mut partitions = BTreeMap::new();
     partitions.insert(
         "part-000.jsonl".to_string(),
-        PartitionCheckpoint { position: serde_json::json!(1234), done: false, max_event_time: Some(99) },
+        PartitionCheckpoint {
+            position: serde_json::json!(1234),
+            done: false,
+            max_event_time: Some(99),
+        },
     );
     Manifest {
         id,
@@ -191,7 +207,11 @@ pub(crate) fn sample(id: CheckpointId) -> Manifest {
         finished: false,
         partitions,
         watermark: Some(42),
-        state: StateFiles { files: vec![format!("{id:020}.full")], keys: 3, bytes: 10 },
+        state: StateFiles {
+            files: vec![format!("{id:020}.full")],
+            keys: 3,
+            bytes: 10,
+        },
         sinks: BTreeMap::new(),
         stats: RunStats::default(),
     }
@@ -211,7 +231,10 @@ mod tests {
     fn every_truncation_is_detected() {
         let bytes = sample(7).encode();
         for cut in 0..bytes.len() {
-            assert!(Manifest::decode(&bytes[..cut]).is_err(), "cut at {cut} accepted");
+            assert!(
+                Manifest::decode(&bytes[..cut]).is_err(),
+                "cut at {cut} accepted"
+            );
         }
     }
 
@@ -232,7 +255,12 @@ mod tests {
     #[test]
     fn unknown_version_is_refused() {
         let bytes = sample(1).encode();
-        let text = String::from_utf8(bytes).unwrap().replacen(" v1 ", " v9 ", 1);
-        assert_eq!(Manifest::decode(text.as_bytes()), Err(ManifestError::UnsupportedVersion(9)));
+        let text = String::from_utf8(bytes)
+            .unwrap()
+            .replacen(" v1 ", " v9 ", 1);
+        assert_eq!(
+            Manifest::decode(text.as_bytes()),
+            Err(ManifestError::UnsupportedVersion(9))
+        );
     }
 }

@@ -141,7 +141,10 @@ impl FileCheckpointStore {
 
     /// A store using the given file operations (tests inject failures this way).
     pub fn with_ops(dir: impl Into<PathBuf>, ops: Ops) -> Self {
-        FileCheckpointStore { root: dir.into(), ops }
+        FileCheckpointStore {
+            root: dir.into(),
+            ops,
+        }
     }
 
     /// The root directory.
@@ -199,8 +202,10 @@ impl CheckpointStore for FileCheckpointStore {
     }
 
     fn remove_temp_files(&self) -> io::Result<usize> {
-        Ok(durable::remove_temp_files(&*self.ops, &self.manifest_dir())?
-            + durable::remove_temp_files(&*self.ops, &self.state_dir())?)
+        Ok(
+            durable::remove_temp_files(&*self.ops, &self.manifest_dir())?
+                + durable::remove_temp_files(&*self.ops, &self.state_dir())?,
+        )
     }
 
     fn list(&self) -> io::Result<Vec<CheckpointId>> {
@@ -216,18 +221,33 @@ impl CheckpointStore for FileCheckpointStore {
         let bytes = match fs::read(self.manifest_path(id)) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
-            Err(e) => return Ok(ManifestRead::Corrupt { id, reason: format!("unreadable: {e}") }),
+            Err(e) => {
+                return Ok(ManifestRead::Corrupt {
+                    id,
+                    reason: format!("unreadable: {e}"),
+                });
+            }
         };
         Ok(match Manifest::decode(&bytes) {
             Ok(m) if m.id == id => ManifestRead::Valid(m),
-            Ok(m) => ManifestRead::Corrupt { id, reason: format!("file name says id {id} but manifest says {}", m.id) },
-            Err(e) => ManifestRead::Corrupt { id, reason: e.to_string() },
+            Ok(m) => ManifestRead::Corrupt {
+                id,
+                reason: format!("file name says id {id} but manifest says {}", m.id),
+            },
+            Err(e) => ManifestRead::Corrupt {
+                id,
+                reason: e.to_string(),
+            },
         })
     }
 
     fn write_manifest(&self, manifest: &Manifest) -> io::Result<()> {
         durable::create_dir_durable(&*self.ops, &self.manifest_dir())?;
-        durable::write_atomic(&*self.ops, &self.manifest_path(manifest.id), &manifest.encode())
+        durable::write_atomic(
+            &*self.ops,
+            &self.manifest_path(manifest.id),
+            &manifest.encode(),
+        )
     }
 
     fn delete_manifest(&self, id: CheckpointId) -> io::Result<()> {
@@ -274,7 +294,10 @@ mod tests {
         let store = FileCheckpointStore::new(dir.path());
         store.write_manifest(&sample(2)).unwrap();
         fs::write(store.manifest_path(2), b"garbage").unwrap();
-        assert!(matches!(store.read(2).unwrap(), ManifestRead::Corrupt { id: 2, .. }));
+        assert!(matches!(
+            store.read(2).unwrap(),
+            ManifestRead::Corrupt { id: 2, .. }
+        ));
     }
 
     #[test]
@@ -285,7 +308,9 @@ mod tests {
             let mut m = sample(id);
             // checkpoint 5 still uses the full snapshot of checkpoint 3
             m.state.files = if id >= 3 {
-                (3..=id).map(|i| format!("{i:020}.{}", if i == 3 { "full" } else { "delta" })).collect()
+                (3..=id)
+                    .map(|i| format!("{i:020}.{}", if i == 3 { "full" } else { "delta" }))
+                    .collect()
             } else {
                 vec![format!("{id:020}.full")]
             };
@@ -298,7 +323,10 @@ mod tests {
         assert_eq!(deleted, vec![1, 2, 3]);
         assert_eq!(store.list().unwrap(), vec![4, 5]);
         let state = store.list_state().unwrap();
-        assert!(state.contains(&format!("{:020}.full", 3)), "referenced base kept: {state:?}");
+        assert!(
+            state.contains(&format!("{:020}.full", 3)),
+            "referenced base kept: {state:?}"
+        );
         assert!(!state.contains(&format!("{:020}.full", 1)));
         assert!(!state.contains(&format!("{:020}.full", 2)));
     }

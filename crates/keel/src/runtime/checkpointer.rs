@@ -39,23 +39,38 @@ pub(crate) struct Checkpointer {
 
 impl Checkpointer {
     /// Starts the thread. At most `queue` jobs wait; the coordinator waits beyond that.
-    pub(crate) fn spawn(store: Option<Arc<dyn CheckpointStore>>, retain: usize, queue: usize) -> std::io::Result<Self> {
+    pub(crate) fn spawn(
+        store: Option<Arc<dyn CheckpointStore>>,
+        retain: usize,
+        queue: usize,
+    ) -> std::io::Result<Self> {
         let (jobs, mut rx) = mpsc::channel::<Job>(queue.max(1));
         let (done_tx, done) = mpsc::unbounded_channel();
-        let thread = std::thread::Builder::new().name("keel-checkpoint".into()).spawn(move || {
-            while let Some(job) = rx.blocking_recv() {
-                let id = job.manifest.id;
-                let at_ms = job.manifest.created_at_ms;
-                let keys = job.manifest.state.keys;
-                let result = finish(store.as_deref(), job, retain);
-                let failed = result.is_err();
-                let _ = done_tx.send(Completion { id, at_ms, keys, result });
-                if failed {
-                    break;
+        let thread = std::thread::Builder::new()
+            .name("keel-checkpoint".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    let id = job.manifest.id;
+                    let at_ms = job.manifest.created_at_ms;
+                    let keys = job.manifest.state.keys;
+                    let result = finish(store.as_deref(), job, retain);
+                    let failed = result.is_err();
+                    let _ = done_tx.send(Completion {
+                        id,
+                        at_ms,
+                        keys,
+                        result,
+                    });
+                    if failed {
+                        break;
+                    }
                 }
-            }
-        })?;
-        Ok(Checkpointer { jobs, done, thread: Some(thread) })
+            })?;
+        Ok(Checkpointer {
+            jobs,
+            done,
+            thread: Some(thread),
+        })
     }
 
     /// Closes the queue and waits for the thread to finish every queued job.
@@ -71,7 +86,9 @@ impl Checkpointer {
 fn finish(store: Option<&dyn CheckpointStore>, mut job: Job, retain: usize) -> Result<(), String> {
     let id = job.manifest.id;
     for (name, sealed) in &mut job.sealed {
-        let precommit = sealed.prepare().map_err(|e| format!("checkpoint {id}: preparing sink `{name}`: {e}"))?;
+        let precommit = sealed
+            .prepare()
+            .map_err(|e| format!("checkpoint {id}: preparing sink `{name}`: {e}"))?;
         if !precommit.is_null() {
             job.manifest.sinks.insert(name.clone(), precommit);
         }
@@ -84,11 +101,15 @@ fn finish(store: Option<&dyn CheckpointStore>, mut job: Job, retain: usize) -> R
                 .map_err(|e| format!("checkpoint {id}: writing state file {}: {e}", state.name))?;
         }
         crash_point("after_state");
-        store.write_manifest(&job.manifest).map_err(|e| format!("checkpoint {id}: writing manifest: {e}"))?;
+        store
+            .write_manifest(&job.manifest)
+            .map_err(|e| format!("checkpoint {id}: writing manifest: {e}"))?;
         crash_point("after_manifest");
     }
     for (name, sealed) in &mut job.sealed {
-        sealed.commit().map_err(|e| format!("checkpoint {id}: committing sink `{name}`: {e}"))?;
+        sealed
+            .commit()
+            .map_err(|e| format!("checkpoint {id}: committing sink `{name}`: {e}"))?;
         crash_point("mid_commit");
     }
     crash_point("after_commit");

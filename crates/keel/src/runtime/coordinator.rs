@@ -11,7 +11,10 @@ use super::shared::{RuntimeShared, SinkHandle, TaskSlot};
 use super::task::{Outboxes, PartitionTask, encode_main};
 use super::{NamedSink, Outcome, Pipeline, PipelineError, RunSummary};
 use crate::checkpoint::recovery;
-use crate::checkpoint::{CheckpointId, CheckpointStore, Manifest, ManifestRead, PartitionCheckpoint, RunStats, StateFiles};
+use crate::checkpoint::{
+    CheckpointId, CheckpointStore, Manifest, ManifestRead, PartitionCheckpoint, RunStats,
+    StateFiles,
+};
 use crate::context::{Context, SideSink, StepShared, TaskLocal};
 use crate::record::Record;
 use crate::sink::Encoder;
@@ -29,11 +32,28 @@ where
     E: Encoder<S::Out>,
 {
     let started = Instant::now();
-    let Pipeline { name, mut source, flow, encoder, main, side, dead_letters, store, options, progress, shutdown } = p;
+    let Pipeline {
+        name,
+        mut source,
+        flow,
+        encoder,
+        main,
+        side,
+        dead_letters,
+        store,
+        options,
+        progress,
+        shutdown,
+    } = p;
 
     let mut sinks: Vec<NamedSink> = std::iter::once(main).chain(side).collect();
-    let side_sinks: Vec<SideSink> =
-        sinks[1..].iter().map(|s| SideSink { name: s.name.clone(), framing: s.sink.framing() }).collect();
+    let side_sinks: Vec<SideSink> = sinks[1..]
+        .iter()
+        .map(|s| SideSink {
+            name: s.name.clone(),
+            framing: s.sink.framing(),
+        })
+        .collect();
     let dead_index = dead_letters.map(|d| {
         sinks.push(d);
         sinks.len() - 1
@@ -48,13 +68,22 @@ where
     }
     let mut highest = None;
     for s in &mut sinks {
-        let h = s.sink.highest_epoch().await.map_err(|e| PipelineError::Sink { sink: s.name.clone(), source: e })?;
+        let h = s
+            .sink
+            .highest_epoch()
+            .await
+            .map_err(|e| PipelineError::Sink {
+                sink: s.name.clone(),
+                source: e,
+            })?;
         highest = highest.max(h);
     }
     let mut reads = match &store {
         Some(st) => {
-            st.remove_temp_files().map_err(|e| PipelineError::Checkpoint(format!("cleaning temp files: {e}")))?;
-            st.read_all().map_err(|e| PipelineError::Checkpoint(format!("listing checkpoints: {e}")))?
+            st.remove_temp_files()
+                .map_err(|e| PipelineError::Checkpoint(format!("cleaning temp files: {e}")))?;
+            st.read_all()
+                .map_err(|e| PipelineError::Checkpoint(format!("listing checkpoints: {e}")))?
         }
         None => Vec::new(),
     };
@@ -70,7 +99,10 @@ where
                 let id = m.id;
                 for r in reads.iter_mut() {
                     if r.id() == id {
-                        *r = ManifestRead::Corrupt { id, reason: format!("state: {e}") };
+                        *r = ManifestRead::Corrupt {
+                            id,
+                            reason: format!("state: {e}"),
+                        };
                     }
                 }
             }
@@ -80,8 +112,16 @@ where
         tracing::warn!(checkpoint = id, reason = %reason, "checkpoint is unusable; falling back to the previous one");
     }
     if let Some(m) = &plan.restore {
-        tracing::info!(checkpoint = m.id, keys = state.len(), partitions = m.partitions.len(), "restored checkpoint");
-        if !options.fingerprint.is_empty() && !m.fingerprint.is_empty() && m.fingerprint != options.fingerprint {
+        tracing::info!(
+            checkpoint = m.id,
+            keys = state.len(),
+            partitions = m.partitions.len(),
+            "restored checkpoint"
+        );
+        if !options.fingerprint.is_empty()
+            && !m.fingerprint.is_empty()
+            && m.fingerprint != options.fingerprint
+        {
             tracing::warn!(
                 checkpoint = m.id,
                 "the pipeline definition changed since this checkpoint was written; resuming with the new one"
@@ -95,7 +135,10 @@ where
             .sink
             .recover(&plan.sink(&s.name))
             .await
-            .map_err(|e| PipelineError::Sink { sink: s.name.clone(), source: e })?;
+            .map_err(|e| PipelineError::Sink {
+                sink: s.name.clone(),
+                source: e,
+            })?;
         if r.rolled_back > 0 {
             tracing::warn!(sink = %s.name, files = r.rolled_back, "removed committed output that no usable checkpoint covers; it will be produced again");
         }
@@ -124,10 +167,16 @@ where
 
     // 3. The shared runtime and the checkpoint thread.
     let step_shared = StepShared::new(&name, state, options.watermarks, side_sinks);
-    step_shared.watermark.set(plan.restore.as_ref().and_then(|m| m.watermark));
+    step_shared
+        .watermark
+        .set(plan.restore.as_ref().and_then(|m| m.watermark));
     let handles: Vec<SinkHandle> = sinks
         .into_iter()
-        .map(|s| SinkHandle { name: s.name, framing: s.sink.framing(), sink: tokio::sync::Mutex::new(s.sink) })
+        .map(|s| SinkHandle {
+            name: s.name,
+            framing: s.sink.framing(),
+            sink: tokio::sync::Mutex::new(s.sink),
+        })
         .collect();
     let rt = RuntimeShared::new(
         step_shared,
@@ -155,7 +204,10 @@ where
                     ))
                 })?)
             };
-            slots.insert(pid.clone(), TaskSlot::new(position, pc.done, pc.max_event_time));
+            slots.insert(
+                pid.clone(),
+                TaskSlot::new(position, pc.done, pc.max_event_time),
+            );
         }
     }
 
@@ -176,6 +228,8 @@ where
         store_present: store.is_some(),
         fingerprint: options.fingerprint.clone(),
         max_open: options.max_open_partitions,
+        restored: restored_from.is_some(),
+        started,
     };
     c.discover(&mut source).await?;
     let startup = started.elapsed();
@@ -238,7 +292,12 @@ struct Coordinator<Src: Source, S, E> {
     store_present: bool,
     fingerprint: String,
     max_open: usize,
+    restored: bool,
+    started: Instant,
 }
+
+/// How soon the first checkpoint follows a restore (when the interval is longer).
+const FIRST_AFTER_RESTORE: Duration = Duration::from_millis(200);
 
 impl<Src, S, E> Coordinator<Src, S, E>
 where
@@ -253,12 +312,25 @@ where
         shutdown: &super::ShutdownHandle,
     ) -> Result<Outcome, PipelineError> {
         let interval = options.checkpoint_interval;
-        let mut next_checkpoint = interval.map(|d| tokio::time::Instant::now() + d);
+        // After a restore, the first checkpoint comes early: readers get the replayed output
+        // soon, and a second crash replays little.
+        let first = |d: Duration| {
+            if self.restored {
+                d.min(FIRST_AFTER_RESTORE)
+            } else {
+                d
+            }
+        };
+        let mut next_checkpoint = interval.map(|d| tokio::time::Instant::now() + first(d));
         let mut watermark_tick = tokio::time::interval(Duration::from_millis(100));
         watermark_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let discovery_every = source.discovery_interval().filter(|_| !source.is_bounded());
         let mut next_discovery = discovery_every.map(|d| tokio::time::Instant::now() + d);
-        let mut signals = if options.handle_signals { Some(Signals::new()?) } else { None };
+        let mut signals = if options.handle_signals {
+            Some(Signals::new()?)
+        } else {
+            None
+        };
 
         loop {
             if let Some(e) = self.rt.fatal.take() {
@@ -311,13 +383,14 @@ where
 
     /// Looks for partitions and queues the ones not seen before.
     async fn discover(&mut self, source: &mut Src) -> Result<(), PipelineError> {
-        let found = source
-            .discover()
-            .await
-            .map_err(|e| PipelineError::Source { partition: String::new(), source: e })?;
+        let found = source.discover().await.map_err(|e| PipelineError::Source {
+            partition: String::new(),
+            source: e,
+        })?;
         for pid in found {
             let known = self.slots.get(&pid);
-            let skip = known.is_some_and(|s| s.done.get() || s.running.get()) || self.pending.contains(&pid);
+            let skip = known.is_some_and(|s| s.done.get() || s.running.get())
+                || self.pending.contains(&pid);
             if !skip {
                 self.pending.push_back(pid);
             }
@@ -329,8 +402,14 @@ where
     async fn open_partitions(&mut self, source: &mut Src) -> Result<(), PipelineError> {
         self.tasks.retain(|t| !t.is_finished());
         while self.rt.barrier.running() < self.max_open {
-            let Some(pid) = self.pending.pop_front() else { break };
-            let slot = self.slots.entry(pid.clone()).or_insert_with(|| TaskSlot::new(None, false, None)).clone();
+            let Some(pid) = self.pending.pop_front() else {
+                break;
+            };
+            let slot = self
+                .slots
+                .entry(pid.clone())
+                .or_insert_with(|| TaskSlot::new(None, false, None))
+                .clone();
             if slot.done.get() || slot.running.get() {
                 continue;
             }
@@ -338,7 +417,10 @@ where
             let reader = source
                 .open(&pid, from)
                 .await
-                .map_err(|e| PipelineError::Source { partition: pid.clone(), source: e })?;
+                .map_err(|e| PipelineError::Source {
+                    partition: pid.clone(),
+                    source: e,
+                })?;
             let task = PartitionTask {
                 rt: self.rt.clone(),
                 slot: slot.clone(),
@@ -353,7 +435,9 @@ where
             self.tasks.push(tokio::task::spawn_local(task.run()));
         }
         let done = self.slots.values().filter(|s| s.done.get()).count() as u64;
-        self.rt.progress.set_partitions(self.rt.barrier.running() as u64, done);
+        self.rt
+            .progress
+            .set_partitions(self.rt.barrier.running() as u64, done);
         Ok(())
     }
 
@@ -377,14 +461,18 @@ where
         let mut out = Outboxes::new(&rt);
         let mut outputs = Vec::new();
         let mut cx = Context::new(&rt.step, &mut local, None);
-        let end = |f| PipelineError::Record { partition: "(end of input)".into(), failure: Box::new(f) };
+        let end = |f| PipelineError::Record {
+            partition: "(end of input)".into(),
+            failure: Box::new(f),
+        };
         flow.finish(&mut cx, &mut outputs).await.map_err(end)?;
         let mut key = Vec::new();
         for o in &outputs {
             encode_main(&mut out.main, &mut self.encoder, o, &mut key).map_err(end)?;
         }
         let c = &rt.counters;
-        c.records_out.set(c.records_out.get() + outputs.len() as u64);
+        c.records_out
+            .set(c.records_out.get() + outputs.len() as u64);
         out.flush(&rt, &mut local).await
     }
 
@@ -400,7 +488,12 @@ where
     /// Closes the current epoch: stops every task at a record boundary, seals the sinks,
     /// snapshots state and hands the checkpoint to the checkpoint thread. `release` lets the
     /// tasks go on (false for the last checkpoint of a run).
-    async fn checkpoint(&mut self, _source: &mut Src, finished: bool, release: bool) -> Result<(), PipelineError> {
+    async fn checkpoint(
+        &mut self,
+        _source: &mut Src,
+        finished: bool,
+        release: bool,
+    ) -> Result<(), PipelineError> {
         let rt = self.rt.clone();
         rt.barrier.request();
         rt.barrier.wait_all_arrived(&rt.fatal).await;
@@ -415,14 +508,19 @@ where
             let position = match pos.as_ref() {
                 Some(p) => {
                     acks.push((pid.clone(), p.clone()));
-                    serde_json::to_value(p).map_err(|e| PipelineError::Checkpoint(format!("position of {pid}: {e}")))?
+                    serde_json::to_value(p)
+                        .map_err(|e| PipelineError::Checkpoint(format!("position of {pid}: {e}")))?
                 }
                 None if slot.done.get() => serde_json::Value::Null,
                 None => continue,
             };
             partitions.insert(
                 pid.clone(),
-                PartitionCheckpoint { position, done: slot.done.get(), max_event_time: slot.max_event_time.get() },
+                PartitionCheckpoint {
+                    position,
+                    done: slot.done.get(),
+                    max_event_time: slot.max_event_time.get(),
+                },
             );
         }
         let mut sealed = Vec::with_capacity(rt.sinks.len());
@@ -433,13 +531,24 @@ where
                 .await
                 .seal(epoch)
                 .await
-                .map_err(|e| PipelineError::Sink { sink: h.name.clone(), source: e })?;
+                .map_err(|e| PipelineError::Sink {
+                    sink: h.name.clone(),
+                    source: e,
+                })?;
             sealed.push((h.name.clone(), s));
         }
         let (snapshot, files) = {
             let mut state = rt.step.state.borrow_mut();
-            let snapshot = if self.store_present { state.snapshot(epoch)? } else { None };
-            let files = StateFiles { files: state.chain().to_vec(), keys: state.len() as u64, bytes: state.chain_bytes() };
+            let snapshot = if self.store_present {
+                state.snapshot(epoch)?
+            } else {
+                None
+            };
+            let files = StateFiles {
+                files: state.chain().to_vec(),
+                keys: state.len() as u64,
+                bytes: state.chain_bytes(),
+            };
             (snapshot, files)
         };
         let manifest = Manifest {
@@ -462,17 +571,34 @@ where
         self.acks.insert(epoch, acks);
         self.checkpointer
             .jobs
-            .send(Job { manifest, sealed, state: snapshot })
+            .send(Job {
+                manifest,
+                sealed,
+                state: snapshot,
+            })
             .await
             .map_err(|_| PipelineError::Runtime("the checkpoint thread stopped".into()))?;
         Ok(())
     }
 
-    async fn on_completion(&mut self, source: &mut Src, done: Completion) -> Result<(), PipelineError> {
+    async fn on_completion(
+        &mut self,
+        source: &mut Src,
+        done: Completion,
+    ) -> Result<(), PipelineError> {
         done.result.map_err(PipelineError::Checkpoint)?;
+        if self.completed == 0 {
+            tracing::info!(
+                checkpoint = done.id,
+                since_start_ms = self.started.elapsed().as_millis() as u64,
+                "first checkpoint of this run committed"
+            );
+        }
         self.completed += 1;
         self.last_completed = Some(done.id);
-        self.rt.progress.checkpoint_done(done.id, done.at_ms, done.keys);
+        self.rt
+            .progress
+            .checkpoint_done(done.id, done.at_ms, done.keys);
         tracing::debug!(checkpoint = done.id, "checkpoint committed");
         // Older entries belong to checkpoints that were superseded; keep only newer ones.
         let acks = self.acks.remove(&done.id);
@@ -491,7 +617,11 @@ where
         while self.last_completed.is_none_or(|c| c < last) {
             match self.checkpointer.done.recv().await {
                 Some(done) => self.on_completion(source, done).await?,
-                None => return Err(PipelineError::Runtime("the checkpoint thread stopped".into())),
+                None => {
+                    return Err(PipelineError::Runtime(
+                        "the checkpoint thread stopped".into(),
+                    ));
+                }
             }
         }
         Ok(())
@@ -508,7 +638,10 @@ impl Signals {
     fn new() -> Result<Self, PipelineError> {
         use tokio::signal::unix::{SignalKind, signal};
         let err = |e: std::io::Error| PipelineError::Runtime(format!("cannot handle signals: {e}"));
-        Ok(Signals { int: signal(SignalKind::interrupt()).map_err(err)?, term: signal(SignalKind::terminate()).map_err(err)? })
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+            term: signal(SignalKind::terminate()).map_err(err)?,
+        })
     }
 }
 

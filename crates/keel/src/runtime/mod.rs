@@ -113,7 +113,11 @@ impl RunSummary {
     /// Records handled per second of wall-clock time.
     pub fn records_per_sec(&self) -> f64 {
         let s = self.elapsed.as_secs_f64();
-        if s > 0.0 { self.records_in as f64 / s } else { 0.0 }
+        if s > 0.0 {
+            self.records_in as f64 / s
+        } else {
+            0.0
+        }
     }
 }
 
@@ -131,7 +135,9 @@ struct ShutdownInner {
 impl ShutdownHandle {
     /// Requests the shutdown.
     pub fn trigger(&self) {
-        self.0.requested.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0
+            .requested
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.0.notify.notify_waiters();
         self.0.notify.notify_one();
     }
@@ -151,7 +157,8 @@ impl ShutdownHandle {
 /// Settings of a run.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Time between checkpoints; `None` takes only the final one.
+    /// Time between checkpoints; `None` takes only the final one. After a restore, the
+    /// first checkpoint comes after at most 200 ms, so replayed output is visible soon.
     pub checkpoint_interval: Option<Duration>,
     /// Completed checkpoints to keep.
     pub retain: usize,
@@ -283,18 +290,29 @@ impl<Src, S, E> PipelineBuilder<Src, S, E> {
 
     /// Sets the main sink, encoding items as JSON.
     pub fn sink(mut self, sink: impl Sink) -> Self {
-        self.main = Some(NamedSink { name: "main".into(), sink: Box::new(sink) });
+        self.main = Some(NamedSink {
+            name: "main".into(),
+            sink: Box::new(sink),
+        });
         self
     }
 
     /// Sets the main sink with a name and an encoder.
-    pub fn sink_with<E2>(self, name: &str, sink: impl Sink, encoder: E2) -> PipelineBuilder<Src, S, E2> {
+    pub fn sink_with<E2>(
+        self,
+        name: &str,
+        sink: impl Sink,
+        encoder: E2,
+    ) -> PipelineBuilder<Src, S, E2> {
         PipelineBuilder {
             name: self.name,
             source: self.source,
             flow: self.flow,
             encoder,
-            main: Some(NamedSink { name: name.into(), sink: Box::new(sink) }),
+            main: Some(NamedSink {
+                name: name.into(),
+                sink: Box::new(sink),
+            }),
             side: self.side,
             dead_letters: self.dead_letters,
             store: self.store,
@@ -304,13 +322,19 @@ impl<Src, S, E> PipelineBuilder<Src, S, E> {
 
     /// Adds a sink that steps emit to by name ([`crate::Context::emit_json`]).
     pub fn side_sink(mut self, name: &str, sink: impl Sink) -> Self {
-        self.side.push(NamedSink { name: name.into(), sink: Box::new(sink) });
+        self.side.push(NamedSink {
+            name: name.into(),
+            sink: Box::new(sink),
+        });
         self
     }
 
     /// Sets the dead-letter output. Without one, a permanent failure stops the pipeline.
     pub fn dead_letters(mut self, sink: impl Sink) -> Self {
-        self.dead_letters = Some(NamedSink { name: "dead_letters".into(), sink: Box::new(sink) });
+        self.dead_letters = Some(NamedSink {
+            name: "dead_letters".into(),
+            sink: Box::new(sink),
+        });
         self
     }
 
@@ -365,19 +389,32 @@ where
 {
     /// Checks the pipeline and returns it ready to run.
     pub fn build(self) -> Result<Pipeline<Src, S, E>, PipelineError> {
-        let main = self.main.ok_or_else(|| PipelineError::Config("the pipeline has no sink".into()))?;
+        let main = self
+            .main
+            .ok_or_else(|| PipelineError::Config("the pipeline has no sink".into()))?;
         let mut names = vec![main.name.as_str()];
         for s in &self.side {
             if names.contains(&s.name.as_str()) || s.name == "dead_letters" {
-                return Err(PipelineError::Config(format!("two sinks are named `{}`", s.name)));
+                return Err(PipelineError::Config(format!(
+                    "two sinks are named `{}`",
+                    s.name
+                )));
             }
             names.push(&s.name);
         }
         if self.options.batch_size == 0 || self.options.max_open_partitions == 0 {
-            return Err(PipelineError::Config("batch_size and max_open_partitions must be at least 1".into()));
+            return Err(PipelineError::Config(
+                "batch_size and max_open_partitions must be at least 1".into(),
+            ));
         }
-        if self.options.checkpoint_interval.is_some_and(|d| d.is_zero()) {
-            return Err(PipelineError::Config("checkpoint interval must be positive".into()));
+        if self
+            .options
+            .checkpoint_interval
+            .is_some_and(|d| d.is_zero())
+        {
+            return Err(PipelineError::Config(
+                "checkpoint interval must be positive".into(),
+            ));
         }
         Ok(Pipeline {
             name: self.name,
@@ -427,7 +464,11 @@ where
         std::iter::once(&self.main)
             .chain(&self.side)
             .chain(&self.dead_letters)
-            .map(|s| SinkInfo { name: s.name.clone(), describe: s.sink.describe(), guarantee: s.sink.guarantee() })
+            .map(|s| SinkInfo {
+                name: s.name.clone(),
+                describe: s.sink.describe(),
+                guarantee: s.sink.guarantee(),
+            })
             .collect()
     }
 

@@ -178,7 +178,10 @@ impl RuntimeShared {
         Rc::new(RuntimeShared {
             step,
             barrier: Barrier::new(),
-            fatal: Fatal { error: RefCell::new(None), notify: Notify::new() },
+            fatal: Fatal {
+                error: RefCell::new(None),
+                notify: Notify::new(),
+            },
             task_exit: Notify::new(),
             sinks,
             dead_letter_sink,

@@ -31,11 +31,18 @@ pub(crate) struct Outboxes {
 impl Outboxes {
     pub(crate) fn new(rt: &RuntimeShared) -> Self {
         let framing = |i: Option<usize>| i.map_or(Framing::Lines, |i| rt.sinks[i].framing);
-        Outboxes { main: OutBatch::new(rt.sinks[0].framing), dead: OutBatch::new(framing(rt.dead_letter_sink)) }
+        Outboxes {
+            main: OutBatch::new(rt.sinks[0].framing),
+            dead: OutBatch::new(framing(rt.dead_letter_sink)),
+        }
     }
 
     /// Writes every non-empty outbox to its sink (side outboxes live in `local`).
-    pub(crate) async fn flush(&mut self, rt: &RuntimeShared, local: &mut TaskLocal) -> Result<(), PipelineError> {
+    pub(crate) async fn flush(
+        &mut self,
+        rt: &RuntimeShared,
+        local: &mut TaskLocal,
+    ) -> Result<(), PipelineError> {
         let epoch = rt.epoch.get();
         if !self.main.is_empty() {
             write(rt, 0, epoch, &self.main).await?;
@@ -57,14 +64,26 @@ impl Outboxes {
     }
 
     fn bytes(&self, local: &TaskLocal) -> usize {
-        self.main.bytes() + self.dead.bytes() + local.side.iter().map(OutBatch::bytes).sum::<usize>()
+        self.main.bytes()
+            + self.dead.bytes()
+            + local.side.iter().map(OutBatch::bytes).sum::<usize>()
     }
 }
 
-async fn write(rt: &RuntimeShared, sink: usize, epoch: u64, batch: &OutBatch) -> Result<(), PipelineError> {
+async fn write(
+    rt: &RuntimeShared,
+    sink: usize,
+    epoch: u64,
+    batch: &OutBatch,
+) -> Result<(), PipelineError> {
     let handle = &rt.sinks[sink];
     let mut s = handle.sink.lock().await;
-    s.write(epoch, batch).await.map_err(|e| PipelineError::Sink { sink: handle.name.clone(), source: e })
+    s.write(epoch, batch)
+        .await
+        .map_err(|e| PipelineError::Sink {
+            sink: handle.name.clone(),
+            source: e,
+        })
 }
 
 /// Runs one partition until its end, a fatal error, or forever (unbounded sources).
@@ -116,7 +135,10 @@ where
                 .reader
                 .next_batch(&mut batch, rt.batch_size)
                 .await
-                .map_err(|e| PipelineError::Source { partition: self.local.partition.to_string(), source: e })?;
+                .map_err(|e| PipelineError::Source {
+                    partition: self.local.partition.to_string(),
+                    source: e,
+                })?;
             match status {
                 ReadStatus::End => {
                     self.out.flush(&rt, &mut self.local).await?;
@@ -154,7 +176,9 @@ where
                 let mut result = self.flow.process(rec.clone(), &mut cx, &mut outputs).await;
                 if result.is_ok() {
                     for o in outputs.drain(..) {
-                        if let Err(f) = encode_main(&mut self.out.main, &mut self.encoder, &o, &mut scratch_key) {
+                        if let Err(f) =
+                            encode_main(&mut self.out.main, &mut self.encoder, &o, &mut scratch_key)
+                        {
                             result = Err(f.with_stage(rt.sinks[0].name.clone()));
                             break;
                         }
@@ -198,7 +222,8 @@ where
         c.records_out.set(c.records_out.get() + out);
         c.dead_letters.set(c.dead_letters.get() + dead);
         if self.local.late_dropped > 0 {
-            c.late_dropped.set(c.late_dropped.get() + self.local.late_dropped);
+            c.late_dropped
+                .set(c.late_dropped.get() + self.local.late_dropped);
             self.local.late_dropped = 0;
         }
         self.rt.progress.set_records(
@@ -229,13 +254,21 @@ where
 
     /// Routes a failed record: permanent failures to the dead-letter output, anything else
     /// stops the pipeline.
-    fn dead_letter(&mut self, rec: &Record, position: &R::Position, mut failure: Failure) -> Result<(), PipelineError> {
+    fn dead_letter(
+        &mut self,
+        rec: &Record,
+        position: &R::Position,
+        mut failure: Failure,
+    ) -> Result<(), PipelineError> {
         if failure.stage.is_empty() {
             failure.stage = "flow".into();
         }
         let partition = self.local.partition.to_string();
         if failure.class != Class::Permanent || self.rt.dead_letter_sink.is_none() {
-            return Err(PipelineError::Record { partition, failure: Box::new(failure) });
+            return Err(PipelineError::Record {
+                partition,
+                failure: Box::new(failure),
+            });
         }
         let position = serde_json::to_value(position).unwrap_or(serde_json::Value::Null);
         let now = now_ms();
@@ -252,11 +285,13 @@ where
                 last_failed_ms: now,
             },
         );
-        self.out.dead.push_with::<()>(None, |buf| {
-            env.encode(buf);
-            Ok(())
-        })
-        .ok();
+        self.out
+            .dead
+            .push_with::<()>(None, |buf| {
+                env.encode(buf);
+                Ok(())
+            })
+            .ok();
         Ok(())
     }
 }

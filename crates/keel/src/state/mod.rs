@@ -69,14 +69,22 @@ pub struct StateSpec<T> {
 
 impl<T> Clone for StateSpec<T> {
     fn clone(&self) -> Self {
-        StateSpec { name: self.name.clone(), index: self.index.clone(), _t: PhantomData }
+        StateSpec {
+            name: self.name.clone(),
+            index: self.index.clone(),
+            _t: PhantomData,
+        }
     }
 }
 
 impl<T> StateSpec<T> {
     /// A table called `name`.
     pub fn new(name: impl Into<Arc<str>>) -> Self {
-        StateSpec { name: name.into(), index: Cell::new(None), _t: PhantomData }
+        StateSpec {
+            name: name.into(),
+            index: Cell::new(None),
+            _t: PhantomData,
+        }
     }
 
     /// The table name.
@@ -138,7 +146,13 @@ impl AnyTable for RawTable {
     fn apply(&mut self, _name: &str, entry: Entry<'_>) -> Result<(), StateError> {
         match entry {
             Entry::Put(k, v) => {
-                self.map.insert(k.into(), Slot { value: v.into(), dirty: false });
+                self.map.insert(
+                    k.into(),
+                    Slot {
+                        value: v.into(),
+                        dirty: false,
+                    },
+                );
             }
             Entry::Delete(k) => {
                 self.map.remove(k);
@@ -184,16 +198,27 @@ impl<T: Serialize + DeserializeOwned + 'static> AnyTable for Table<T> {
             }
         }
         match err {
-            Some(source) => Err(StateError::Encode { table: name.to_owned(), source }),
+            Some(source) => Err(StateError::Encode {
+                table: name.to_owned(),
+                source,
+            }),
             None => Ok(()),
         }
     }
     fn apply(&mut self, name: &str, entry: Entry<'_>) -> Result<(), StateError> {
         match entry {
             Entry::Put(k, v) => {
-                let value = postcard::from_bytes(v)
-                    .map_err(|source| StateError::Decode { table: name.to_owned(), source })?;
-                self.map.insert(k.into(), Slot { value: Some(value), dirty: false });
+                let value = postcard::from_bytes(v).map_err(|source| StateError::Decode {
+                    table: name.to_owned(),
+                    source,
+                })?;
+                self.map.insert(
+                    k.into(),
+                    Slot {
+                        value: Some(value),
+                        dirty: false,
+                    },
+                );
             }
             Entry::Delete(k) => {
                 self.map.remove(k);
@@ -211,16 +236,30 @@ impl<T: Serialize + DeserializeOwned + 'static> AnyTable for Table<T> {
         false
     }
     fn into_raw(self: Box<Self>, name: &str) -> Result<RawTable, StateError> {
-        let mut raw = RawTable { map: FxMap::default(), deleted: self.deleted };
+        let mut raw = RawTable {
+            map: FxMap::default(),
+            deleted: self.deleted,
+        };
         for (k, slot) in self.map {
             let Some(value) = slot.value else { continue };
-            let bytes = postcard::to_allocvec(&value)
-                .map_err(|source| StateError::Encode { table: name.to_owned(), source })?;
-            raw.map.insert(k, Slot { value: bytes.into(), dirty: slot.dirty });
+            let bytes = postcard::to_allocvec(&value).map_err(|source| StateError::Encode {
+                table: name.to_owned(),
+                source,
+            })?;
+            raw.map.insert(
+                k,
+                Slot {
+                    value: bytes.into(),
+                    dirty: slot.dirty,
+                },
+            );
         }
         Ok(raw)
     }
 }
+
+/// Every key of a table with its value.
+pub type Entries<T> = Vec<(Box<[u8]>, T)>;
 
 /// Settings for when to write a full snapshot instead of a delta.
 #[derive(Clone, Copy, Debug)]
@@ -261,14 +300,20 @@ pub struct StateStore {
 
 impl std::fmt::Debug for StateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateStore").field("tables", &self.names).field("chain", &self.chain).finish()
+        f.debug_struct("StateStore")
+            .field("tables", &self.names)
+            .field("chain", &self.chain)
+            .finish()
     }
 }
 
 impl StateStore {
     /// An empty store.
     pub fn new(policy: SnapshotPolicy) -> Self {
-        StateStore { policy, ..Default::default() }
+        StateStore {
+            policy,
+            ..Default::default()
+        }
     }
 
     fn index_of(&mut self, name: &Arc<str>) -> usize {
@@ -283,9 +328,17 @@ impl StateStore {
     }
 
     /// The typed table for `spec`, converting a raw restored table on first use.
-    fn table<T: Serialize + DeserializeOwned + 'static>(&mut self, spec: &StateSpec<T>) -> Result<&mut Table<T>, StateError> {
+    fn table<T: Serialize + DeserializeOwned + 'static>(
+        &mut self,
+        spec: &StateSpec<T>,
+    ) -> Result<&mut Table<T>, StateError> {
         let i = match spec.index.get() {
-            Some(i) if i < self.tables.len() && (Arc::ptr_eq(&self.names[i], &spec.name) || self.names[i] == spec.name) => i,
+            Some(i)
+                if i < self.tables.len()
+                    && (Arc::ptr_eq(&self.names[i], &spec.name) || self.names[i] == spec.name) =>
+            {
+                i
+            }
             _ => {
                 let i = self.index_of(&spec.name);
                 spec.index.set(Some(i));
@@ -300,12 +353,24 @@ impl StateStore {
                 return Err(StateError::TypeClash(name.to_string()));
             }
             let raw = slot.into_raw(&name)?;
-            let mut typed: Table<T> = Table { map: FxMap::default(), deleted: raw.deleted };
+            let mut typed: Table<T> = Table {
+                map: FxMap::default(),
+                deleted: raw.deleted,
+            };
             typed.map.reserve(raw.map.len());
             for (k, s) in raw.map {
-                let value = postcard::from_bytes(&s.value)
-                    .map_err(|source| StateError::Decode { table: name.to_string(), source })?;
-                typed.map.insert(k, Slot { value: Some(value), dirty: s.dirty });
+                let value =
+                    postcard::from_bytes(&s.value).map_err(|source| StateError::Decode {
+                        table: name.to_string(),
+                        source,
+                    })?;
+                typed.map.insert(
+                    k,
+                    Slot {
+                        value: Some(value),
+                        dirty: s.dirty,
+                    },
+                );
             }
             self.tables[i] = Box::new(typed);
         }
@@ -365,7 +430,13 @@ impl StateStore {
                 slot.dirty = true;
             }
             None => {
-                table.map.insert(key.into(), Slot { value: Some(value), dirty: true });
+                table.map.insert(
+                    key.into(),
+                    Slot {
+                        value: Some(value),
+                        dirty: true,
+                    },
+                );
             }
         }
         Ok(())
@@ -389,8 +460,13 @@ impl StateStore {
     pub fn entries<T: Serialize + DeserializeOwned + Clone + 'static>(
         &mut self,
         spec: &StateSpec<T>,
-    ) -> Result<Vec<(Box<[u8]>, T)>, StateError> {
-        Ok(self.table(spec)?.map.iter().filter_map(|(k, s)| Some((k[..].into(), s.value.clone()?))).collect())
+    ) -> Result<Entries<T>, StateError> {
+        Ok(self
+            .table(spec)?
+            .map
+            .iter()
+            .filter_map(|(k, s)| Some((k[..].into(), s.value.clone()?)))
+            .collect())
     }
 
     /// Deletes every key of a table for which `keep` returns false.
@@ -440,7 +516,9 @@ impl StateStore {
             return Ok(None);
         }
         let deltas = self.chain.len().saturating_sub(1);
-        let full = self.chain.is_empty() || deltas >= self.policy.max_deltas || self.chain_bytes > 2 * self.full_bytes.max(1);
+        let full = self.chain.is_empty()
+            || deltas >= self.policy.max_deltas
+            || self.chain_bytes > 2 * self.full_bytes.max(1);
         let kind = if full { Kind::Full } else { Kind::Delta };
         let mut w = StateFileWriter::new(kind, id);
         for (i, t) in self.tables.iter_mut().enumerate() {
@@ -486,7 +564,10 @@ impl StateStore {
                 return Err(RestoreError::State(name.clone(), e));
             }
             if (n == 0) != (kind == Kind::Full) {
-                return Err(RestoreError::File(name.clone(), StateFileError::Malformed("chain must start with one full snapshot")));
+                return Err(RestoreError::File(
+                    name.clone(),
+                    StateFileError::Malformed("chain must start with one full snapshot"),
+                ));
             }
             if kind == Kind::Full {
                 self.full_bytes = bytes.len() as u64;

@@ -7,7 +7,11 @@ fn totals() -> StateSpec<i64> {
 }
 
 /// Writes every snapshot into a map of files, like a checkpoint store would.
-fn checkpoint(store: &mut StateStore, id: u64, files: &mut HashMap<String, Vec<u8>>) -> Vec<String> {
+fn checkpoint(
+    store: &mut StateStore,
+    id: u64,
+    files: &mut HashMap<String, Vec<u8>>,
+) -> Vec<String> {
     if let Some(snap) = store.snapshot(id).unwrap() {
         files.insert(snap.name, snap.bytes);
     }
@@ -16,7 +20,13 @@ fn checkpoint(store: &mut StateStore, id: u64, files: &mut HashMap<String, Vec<u
 
 fn restore(chain: &[String], files: &HashMap<String, Vec<u8>>) -> StateStore {
     let mut s = StateStore::new(SnapshotPolicy::default());
-    s.restore(chain, |n| files.get(n).cloned().ok_or_else(|| std::io::Error::other("missing"))).unwrap();
+    s.restore(chain, |n| {
+        files
+            .get(n)
+            .cloned()
+            .ok_or_else(|| std::io::Error::other("missing"))
+    })
+    .unwrap();
     s
 }
 
@@ -56,7 +66,8 @@ fn deltas_and_full_snapshots_restore_the_same_state() {
                 s.delete(&t, &key).unwrap();
                 expected.remove(&key);
             } else {
-                s.update(&t, &key, |v| *v.get_or_insert(0) += i as i64).unwrap();
+                s.update(&t, &key, |v| *v.get_or_insert(0) += i as i64)
+                    .unwrap();
                 *expected.entry(key).or_insert(0) += i as i64;
             }
         }
@@ -64,7 +75,12 @@ fn deltas_and_full_snapshots_restore_the_same_state() {
         assert!(chain.len() <= 4, "chain too long: {chain:?}");
         assert!(chain[0].ends_with(".full"));
         let mut r = restore(&chain, &files);
-        let got: HashMap<Vec<u8>, i64> = r.entries(&t).unwrap().into_iter().map(|(k, v)| (k.to_vec(), v)).collect();
+        let got: HashMap<Vec<u8>, i64> = r
+            .entries(&t)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k.to_vec(), v))
+            .collect();
         assert_eq!(got, expected, "epoch {epoch}");
     }
     assert!(chain.iter().any(|c| c.ends_with(".delta")));
@@ -88,7 +104,8 @@ fn restored_raw_tables_survive_snapshots_before_first_typed_use() {
     let chain = checkpoint(&mut s, 1, &mut files);
     // restored store: table not touched by a typed step, then a full snapshot of another table
     let mut r = restore(&chain, &files);
-    r.put(&StateSpec::<String>::new("other"), b"x", "y".to_string()).unwrap();
+    r.put(&StateSpec::<String>::new("other"), b"x", "y".to_string())
+        .unwrap();
     let chain = checkpoint(&mut r, 2, &mut files);
     let mut r2 = restore(&chain, &files);
     assert_eq!(r2.get(&totals(), b"a").unwrap(), Some(41));
@@ -98,7 +115,9 @@ fn restored_raw_tables_survive_snapshots_before_first_typed_use() {
 fn type_clash_is_an_error_not_a_panic() {
     let mut s = StateStore::new(SnapshotPolicy::default());
     s.put(&totals(), b"a", 1).unwrap();
-    let err = s.put(&StateSpec::<String>::new("totals"), b"a", "x".into()).unwrap_err();
+    let err = s
+        .put(&StateSpec::<String>::new("totals"), b"a", "x".into())
+        .unwrap_err();
     assert!(matches!(err, StateError::TypeClash(_)));
 }
 
@@ -111,7 +130,10 @@ fn a_corrupt_state_file_fails_restore() {
     files.get_mut(&chain[0]).unwrap()[12] ^= 1;
     let mut r = StateStore::new(SnapshotPolicy::default());
     let err = r.restore(&chain, |n| Ok(files[n].clone())).unwrap_err();
-    assert!(matches!(err, RestoreError::File(_, StateFileError::Checksum)));
+    assert!(matches!(
+        err,
+        RestoreError::File(_, StateFileError::Checksum)
+    ));
 }
 
 #[test]

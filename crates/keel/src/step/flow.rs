@@ -30,14 +30,20 @@ pub struct Flow<In, S = Identity> {
 
 impl<In, S: Clone> Clone for Flow<In, S> {
     fn clone(&self) -> Self {
-        Flow { step: self.step.clone(), _in: PhantomData }
+        Flow {
+            step: self.step.clone(),
+            _in: PhantomData,
+        }
     }
 }
 
 impl<In: 'static> Flow<In, Identity> {
     /// An empty flow: items pass through unchanged.
     pub fn new() -> Self {
-        Flow { step: Identity, _in: PhantomData }
+        Flow {
+            step: Identity,
+            _in: PhantomData,
+        }
     }
 }
 
@@ -58,7 +64,10 @@ where
 
     /// Appends any step.
     pub fn then<T: Step<S::Out>>(self, step: T) -> Flow<In, Chain<S, T, S::Out>> {
-        Flow { step: Chain::new(self.step, step), _in: PhantomData }
+        Flow {
+            step: Chain::new(self.step, step),
+            _in: PhantomData,
+        }
     }
 
     /// Appends a step whose failures report `name` as their stage.
@@ -67,7 +76,10 @@ where
         name: &str,
         step: T,
     ) -> Flow<In, Chain<S, Named<T>, S::Out>> {
-        self.then(Named { inner: step, name: name.into() })
+        self.then(Named {
+            inner: step,
+            name: name.into(),
+        })
     }
 
     /// One output per item.
@@ -158,7 +170,9 @@ where
 
 impl<S: Step<Record, Out = Record>> Flow<Record, S> {
     /// Decodes each record's value as JSON into `T`.
-    pub fn parse_json<T: DeserializeOwned + 'static>(self) -> Flow<Record, Chain<S, ParseJson<T>, Record>> {
+    pub fn parse_json<T: DeserializeOwned + 'static>(
+        self,
+    ) -> Flow<Record, Chain<S, ParseJson<T>, Record>> {
         self.then(ParseJson::new())
     }
 }

@@ -22,7 +22,12 @@ impl Clone for Identity {
 
 impl<In: 'static> Step<In> for Identity {
     type Out = In;
-    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<In>) -> Result<(), Failure> {
+    async fn process(
+        &mut self,
+        item: In,
+        _cx: &mut Context<'_>,
+        out: &mut Vec<In>,
+    ) -> Result<(), Failure> {
         out.push(item);
         Ok(())
     }
@@ -37,11 +42,22 @@ pub struct Named<S> {
 
 impl<In, S: Step<In>> Step<In> for Named<S> {
     type Out = S::Out;
-    async fn process(&mut self, item: In, cx: &mut Context<'_>, out: &mut Vec<S::Out>) -> Result<(), Failure> {
-        self.inner.process(item, cx, out).await.map_err(|f| f.with_stage(&*self.name))
+    async fn process(
+        &mut self,
+        item: In,
+        cx: &mut Context<'_>,
+        out: &mut Vec<S::Out>,
+    ) -> Result<(), Failure> {
+        self.inner
+            .process(item, cx, out)
+            .await
+            .map_err(|f| f.with_stage(&*self.name))
     }
     async fn finish(&mut self, cx: &mut Context<'_>, out: &mut Vec<S::Out>) -> Result<(), Failure> {
-        self.inner.finish(cx, out).await.map_err(|f| f.with_stage(&*self.name))
+        self.inner
+            .finish(cx, out)
+            .await
+            .map_err(|f| f.with_stage(&*self.name))
     }
 }
 
@@ -63,7 +79,12 @@ where
     F: FnMut(In) -> Out + Clone + 'static,
 {
     type Out = Out;
-    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<Out>) -> Result<(), Failure> {
+    async fn process(
+        &mut self,
+        item: In,
+        _cx: &mut Context<'_>,
+        out: &mut Vec<Out>,
+    ) -> Result<(), Failure> {
         out.push((self.0)(item));
         Ok(())
     }
@@ -78,7 +99,12 @@ where
     F: FnMut(In) -> Result<Out, Failure> + Clone + 'static,
 {
     type Out = Out;
-    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<Out>) -> Result<(), Failure> {
+    async fn process(
+        &mut self,
+        item: In,
+        _cx: &mut Context<'_>,
+        out: &mut Vec<Out>,
+    ) -> Result<(), Failure> {
         out.push(stage!((self.0)(item), "map")?);
         Ok(())
     }
@@ -94,7 +120,12 @@ where
     F: FnMut(&In) -> bool + Clone + 'static,
 {
     type Out = In;
-    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<In>) -> Result<(), Failure> {
+    async fn process(
+        &mut self,
+        item: In,
+        _cx: &mut Context<'_>,
+        out: &mut Vec<In>,
+    ) -> Result<(), Failure> {
         if (self.0)(&item) {
             out.push(item);
         }
@@ -112,7 +143,12 @@ where
     F: FnMut(In) -> I + Clone + 'static,
 {
     type Out = I::Item;
-    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<I::Item>) -> Result<(), Failure> {
+    async fn process(
+        &mut self,
+        item: In,
+        _cx: &mut Context<'_>,
+        out: &mut Vec<I::Item>,
+    ) -> Result<(), Failure> {
         out.extend((self.0)(item));
         Ok(())
     }
@@ -128,7 +164,12 @@ where
     Fut: Future<Output = Result<Out, Failure>>,
 {
     type Out = Out;
-    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<Out>) -> Result<(), Failure> {
+    async fn process(
+        &mut self,
+        item: In,
+        _cx: &mut Context<'_>,
+        out: &mut Vec<Out>,
+    ) -> Result<(), Failure> {
         out.push(stage!((self.0)(item).await, "map_async")?);
         Ok(())
     }
@@ -144,7 +185,12 @@ where
     F: FnMut(&In) -> Result<(), Failure> + Clone + 'static,
 {
     type Out = In;
-    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<In>) -> Result<(), Failure> {
+    async fn process(
+        &mut self,
+        item: In,
+        _cx: &mut Context<'_>,
+        out: &mut Vec<In>,
+    ) -> Result<(), Failure> {
         stage!((self.0)(&item), "validate")?;
         out.push(item);
         Ok(())
@@ -162,7 +208,12 @@ where
     F: FnMut(&In) -> K + Clone + 'static,
 {
     type Out = In;
-    async fn process(&mut self, item: In, cx: &mut Context<'_>, out: &mut Vec<In>) -> Result<(), Failure> {
+    async fn process(
+        &mut self,
+        item: In,
+        cx: &mut Context<'_>,
+        out: &mut Vec<In>,
+    ) -> Result<(), Failure> {
         let key = (self.0)(&item);
         cx.set_key(key.as_ref());
         out.push(item);
@@ -181,7 +232,12 @@ where
     F: FnMut(&In) -> i64 + Clone + 'static,
 {
     type Out = In;
-    async fn process(&mut self, item: In, cx: &mut Context<'_>, out: &mut Vec<In>) -> Result<(), Failure> {
+    async fn process(
+        &mut self,
+        item: In,
+        cx: &mut Context<'_>,
+        out: &mut Vec<In>,
+    ) -> Result<(), Failure> {
         let ts = (self.0)(&item);
         if stage!(cx.observe_event_time(ts), "event_time")? {
             out.push(item);
@@ -199,7 +255,12 @@ where
     F: FnMut(In, &mut Context<'_>) -> Result<Out, Failure> + Clone + 'static,
 {
     type Out = Out;
-    async fn process(&mut self, item: In, cx: &mut Context<'_>, out: &mut Vec<Out>) -> Result<(), Failure> {
+    async fn process(
+        &mut self,
+        item: In,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Out>,
+    ) -> Result<(), Failure> {
         out.push(stage!((self.0)(item, cx), "stateful")?);
         Ok(())
     }
@@ -215,7 +276,12 @@ where
     F: FnMut(&mut Context<'_>, &mut Vec<In>) -> Result<(), Failure> + Clone + 'static,
 {
     type Out = In;
-    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<In>) -> Result<(), Failure> {
+    async fn process(
+        &mut self,
+        item: In,
+        _cx: &mut Context<'_>,
+        out: &mut Vec<In>,
+    ) -> Result<(), Failure> {
         out.push(item);
         Ok(())
     }
@@ -244,7 +310,12 @@ impl<T> Clone for ParseJson<T> {
 
 impl<T: DeserializeOwned + 'static> Step<Record> for ParseJson<T> {
     type Out = T;
-    async fn process(&mut self, item: Record, _cx: &mut Context<'_>, out: &mut Vec<T>) -> Result<(), Failure> {
+    async fn process(
+        &mut self,
+        item: Record,
+        _cx: &mut Context<'_>,
+        out: &mut Vec<T>,
+    ) -> Result<(), Failure> {
         match serde_json::from_slice::<T>(&item.value) {
             Ok(v) => {
                 out.push(v);

@@ -1,0 +1,3 @@
+//! Integration tests of the keel runtime (one test binary for the crate).
+
+mod pipeline;

@@ -1,0 +1,467 @@
+//! Pipelines end to end on in-memory sources and sinks with a file checkpoint store.
+
+use std::time::Duration;
+
+use keel::testing::{MemorySink, VecSource};
+use keel::{
+    Class, Context, Failure, FileCheckpointStore, Flow, LatePolicy, Outcome, PartitionReader,
+    Pipeline, PipelineError, ReadStatus, Record, Source, SourceBatch, SourceError, StateSpec,
+    WatermarkConfig,
+};
+use serde::{Deserialize, Serialize};
+
+/// A source that reads a `VecSource` one record per batch and waits between batches, so
+/// tests can stop a pipeline in the middle.
+#[derive(Clone)]
+struct Slow(VecSource, Duration);
+
+struct SlowReader(<VecSource as Source>::Reader, Duration);
+
+impl Source for Slow {
+    type Position = u64;
+    type Reader = SlowReader;
+    fn describe(&self) -> String {
+        "slow".into()
+    }
+    fn is_bounded(&self) -> bool {
+        true
+    }
+    async fn discover(&mut self) -> Result<Vec<String>, SourceError> {
+        self.0.discover().await
+    }
+    async fn open(&mut self, p: &str, from: Option<u64>) -> Result<SlowReader, SourceError> {
+        Ok(SlowReader(self.0.open(p, from).await?, self.1))
+    }
+}
+
+impl PartitionReader for SlowReader {
+    type Position = u64;
+    async fn next_batch(
+        &mut self,
+        batch: &mut SourceBatch<u64>,
+        _max: usize,
+    ) -> Result<ReadStatus, SourceError> {
+        tokio::time::sleep(self.1).await;
+        self.0.next_batch(batch, 1).await
+    }
+}
+
+#[derive(Deserialize)]
+struct Order {
+    id: i64,
+    customer: String,
+    amount: i64,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct Total {
+    id: i64,
+    customer: String,
+    running_total: i64,
+}
+
+fn orders(partitions: usize, per_partition: usize) -> Vec<Vec<String>> {
+    (0..partitions)
+        .map(|p| {
+            (0..per_partition)
+                .map(|i| {
+                    let id = p * per_partition + i;
+                    if id % 17 == 5 {
+                        format!(r#"{{"id": {id}, "customer": "c{}", "amou"#, id % 7)
+                    } else {
+                        format!(
+                            r#"{{"id": {id}, "customer": "c{}", "amount": {}}}"#,
+                            id % 7,
+                            id % 100 + 1
+                        )
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn totals_flow() -> impl keel::Step<Record, Out = Total> {
+    let totals = StateSpec::<i64>::new("totals");
+    Flow::<Record>::new()
+        .parse_json::<Order>()
+        .key_by(|o| o.customer.clone())
+        .stateful(move |o, cx| {
+            let running_total = cx.state(&totals).update(|t| {
+                let t = t.get_or_insert(0);
+                *t += o.amount;
+                *t
+            })?;
+            Ok(Total {
+                id: o.id,
+                customer: o.customer,
+                running_total,
+            })
+        })
+        .into_step()
+}
+
+fn parse(lines: Vec<String>) -> Vec<Total> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Every valid id once, and per customer the running totals follow one serial order.
+fn assert_exactly_once(input: &[Vec<String>], out: &[Total]) {
+    let mut ids: Vec<i64> = out.iter().map(|t| t.id).collect();
+    ids.sort();
+    let expected: Vec<i64> = input
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|(i, _)| i % 17 != 5)
+        .map(|(i, _)| i as i64)
+        .collect();
+    assert_eq!(ids, expected, "every valid id exactly once");
+    let mut per: std::collections::HashMap<&str, Vec<(i64, i64)>> = Default::default();
+    for t in out {
+        per.entry(&t.customer)
+            .or_default()
+            .push((t.running_total, t.id % 100 + 1));
+    }
+    for (c, mut v) in per {
+        v.sort();
+        let mut prev = 0;
+        for (rt, amount) in v {
+            assert_eq!(
+                rt - prev,
+                amount,
+                "customer {c}: totals are not one serial order"
+            );
+            prev = rt;
+        }
+    }
+}
+
+#[test]
+fn stop_then_resume_is_exactly_once_with_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = orders(3, 60);
+    let out = MemorySink::new();
+    let dead = MemorySink::new();
+    let build = |src: Slow| {
+        Pipeline::builder("t")
+            .source(src)
+            .flow(Flow::<Record>::new().then(totals_flow()))
+            .sink(out.clone())
+            .dead_letters(dead.clone())
+            .checkpoints(FileCheckpointStore::new(dir.path()))
+            .checkpoint_interval(Some(Duration::from_millis(20)))
+            .build()
+            .unwrap()
+    };
+    let p = build(Slow(
+        VecSource::new(input.clone()),
+        Duration::from_millis(2),
+    ));
+    let stop = p.shutdown_handle();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(120));
+        stop.trigger();
+    });
+    let first = p.run().unwrap();
+    assert_eq!(first.outcome, Outcome::Stopped);
+    assert!(
+        first.records_in > 0 && first.records_in < 180,
+        "stopped in the middle: {}",
+        first.records_in
+    );
+    let seen = out.committed_lines().len() as u64;
+    assert_eq!(
+        seen + dead.committed_lines().len() as u64,
+        first.records_in,
+        "everything handled is committed"
+    );
+
+    let second = build(Slow(
+        VecSource::new(input.clone()),
+        Duration::from_micros(10),
+    ))
+    .run()
+    .unwrap();
+    assert_eq!(second.outcome, Outcome::Finished);
+    assert_eq!(second.restored_from, first.last_checkpoint);
+    assert_eq!(first.records_in + second.records_in, 180);
+    assert_exactly_once(&input, &parse(out.committed_lines()));
+    assert_eq!(
+        dead.committed_lines().len(),
+        (0..180).filter(|i| i % 17 == 5).count()
+    );
+    assert_eq!(second.totals.records_in, 180);
+
+    let third = build(Slow(VecSource::new(input), Duration::ZERO))
+        .run()
+        .unwrap();
+    assert_eq!(third.outcome, Outcome::AlreadyFinished);
+}
+
+#[test]
+fn dead_letters_carry_provenance() {
+    let out = MemorySink::new();
+    let dead = MemorySink::new();
+    let s = Pipeline::builder("prov")
+        .source(VecSource::new(vec![vec![
+            "{\"id\": 1, \"customer\": \"a\", \"amount\": 5}",
+            "not json",
+        ]]))
+        .flow(Flow::<Record>::new().then(totals_flow()))
+        .sink(out.clone())
+        .dead_letters(dead.clone())
+        .build()
+        .unwrap()
+        .run()
+        .unwrap();
+    assert_eq!((s.records_in, s.records_out, s.dead_letters), (2, 1, 1));
+    let env: keel::dead_letter::Envelope =
+        serde_json::from_str(&dead.committed_lines()[0]).unwrap();
+    assert_eq!(env.reason, "malformed");
+    assert_eq!(env.class, Class::Permanent);
+    assert_eq!(env.stage, "parse_json");
+    assert_eq!(env.pipeline, "prov");
+    assert_eq!(env.partition, "p0");
+    assert_eq!(env.position, serde_json::json!(2));
+    assert_eq!(env.raw.as_deref(), Some("not json"));
+}
+
+#[test]
+fn without_a_dead_letter_output_a_bad_record_stops_the_pipeline() {
+    let err = Pipeline::builder("strict")
+        .source(VecSource::new(vec![vec!["oops"]]))
+        .flow(Flow::<Record>::new().then(totals_flow()))
+        .sink(MemorySink::new())
+        .build()
+        .unwrap()
+        .run()
+        .unwrap_err();
+    assert!(matches!(err, PipelineError::Record { .. }), "{err}");
+}
+
+#[test]
+fn transient_failures_stop_the_pipeline_and_keep_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = MemorySink::new();
+    let flow = Flow::<Record>::new().try_map(|r: Record| {
+        if r.value.as_ref() == b"boom" {
+            Err(Failure::transient("io", "connection reset"))
+        } else {
+            Ok(r.value.to_vec())
+        }
+    });
+    let err = Pipeline::builder("t")
+        .source(VecSource::new(vec![vec!["a", "b", "boom", "c"]]))
+        .flow(flow)
+        .sink_with("main", out.clone(), keel::RawEncoder)
+        .dead_letters(MemorySink::new())
+        .checkpoints(FileCheckpointStore::new(dir.path()))
+        .build()
+        .unwrap()
+        .run()
+        .unwrap_err();
+    match err {
+        PipelineError::Record { failure, .. } => assert_eq!(
+            (failure.class, failure.reason.as_ref()),
+            (Class::Transient, "io")
+        ),
+        other => panic!("{other}"),
+    }
+    assert!(
+        out.committed_lines().is_empty(),
+        "nothing of the failed epoch becomes visible"
+    );
+}
+
+#[test]
+fn steps_compose_and_keep_partition_order() {
+    let out = MemorySink::new();
+    let input: Vec<Vec<String>> = (0..4)
+        .map(|p| (0..50).map(|i| format!("{p}:{i}")).collect())
+        .collect();
+    let flow = Flow::<Record>::new()
+        .map(|r: Record| String::from_utf8(r.value.to_vec()).unwrap())
+        .filter(|s: &String| !s.ends_with(":7"))
+        .flat_map(|s: String| vec![s.clone(), format!("{s}!")])
+        .map_async(|s: String| async move {
+            tokio::task::yield_now().await;
+            Ok::<_, Failure>(s)
+        });
+    let s = Pipeline::builder("order")
+        .source(VecSource::new(input))
+        .flow(flow)
+        .sink_with("main", out.clone(), keel::RawEncoder)
+        .build()
+        .unwrap()
+        .run()
+        .unwrap();
+    assert_eq!(s.records_in, 200);
+    let lines = out.committed_lines();
+    assert_eq!(lines.len(), 4 * 49 * 2);
+    for p in 0..4 {
+        let mine: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("{p}:")))
+            .collect();
+        let expected: Vec<String> = (0..50)
+            .filter(|i| *i != 7)
+            .flat_map(|i| vec![format!("{p}:{i}"), format!("{p}:{i}!")])
+            .collect();
+        assert_eq!(
+            mine.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            expected,
+            "partition {p} in order"
+        );
+    }
+}
+
+#[test]
+fn late_records_go_to_the_late_policy() {
+    #[derive(Deserialize)]
+    struct Ev {
+        ts: i64,
+    }
+    let run = |late: LatePolicy| {
+        let out = MemorySink::new();
+        let dead = MemorySink::new();
+        let mut lines: Vec<String> = (0..300)
+            .map(|i| format!(r#"{{"ts": {}}}"#, 1_000_000 + i * 10))
+            .collect();
+        lines.push(r#"{"ts": 1}"#.into());
+        let s = Pipeline::builder("late")
+            .source(Slow(VecSource::new(vec![lines]), Duration::from_millis(1)))
+            .flow(
+                Flow::<Record>::new()
+                    .parse_json::<Ev>()
+                    .event_time(|e| e.ts)
+                    .map(|e| e.ts),
+            )
+            .sink(out.clone())
+            .dead_letters(dead.clone())
+            .configure(|o| {
+                o.watermarks = WatermarkConfig {
+                    lateness: Duration::from_millis(100),
+                    late,
+                    ..Default::default()
+                }
+            })
+            .build()
+            .unwrap()
+            .run()
+            .unwrap();
+        (s, out.committed_lines().len(), dead.committed_lines())
+    };
+    let (s, out, dead) = run(LatePolicy::DeadLetter);
+    assert_eq!((out, dead.len()), (300, 1));
+    assert!(dead[0].contains("\"reason\":\"late\""), "{}", dead[0]);
+    assert_eq!(s.dead_letters, 1);
+    let (s, out, dead) = run(LatePolicy::Drop);
+    assert_eq!((out, dead.len(), s.late_dropped), (300, 0, 1));
+    let (_, out, _) = run(LatePolicy::Keep);
+    assert_eq!(out, 301);
+}
+
+#[test]
+fn end_of_input_results_are_emitted_once_to_side_sinks() {
+    let totals = StateSpec::<i64>::new("totals");
+    let t2 = totals.clone();
+    let flow = Flow::<Record>::new()
+        .parse_json::<Order>()
+        .key_by(|o| o.customer.clone())
+        .stateful(move |o, cx: &mut Context<'_>| {
+            cx.state(&totals)
+                .update(|t| *t.get_or_insert(0) += o.amount)?;
+            Ok(o.id)
+        })
+        .on_finish(move |cx, _| {
+            let mut all = cx.state_entries(&t2)?;
+            all.sort();
+            for (k, v) in all {
+                cx.emit_json(
+                    "final",
+                    &serde_json::json!({"customer": String::from_utf8_lossy(&k), "total": v}),
+                )?;
+            }
+            Ok(())
+        });
+    let finals = MemorySink::new();
+    let s = Pipeline::builder("f")
+        .source(VecSource::new(orders(2, 30)))
+        .flow(flow)
+        .sink(MemorySink::new())
+        .side_sink("final", finals.clone())
+        .dead_letters(MemorySink::new())
+        .build()
+        .unwrap()
+        .run()
+        .unwrap();
+    assert_eq!(s.outcome, Outcome::Finished);
+    let lines = finals.committed_lines();
+    assert_eq!(lines.len(), 7);
+    let sum: i64 = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["total"]
+                .as_i64()
+                .unwrap()
+        })
+        .sum();
+    let expected: i64 = (0..60).filter(|i| i % 17 != 5).map(|i| i % 100 + 1).sum();
+    assert_eq!(sum, expected);
+}
+
+#[test]
+fn a_corrupt_state_file_falls_back_to_the_previous_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = orders(2, 80);
+    let out = MemorySink::new();
+    let build = |src: Slow| {
+        Pipeline::builder("t")
+            .source(src)
+            .flow(Flow::<Record>::new().then(totals_flow()))
+            .sink(out.clone())
+            .dead_letters(MemorySink::new())
+            .checkpoints(FileCheckpointStore::new(dir.path()))
+            .checkpoint_interval(Some(Duration::from_millis(15)))
+            .build()
+            .unwrap()
+    };
+    let p = build(Slow(
+        VecSource::new(input.clone()),
+        Duration::from_millis(2),
+    ));
+    let stop = p.shutdown_handle();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        stop.trigger();
+    });
+    let first = p.run().unwrap();
+    assert_eq!(first.outcome, Outcome::Stopped);
+    // corrupt the newest state file: that checkpoint becomes unusable
+    let state_dir = dir.path().join("state");
+    let mut files: Vec<_> = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let newest = files.last().unwrap();
+    let mut bytes = std::fs::read(newest).unwrap();
+    bytes[20] ^= 0xff;
+    std::fs::write(newest, bytes).unwrap();
+    // the output of the lost checkpoint's epoch is rolled back and produced again
+    let second = build(Slow(VecSource::new(input.clone()), Duration::ZERO))
+        .run()
+        .unwrap();
+    assert_eq!(second.outcome, Outcome::Finished);
+    assert!(
+        second.restored_from < first.last_checkpoint,
+        "fell back: {:?} vs {:?}",
+        second.restored_from,
+        first.last_checkpoint
+    );
+    assert_exactly_once(&input, &parse(out.committed_lines()));
+}
