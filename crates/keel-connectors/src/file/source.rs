@@ -120,6 +120,10 @@ pub struct FileReader {
     read_offset: u64,
     csv_header: Option<Bytes>,
     eof: bool,
+    /// The whole current chunk, kept to recycle its buffer later.
+    whole: Option<Bytes>,
+    /// Earlier chunks, recycled once no record points into them.
+    retired: Vec<Bytes>,
 }
 
 impl FileReader {
@@ -163,13 +167,37 @@ impl FileReader {
             read_offset: offset,
             csv_header,
             eof: false,
+            whole: None,
+            retired: Vec::new(),
         })
     }
 
     /// Reads the next chunk; returns false at the end of the file.
+    /// A buffer for the next chunk: an earlier chunk that no record points into any more,
+    /// or a new one. Reusing buffers spares the kernel from mapping and zeroing fresh pages.
+    fn buffer(&mut self, need: usize) -> Vec<u8> {
+        let mut i = 0;
+        while i < self.retired.len() {
+            match self.retired.swap_remove(i).try_into_mut() {
+                Ok(m) => {
+                    let mut v = Vec::from(m);
+                    if v.capacity() >= need {
+                        v.clear();
+                        return v;
+                    }
+                }
+                Err(still_shared) => {
+                    self.retired.push(still_shared);
+                    i += 1;
+                }
+            }
+        }
+        Vec::with_capacity(need)
+    }
+
     fn fill(&mut self) -> Result<bool, SourceError> {
         let carried = self.partial.len();
-        let mut buf = Vec::with_capacity(CHUNK + carried);
+        let mut buf = self.buffer(CHUNK + carried);
         buf.extend_from_slice(&self.partial);
         // read_to_end fills spare capacity without zeroing it first
         let read = (&mut self.file)
@@ -187,6 +215,11 @@ impl FileReader {
         self.chunk_offset = self.read_offset - carried as u64;
         self.read_offset += read;
         self.chunk = Bytes::from(buf);
+        if let Some(old) = self.whole.replace(self.chunk.clone())
+            && self.retired.len() < 4
+        {
+            self.retired.push(old);
+        }
         Ok(true)
     }
 

@@ -229,7 +229,9 @@ impl DocStep for Aggregate {
             let st = st.get_or_insert_with(|| {
                 AggregateState(smallvec::smallvec![Num::Empty; specs.len()])
             });
-            st.0.resize(specs.len(), Num::Empty);
+            if st.0.len() != specs.len() {
+                st.0.resize(specs.len(), Num::Empty);
+            }
             for (i, s) in specs.iter().enumerate() {
                 let x = inputs[i];
                 let cur = st.0[i];
