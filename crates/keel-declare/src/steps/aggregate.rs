@@ -11,7 +11,6 @@ use std::sync::Arc;
 use keel::failure::reason;
 use keel::{Context, Failure, StateSpec};
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 
 use super::{DocStep, Next};
 use crate::doc::{Doc, FieldPath, Value};
@@ -120,10 +119,42 @@ impl Num {
     }
 }
 
-/// The state of one key: one number per aggregate, in declaration order (inline for up to
-/// two aggregates).
+/// The state of one key: one number per aggregate, in declaration order. A single
+/// aggregate is stored inline, which keeps the state table small and cache-friendly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AggregateState(pub SmallVec<[Num; 1]>);
+pub enum AggregateState {
+    /// One aggregate.
+    One(Num),
+    /// Several aggregates.
+    Many(Vec<Num>),
+}
+
+impl AggregateState {
+    fn new(n: usize) -> Self {
+        if n == 1 { AggregateState::One(Num::Empty) } else { AggregateState::Many(vec![Num::Empty; n]) }
+    }
+
+    /// The values, in declaration order.
+    pub fn values(&self) -> &[Num] {
+        match self {
+            AggregateState::One(n) => std::slice::from_ref(n),
+            AggregateState::Many(v) => v,
+        }
+    }
+
+    /// The values for `n` aggregates, adapting state written by a different definition.
+    fn values_mut(&mut self, n: usize) -> &mut [Num] {
+        if self.values().len() != n {
+            let mut v = self.values().to_vec();
+            v.resize(n, Num::Empty);
+            *self = if n == 1 { AggregateState::One(v[0]) } else { AggregateState::Many(v) };
+        }
+        match self {
+            AggregateState::One(x) => std::slice::from_mut(x),
+            AggregateState::Many(v) => v,
+        }
+    }
+}
 
 /// Where final results go.
 #[derive(Clone, Debug)]
@@ -226,16 +257,11 @@ impl DocStep for Aggregate {
         let mut results: [Num; 8] = [Num::Empty; 8];
         let mut many: Vec<Num> = Vec::new();
         cx.state(&self.state).update(|st| {
-            let st = st.get_or_insert_with(|| {
-                AggregateState(smallvec::smallvec![Num::Empty; specs.len()])
-            });
-            if st.0.len() != specs.len() {
-                st.0.resize(specs.len(), Num::Empty);
-            }
+            let vals = st.get_or_insert_with(|| AggregateState::new(specs.len())).values_mut(specs.len());
             for (i, s) in specs.iter().enumerate() {
                 let x = inputs[i];
-                let cur = st.0[i];
-                st.0[i] = match s.func {
+                let cur = vals[i];
+                vals[i] = match s.func {
                     Func::Count | Func::Sum(_) => cur.add(x),
                     Func::Min(_) => {
                         if x != Num::Empty && (cur == Num::Empty || x.less(cur)) {
@@ -254,10 +280,10 @@ impl DocStep for Aggregate {
                 };
             }
             if emit {
-                if st.0.len() <= results.len() {
-                    results[..st.0.len()].copy_from_slice(&st.0);
+                if vals.len() <= results.len() {
+                    results[..vals.len()].copy_from_slice(vals);
                 } else {
-                    many = st.0.to_vec();
+                    many = vals.to_vec();
                 }
             }
         })?;
@@ -288,7 +314,7 @@ impl DocStep for Aggregate {
                     None => serde_json::from_slice(&key)
                         .map(Value::from_json)
                         .unwrap_or(Value::Null),
-                    Some(j) => st.0.get(*j).copied().unwrap_or(Num::Empty).value(),
+                    Some(j) => st.values().get(*j).copied().unwrap_or(Num::Empty).value(),
                 };
                 d.set(name, v);
             }
