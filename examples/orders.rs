@@ -32,13 +32,9 @@ struct RunningTotal {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let input = PathBuf::from(
-        args.next()
-            .unwrap_or_else(|| "examples/orders/input".into()),
-    );
+    let input = PathBuf::from(args.next().unwrap_or_else(|| "examples/orders/input".into()));
     let out = PathBuf::from(args.next().unwrap_or_else(|| "target/orders-rs".into()));
-    let jsonl =
-        |dir: &str| FileSink::new(FileSinkConfig::new(out.join(dir), FileFormat::JsonLines));
+    let jsonl = |dir: &str| FileSink::new(FileSinkConfig::new(out.join(dir), FileFormat::JsonLines));
 
     // One table of keyed state: the running total of each customer.
     let totals = StateSpec::<i64>::new("totals");
@@ -48,11 +44,9 @@ fn main() -> anyhow::Result<()> {
         // malformed JSON, missing fields and wrong types are dead-lettered with their reason
         .parse_json::<Order>()
         .validate(|o| match o.amount {
-            a if a < 0 => Err(Failure::permanent(
-                "negative_amount",
-                format!("amount {a} is negative"),
-            )
-            .with_field("amount")),
+            a if a < 0 => {
+                Err(Failure::permanent("negative_amount", format!("amount {a} is negative")).with_field("amount"))
+            }
             _ => Ok(()),
         })
         .event_time(|o| o.ts)
@@ -75,19 +69,13 @@ fn main() -> anyhow::Result<()> {
             all.sort();
             for (customer, total) in all {
                 let customer = String::from_utf8_lossy(&customer);
-                cx.emit_json(
-                    "final",
-                    &serde_json::json!({ "customer": customer, "total": total }),
-                )?;
+                cx.emit_json("final", &serde_json::json!({ "customer": customer, "total": total }))?;
             }
             Ok(())
         });
 
     let pipeline = Pipeline::builder("orders-rs")
-        .source(FileSource::new(FileSourceConfig::new(
-            &input,
-            FileFormat::JsonLines,
-        )))
+        .source(FileSource::new(FileSourceConfig::new(&input, FileFormat::JsonLines)))
         .flow(flow)
         .sink(jsonl("records"))
         .side_sink("final", jsonl("final"))

@@ -128,10 +128,7 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                     }
                     ManifestRead::Corrupt { id, reason } => {
                         if json {
-                            println!(
-                                "{}",
-                                serde_json::json!({"id": id, "valid": false, "error": reason})
-                            );
+                            println!("{}", serde_json::json!({"id": id, "valid": false, "error": reason}));
                         } else {
                             println!("{id:>8}  CORRUPT: {reason}");
                         }
@@ -197,17 +194,9 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                 Some(id) => println!("a restart would resume from checkpoint {id}"),
                 None => println!("no usable checkpoint: a restart would start from the beginning"),
             }
-            Ok(if problems == 0 {
-                EXIT_OK
-            } else {
-                EXIT_DEAD_LETTERS
-            })
+            Ok(if problems == 0 { EXIT_OK } else { EXIT_DEAD_LETTERS })
         }
-        Cmd::Prune {
-            target,
-            keep,
-            confirm,
-        } => {
+        Cmd::Prune { target, keep, confirm } => {
             let store = store(&target)?;
             if !confirm {
                 eprintln!("prune deletes checkpoints; add --confirm to proceed");

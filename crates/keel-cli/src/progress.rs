@@ -59,8 +59,7 @@ impl Reporter {
                     let ckpt = if p.last_checkpoint == 0 {
                         "none yet".to_string()
                     } else {
-                        let age = keel::util::now_ms().saturating_sub(p.last_checkpoint_ms) as f64
-                            / 1000.0;
+                        let age = keel::util::now_ms().saturating_sub(p.last_checkpoint_ms) as f64 / 1000.0;
                         format!("#{} {age:.1}s ago", p.last_checkpoint)
                     };
                     if tty {

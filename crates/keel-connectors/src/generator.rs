@@ -63,9 +63,7 @@ impl GeneratorSource {
             ));
         }
         if config.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
-            return Err(SourceError::Config(
-                "generator: rate must be positive".into(),
-            ));
+            return Err(SourceError::Config("generator: rate must be positive".into()));
         }
         Ok(GeneratorSource { config })
     }
@@ -104,28 +102,17 @@ impl Source for GeneratorSource {
     }
 
     async fn discover(&mut self) -> Result<Vec<String>, SourceError> {
-        Ok((0..self.config.partitions)
-            .map(|p| format!("gen-{p}"))
-            .collect())
+        Ok((0..self.config.partitions).map(|p| format!("gen-{p}")).collect())
     }
 
-    async fn open(
-        &mut self,
-        partition: &str,
-        from: Option<u64>,
-    ) -> Result<GeneratorReader, SourceError> {
+    async fn open(&mut self, partition: &str, from: Option<u64>) -> Result<GeneratorReader, SourceError> {
         let p: u64 = partition
             .strip_prefix("gen-")
             .and_then(|n| n.parse().ok())
             .filter(|p| *p < u64::from(self.config.partitions))
-            .ok_or_else(|| {
-                SourceError::Config(format!("generator has no partition {partition}"))
-            })?;
+            .ok_or_else(|| SourceError::Config(format!("generator has no partition {partition}")))?;
         let parts = u64::from(self.config.partitions);
-        let limit = self
-            .config
-            .records
-            .map(|n| n / parts + u64::from(p < n % parts));
+        let limit = self.config.records.map(|n| n / parts + u64::from(p < n % parts));
         Ok(GeneratorReader {
             config: self.config.clone(),
             partition: p,
@@ -139,8 +126,8 @@ impl Source for GeneratorSource {
 }
 
 const WORDS: [&str; 16] = [
-    "alpha", "blue", "coffee", "delta", "fox", "green", "ink", "jade", "lime", "mango", "oak",
-    "pear", "red", "sun", "tea", "wolf",
+    "alpha", "blue", "coffee", "delta", "fox", "green", "ink", "jade", "lime", "mango", "oak", "pear", "red", "sun",
+    "tea", "wolf",
 ];
 
 /// A stateless pseudo-random function (SplitMix64).
@@ -161,11 +148,7 @@ pub fn generate(config: &GeneratorConfig, id: u64, out: &mut Vec<u8>) {
     let customer = r0 % config.customers;
     let amount = (r1 % 50_000) as i64 + 1;
     let ts = config.start_ts + id as i64;
-    let note = format!(
-        "{} {}",
-        WORDS[(r2 & 15) as usize],
-        WORDS[((r2 >> 4) & 15) as usize]
-    );
+    let note = format!("{} {}", WORDS[(r2 & 15) as usize], WORDS[((r2 >> 4) & 15) as usize]);
     let bad = ((r2 >> 11) as f64 / (1u64 << 53) as f64) < config.bad_fraction;
     let _ = if !bad {
         write!(
@@ -174,10 +157,7 @@ pub fn generate(config: &GeneratorConfig, id: u64, out: &mut Vec<u8>) {
         )
     } else {
         match (r2 >> 8) % 3 {
-            0 => write!(
-                out,
-                r#"{{"id": {id}, "ts": {ts}, "customer": "c{customer}", "amou"#
-            ),
+            0 => write!(out, r#"{{"id": {id}, "ts": {ts}, "customer": "c{customer}", "amou"#),
             1 => write!(
                 out,
                 r#"{{"id": {id}, "ts": {ts}, "amount": {amount}, "note": "{note}"}}"#
@@ -193,11 +173,7 @@ pub fn generate(config: &GeneratorConfig, id: u64, out: &mut Vec<u8>) {
 impl PartitionReader for GeneratorReader {
     type Position = u64;
 
-    async fn next_batch(
-        &mut self,
-        batch: &mut SourceBatch<u64>,
-        max: usize,
-    ) -> Result<ReadStatus, SourceError> {
+    async fn next_batch(&mut self, batch: &mut SourceBatch<u64>, max: usize) -> Result<ReadStatus, SourceError> {
         let mut n = max as u64;
         if let Some(limit) = self.limit {
             if self.next >= limit {
@@ -258,9 +234,7 @@ mod tests {
             generate(&c, id, &mut line);
             let ok = serde_json::from_slice::<serde_json::Value>(&line)
                 .ok()
-                .and_then(|v| {
-                    Some(v.get("customer")?.is_string() && v.get("amount")?.as_i64()? >= 0)
-                })
+                .and_then(|v| Some(v.get("customer")?.is_string() && v.get("amount")?.as_i64()? >= 0))
                 .unwrap_or(false);
             bad += usize::from(!ok);
         }

@@ -6,8 +6,13 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use keel::{FileCheckpointStore, Options, Pipeline, PipelineBuilder, WatermarkConfig};
+use keel::policy::{
+    Action, Backoff, BreakerConfig, BudgetAction, ClassActions, Classifier, ClassifyRule, ErrorBudget, Jitter,
+    Policies, RetryBudget, RetryPolicy,
+};
+use keel::{Class, FileCheckpointStore, Options, Pipeline, PipelineBuilder, WatermarkConfig};
 use keel_connectors::file::{FileFormat, FileSink, FileSinkConfig, FileSource, FileSourceConfig};
 use keel_connectors::generator::{GeneratorConfig, GeneratorSource};
 use keel_connectors::stdout::StdoutSink;
@@ -68,18 +73,12 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
             message,
         }])
     };
-    let raw = std::fs::read_to_string(path)
-        .map_err(|e| one(None, format!("cannot read the pipeline file: {e}")))?;
-    let text =
-        interpolate(&raw, |k| std::env::var(k).ok()).map_err(|(line, m)| one(Some(line), m))?;
+    let raw = std::fs::read_to_string(path).map_err(|e| one(None, format!("cannot read the pipeline file: {e}")))?;
+    let text = interpolate(&raw, |k| std::env::var(k).ok()).map_err(|(line, m)| one(Some(line), m))?;
     let config: PipelineConfig = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| {
-            text[..s.start.min(text.len())]
-                .bytes()
-                .filter(|&b| b == b'\n')
-                .count()
-                + 1
-        });
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1);
         one(line, e.message().trim_end().to_owned())
     })?;
     let dir = path
@@ -105,10 +104,7 @@ fn is_snake_case(s: &str) -> bool {
 fn field(errors: &mut Errors<'_>, at: &KeyPath, text: &str) -> Option<FieldPath> {
     let p = FieldPath::parse(text);
     if p.is_none() {
-        errors.add(
-            at,
-            format!("`{text}` is not a field name (use `name` or `a.b.c`)"),
-        );
+        errors.add(at, format!("`{text}` is not a field name (use `name` or `a.b.c`)"));
     }
     p
 }
@@ -125,10 +121,7 @@ fn sink_format(cfg: &SinkConfig) -> (DocEncoder, Option<String>) {
 }
 
 /// Checks the whole file and builds the steps. Returns every problem found.
-pub fn build(
-    loaded: &Loaded,
-    options: impl FnOnce(&mut Options),
-) -> Result<DeclaredPipeline, ConfigErrors> {
+pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<DeclaredPipeline, ConfigErrors> {
     let cfg = &loaded.config;
     let mut errors = Errors::new(&loaded.path, &loaded.text);
 
@@ -139,10 +132,7 @@ pub fn build(
     // sinks
     let mut sink_names = BTreeSet::new();
     if cfg.sinks.is_empty() {
-        errors.add(
-            &KeyPath::key("sinks"),
-            "at least one [[sinks]] table is needed",
-        );
+        errors.add(&KeyPath::key("sinks"), "at least one [[sinks]] table is needed");
     }
     for (i, s) in cfg.sinks.iter().enumerate() {
         let at = KeyPath::key("sinks").i(i);
@@ -150,31 +140,18 @@ pub fn build(
             errors.add(&at.k("name"), format!("two sinks are named `{}`", s.name()));
         }
         if s.name() == "dead_letters" {
-            errors.add(
-                &at.k("name"),
-                "`dead_letters` is reserved for the dead-letter output",
-            );
+            errors.add(&at.k("name"), "`dead_letters` is reserved for the dead-letter output");
         }
         if let SinkConfig::Files(f) = s {
             match (f.format, &f.columns) {
-                (FileFormat::Csv, None) => {
-                    errors.add(&at.k("columns"), "a CSV sink needs `columns`")
-                }
-                (FileFormat::Lines, _) => {
-                    errors.add(&at.k("format"), "sinks write `json_lines` or `csv`")
-                }
-                (FileFormat::JsonLines, Some(_)) => {
-                    errors.add(&at.k("columns"), "`columns` is for CSV sinks")
-                }
+                (FileFormat::Csv, None) => errors.add(&at.k("columns"), "a CSV sink needs `columns`"),
+                (FileFormat::Lines, _) => errors.add(&at.k("format"), "sinks write `json_lines` or `csv`"),
+                (FileFormat::JsonLines, Some(_)) => errors.add(&at.k("columns"), "`columns` is for CSV sinks"),
                 _ => {}
             }
         }
     }
-    let main_sink = cfg
-        .sinks
-        .first()
-        .map(|s| s.name().to_owned())
-        .unwrap_or_default();
+    let main_sink = cfg.sinks.first().map(|s| s.name().to_owned()).unwrap_or_default();
 
     // steps
     let mut steps: Vec<(Arc<str>, Box<dyn DocStep>)> = Vec::new();
@@ -203,7 +180,10 @@ pub fn build(
                 match p.format {
                     ParseFormat::Json => {
                         if p.delimiter.is_some() || p.infer_types || p.columns.is_some() {
-                            errors.add(&at, "`delimiter`, `infer_types` and `columns` are for `format = \"csv\"`");
+                            errors.add(
+                                &at,
+                                "`delimiter`, `infer_types` and `columns` are for `format = \"csv\"`",
+                            );
                         }
                         Some(Box::new(ParseJson))
                     }
@@ -215,11 +195,7 @@ pub fn build(
                                 "the delimiter must be one ASCII character other than a quote",
                             );
                         }
-                        Some(Box::new(ParseCsv::new(
-                            d as u8,
-                            p.infer_types,
-                            p.columns.clone(),
-                        )))
+                        Some(Box::new(ParseCsv::new(d as u8, p.infer_types, p.columns.clone())))
                     }
                 }
             }
@@ -263,30 +239,24 @@ pub fn build(
                 if !tables.insert(table.clone()) {
                     errors.add(
                         &at.k("name"),
-                        format!(
-                            "two stateful steps use the state table `{table}`: give one a `name`"
-                        ),
+                        format!("two stateful steps use the state table `{table}`: give one a `name`"),
                     );
                 }
-                build_aggregate(cfg, &mut errors, &at, a, &table, &main_sink)
-                    .map(|a| Box::new(a) as Box<dyn DocStep>)
+                build_aggregate(cfg, &mut errors, &at, a, &table, &main_sink).map(|a| Box::new(a) as Box<dyn DocStep>)
             }
             StepConfig::Dedupe(d) => {
                 let table = d.name.clone().unwrap_or_else(|| "dedupe".into());
                 if !tables.insert(table.clone()) {
                     errors.add(
                         &at.k("name"),
-                        format!(
-                            "two stateful steps use the state table `{table}`: give one a `name`"
-                        ),
+                        format!("two stateful steps use the state table `{table}`: give one a `name`"),
                     );
                 }
                 if d.window.is_zero() {
                     errors.add(&at.k("window"), "the window must be positive");
                 }
-                field(&mut errors, &at.k("key"), &d.key).map(|k| {
-                    Box::new(Dedupe::new(&table, k, d.window, d.on_duplicate)) as Box<dyn DocStep>
-                })
+                field(&mut errors, &at.k("key"), &d.key)
+                    .map(|k| Box::new(Dedupe::new(&table, k, d.window, d.on_duplicate)) as Box<dyn DocStep>)
             }
         };
         if let Some(b) = built {
@@ -326,41 +296,42 @@ pub fn build(
                 Ok(s) => AnySource::Generator(s),
                 Err(e) => {
                     errors.add(&KeyPath::key("source"), e.to_string());
-                    AnySource::Generator(GeneratorSource::new(GeneratorConfig::default()).map_err(
-                        |e| {
-                            ConfigErrors(vec![ConfigError {
-                                file: loaded.path.clone(),
-                                line: None,
-                                key: None,
-                                message: e.to_string(),
-                            }])
-                        },
-                    )?)
+                    AnySource::Generator(GeneratorSource::new(GeneratorConfig::default()).map_err(|e| {
+                        ConfigErrors(vec![ConfigError {
+                            file: loaded.path.clone(),
+                            line: None,
+                            key: None,
+                            message: e.to_string(),
+                        }])
+                    })?)
                 }
             }
         }
     };
 
     if cfg.checkpoint.retain == 0 {
-        errors.add(
-            &KeyPath::key("checkpoint").k("retain"),
-            "keep at least one checkpoint",
-        );
+        errors.add(&KeyPath::key("checkpoint").k("retain"), "keep at least one checkpoint");
     }
     if cfg.run.batch_size == Some(0) {
         errors.add(&KeyPath::key("run").k("batch_size"), "must be at least 1");
     }
     if cfg.run.max_open_partitions == Some(0) {
-        errors.add(
-            &KeyPath::key("run").k("max_open_partitions"),
-            "must be at least 1",
-        );
+        errors.add(&KeyPath::key("run").k("max_open_partitions"), "must be at least 1");
     }
+    let mut known_stages: BTreeSet<String> = cfg
+        .steps
+        .iter()
+        .map(|s| s.given_name().unwrap_or(s.kind()).to_owned())
+        .chain(cfg.sinks.iter().map(|s| s.name().to_owned()))
+        .collect();
+    known_stages.extend(["source", "flow", "dead_letters"].map(String::from));
+    let policies = build_policies(&cfg.errors, &known_stages, &mut errors);
     if !errors.list.is_empty() {
         return Err(ConfigErrors(errors.list));
     }
 
     let mut opts = Options {
+        policies,
         checkpoint_interval: cfg.checkpoint.interval,
         retain: cfg.checkpoint.retain,
         watermarks,
@@ -430,20 +401,21 @@ fn add_sinks(
         };
     }
     if let Some(d) = &cfg.dead_letter {
-        b = b.dead_letters(FileSink::new(FileSinkConfig::new(
-            loaded.resolve(&d.path),
-            FileFormat::JsonLines,
-        )));
+        let segments = |path: &str| {
+            let mut c = FileSinkConfig::new(loaded.resolve(path), FileFormat::JsonLines);
+            c.prefix = "dead".into();
+            c.max_file_bytes = d.max_segment_bytes.unwrap_or(64 << 20);
+            FileSink::new(c)
+        };
+        b = b.dead_letters(segments(&d.path));
+        if let Some(f) = &d.fallback {
+            b = b.dead_letter_fallback(segments(f));
+        }
     }
     Ok(b)
 }
 
-fn build_validate(
-    loaded: &Loaded,
-    errors: &mut Errors<'_>,
-    at: &KeyPath,
-    v: &ValidateConfig,
-) -> Option<Validate> {
+fn build_validate(loaded: &Loaded, errors: &mut Errors<'_>, at: &KeyPath, v: &ValidateConfig) -> Option<Validate> {
     let mut ok = true;
     let mut required = Vec::new();
     for (j, r) in v.required.iter().enumerate() {
@@ -465,10 +437,7 @@ fn build_validate(
         if !is_snake_case(&r.reason) {
             errors.add(
                 &rat.k("reason"),
-                format!(
-                    "`{}` is not a snake_case reason (like `negative_amount`)",
-                    r.reason
-                ),
+                format!("`{}` is not a snake_case reason (like `negative_amount`)", r.reason),
             );
             ok = false;
         }
@@ -477,10 +446,7 @@ fn build_validate(
             Some(p) => match regex::Regex::new(&format!("^(?:{p})$")) {
                 Ok(re) => Some(re),
                 Err(e) => {
-                    errors.add(
-                        &rat.k("pattern"),
-                        format!("invalid regular expression: {e}"),
-                    );
+                    errors.add(&rat.k("pattern"), format!("invalid regular expression: {e}"));
                     ok = false;
                     None
                 }
@@ -597,12 +563,7 @@ fn build_aggregate(
             let key_name = a.key.rsplit('.').next().unwrap_or(&a.key).to_owned();
             let fields: Vec<(String, Option<usize>)> = match &f.fields {
                 None => std::iter::once((key_name, None))
-                    .chain(
-                        specs
-                            .iter()
-                            .enumerate()
-                            .map(|(i, s)| (s.name.to_string(), Some(i))),
-                    )
+                    .chain(specs.iter().enumerate().map(|(i, s)| (s.name.to_string(), Some(i))))
                     .collect(),
                 Some(m) => {
                     let mut out = Vec::new();
@@ -636,4 +597,221 @@ fn build_aggregate(
         );
     }
     Some(Aggregate::new(table, key, specs, a.emit, final_output))
+}
+
+fn retry_policy(r: &RetryConfig) -> Result<RetryPolicy, String> {
+    let d = RetryPolicy::default();
+    let backoff = match r.backoff.as_deref().unwrap_or("exponential") {
+        "exponential" => {
+            if r.delay.is_some() {
+                return Err("`delay` is for `backoff = \"constant\"`".into());
+            }
+            Backoff::Exponential {
+                initial: r.initial.unwrap_or(Duration::from_millis(100)),
+                multiplier: r.multiplier.unwrap_or(2.0),
+                max_delay: r.max_delay.unwrap_or(Duration::from_secs(10)),
+            }
+        }
+        "constant" => {
+            if r.initial.is_some() || r.multiplier.is_some() || r.max_delay.is_some() {
+                return Err("`initial`, `multiplier` and `max_delay` are for `backoff = \"exponential\"`".into());
+            }
+            Backoff::Constant {
+                delay: r.delay.ok_or("a constant backoff needs `delay`")?,
+            }
+        }
+        other => return Err(format!("unknown backoff `{other}` (exponential, constant)")),
+    };
+    RetryPolicy::new(
+        backoff,
+        r.jitter.unwrap_or(Jitter::Full),
+        r.max_attempts.unwrap_or(d.max_attempts()),
+        r.max_elapsed.or(Some(Duration::from_secs(60))),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The keel action of an action setting; `nested` for `then`, which must be terminal.
+fn action(c: &ActionConfig, at: &KeyPath, errors: &mut Errors<'_>, nested: bool) -> Option<Action> {
+    let (name, table) = match c {
+        ActionConfig::Name(n) => (n.as_str(), None),
+        ActionConfig::Table(t) => (t.action.as_str(), Some(t.as_ref())),
+    };
+    let then = |errors: &mut Errors<'_>| -> Option<Box<Action>> {
+        match table.and_then(|t| t.then.as_ref()) {
+            None => Some(Box::new(Action::DeadLetter)),
+            Some(t) => action(t, &at.k("then"), errors, true).map(Box::new),
+        }
+    };
+    let a = match name {
+        "fail" | "skip" | "dead_letter" | "abort" => {
+            if let Some(t) = table
+                && (t.retry != RetryConfig::default()
+                    || t.duration.is_some()
+                    || t.max_pauses.is_some()
+                    || t.then.is_some())
+            {
+                errors.add(at, format!("`{name}` takes no settings"));
+            }
+            match name {
+                "fail" => Action::Fail,
+                "skip" => Action::Skip,
+                "dead_letter" => Action::DeadLetter,
+                _ => Action::Abort,
+            }
+        }
+        "retry" | "pause" if nested => {
+            errors.add(
+                at,
+                format!("`then` must be fail, skip, dead_letter or abort, not `{name}`"),
+            );
+            return None;
+        }
+        "retry" => {
+            if table.is_some_and(|t| t.duration.is_some() || t.max_pauses.is_some()) {
+                errors.add(at, "`duration` and `max_pauses` are for `pause`");
+            }
+            let policy = match retry_policy(&table.map(|t| t.retry.clone()).unwrap_or_default()) {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.add(at, e);
+                    return None;
+                }
+            };
+            Action::Retry {
+                policy,
+                then: then(errors)?,
+            }
+        }
+        "pause" => {
+            if table.is_some_and(|t| t.retry != RetryConfig::default()) {
+                errors.add(at, "retry settings are for `retry`");
+            }
+            Action::Pause {
+                duration: table.and_then(|t| t.duration).unwrap_or(Duration::from_secs(1)),
+                max_pauses: table.and_then(|t| t.max_pauses).unwrap_or(10),
+                then: then(errors)?,
+            }
+        }
+        other => {
+            errors.add(
+                at,
+                format!("unknown action `{other}` (fail, skip, retry, dead_letter, pause, abort)"),
+            );
+            return None;
+        }
+    };
+    Some(a)
+}
+
+fn class_actions(base: &ClassActions, c: &ClassActionsConfig, at: &KeyPath, errors: &mut Errors<'_>) -> ClassActions {
+    let mut out = base.clone();
+    for (class, name, cfg) in [
+        (Class::Transient, "transient", &c.transient),
+        (Class::Throttled, "throttled", &c.throttled),
+        (Class::Permanent, "permanent", &c.permanent),
+        (Class::Fatal, "fatal", &c.fatal),
+    ] {
+        if let Some(cfg) = cfg
+            && let Some(a) = action(cfg, &at.k(name), errors, false)
+        {
+            out.set(class, a);
+        }
+    }
+    out
+}
+
+/// The failure policies of `[errors]`.
+fn build_policies(cfg: &ErrorsConfig, stages: &BTreeSet<String>, errors: &mut Errors<'_>) -> Policies {
+    let at = KeyPath::key("errors");
+    let mut p = Policies {
+        default: class_actions(&ClassActions::default(), &cfg.default, &at.k("default"), errors),
+        ..Policies::default()
+    };
+    for (stage, c) in &cfg.stages {
+        if !stages.contains(stage) {
+            let known = stages.iter().cloned().collect::<Vec<_>>().join(", ");
+            errors.add(
+                &at.k("stages").k(stage),
+                format!("no step or sink is named `{stage}` (known: {known})"),
+            );
+        }
+        let actions = class_actions(&p.default, c, &at.k("stages").k(stage), errors);
+        p.stages.insert(stage.clone(), actions);
+    }
+    let mut rules = Vec::new();
+    for (i, r) in cfg.classify.iter().enumerate() {
+        if let Some(name) = &r.rename
+            && !is_snake_case(name)
+        {
+            errors.add(
+                &at.k("classify").i(i).k("as"),
+                format!("`{name}` is not a snake_case reason"),
+            );
+        }
+        rules.push(ClassifyRule {
+            reason: r.reason.clone(),
+            stage: r.stage.clone(),
+            status: r.status.clone(),
+            message: r.message.clone(),
+            class: r.class,
+            rename: r.rename.clone(),
+            retry_after_ms: r.retry_after,
+        });
+    }
+    p.classifier = Classifier::new(rules);
+    if let Some(b) = &cfg.retry_budget {
+        p.budget = (b.enabled != Some(false)).then(|| {
+            RetryBudget::new(
+                b.ratio.unwrap_or(0.2),
+                b.min_per_sec.unwrap_or(10.0),
+                b.window.unwrap_or(Duration::from_secs(10)),
+            )
+        });
+    }
+    if let Some(e) = &cfg.error_budget {
+        if e.max_percent.is_none() && e.max_count.is_none() {
+            errors.add(&at.k("error_budget"), "set `max_percent` or `max_count`");
+        }
+        if e.max_percent.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+            errors.add(&at.k("error_budget").k("max_percent"), "must be between 0 and 100");
+        }
+        p.error_budget = Some(ErrorBudget {
+            max_ratio: e.max_percent.map(|p| p / 100.0),
+            max_count: e.max_count,
+            window: e.window.unwrap_or(Duration::from_secs(60)),
+            min_records: e.min_records.unwrap_or(100),
+            action: e.action.unwrap_or(BudgetAction::Abort),
+        });
+    }
+    if let Some(b) = &cfg.sink_breaker {
+        let d = BreakerConfig::default();
+        if b.failure_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            errors.add(&at.k("sink_breaker").k("failure_rate"), "must be between 0 and 1");
+        }
+        p.sink_breaker = (b.enabled != Some(false)).then(|| BreakerConfig {
+            failures: b.failures.unwrap_or(d.failures),
+            failure_rate: b.failure_rate,
+            min_calls: b.min_calls.unwrap_or(d.min_calls),
+            window: b.window.unwrap_or(d.window),
+            slow_call: b.slow_call,
+            open_for: b.open_for.unwrap_or(d.open_for),
+            probes: b.probes.unwrap_or(d.probes),
+        });
+    }
+    if let Some(r) = &cfg.sink_retry {
+        match retry_policy(r) {
+            Ok(policy) => p.sink_retry = policy,
+            Err(e) => errors.add(&at.k("sink_retry"), e),
+        }
+    }
+    if cfg.dead_letter_rate.is_some_and(|r| r <= 0.0 || !r.is_finite()) {
+        errors.add(
+            &at.k("dead_letter_rate"),
+            "must be a positive number of dead letters per second",
+        );
+    }
+    p.max_record_bytes = cfg.max_record_bytes;
+    p.dead_letter_rate = cfg.dead_letter_rate;
+    p
 }

@@ -37,6 +37,9 @@ pub struct PipelineConfig {
     /// Runtime tuning.
     #[serde(default)]
     pub run: RunConfig,
+    /// How failures are classified and handled.
+    #[serde(default)]
+    pub errors: ErrorsConfig,
 }
 
 /// The source.
@@ -475,6 +478,240 @@ pub struct DeadLetterConfig {
     /// JSON, the first `"<field>": <value>` in the text is used.
     #[serde(default)]
     pub id_field: Option<String>,
+    /// A second directory that takes over when writing to `path` fails.
+    #[serde(default)]
+    pub fallback: Option<String>,
+    /// Start a new segment file within an epoch after this many bytes (default 64 MiB).
+    #[serde(default)]
+    pub max_segment_bytes: Option<u64>,
+}
+
+/// `[errors]`: classification rules and what to do with each class of failure.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsConfig {
+    /// Exit code of `keel run` when records were dead-lettered (default 1; 0 to ignore).
+    #[serde(default)]
+    pub exit_code_on_dead_letters: Option<u8>,
+    /// Records larger than this many bytes fail with `oversized`.
+    #[serde(default)]
+    pub max_record_bytes: Option<usize>,
+    /// Most dead letters written per second; above it input slows down, nothing is dropped.
+    #[serde(default)]
+    pub dead_letter_rate: Option<f64>,
+    /// Actions for every stage, per class.
+    #[serde(default)]
+    pub default: ClassActionsConfig,
+    /// Actions for named stages (step names, sink names, `source`), per class.
+    #[serde(default)]
+    pub stages: IndexMap<String, ClassActionsConfig>,
+    /// Reclassification rules, first match wins.
+    #[serde(default)]
+    pub classify: Vec<ClassifyConfig>,
+    /// The retry budget shared by the pipeline, or `false` for none.
+    #[serde(default)]
+    pub retry_budget: Option<RetryBudgetConfig>,
+    /// At most this many dead letters per window.
+    #[serde(default)]
+    pub error_budget: Option<ErrorBudgetConfig>,
+    /// The circuit breaker of every sink.
+    #[serde(default)]
+    pub sink_breaker: Option<BreakerConfigToml>,
+    /// The retry schedule of failed sink writes.
+    #[serde(default)]
+    pub sink_retry: Option<RetryConfig>,
+}
+
+/// Actions per class; absent classes keep the default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassActionsConfig {
+    /// For transient failures.
+    #[serde(default)]
+    pub transient: Option<ActionConfig>,
+    /// For throttled failures.
+    #[serde(default)]
+    pub throttled: Option<ActionConfig>,
+    /// For permanent failures.
+    #[serde(default)]
+    pub permanent: Option<ActionConfig>,
+    /// For fatal failures.
+    #[serde(default)]
+    pub fatal: Option<ActionConfig>,
+}
+
+/// An action: a name (`"dead_letter"`) or a table (`{ action = "retry", max_attempts = 3 }`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionConfig {
+    /// `fail`, `skip`, `dead_letter`, `abort`, `retry` or `pause` with default settings.
+    Name(String),
+    /// An action with settings.
+    Table(Box<ActionTable>),
+}
+
+/// The table form of an action.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionTable {
+    /// The action.
+    pub action: String,
+    /// Retry: the schedule.
+    #[serde(flatten)]
+    pub retry: RetryConfig,
+    /// Pause: how long when the failure has no retry-after (default 1s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub duration: Option<Duration>,
+    /// Pause: pauses per record before `then` (default 10).
+    #[serde(default)]
+    pub max_pauses: Option<u32>,
+    /// Retry and pause: what to do after them (default `dead_letter`).
+    #[serde(default)]
+    pub then: Option<ActionConfig>,
+}
+
+impl<'de> Deserialize<'de> for ActionConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ActionConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an action name (\"dead_letter\") or a table ({ action = \"retry\", ... })")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ActionConfig, E> {
+                Ok(ActionConfig::Name(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ActionConfig, A::Error> {
+                ActionTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|t| ActionConfig::Table(Box::new(t)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A retry schedule.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// `exponential` (default) or `constant`.
+    #[serde(default)]
+    pub backoff: Option<String>,
+    /// Exponential: the first delay (default 100ms).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub initial: Option<Duration>,
+    /// Exponential: the growth factor (default 2).
+    #[serde(default)]
+    pub multiplier: Option<f64>,
+    /// Exponential: the largest delay (default 10s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub max_delay: Option<Duration>,
+    /// Constant: the delay.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub delay: Option<Duration>,
+    /// `none`, `full` (default), `equal` or `decorrelated`.
+    #[serde(default)]
+    pub jitter: Option<keel::policy::Jitter>,
+    /// Attempts, the first included (default 5).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Give up when the next attempt would start later than this after the first one.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub max_elapsed: Option<Duration>,
+}
+
+/// A classification rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyConfig {
+    /// Match this reason.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Match this stage.
+    #[serde(default)]
+    pub stage: Option<String>,
+    /// Match these status codes.
+    #[serde(default)]
+    pub status: Option<Vec<u16>>,
+    /// Match when the message contains this text.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The class to give.
+    pub class: keel::Class,
+    /// A new reason.
+    #[serde(default, rename = "as")]
+    pub rename: Option<String>,
+    /// A retry-after to give when the failure has none.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub retry_after: Option<Duration>,
+}
+
+/// The retry budget.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    /// Retries as a fraction of first attempts (default 0.2); `enabled = false` disables it.
+    #[serde(default)]
+    pub ratio: Option<f64>,
+    /// Retries allowed per second whatever the traffic (default 10).
+    #[serde(default)]
+    pub min_per_sec: Option<f64>,
+    /// The window (default 10s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub window: Option<Duration>,
+    /// False to retry without a budget.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// The error budget.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBudgetConfig {
+    /// Largest share of dead letters among the window's records, in percent.
+    #[serde(default)]
+    pub max_percent: Option<f64>,
+    /// Largest number of dead letters in the window.
+    #[serde(default)]
+    pub max_count: Option<u64>,
+    /// The window (default 1m).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub window: Option<Duration>,
+    /// Records needed in the window before `max_percent` applies (default 100).
+    #[serde(default)]
+    pub min_records: Option<u64>,
+    /// `pause` or `abort` (default).
+    #[serde(default)]
+    pub action: Option<keel::policy::BudgetAction>,
+}
+
+/// The sink circuit breaker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfigToml {
+    /// False to run without a breaker.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Failures within the window that open it (default 5).
+    #[serde(default)]
+    pub failures: Option<u32>,
+    /// Or this share of failed calls (0 to 1), with `min_calls`.
+    #[serde(default)]
+    pub failure_rate: Option<f64>,
+    /// Calls needed before `failure_rate` applies (default 10).
+    #[serde(default)]
+    pub min_calls: Option<u32>,
+    /// The window (default 10s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub window: Option<Duration>,
+    /// Slower successful calls count as failures.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub slow_call: Option<Duration>,
+    /// How long it stays open before a probe (default 5s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub open_for: Option<Duration>,
+    /// Successful probes that close it (default 1).
+    #[serde(default)]
+    pub probes: Option<u32>,
 }
 
 /// `[checkpoint]`.
@@ -527,9 +764,7 @@ pub struct RunConfig {
 /// Parses `"1s"`, `"250ms"`, `"5m"`, `"1h"`, `"2d"`, `"1.5s"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()

@@ -80,16 +80,7 @@ mod tests {
             br#"{"a": "x,y", "b": 2, "c": null, "d": "say \"hi\""}"#,
         ))
         .unwrap();
-        let mut e = DocEncoder::Csv(
-            vec![
-                "a".into(),
-                "b".into(),
-                "c".into(),
-                "d".into(),
-                "missing".into(),
-            ]
-            .into(),
-        );
+        let mut e = DocEncoder::Csv(vec!["a".into(), "b".into(), "c".into(), "d".into(), "missing".into()].into());
         let mut out = Vec::new();
         e.encode(&d, &mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), r#""x,y",2,,"say ""hi""","#);

@@ -108,9 +108,7 @@ pub struct Locator<'t> {
 impl<'t> Locator<'t> {
     /// Parses `text` once for lookups.
     pub fn new(text: &'t str) -> Self {
-        let root = DeTable::parse(text)
-            .ok()
-            .map(|t| DeValue::Table(t.into_inner()));
+        let root = DeTable::parse(text).ok().map(|t| DeValue::Table(t.into_inner()));
         Locator { root, text }
     }
 

@@ -2,10 +2,7 @@
 
 /// Replaces variables using `lookup`. An unset variable without a default is an error with
 /// its line number.
-pub fn interpolate(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, (usize, String)> {
+pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, (usize, String)> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut line = 1;
@@ -54,18 +51,9 @@ mod tests {
     #[test]
     fn variables() {
         let env = |k: &str| (k == "IN").then(|| "/data".to_string());
-        assert_eq!(
-            interpolate("path = \"${IN}/x\"", env).unwrap(),
-            "path = \"/data/x\""
-        );
-        assert_eq!(
-            interpolate("a = \"${OUT:-out}\"", env).unwrap(),
-            "a = \"out\""
-        );
-        assert_eq!(
-            interpolate("cost = \"$$5 $x\"", env).unwrap(),
-            "cost = \"$5 $x\""
-        );
+        assert_eq!(interpolate("path = \"${IN}/x\"", env).unwrap(), "path = \"/data/x\"");
+        assert_eq!(interpolate("a = \"${OUT:-out}\"", env).unwrap(), "a = \"out\"");
+        assert_eq!(interpolate("cost = \"$$5 $x\"", env).unwrap(), "cost = \"$5 $x\"");
         assert_eq!(interpolate("a\nb = \"${NOPE}\"", env).unwrap_err().0, 2);
         assert!(interpolate("${", env).is_err());
     }

@@ -65,11 +65,7 @@ impl Source for AnySource {
 impl PartitionReader for AnyReader {
     type Position = u64;
 
-    async fn next_batch(
-        &mut self,
-        batch: &mut SourceBatch<u64>,
-        max: usize,
-    ) -> Result<ReadStatus, SourceError> {
+    async fn next_batch(&mut self, batch: &mut SourceBatch<u64>, max: usize) -> Result<ReadStatus, SourceError> {
         match self {
             AnyReader::Files(r) => r.next_batch(batch, max).await,
             AnyReader::Generator(r) => r.next_batch(batch, max).await,

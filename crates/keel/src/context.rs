@@ -31,12 +31,7 @@ pub(crate) struct SideSink {
 }
 
 impl StepShared {
-    pub(crate) fn new(
-        pipeline: &str,
-        state: StateStore,
-        time: WatermarkConfig,
-        side_sinks: Vec<SideSink>,
-    ) -> Self {
+    pub(crate) fn new(pipeline: &str, state: StateStore, time: WatermarkConfig, side_sinks: Vec<SideSink>) -> Self {
         StepShared {
             pipeline: pipeline.into(),
             state: RefCell::new(state),
@@ -57,6 +52,8 @@ pub(crate) struct TaskLocal {
     pub(crate) max_event_time: Option<i64>,
     pub(crate) side: Vec<OutBatch>,
     pub(crate) late_dropped: u64,
+    /// Set when the current record changed keyed state (it cannot be retried then).
+    pub(crate) state_changed: Cell<bool>,
 }
 
 impl TaskLocal {
@@ -67,12 +64,9 @@ impl TaskLocal {
             has_key: false,
             event_time: None,
             max_event_time: None,
-            side: shared
-                .side_sinks
-                .iter()
-                .map(|s| OutBatch::new(s.framing))
-                .collect(),
+            side: shared.side_sinks.iter().map(|s| OutBatch::new(s.framing)).collect(),
             late_dropped: 0,
+            state_changed: Cell::new(false),
         }
     }
 
@@ -80,6 +74,7 @@ impl TaskLocal {
     pub(crate) fn begin_record(&mut self, record: Option<&Record>) {
         self.has_key = false;
         self.event_time = record.and_then(|r| r.event_time);
+        self.state_changed.set(false);
     }
 
     /// Side-output lengths, to roll back the outputs of a record that fails.
@@ -103,16 +98,8 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    pub(crate) fn new(
-        shared: &'a StepShared,
-        local: &'a mut TaskLocal,
-        origin: Option<&'a Record>,
-    ) -> Self {
-        Context {
-            shared,
-            local,
-            origin,
-        }
+    pub(crate) fn new(shared: &'a StepShared, local: &'a mut TaskLocal, origin: Option<&'a Record>) -> Self {
+        Context { shared, local, origin }
     }
 
     /// The pipeline name.
@@ -155,31 +142,21 @@ impl<'a> Context<'a> {
     where
         T: Serialize + DeserializeOwned + 'static,
     {
-        let key: &[u8] = if self.local.has_key {
-            &self.local.key
-        } else {
-            &[]
-        };
+        let key: &[u8] = if self.local.has_key { &self.local.key } else { &[] };
         KeyedState {
             store: &self.shared.state,
             key,
             spec,
+            changed: &self.local.state_changed,
         }
     }
 
     /// Every key and value of table `spec` (for end-of-input output). Costs a copy.
-    pub fn state_entries<T>(
-        &mut self,
-        spec: &StateSpec<T>,
-    ) -> Result<crate::state::Entries<T>, Failure>
+    pub fn state_entries<T>(&mut self, spec: &StateSpec<T>) -> Result<crate::state::Entries<T>, Failure>
     where
         T: Serialize + DeserializeOwned + Clone + 'static,
     {
-        self.shared
-            .state
-            .borrow_mut()
-            .entries(spec)
-            .map_err(state_failure)
+        self.shared.state.borrow_mut().entries(spec).map_err(state_failure)
     }
 
     /// Deletes the keys of table `spec` for which `keep` returns false; returns how many.
@@ -191,11 +168,16 @@ impl<'a> Context<'a> {
     where
         T: Serialize + DeserializeOwned + 'static,
     {
-        self.shared
+        let n = self
+            .shared
             .state
             .borrow_mut()
             .retain(spec, keep)
-            .map_err(state_failure)
+            .map_err(state_failure)?;
+        if n > 0 {
+            self.local.state_changed.set(true);
+        }
+        Ok(n)
     }
 
     /// The event time of the current record, if known.
@@ -224,10 +206,7 @@ impl<'a> Context<'a> {
                 }
                 LatePolicy::DeadLetter => Err(Failure::permanent(
                     reason::LATE,
-                    format!(
-                        "event time {ts} is behind the watermark {wm} by {} ms",
-                        wm - ts
-                    ),
+                    format!("event time {ts} is behind the watermark {wm} by {} ms", wm - ts),
                 )),
                 LatePolicy::Keep => Ok(true),
             };
@@ -243,12 +222,7 @@ impl<'a> Context<'a> {
             .side_sinks
             .iter()
             .position(|s| s.name == sink)
-            .ok_or_else(|| {
-                Failure::fatal(
-                    "unknown_sink",
-                    format!("no sink named `{sink}` in this pipeline"),
-                )
-            })
+            .ok_or_else(|| Failure::fatal("unknown_sink", format!("no sink named `{sink}` in this pipeline")))
     }
 
     /// Sends `value`, encoded as JSON, to the sink named `sink`.
@@ -260,12 +234,7 @@ impl<'a> Context<'a> {
     }
 
     /// Sends an already encoded record to the sink named `sink`.
-    pub fn emit_bytes(
-        &mut self,
-        sink: &str,
-        key: Option<&[u8]>,
-        value: &[u8],
-    ) -> Result<(), Failure> {
+    pub fn emit_bytes(&mut self, sink: &str, key: Option<&[u8]>, value: &[u8]) -> Result<(), Failure> {
         let i = self.side_index(sink)?;
         self.local.side[i].push(key, value);
         Ok(())
@@ -287,6 +256,7 @@ pub struct KeyedState<'c, T> {
     store: &'c RefCell<StateStore>,
     key: &'c [u8],
     spec: &'c StateSpec<T>,
+    changed: &'c Cell<bool>,
 }
 
 fn state_failure(e: crate::state::StateError) -> Failure {
@@ -299,14 +269,12 @@ impl<T: Serialize + DeserializeOwned + 'static> KeyedState<'_, T> {
     where
         T: Clone,
     {
-        self.store
-            .borrow_mut()
-            .get(self.spec, self.key)
-            .map_err(state_failure)
+        self.store.borrow_mut().get(self.spec, self.key).map_err(state_failure)
     }
 
     /// Runs `f` on the value (`None` if absent); leaving `None` deletes the key.
     pub fn update<R>(&self, f: impl FnOnce(&mut Option<T>) -> R) -> Result<R, Failure> {
+        self.changed.set(true);
         self.store
             .borrow_mut()
             .update(self.spec, self.key, f)
@@ -315,6 +283,7 @@ impl<T: Serialize + DeserializeOwned + 'static> KeyedState<'_, T> {
 
     /// Sets the value.
     pub fn put(&self, value: T) -> Result<(), Failure> {
+        self.changed.set(true);
         self.store
             .borrow_mut()
             .put(self.spec, self.key, value)
@@ -323,6 +292,7 @@ impl<T: Serialize + DeserializeOwned + 'static> KeyedState<'_, T> {
 
     /// Deletes the value; returns the old one.
     pub fn delete(&self) -> Result<Option<T>, Failure> {
+        self.changed.set(true);
         self.store
             .borrow_mut()
             .delete(self.spec, self.key)

@@ -9,7 +9,10 @@
 //! `v` (1), `id` (the record's correlation id or null), `reason`, `field`, `class`, `stage`,
 //! `message`, `chain`, `pipeline`, `partition`, `position`, `epoch`, `attempts`,
 //! `first_failed_ms`, `last_failed_ms`, `key` / `key_b64`, `headers`, and `raw` (the original
-//! value when it is UTF-8) or `raw_b64` (base64 otherwise).
+//! value when it is UTF-8) or `raw_b64` (base64 otherwise), `replays` (what replays did with
+//! it), and last `crc32c`: the CRC-32C, as 8 hex digits, of the line up to that field with
+//! `}` in place of `,"crc32c":"..."}`. A line whose checksum does not match is reported as
+//! corrupt by every reader ([`Envelope::decode`]).
 
 use std::collections::BTreeMap;
 
@@ -76,7 +79,42 @@ pub struct Envelope {
     /// User metadata.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// Replays of this dead letter, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replays: Vec<Replay>,
 }
+
+/// One replay of a dead letter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Replay {
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The replay id.
+    pub id: String,
+    /// Where the record went: `pipeline` or a sink name.
+    pub to: String,
+}
+
+/// Why a dead-letter line cannot be read.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EnvelopeError {
+    /// The line has no checksum field.
+    #[error("no crc32c field")]
+    NoChecksum,
+    /// The checksum does not match.
+    #[error("checksum mismatch (stored {stored}, computed {computed:08x})")]
+    Checksum {
+        /// Stored value.
+        stored: String,
+        /// Computed value.
+        computed: u32,
+    },
+    /// Not a valid envelope.
+    #[error("invalid envelope: {0}")]
+    Json(String),
+}
+
+const CRC_FIELD: &str = ",\"crc32c\":\"";
 
 /// Where a failed record came from.
 #[derive(Clone, Copy, Debug)]
@@ -137,6 +175,7 @@ impl Envelope {
             raw,
             raw_b64,
             metadata: BTreeMap::new(),
+            replays: Vec::new(),
         }
     }
 
@@ -158,10 +197,34 @@ impl Envelope {
         }
     }
 
-    /// Appends the envelope as compact JSON.
+    /// Appends the envelope as compact JSON, checksum last.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
         // Serialising plain data with string keys into a Vec cannot fail.
-        let _ = serde_json::to_writer(out, self);
+        let _ = serde_json::to_writer(&mut *out, self);
+        let crc = crc32c::crc32c(&out[start..]);
+        out.pop(); // the closing brace
+        out.extend_from_slice(format!("{CRC_FIELD}{crc:08x}\"}}").as_bytes());
+    }
+
+    /// Reads one line written by [`Envelope::encode`], verifying its checksum.
+    pub fn decode(line: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let text = std::str::from_utf8(line).map_err(|e| EnvelopeError::Json(e.to_string()))?;
+        let text = text.trim_end();
+        let at = text.rfind(CRC_FIELD).ok_or(EnvelopeError::NoChecksum)?;
+        let stored = text[at + CRC_FIELD.len()..]
+            .strip_suffix("\"}")
+            .ok_or(EnvelopeError::NoChecksum)?;
+        let mut body = text[..at].to_owned();
+        body.push('}');
+        let computed = crc32c::crc32c(body.as_bytes());
+        if u32::from_str_radix(stored, 16).ok() != Some(computed) {
+            return Err(EnvelopeError::Checksum {
+                stored: stored.to_owned(),
+                computed,
+            });
+        }
+        serde_json::from_str(&body).map_err(|e| EnvelopeError::Json(e.to_string()))
     }
 }
 
@@ -189,8 +252,15 @@ mod tests {
         assert_eq!(e.original_key().unwrap(), vec![0xff, 0x00]);
         let mut buf = Vec::new();
         e.encode(&mut buf);
-        let back: Envelope = serde_json::from_slice(&buf).unwrap();
-        assert_eq!(back, e);
+        assert_eq!(Envelope::decode(&buf).unwrap(), e);
+        // plain JSON readers see every field, the checksum as one more
+        let plain: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(plain["reason"], "malformed");
+        // any change is detected
+        let mut bad = buf.clone();
+        let i = bad.iter().position(|&b| b == b'p').unwrap();
+        bad[i] = b'q';
+        assert!(matches!(Envelope::decode(&bad), Err(EnvelopeError::Checksum { .. })));
         let bin = Envelope::new(&Record::from_value(vec![0xc3, 0x28]), &f, at);
         assert_eq!(bin.raw, None);
         assert_eq!(bin.original_value().unwrap(), vec![0xc3, 0x28]);

@@ -35,11 +35,7 @@ pub struct LocalOps;
 
 impl FileOps for LocalOps {
     fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
         f.write_all(bytes)?;
         f.sync_all()
     }
@@ -176,9 +172,7 @@ impl FailingOps {
     fn gate(&self) -> io::Result<()> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         if n >= self.fail_from {
-            Err(io::Error::other(format!(
-                "injected failure at file operation {n}"
-            )))
+            Err(io::Error::other(format!("injected failure at file operation {n}")))
         } else {
             Ok(())
         }

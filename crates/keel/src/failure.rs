@@ -123,11 +123,7 @@ impl std::ops::DerefMut for Failure {
 
 impl Failure {
     /// A failure of the given class and reason.
-    pub fn new(
-        class: Class,
-        reason: impl Into<Cow<'static, str>>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(class: Class, reason: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Failure(Box::new(FailureDetails {
             class,
             reason: reason.into(),
@@ -254,8 +250,7 @@ pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> Failure {
         }
         cur = e.source();
     }
-    let mut failure =
-        failure.unwrap_or_else(|| Failure::permanent(reason::STEP_ERROR, err.to_string()));
+    let mut failure = failure.unwrap_or_else(|| Failure::permanent(reason::STEP_ERROR, err.to_string()));
     failure.message = err.to_string();
     failure.chain = chain;
     failure
@@ -282,9 +277,7 @@ pub fn classify_io(err: &std::io::Error) -> Failure {
         K::StorageFull | K::QuotaExceeded | K::PermissionDenied | K::ReadOnlyFilesystem => {
             Failure::fatal(reason::IO, msg)
         }
-        K::InvalidData | K::InvalidInput | K::UnexpectedEof => {
-            Failure::permanent(reason::MALFORMED, msg)
-        }
+        K::InvalidData | K::InvalidInput | K::UnexpectedEof => Failure::permanent(reason::MALFORMED, msg),
         _ => Failure::transient(reason::IO, msg),
     }
 }
@@ -346,10 +339,7 @@ mod tests {
     fn json_errors_are_malformed_and_keep_their_chain() {
         let err = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
         let f: Failure = err.into();
-        assert_eq!(
-            (f.class, f.reason.as_ref()),
-            (Class::Permanent, "malformed")
-        );
+        assert_eq!((f.class, f.reason.as_ref()), (Class::Permanent, "malformed"));
         assert_eq!(f.chain.len(), 1);
     }
 

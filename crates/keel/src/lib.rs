@@ -64,6 +64,7 @@ pub mod crash;
 pub mod dead_letter;
 pub mod durable;
 pub mod failure;
+pub mod policy;
 pub mod record;
 pub mod runtime;
 pub mod sink;
@@ -79,12 +80,10 @@ pub use context::{Context, KeyedState};
 pub use failure::{Class, Failure};
 pub use record::{Record, SourceBatch};
 pub use runtime::{
-    Options, Outcome, Pipeline, PipelineBuilder, PipelineError, Progress, ProgressSnapshot,
-    RunSummary, ShutdownHandle,
+    FailureCount, Options, Outcome, Pipeline, PipelineBuilder, PipelineError, Progress, ProgressSnapshot, RunSummary,
+    ShutdownHandle,
 };
-pub use sink::{
-    Encoder, Framing, Guarantee, JsonEncoder, OutBatch, RawEncoder, SealedEpoch, Sink, SinkError,
-};
+pub use sink::{Encoder, Framing, Guarantee, JsonEncoder, OutBatch, RawEncoder, SealedEpoch, Sink, SinkError};
 pub use source::{PartitionReader, ReadStatus, Source, SourceError};
 pub use state::StateSpec;
 pub use step::{Flow, Step};

@@ -258,23 +258,13 @@ pub trait Sink: 'static {
 
     /// Called once on start, before any write: finish commits of epochs up to the restored
     /// checkpoint, discard staged epochs after it.
-    fn recover(
-        &mut self,
-        recovery: &SinkRecovery,
-    ) -> impl Future<Output = Result<RecoveryReport, SinkError>>;
+    fn recover(&mut self, recovery: &SinkRecovery) -> impl Future<Output = Result<RecoveryReport, SinkError>>;
 
     /// Writes records of epoch `epoch` to the staging area (invisible until commit).
-    fn write(
-        &mut self,
-        epoch: CheckpointId,
-        batch: &OutBatch,
-    ) -> impl Future<Output = Result<(), SinkError>>;
+    fn write(&mut self, epoch: CheckpointId, batch: &OutBatch) -> impl Future<Output = Result<(), SinkError>>;
 
     /// Ends epoch `epoch` on the writing side; later writes belong to a later epoch.
-    fn seal(
-        &mut self,
-        epoch: CheckpointId,
-    ) -> impl Future<Output = Result<Box<dyn SealedEpoch>, SinkError>>;
+    fn seal(&mut self, epoch: CheckpointId) -> impl Future<Output = Result<Box<dyn SealedEpoch>, SinkError>>;
 }
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -285,15 +275,8 @@ pub(crate) trait DynSink {
     fn guarantee(&self) -> Guarantee;
     fn framing(&self) -> Framing;
     fn highest_epoch(&mut self) -> BoxFut<'_, Result<Option<CheckpointId>, SinkError>>;
-    fn recover<'a>(
-        &'a mut self,
-        r: &'a SinkRecovery,
-    ) -> BoxFut<'a, Result<RecoveryReport, SinkError>>;
-    fn write<'a>(
-        &'a mut self,
-        epoch: CheckpointId,
-        batch: &'a OutBatch,
-    ) -> BoxFut<'a, Result<(), SinkError>>;
+    fn recover<'a>(&'a mut self, r: &'a SinkRecovery) -> BoxFut<'a, Result<RecoveryReport, SinkError>>;
+    fn write<'a>(&'a mut self, epoch: CheckpointId, batch: &'a OutBatch) -> BoxFut<'a, Result<(), SinkError>>;
     fn seal(&mut self, epoch: CheckpointId) -> BoxFut<'_, Result<Box<dyn SealedEpoch>, SinkError>>;
 }
 
@@ -310,17 +293,10 @@ impl<S: Sink> DynSink for S {
     fn highest_epoch(&mut self) -> BoxFut<'_, Result<Option<CheckpointId>, SinkError>> {
         Box::pin(Sink::highest_epoch(self))
     }
-    fn recover<'a>(
-        &'a mut self,
-        r: &'a SinkRecovery,
-    ) -> BoxFut<'a, Result<RecoveryReport, SinkError>> {
+    fn recover<'a>(&'a mut self, r: &'a SinkRecovery) -> BoxFut<'a, Result<RecoveryReport, SinkError>> {
         Box::pin(Sink::recover(self, r))
     }
-    fn write<'a>(
-        &'a mut self,
-        epoch: CheckpointId,
-        batch: &'a OutBatch,
-    ) -> BoxFut<'a, Result<(), SinkError>> {
+    fn write<'a>(&'a mut self, epoch: CheckpointId, batch: &'a OutBatch) -> BoxFut<'a, Result<(), SinkError>> {
         Box::pin(Sink::write(self, epoch, batch))
     }
     fn seal(&mut self, epoch: CheckpointId) -> BoxFut<'_, Result<Box<dyn SealedEpoch>, SinkError>> {

@@ -55,9 +55,7 @@ impl Source for VecSource {
     }
 
     async fn discover(&mut self) -> Result<Vec<String>, SourceError> {
-        Ok((0..self.partitions.len())
-            .map(|i| format!("p{i}"))
-            .collect())
+        Ok((0..self.partitions.len()).map(|i| format!("p{i}")).collect())
     }
 
     async fn open(&mut self, partition: &str, from: Option<u64>) -> Result<VecReader, SourceError> {
@@ -77,11 +75,7 @@ impl Source for VecSource {
 impl PartitionReader for VecReader {
     type Position = u64;
 
-    async fn next_batch(
-        &mut self,
-        batch: &mut SourceBatch<u64>,
-        max: usize,
-    ) -> Result<ReadStatus, SourceError> {
+    async fn next_batch(&mut self, batch: &mut SourceBatch<u64>, max: usize) -> Result<ReadStatus, SourceError> {
         let records = &self.records[self.partition];
         if self.next as usize >= records.len() {
             return Ok(ReadStatus::End);
@@ -234,23 +228,14 @@ impl StepHarness {
                 framing: Framing::Lines,
             })
             .collect();
-        let shared = StepShared::new(
-            "test",
-            StateStore::new(SnapshotPolicy::default()),
-            time,
-            sides,
-        );
+        let shared = StepShared::new("test", StateStore::new(SnapshotPolicy::default()), time, sides);
         let local = TaskLocal::new("p0", &shared);
         // A current-thread runtime cannot fail to build without I/O drivers.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap_or_else(|e| panic!("test runtime: {e}"));
-        StepHarness {
-            shared,
-            local,
-            runtime,
-        }
+        StepHarness { shared, local, runtime }
     }
 
     /// Sets the pipeline watermark.
@@ -259,26 +244,16 @@ impl StepHarness {
     }
 
     /// Runs `step` on `item` as if it came from `record`.
-    pub fn run<In, S: Step<In>>(
-        &mut self,
-        step: &mut S,
-        item: In,
-        record: &Record,
-    ) -> Result<Vec<S::Out>, Failure> {
+    pub fn run<In, S: Step<In>>(&mut self, step: &mut S, item: In, record: &Record) -> Result<Vec<S::Out>, Failure> {
         self.local.begin_record(Some(record));
         let mut out = Vec::new();
         let mut cx = Context::new(&self.shared, &mut self.local, Some(record));
-        self.runtime
-            .block_on(step.process(item, &mut cx, &mut out))?;
+        self.runtime.block_on(step.process(item, &mut cx, &mut out))?;
         Ok(out)
     }
 
     /// Runs `step` on a record made from `value`.
-    pub fn run_record<S: Step<Record>>(
-        &mut self,
-        step: &mut S,
-        value: &str,
-    ) -> Result<Vec<S::Out>, Failure> {
+    pub fn run_record<S: Step<Record>>(&mut self, step: &mut S, value: &str) -> Result<Vec<S::Out>, Failure> {
         let r = Record::from_value(value.as_bytes().to_vec());
         self.run(step, r.clone(), &r)
     }

@@ -121,13 +121,7 @@ mod tests {
 
     #[test]
     fn watermark_never_goes_back() {
-        assert_eq!(
-            pipeline_watermark(&cfg(), [p(Some(300), false)], Some(900)),
-            Some(900)
-        );
-        assert_eq!(
-            pipeline_watermark(&cfg(), [p(Some(300), true)], Some(900)),
-            Some(900)
-        );
+        assert_eq!(pipeline_watermark(&cfg(), [p(Some(300), false)], Some(900)), Some(900));
+        assert_eq!(pipeline_watermark(&cfg(), [p(Some(300), true)], Some(900)), Some(900));
     }
 }

@@ -42,12 +42,7 @@ fn run_then_rerun_then_from_scratch() {
     let dir = example(tmp.path());
     let p = dir.join("pipeline.toml");
     let o = keel(&["run", p.to_str().unwrap(), "--quiet"], &[]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "dead letters give exit code 1: {}",
-        text(&o)
-    );
+    assert_eq!(o.status.code(), Some(1), "dead letters give exit code 1: {}", text(&o));
     assert!(text(&o).contains("dead-lettered"), "{}", text(&o));
     let records = refjob::visible_lines(&dir.join("out/records")).len();
     let dead = refjob::visible_lines(&dir.join("out/dead")).len();
@@ -57,19 +52,10 @@ fn run_then_rerun_then_from_scratch() {
     let o = keel(&["run", p.to_str().unwrap(), "--quiet"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("nothing to do"), "{}", text(&o));
-    assert_eq!(
-        refjob::visible_lines(&dir.join("out/records")).len(),
-        records
-    );
+    assert_eq!(refjob::visible_lines(&dir.join("out/records")).len(), records);
 
     let o = keel(
-        &[
-            "run",
-            p.to_str().unwrap(),
-            "--quiet",
-            "--from-scratch",
-            "--json",
-        ],
+        &["run", p.to_str().unwrap(), "--quiet", "--from-scratch", "--json"],
         &[],
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -89,10 +75,7 @@ fn validate_reports_the_line_and_key_of_each_problem() {
 
     let bad = std::fs::read_to_string(&p)
         .unwrap()
-        .replace(
-            "reason = \"negative_amount\"",
-            "reason = \"Negative Amount\"",
-        )
+        .replace("reason = \"negative_amount\"", "reason = \"Negative Amount\"")
         .replace(
             "aggregates = { running_total = \"sum(amount)\" }",
             "aggregates = { running_total = \"avg(amount)\" }",
@@ -101,10 +84,7 @@ fn validate_reports_the_line_and_key_of_each_problem() {
     let o = keel(&["validate", p.to_str().unwrap()], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let t = text(&o);
-    assert!(
-        t.contains("pipeline.toml:23: steps[1].rules[0].reason"),
-        "{t}"
-    );
+    assert!(t.contains("pipeline.toml:23: steps[1].rules[0].reason"), "{t}");
     assert!(
         t.contains("steps[3].aggregates.running_total") && t.contains("unknown function `avg`"),
         "{t}"
@@ -132,11 +112,7 @@ fn usage_errors_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     let o = keel(&["run", "/nonexistent/pipeline.toml"], &[]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(
-        text(&o).contains("cannot read the pipeline file"),
-        "{}",
-        text(&o)
-    );
+    assert!(text(&o).contains("cannot read the pipeline file"), "{}", text(&o));
 }
 
 #[test]
@@ -158,10 +134,7 @@ fn checkpoints_commands_and_fallback_from_a_corrupt_checkpoint() {
 
     // corrupt the newest manifest: verify says so, and a run falls back to the previous state
     let ckpts = dir.join("state/checkpoints");
-    let mut names: Vec<_> = std::fs::read_dir(&ckpts)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut names: Vec<_> = std::fs::read_dir(&ckpts).unwrap().map(|e| e.unwrap().path()).collect();
     names.sort();
     let newest = names.last().unwrap().clone();
     let mut bytes = std::fs::read(&newest).unwrap();
@@ -194,10 +167,7 @@ fn checkpoints_commands_and_fallback_from_a_corrupt_checkpoint() {
 
     let o = keel(&["checkpoints", "prune", ps, "--keep", "1"], &[]);
     assert_eq!(o.status.code(), Some(2), "prune needs --confirm");
-    let o = keel(
-        &["checkpoints", "prune", ps, "--keep", "1", "--confirm"],
-        &[],
-    );
+    let o = keel(&["checkpoints", "prune", ps, "--keep", "1", "--confirm"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 

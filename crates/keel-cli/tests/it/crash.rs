@@ -61,10 +61,7 @@ fn check_after_crash(input: &Input, dir: &Path, what: &str) {
 
 fn run_to_end(dir: &Path) {
     let status = spawn(dir, None).wait().unwrap();
-    assert!(
-        matches!(status.code(), Some(0 | 1)),
-        "final run failed: {status:?}"
-    );
+    assert!(matches!(status.code(), Some(0 | 1)), "final run failed: {status:?}");
 }
 
 #[test]
@@ -129,8 +126,5 @@ fn kill_9_at_random_instants_and_crash_points_then_exactly_once() {
     // a rerun after completion has nothing to do and changes nothing
     let before = refjob::visible_lines(&dir.join("out/records")).len();
     run_to_end(dir);
-    assert_eq!(
-        refjob::visible_lines(&dir.join("out/records")).len(),
-        before
-    );
+    assert_eq!(refjob::visible_lines(&dir.join("out/records")).len(), before);
 }

@@ -25,22 +25,13 @@ fn xorshift(s: &mut u64) -> u64 {
 }
 
 /// Writes `n` lines over `files` files into `dir`; about `bad_per_mille`/1000 are bad.
-pub fn generate(
-    dir: &Path,
-    n: u64,
-    files: u64,
-    customers: u64,
-    bad_per_mille: u64,
-    seed: u64,
-) -> Input {
+pub fn generate(dir: &Path, n: u64, files: u64, customers: u64, bad_per_mille: u64, seed: u64) -> Input {
     fs::create_dir_all(dir).unwrap();
     let mut rng = seed | 1;
     let mut valid = HashMap::new();
     let mut bad = HashMap::new();
     for f in 0..files {
-        let mut out = std::io::BufWriter::new(
-            fs::File::create(dir.join(format!("part-{f:03}.jsonl"))).unwrap(),
-        );
+        let mut out = std::io::BufWriter::new(fs::File::create(dir.join(format!("part-{f:03}.jsonl"))).unwrap());
         for i in (f * n / files)..((f + 1) * n / files) {
             let id = i as i64;
             let cust = format!("c{}", xorshift(&mut rng) % customers);
@@ -61,9 +52,7 @@ pub fn generate(
                 }
                 1 => format!(r#"{{"id": {id}, "ts": {ts}, "customer": "{cust}", "amou"#),
                 2 => format!(r#"{{"id": {id}, "ts": {ts}, "amount": {amount}}}"#),
-                _ => format!(
-                    r#"{{"id": {id}, "ts": {ts}, "customer": "{cust}", "amount": -{amount}}}"#
-                ),
+                _ => format!(r#"{{"id": {id}, "ts": {ts}, "customer": "{cust}", "amount": -{amount}}}"#),
             };
             if kind > 0 {
                 bad.insert(
@@ -163,11 +152,7 @@ pub fn check(input: &Input, out: &Path, complete: bool) -> Vec<String> {
         }
     }
     if complete {
-        let missing = input
-            .valid
-            .keys()
-            .filter(|id| !seen.contains_key(id))
-            .count();
+        let missing = input.valid.keys().filter(|id| !seen.contains_key(id)).count();
         if missing > 0 {
             problems.push(format!("{missing} valid ids MISSING"));
         }
@@ -179,10 +164,7 @@ pub fn check(input: &Input, out: &Path, complete: bool) -> Vec<String> {
         for line in visible_lines(&out.join("final")) {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             let c = v["customer"].as_str().unwrap().to_owned();
-            if got
-                .insert(c.clone(), v["total"].as_i64().unwrap())
-                .is_some()
-            {
+            if got.insert(c.clone(), v["total"].as_i64().unwrap()).is_some() {
                 problems.push(format!("final: customer {c} twice"));
             }
         }
@@ -208,9 +190,9 @@ pub fn check(input: &Input, out: &Path, complete: bool) -> Vec<String> {
             .to_owned();
         match input.bad.get(&raw) {
             None => problems.push(format!("dead letter that is not a bad input line: {raw:?}")),
-            Some(exp) if *exp != reason => problems.push(format!(
-                "dead letter reason {reason}, expected {exp}: {raw:?}"
-            )),
+            Some(exp) if *exp != reason => {
+                problems.push(format!("dead letter reason {reason}, expected {exp}: {raw:?}"))
+            }
             _ => {}
         }
         *dead.entry(raw).or_default() += 1;
@@ -220,11 +202,7 @@ pub fn check(input: &Input, out: &Path, complete: bool) -> Vec<String> {
         problems.push(format!("{dup_dead} bad lines dead-lettered more than once"));
     }
     if complete && dead.len() != input.bad.len() {
-        problems.push(format!(
-            "{} of {} bad lines dead-lettered",
-            dead.len(),
-            input.bad.len()
-        ));
+        problems.push(format!("{} of {} bad lines dead-lettered", dead.len(), input.bad.len()));
     }
     problems
 }

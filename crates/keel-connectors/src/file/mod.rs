@@ -2,6 +2,7 @@
 //! partition, byte-offset positions, optional follow mode), and exactly-once file output.
 
 mod config;
+pub mod dead_letters;
 mod sink;
 mod source;
 

@@ -28,9 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keel::checkpoint::CheckpointId;
-use keel::checkpoint::recovery::{
-    EpochFile, EpochFileAction, EpochFileState, SinkRecovery, plan_epoch_files,
-};
+use keel::checkpoint::recovery::{EpochFile, EpochFileAction, EpochFileState, SinkRecovery, plan_epoch_files};
 use keel::durable::{self, Ops};
 use keel::sink::{Guarantee, OutBatch, RecoveryReport, SealedEpoch, Sink, SinkError};
 use serde::{Deserialize, Serialize};
@@ -103,8 +101,7 @@ impl FileSink {
 
     fn open_file(&mut self, epoch: CheckpointId) -> Result<&mut OpenFile, SinkError> {
         if self.open.is_none() {
-            durable::create_dir_durable(&*self.ops, self.dir())
-                .map_err(|e| self.io("creating the directory", e))?;
+            durable::create_dir_durable(&*self.ops, self.dir()).map_err(|e| self.io("creating the directory", e))?;
             let name = self.file_name(epoch, self.seq);
             self.seq += 1;
             let path = self.dir().join(staged_name(&name));
@@ -156,10 +153,7 @@ impl FileSink {
         for entry in entries {
             let entry = entry.map_err(|e| self.io("listing", e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let (visible, state) = match name
-                .strip_prefix('.')
-                .and_then(|n| n.strip_suffix(".pending"))
-            {
+            let (visible, state) = match name.strip_prefix('.').and_then(|n| n.strip_suffix(".pending")) {
                 Some(v) => (v.to_owned(), EpochFileState::Staged),
                 None => (name.clone(), EpochFileState::Committed),
             };
@@ -174,9 +168,7 @@ impl FileSink {
     /// The epoch of a visible file name written by this sink, or `None` for other files.
     fn parse_epoch(&self, name: &str) -> Option<CheckpointId> {
         let rest = name.strip_prefix(&self.config.prefix)?.strip_prefix('-')?;
-        let rest = rest
-            .strip_suffix(self.config.format.extension())?
-            .strip_suffix('.')?;
+        let rest = rest.strip_suffix(self.config.format.extension())?.strip_suffix('.')?;
         let (epoch, seq) = rest.split_once('-')?;
         if epoch.len() != 12 || seq.len() != 3 || !seq.bytes().all(|b| b.is_ascii_digit()) {
             return None;
@@ -210,11 +202,7 @@ impl SealedEpoch for SealedFiles {
                 .map_err(|e| SinkError::io(format!("fsync of {}", self.dir.display()), e))?;
         }
         let pre = FilePreCommit {
-            files: self
-                .files
-                .iter()
-                .map(|f| (f.name.clone(), f.bytes))
-                .collect(),
+            files: self.files.iter().map(|f| (f.name.clone(), f.bytes)).collect(),
         };
         serde_json::to_value(pre).map_err(|e| SinkError::Other(e.to_string()))
     }
@@ -234,12 +222,7 @@ impl SealedEpoch for SealedFiles {
 }
 
 /// Renames a staged file to its visible name. Idempotent: a file already visible is fine.
-fn commit_file(
-    ops: &dyn durable::FileOps,
-    dir: &Path,
-    name: &str,
-    bytes: Option<u64>,
-) -> Result<(), SinkError> {
+fn commit_file(ops: &dyn durable::FileOps, dir: &Path, name: &str, bytes: Option<u64>) -> Result<(), SinkError> {
     let staged = dir.join(staged_name(name));
     let visible = dir.join(name);
     match fs::metadata(&staged) {
@@ -273,11 +256,7 @@ fn commit_file(
 
 impl Sink for FileSink {
     fn describe(&self) -> String {
-        format!(
-            "files {} ({})",
-            self.dir().display(),
-            self.config.format.name()
-        )
+        format!("files {} ({})", self.dir().display(), self.config.format.name())
     }
 
     fn guarantee(&self) -> Guarantee {
@@ -303,10 +282,7 @@ impl Sink for FileSink {
         for action in plan_epoch_files(&files, r.last_checkpoint) {
             match action {
                 EpochFileAction::Commit(staged) => {
-                    let name = staged
-                        .trim_start_matches('.')
-                        .trim_end_matches(".pending")
-                        .to_owned();
+                    let name = staged.trim_start_matches('.').trim_end_matches(".pending").to_owned();
                     commit_file(&*self.ops, self.dir(), &name, size_of(&name))?;
                     report.committed += 1;
                 }
@@ -326,9 +302,7 @@ impl Sink for FileSink {
             }
         }
         if report != RecoveryReport::default() {
-            self.ops
-                .sync_dir(self.dir())
-                .map_err(|e| self.io("fsync", e))?;
+            self.ops.sync_dir(self.dir()).map_err(|e| self.io("fsync", e))?;
         }
         Ok(report)
     }
@@ -340,12 +314,9 @@ impl Sink for FileSink {
         let max = self.config.max_file_bytes;
         let dir = self.config.path.clone();
         let open = self.open_file(epoch)?;
-        open.file.write_all(batch.data()).map_err(|e| {
-            SinkError::io(
-                format!("writing {} in {}", open.staged.name, dir.display()),
-                e,
-            )
-        })?;
+        open.file
+            .write_all(batch.data())
+            .map_err(|e| SinkError::io(format!("writing {} in {}", open.staged.name, dir.display()), e))?;
         open.staged.bytes += batch.data().len() as u64;
         if open.staged.bytes >= max {
             self.close_open()?;

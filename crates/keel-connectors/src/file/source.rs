@@ -95,11 +95,7 @@ impl Source for FileSource {
         list_files(&self.config)
     }
 
-    async fn open(
-        &mut self,
-        partition: &str,
-        from: Option<u64>,
-    ) -> Result<FileReader, SourceError> {
+    async fn open(&mut self, partition: &str, from: Option<u64>) -> Result<FileReader, SourceError> {
         FileReader::open(self.config.clone(), partition, from.unwrap_or(0))
     }
 }
@@ -127,21 +123,14 @@ pub struct FileReader {
 }
 
 impl FileReader {
-    fn open(
-        config: Arc<FileSourceConfig>,
-        partition: &str,
-        offset: u64,
-    ) -> Result<Self, SourceError> {
+    fn open(config: Arc<FileSourceConfig>, partition: &str, offset: u64) -> Result<Self, SourceError> {
         let path = config.path.join(partition);
         let io = |what: &str, e| SourceError::Io {
             context: format!("{what} {}", path.display()),
             source: e,
         };
         let mut file = File::open(&path).map_err(|e| io("opening", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| io("reading metadata of", e))?
-            .len();
+        let len = file.metadata().map_err(|e| io("reading metadata of", e))?.len();
         if offset > len {
             return Err(SourceError::BadPosition {
                 partition: partition.to_owned(),
@@ -155,8 +144,7 @@ impl FileReader {
         };
         // a fresh CSV partition starts after its header line
         let offset = if offset == 0 { header_len } else { offset };
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|e| io("seeking in", e))?;
+        file.seek(SeekFrom::Start(offset)).map_err(|e| io("seeking in", e))?;
         Ok(FileReader {
             config,
             path,
@@ -242,11 +230,7 @@ impl FileReader {
 impl PartitionReader for FileReader {
     type Position = u64;
 
-    async fn next_batch(
-        &mut self,
-        batch: &mut SourceBatch<u64>,
-        max: usize,
-    ) -> Result<ReadStatus, SourceError> {
+    async fn next_batch(&mut self, batch: &mut SourceBatch<u64>, max: usize) -> Result<ReadStatus, SourceError> {
         loop {
             // Split complete lines out of the current chunk.
             while batch.len() < max && !self.chunk.is_empty() {

@@ -36,19 +36,12 @@ fn read_all(src: &mut FileSource, part: &str, from: Option<u64>, max: usize) -> 
 #[test]
 fn lines_positions_and_resume() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(
-        dir.path().join("a.jsonl"),
-        "{\"a\":1}\n\n{\"a\":2}\r\n{\"a\":3}",
-    )
-    .unwrap();
+    fs::write(dir.path().join("a.jsonl"), "{\"a\":1}\n\n{\"a\":2}\r\n{\"a\":3}").unwrap();
     fs::write(dir.path().join("_skip.jsonl"), "x\n").unwrap();
     fs::write(dir.path().join(".hidden.jsonl"), "x\n").unwrap();
     fs::write(dir.path().join("b.txt"), "x\n").unwrap();
     let mut src = FileSource::new(FileSourceConfig::new(dir.path(), FileFormat::JsonLines));
-    assert_eq!(
-        block_on(src.discover()).unwrap(),
-        vec!["a.jsonl".to_string()]
-    );
+    assert_eq!(block_on(src.discover()).unwrap(), vec!["a.jsonl".to_string()]);
     let all = read_all(&mut src, "a.jsonl", None, 2);
     assert_eq!(
         all,
@@ -85,10 +78,7 @@ fn csv_header_is_attached_and_skipped_on_resume() {
     let mut src = FileSource::new(FileSourceConfig::new(dir.path(), FileFormat::Csv));
     let all = read_all(&mut src, "a.csv", None, 10);
     assert_eq!(all, vec![("1,x".into(), 14), ("2,y".into(), 19)]);
-    assert_eq!(
-        read_all(&mut src, "a.csv", Some(14), 10),
-        vec![("2,y".into(), 19)]
-    );
+    assert_eq!(read_all(&mut src, "a.csv", Some(14), 10), vec![("2,y".into(), 19)]);
     block_on(async {
         let mut r = src.open("a.csv", None).await.unwrap();
         let mut b = SourceBatch::default();
@@ -114,11 +104,7 @@ fn follow_mode_waits_for_complete_lines() {
         b.clear();
         assert_eq!(r.next_batch(&mut b, 10).await.unwrap(), ReadStatus::Idle);
         fs::OpenOptions::new().append(true).open(&p).unwrap();
-        std::io::Write::write_all(
-            &mut fs::OpenOptions::new().append(true).open(&p).unwrap(),
-            b"2\n3\n",
-        )
-        .unwrap();
+        std::io::Write::write_all(&mut fs::OpenOptions::new().append(true).open(&p).unwrap(), b"2\n3\n").unwrap();
         assert_eq!(r.next_batch(&mut b, 10).await.unwrap(), ReadStatus::Records);
         let got: Vec<_> = b.records.iter().map(|r| r.value.to_vec()).collect();
         assert_eq!(got, vec![b"22".to_vec(), b"3".to_vec()]);
@@ -162,18 +148,12 @@ fn sink_stages_then_commits() {
         sink.recover(&SinkRecovery::default()).await.unwrap();
         sink.write(1, &batch(&["a", "b"])).await.unwrap();
         let mut sealed = sink.seal(1).await.unwrap();
-        assert_eq!(
-            visible(&out),
-            vec![".part-000000000001-000.jsonl.pending".to_string()]
-        );
+        assert_eq!(visible(&out), vec![".part-000000000001-000.jsonl.pending".to_string()]);
         let pre = sealed.prepare().unwrap();
         assert_eq!(pre["files"][0][1], 4);
         sealed.commit().unwrap();
         sealed.commit().unwrap(); // idempotent
-        assert_eq!(
-            visible(&out),
-            vec!["part-000000000001-000.jsonl".to_string()]
-        );
+        assert_eq!(visible(&out), vec!["part-000000000001-000.jsonl".to_string()]);
         assert_eq!(
             fs::read_to_string(out.join("part-000000000001-000.jsonl")).unwrap(),
             "a\nb\n"

@@ -167,9 +167,7 @@ impl Doc {
             maybe_dups |= (signatures & sig) != 0 || m.key_escaped;
             signatures |= sig;
             let name = if m.key_escaped {
-                match serde_json::from_slice::<String>(
-                    &src[m.key.0 as usize - 1..m.key.1 as usize + 1],
-                ) {
+                match serde_json::from_slice::<String>(&src[m.key.0 as usize - 1..m.key.1 as usize + 1]) {
                     Ok(k) => Name::Owned(k.into()),
                     Err(e) => {
                         key_error = Some(e.to_string());
@@ -318,10 +316,7 @@ impl Doc {
         for (k, n) in names.iter().enumerate() {
             let nb = n.as_bytes();
             let hinted = hints.get(k).map(|&h| h as usize).filter(|&h| {
-                !self.maybe_dups
-                    && h >= next
-                    && h < self.fields.len()
-                    && short_eq(self.name_bytes(&self.fields[h]), nb)
+                !self.maybe_dups && h >= next && h < self.fields.len() && short_eq(self.name_bytes(&self.fields[h]), nb)
             });
             let found = hinted.or_else(|| {
                 (next..self.fields.len())
@@ -381,20 +376,17 @@ impl Doc {
         match v {
             Value::Int(i) => Some(*i as f64),
             Value::Float(f) => Some(*f),
-            Value::Raw(a, b, Kind::Integer) => match parse_int(&self.src[*a as usize..*b as usize])
-            {
+            Value::Raw(a, b, Kind::Integer) => match parse_int(&self.src[*a as usize..*b as usize]) {
                 Some(i) => Some(i as f64),
                 None => std::str::from_utf8(&self.src[*a as usize..*b as usize])
                     .ok()?
                     .parse()
                     .ok(),
             },
-            Value::Raw(a, b, Kind::Float) => {
-                std::str::from_utf8(&self.src[*a as usize..*b as usize])
-                    .ok()?
-                    .parse()
-                    .ok()
-            }
+            Value::Raw(a, b, Kind::Float) => std::str::from_utf8(&self.src[*a as usize..*b as usize])
+                .ok()?
+                .parse()
+                .ok(),
             Value::Json(j) => j.as_f64(),
             _ => None,
         }
@@ -445,12 +437,14 @@ impl Doc {
     /// A value decoded into `serde_json::Value`.
     pub fn to_json_value(&self, v: &Value) -> serde_json::Value {
         match v {
-            Value::Raw(a, b, _) => serde_json::from_slice(&self.src[*a as usize..*b as usize])
-                .unwrap_or(serde_json::Value::Null),
+            Value::Raw(a, b, _) => {
+                serde_json::from_slice(&self.src[*a as usize..*b as usize]).unwrap_or(serde_json::Value::Null)
+            }
             Value::Str(s) => serde_json::Value::String(s.to_string()),
             Value::Int(i) => (*i).into(),
-            Value::Float(f) => serde_json::Number::from_f64(*f)
-                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            Value::Float(f) => {
+                serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number)
+            }
             Value::Bool(b) => (*b).into(),
             Value::Null => serde_json::Value::Null,
             Value::Json(j) => (**j).clone(),
@@ -696,9 +690,7 @@ mod tests {
 
     #[test]
     fn fields_are_read_lazily_and_written_verbatim() {
-        let d = parse(
-            r#" {"id": 123, "ts": 1.5e3, "customer": "c\"42", "ok": true, "n": null, "o": {"a":[1]}} "#,
-        );
+        let d = parse(r#" {"id": 123, "ts": 1.5e3, "customer": "c\"42", "ok": true, "n": null, "o": {"a":[1]}} "#);
         assert_eq!(d.as_i64(d.get("id").unwrap()), Some(123));
         assert_eq!(d.kind(d.get("ts").unwrap()), Kind::Float);
         assert_eq!(d.as_str(d.get("customer").unwrap()).unwrap(), "c\"42");
@@ -710,8 +702,7 @@ mod tests {
         let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             back,
-            serde_json::from_str::<serde_json::Value>(std::str::from_utf8(d.source()).unwrap())
-                .unwrap()
+            serde_json::from_str::<serde_json::Value>(std::str::from_utf8(d.source()).unwrap()).unwrap()
         );
     }
 
@@ -767,10 +758,7 @@ mod tests {
         assert_eq!(d.as_str(v.value()).unwrap(), "Oslo");
         let p = FieldPath::parse("user.tags.1").unwrap();
         assert_eq!(d.as_str(d.get_path(&p).unwrap().value()).unwrap(), "y");
-        assert!(
-            d.get_path(&FieldPath::parse("user.nope").unwrap())
-                .is_none()
-        );
+        assert!(d.get_path(&FieldPath::parse("user.nope").unwrap()).is_none());
         assert!(FieldPath::parse("a..b").is_none());
     }
 }

@@ -64,10 +64,7 @@ const HIGHS: u64 = 0x8080_8080_8080_8080;
 fn special_mask(w: u64) -> u64 {
     let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
     let below_0x20 = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
-    zero_byte(w ^ (ONES * u64::from(b'"')))
-        | zero_byte(w ^ (ONES * u64::from(b'\\')))
-        | below_0x20
-        | (w & HIGHS)
+    zero_byte(w ^ (ONES * u64::from(b'"'))) | zero_byte(w ^ (ONES * u64::from(b'\\'))) | below_0x20 | (w & HIGHS)
 }
 
 #[cfg(test)]
@@ -130,10 +127,7 @@ impl<'a> Scanner<'a> {
                     None => {
                         // fewer than eight bytes left: one at a time
                         let rest = &self.b[self.i.min(self.b.len())..];
-                        self.i += rest
-                            .iter()
-                            .position(|&c| PLAIN[c as usize] == 0)
-                            .unwrap_or(rest.len());
+                        self.i += rest.iter().position(|&c| PLAIN[c as usize] == 0).unwrap_or(rest.len());
                         break;
                     }
                 }
@@ -231,10 +225,7 @@ impl<'a> Scanner<'a> {
     #[inline]
     fn digits(&mut self) -> usize {
         let rest = &self.b[self.i.min(self.b.len())..];
-        let n = rest
-            .iter()
-            .position(|c| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let n = rest.iter().position(|c| !c.is_ascii_digit()).unwrap_or(rest.len());
         self.i += n;
         n
     }
@@ -386,10 +377,7 @@ pub fn scan_object(b: &[u8], out: &mut Vec<Member>) -> Result<(), ScanError> {
 }
 
 /// Scans `b` as one JSON object, calling `member` for each top-level member in order.
-pub fn scan_members(
-    b: &[u8],
-    member: impl FnMut(Member) -> Result<(), ScanError>,
-) -> Result<(), ScanError> {
+pub fn scan_members(b: &[u8], member: impl FnMut(Member) -> Result<(), ScanError>) -> Result<(), ScanError> {
     scan_inner(b, member).map_err(|mut e| {
         // Outside strings only ASCII is valid JSON: report invalid UTF-8 anywhere as such.
         if !e.invalid_utf8
@@ -405,10 +393,7 @@ pub fn scan_members(
     })
 }
 
-fn scan_inner(
-    b: &[u8],
-    mut member: impl FnMut(Member) -> Result<(), ScanError>,
-) -> Result<(), ScanError> {
+fn scan_inner(b: &[u8], mut member: impl FnMut(Member) -> Result<(), ScanError>) -> Result<(), ScanError> {
     if b.len() > u32::MAX as usize {
         return Err(ScanError {
             message: "record too large",
@@ -530,9 +515,7 @@ mod tests {
         use Kind::*;
         assert_eq!(
             kinds,
-            vec![
-                Integer, Float, Float, String, Object, Array, Null, Bool, Integer
-            ]
+            vec![Integer, Float, Float, String, Object, Array, Null, Bool, Integer]
         );
         assert_eq!(&s[m[3].value.0 as usize..m[3].value.1 as usize], "\"x\"");
         assert!(m[8].key_escaped && !m[0].key_escaped);

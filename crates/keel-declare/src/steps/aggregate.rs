@@ -41,18 +41,14 @@ impl Func {
             .strip_suffix(')')
             .ok_or_else(|| format!("`{text}`: missing `)`"))?
             .trim();
-        let field = || {
-            FieldPath::parse(arg).ok_or_else(|| format!("`{text}`: `{arg}` is not a field name"))
-        };
+        let field = || FieldPath::parse(arg).ok_or_else(|| format!("`{text}`: `{arg}` is not a field name"));
         match name.trim() {
             "count" if arg.is_empty() => Ok(Func::Count),
             "count" => Err(format!("`{text}`: count() takes no field")),
             "sum" => Ok(Func::Sum(field()?)),
             "min" => Ok(Func::Min(field()?)),
             "max" => Ok(Func::Max(field()?)),
-            other => Err(format!(
-                "`{text}`: unknown function `{other}` (count, sum, min, max)"
-            )),
+            other => Err(format!("`{text}`: unknown function `{other}` (count, sum, min, max)")),
         }
     }
 
@@ -104,9 +100,7 @@ impl Num {
     fn add(self, x: Num) -> Num {
         match (self, x) {
             (Num::Empty, x) | (x, Num::Empty) => x,
-            (Num::Int(a), Num::Int(b)) => a
-                .checked_add(b)
-                .map_or(Num::Float(a as f64 + b as f64), Num::Int),
+            (Num::Int(a), Num::Int(b)) => a.checked_add(b).map_or(Num::Float(a as f64 + b as f64), Num::Int),
             (a, b) => Num::Float(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0)),
         }
     }
@@ -131,7 +125,11 @@ pub enum AggregateState {
 
 impl AggregateState {
     fn new(n: usize) -> Self {
-        if n == 1 { AggregateState::One(Num::Empty) } else { AggregateState::Many(vec![Num::Empty; n]) }
+        if n == 1 {
+            AggregateState::One(Num::Empty)
+        } else {
+            AggregateState::Many(vec![Num::Empty; n])
+        }
     }
 
     /// The values, in declaration order.
@@ -147,7 +145,11 @@ impl AggregateState {
         if self.values().len() != n {
             let mut v = self.values().to_vec();
             v.resize(n, Num::Empty);
-            *self = if n == 1 { AggregateState::One(v[0]) } else { AggregateState::Many(v) };
+            *self = if n == 1 {
+                AggregateState::One(v[0])
+            } else {
+                AggregateState::Many(v)
+            };
         }
         match self {
             AggregateState::One(x) => std::slice::from_mut(x),
@@ -205,22 +207,12 @@ impl Aggregate {
 }
 
 impl DocStep for Aggregate {
-    fn apply(
-        &mut self,
-        doc: &mut Doc,
-        cx: &mut Context<'_>,
-        _more: &mut Vec<Doc>,
-    ) -> Result<Next, Failure> {
+    fn apply(&mut self, doc: &mut Doc, cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         {
-            let key = doc
-                .get_path_hinted(&self.key, &mut self.hints[0])
-                .ok_or_else(|| {
-                    Failure::permanent(
-                        reason::MISSING_FIELD,
-                        format!("key field `{}` is missing", self.key),
-                    )
+            let key = doc.get_path_hinted(&self.key, &mut self.hints[0]).ok_or_else(|| {
+                Failure::permanent(reason::MISSING_FIELD, format!("key field `{}` is missing", self.key))
                     .with_field(self.key.as_str())
-                })?;
+            })?;
             self.key_buf.clear();
             doc.write_value(key.value(), &mut self.key_buf);
         }
@@ -239,11 +231,8 @@ impl DocStep for Aggregate {
                         } else if matches!(v, Value::Null) || doc.raw_text(v) == Some("null") {
                             Num::Empty
                         } else {
-                            return Err(Failure::permanent(
-                                reason::BAD_TYPE,
-                                format!("`{f}` is not a number"),
-                            )
-                            .with_field(f.as_str()));
+                            return Err(Failure::permanent(reason::BAD_TYPE, format!("`{f}` is not a number"))
+                                .with_field(f.as_str()));
                         }
                     }
                 },
@@ -257,7 +246,9 @@ impl DocStep for Aggregate {
         let mut results: [Num; 8] = [Num::Empty; 8];
         let mut many: Vec<Num> = Vec::new();
         cx.state(&self.state).update(|st| {
-            let vals = st.get_or_insert_with(|| AggregateState::new(specs.len())).values_mut(specs.len());
+            let vals = st
+                .get_or_insert_with(|| AggregateState::new(specs.len()))
+                .values_mut(specs.len());
             for (i, s) in specs.iter().enumerate() {
                 let x = inputs[i];
                 let cur = vals[i];
@@ -347,10 +338,7 @@ mod tests {
 
     #[test]
     fn numbers() {
-        assert_eq!(
-            Num::Int(i64::MAX).add(Num::Int(1)),
-            Num::Float(i64::MAX as f64 + 1.0)
-        );
+        assert_eq!(Num::Int(i64::MAX).add(Num::Int(1)), Num::Float(i64::MAX as f64 + 1.0));
         assert_eq!(Num::Int(2).add(Num::Float(0.5)), Num::Float(2.5));
         assert_eq!(Num::Empty.add(Num::Int(3)), Num::Int(3));
         assert!(Num::Int(1).less(Num::Float(1.5)));

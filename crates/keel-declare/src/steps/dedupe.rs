@@ -43,10 +43,7 @@ impl Dedupe {
     }
 
     fn evict(&mut self, cx: &mut Context<'_>, now: i64) -> Result<(), Failure> {
-        if self
-            .last_evict
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
+        if self.last_evict.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return Ok(());
         }
         self.last_evict = Some(Instant::now());
@@ -57,18 +54,10 @@ impl Dedupe {
 }
 
 impl DocStep for Dedupe {
-    fn apply(
-        &mut self,
-        doc: &mut Doc,
-        cx: &mut Context<'_>,
-        _more: &mut Vec<Doc>,
-    ) -> Result<Next, Failure> {
+    fn apply(&mut self, doc: &mut Doc, cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         let key = doc.get_path(&self.key).ok_or_else(|| {
-            Failure::permanent(
-                reason::MISSING_FIELD,
-                format!("dedupe key `{}` is missing", self.key),
-            )
-            .with_field(self.key.as_str())
+            Failure::permanent(reason::MISSING_FIELD, format!("dedupe key `{}` is missing", self.key))
+                .with_field(self.key.as_str())
         })?;
         self.key_buf.clear();
         doc.write_value(key.value(), &mut self.key_buf);
@@ -85,9 +74,7 @@ impl DocStep for Dedupe {
         cx.set_key(&self.key_buf);
         let window = self.window_ms;
         let duplicate = cx.state(&self.state).update(|seen| match *seen {
-            Some(prev) if t.saturating_sub(prev) < window && t >= prev.saturating_sub(window) => {
-                true
-            }
+            Some(prev) if t.saturating_sub(prev) < window && t >= prev.saturating_sub(window) => true,
             _ => {
                 *seen = Some(t);
                 false

@@ -31,16 +31,11 @@ impl EventTimeStep {
         let found = doc.get_path(&self.field).ok_or_else(missing)?;
         let v = found.value();
         let bad = |what: &str| {
-            Failure::permanent(
-                reason::BAD_TYPE,
-                format!("event time field `{}`: {what}", self.field),
-            )
-            .with_field(self.field.as_str())
+            Failure::permanent(reason::BAD_TYPE, format!("event time field `{}`: {what}", self.field))
+                .with_field(self.field.as_str())
         };
         match self.unit {
-            TimeUnit::Ms => doc
-                .as_i64(v)
-                .ok_or_else(|| bad("expected integer milliseconds")),
+            TimeUnit::Ms => doc.as_i64(v).ok_or_else(|| bad("expected integer milliseconds")),
             TimeUnit::Us => doc
                 .as_i64(v)
                 .map(|x| x.div_euclid(1000))
@@ -54,9 +49,7 @@ impl EventTimeStep {
                 .map(|x| (x * 1000.0).floor() as i64)
                 .ok_or_else(|| bad("expected seconds")),
             TimeUnit::Rfc3339 => {
-                let s = doc
-                    .as_str(v)
-                    .ok_or_else(|| bad("expected an RFC 3339 string"))?;
+                let s = doc.as_str(v).ok_or_else(|| bad("expected an RFC 3339 string"))?;
                 parse_rfc3339(&s).ok_or_else(|| bad(&format!("`{s}` is not an RFC 3339 time")))
             }
         }
@@ -64,12 +57,7 @@ impl EventTimeStep {
 }
 
 impl DocStep for EventTimeStep {
-    fn apply(
-        &mut self,
-        doc: &mut Doc,
-        cx: &mut Context<'_>,
-        _more: &mut Vec<Doc>,
-    ) -> Result<Next, Failure> {
+    fn apply(&mut self, doc: &mut Doc, cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         let ts = self.millis(doc)?;
         Ok(if cx.observe_event_time(ts)? {
             Next::Keep
@@ -132,11 +120,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         _ => return None,
     };
     // days from civil (Howard Hinnant's algorithm)
-    let (yy, mm) = if mo <= 2 {
-        (y - 1, mo + 9)
-    } else {
-        (y, mo - 3)
-    };
+    let (yy, mm) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
     let era = yy.div_euclid(400);
     let yoe = yy - era * 400;
     let doy = (153 * mm + 2) / 5 + d - 1;
@@ -153,18 +137,9 @@ mod tests {
     #[test]
     fn rfc3339() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339("2023-11-14T01:00:00Z"),
-            Some(1_699_923_600_000)
-        );
-        assert_eq!(
-            parse_rfc3339("2023-11-14T02:00:00.5+01:00"),
-            Some(1_699_923_600_500)
-        );
-        assert_eq!(
-            parse_rfc3339("2000-02-29T12:00:00.123Z"),
-            Some(951_825_600_123)
-        );
+        assert_eq!(parse_rfc3339("2023-11-14T01:00:00Z"), Some(1_699_923_600_000));
+        assert_eq!(parse_rfc3339("2023-11-14T02:00:00.5+01:00"), Some(1_699_923_600_500));
+        assert_eq!(parse_rfc3339("2000-02-29T12:00:00.123Z"), Some(951_825_600_123));
         assert_eq!(parse_rfc3339("2023-13-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
     }

@@ -22,9 +22,7 @@ pub struct JqProgram {
 
 impl std::fmt::Debug for JqProgram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JqProgram")
-            .field("source", &self.source)
-            .finish()
+        f.debug_struct("JqProgram").field("source", &self.source).finish()
     }
 }
 
@@ -39,63 +37,48 @@ fn position(whole: &str, part: &str) -> String {
 impl JqProgram {
     /// Compiles `code` with the jq standard library. The error names the position.
     pub fn compile(code: &str) -> Result<JqProgram, String> {
-        let defs = jaq_core::defs()
-            .chain(jaq_std::defs())
-            .chain(jaq_json::defs());
-        let funs = jaq_core::funs()
-            .chain(jaq_std::funs())
-            .chain(jaq_json::funs());
+        let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
+        let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
         let arena = Arena::default();
         let loader = Loader::new(defs);
-        let modules = loader
-            .load(&arena, File { code, path: () })
-            .map_err(|errs| {
-                let mut msgs = Vec::new();
-                for (file, err) in errs {
-                    match err {
-                        load::Error::Io(es) => msgs
-                            .extend(es.into_iter().map(|(p, e)| format!("cannot load {p}: {e}"))),
-                        load::Error::Lex(es) => msgs.extend(es.into_iter().map(|(exp, rest)| {
-                            format!(
-                                "at {}: expected {}",
-                                position(file.code, rest),
-                                exp.as_str()
-                            )
-                        })),
-                        load::Error::Parse(es) => {
-                            msgs.extend(es.into_iter().map(|(exp, found)| {
-                                let f = if found.is_empty() {
-                                    "end of input".to_string()
-                                } else {
-                                    format!("`{found}`")
-                                };
-                                format!(
-                                    "at {}: expected {}, found {f}",
-                                    position(file.code, found),
-                                    exp.as_str()
-                                )
-                            }))
-                        }
-                    }
+        let modules = loader.load(&arena, File { code, path: () }).map_err(|errs| {
+            let mut msgs = Vec::new();
+            for (file, err) in errs {
+                match err {
+                    load::Error::Io(es) => msgs.extend(es.into_iter().map(|(p, e)| format!("cannot load {p}: {e}"))),
+                    load::Error::Lex(es) => msgs.extend(
+                        es.into_iter()
+                            .map(|(exp, rest)| format!("at {}: expected {}", position(file.code, rest), exp.as_str())),
+                    ),
+                    load::Error::Parse(es) => msgs.extend(es.into_iter().map(|(exp, found)| {
+                        let f = if found.is_empty() {
+                            "end of input".to_string()
+                        } else {
+                            format!("`{found}`")
+                        };
+                        format!(
+                            "at {}: expected {}, found {f}",
+                            position(file.code, found),
+                            exp.as_str()
+                        )
+                    })),
                 }
-                msgs.join("; ")
-            })?;
-        let filter = Compiler::default()
-            .with_funs(funs)
-            .compile(modules)
-            .map_err(|errs| {
-                let mut msgs = Vec::new();
-                for (file, es) in errs {
-                    for (name, undef) in es {
-                        msgs.push(format!(
-                            "at {}: undefined {} `{name}`",
-                            position(file.code, name),
-                            undef.as_str()
-                        ));
-                    }
+            }
+            msgs.join("; ")
+        })?;
+        let filter = Compiler::default().with_funs(funs).compile(modules).map_err(|errs| {
+            let mut msgs = Vec::new();
+            for (file, es) in errs {
+                for (name, undef) in es {
+                    msgs.push(format!(
+                        "at {}: undefined {} `{name}`",
+                        position(file.code, name),
+                        undef.as_str()
+                    ));
                 }
-                msgs.join("; ")
-            })?;
+            }
+            msgs.join("; ")
+        })?;
         Ok(JqProgram {
             filter,
             source: code.to_owned(),
@@ -134,12 +117,7 @@ impl JqProgram {
 pub struct JqTransform(pub Arc<JqProgram>);
 
 impl DocStep for JqTransform {
-    fn apply(
-        &mut self,
-        doc: &mut Doc,
-        _cx: &mut Context<'_>,
-        more: &mut Vec<Doc>,
-    ) -> Result<Next, Failure> {
+    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, more: &mut Vec<Doc>) -> Result<Next, Failure> {
         let mut outputs = Vec::new();
         for v in self.0.run(doc)? {
             match Doc::from_json(v) {
@@ -172,12 +150,7 @@ impl DocStep for JqTransform {
 pub struct JqFilter(pub Arc<JqProgram>);
 
 impl DocStep for JqFilter {
-    fn apply(
-        &mut self,
-        doc: &mut Doc,
-        _cx: &mut Context<'_>,
-        _more: &mut Vec<Doc>,
-    ) -> Result<Next, Failure> {
+    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         let keep = matches!(
             self.0.run(doc)?.first(),
             Some(v) if !matches!(v, serde_json::Value::Null | serde_json::Value::Bool(false))
@@ -250,24 +223,15 @@ mod tests {
     #[test]
     fn transform_and_errors() {
         let p = JqProgram::compile(".total = .price * .qty | del(.debug)").unwrap();
-        let out = p
-            .run(&doc(r#"{"price": 2, "qty": 3, "debug": 1}"#))
-            .unwrap();
-        assert_eq!(
-            out,
-            vec![serde_json::json!({"price": 2, "qty": 3, "total": 6})]
-        );
+        let out = p.run(&doc(r#"{"price": 2, "qty": 3, "debug": 1}"#)).unwrap();
+        assert_eq!(out, vec![serde_json::json!({"price": 2, "qty": 3, "total": 6})]);
         let err = p.run(&doc(r#"{"price": {}, "qty": 3}"#)).unwrap_err();
         assert_eq!(err.reason, "transform_error");
         assert!(
             JqProgram::compile(".a | ").unwrap_err().contains("1:"),
             "position in error"
         );
-        assert!(
-            JqProgram::compile("nope(1)")
-                .unwrap_err()
-                .contains("undefined")
-        );
+        assert!(JqProgram::compile("nope(1)").unwrap_err().contains("undefined"));
     }
 
     #[test]

@@ -38,12 +38,7 @@ pub enum Next {
 pub trait DocStep {
     /// Handles one doc. A step with several outputs per input (jq) makes `doc` the first and
     /// pushes the others into `more`; they continue after it, in order.
-    fn apply(
-        &mut self,
-        doc: &mut Doc,
-        cx: &mut Context<'_>,
-        more: &mut Vec<Doc>,
-    ) -> Result<Next, Failure>;
+    fn apply(&mut self, doc: &mut Doc, cx: &mut Context<'_>, more: &mut Vec<Doc>) -> Result<Next, Failure>;
 
     /// Called once at the end of a bounded input.
     fn finish(&mut self, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
@@ -65,11 +60,7 @@ pub struct DocChain {
 impl Clone for DocChain {
     fn clone(&self) -> Self {
         DocChain {
-            steps: self
-                .steps
-                .iter()
-                .map(|(n, s)| (n.clone(), s.clone_box()))
-                .collect(),
+            steps: self.steps.iter().map(|(n, s)| (n.clone(), s.clone_box())).collect(),
             id_field: self.id_field.clone(),
             more: Vec::new(),
         }
@@ -87,13 +78,7 @@ impl DocChain {
     }
 
     /// Runs `doc` through the steps from `from` on, pushing what comes out into `out`.
-    fn run(
-        &mut self,
-        mut doc: Doc,
-        from: usize,
-        cx: &mut Context<'_>,
-        out: &mut Vec<Doc>,
-    ) -> Result<(), Failure> {
+    fn run(&mut self, mut doc: Doc, from: usize, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
         for i in from..self.steps.len() {
             let (name, step) = &mut self.steps[i];
             match step.apply(&mut doc, cx, &mut self.more) {
@@ -128,12 +113,7 @@ impl DocChain {
 impl Step<Record> for DocChain {
     type Out = Doc;
 
-    async fn process(
-        &mut self,
-        item: Record,
-        cx: &mut Context<'_>,
-        out: &mut Vec<Doc>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: Record, cx: &mut Context<'_>, out: &mut Vec<Doc>) -> Result<(), Failure> {
         self.run(Doc::raw(item.value), 0, cx, out)
             .map_err(|f| self.with_record_id(f, cx))
     }
@@ -204,18 +184,9 @@ mod tests {
     #[test]
     fn record_ids_from_json_and_from_broken_text() {
         let id = |s: &str| record_id(&Bytes::copy_from_slice(s.as_bytes()), "id");
-        assert_eq!(
-            id(r#"{"x": {"id": 1}, "id": 7}"#),
-            Some(serde_json::json!(7))
-        );
-        assert_eq!(
-            id(r#"{"id": 12, "ts": 5, "cust"#),
-            Some(serde_json::json!(12))
-        );
-        assert_eq!(
-            id(r#"{id: 3, "id" : "a-b"}"#),
-            Some(serde_json::json!("a-b"))
-        );
+        assert_eq!(id(r#"{"x": {"id": 1}, "id": 7}"#), Some(serde_json::json!(7)));
+        assert_eq!(id(r#"{"id": 12, "ts": 5, "cust"#), Some(serde_json::json!(12)));
+        assert_eq!(id(r#"{id: 3, "id" : "a-b"}"#), Some(serde_json::json!("a-b")));
         assert_eq!(id(r#"{"name": "x"}"#), None);
         assert_eq!(id("garbage"), None);
     }

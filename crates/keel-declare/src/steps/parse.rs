@@ -15,12 +15,7 @@ use crate::doc::{Doc, Value};
 pub struct ParseJson;
 
 impl DocStep for ParseJson {
-    fn apply(
-        &mut self,
-        doc: &mut Doc,
-        _cx: &mut Context<'_>,
-        _more: &mut Vec<Doc>,
-    ) -> Result<Next, Failure> {
+    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         match doc.reparse_json() {
             Ok(()) => Ok(Next::Keep),
             Err(e) if e.invalid_utf8 => Err(Failure::permanent(reason::INVALID_UTF8, e.message)),
@@ -90,18 +85,11 @@ impl ParseCsv {
 }
 
 impl DocStep for ParseCsv {
-    fn apply(
-        &mut self,
-        doc: &mut Doc,
-        cx: &mut Context<'_>,
-        _more: &mut Vec<Doc>,
-    ) -> Result<Next, Failure> {
+    fn apply(&mut self, doc: &mut Doc, cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         let header = self.header(cx)?;
-        let text = std::str::from_utf8(doc.source()).map_err(|e| {
-            Failure::permanent(reason::INVALID_UTF8, format!("CSV row is not UTF-8: {e}"))
-        })?;
-        split_csv(text, self.delimiter, &mut self.cells)
-            .map_err(|m| Failure::permanent(reason::MALFORMED, m))?;
+        let text = std::str::from_utf8(doc.source())
+            .map_err(|e| Failure::permanent(reason::INVALID_UTF8, format!("CSV row is not UTF-8: {e}")))?;
+        split_csv(text, self.delimiter, &mut self.cells).map_err(|m| Failure::permanent(reason::MALFORMED, m))?;
         if self.cells.len() != header.len() {
             return Err(Failure::permanent(
                 reason::MALFORMED,
@@ -184,9 +172,7 @@ pub fn split_csv(line: &str, delimiter: u8, cells: &mut Vec<String>) -> Result<(
                 }
                 Some(&c) if c == delimiter => i += 1,
                 Some(_) => {
-                    return Err(format!(
-                        "unexpected character after a quoted field at byte {i}"
-                    ));
+                    return Err(format!("unexpected character after a quoted field at byte {i}"));
                 }
             }
             cells.push(cell);

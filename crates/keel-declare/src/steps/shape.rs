@@ -25,12 +25,7 @@ impl Select {
 }
 
 impl DocStep for Select {
-    fn apply(
-        &mut self,
-        doc: &mut Doc,
-        _cx: &mut Context<'_>,
-        _more: &mut Vec<Doc>,
-    ) -> Result<Next, Failure> {
+    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         doc.select_hinted(&self.names, &mut self.hints);
         Ok(Next::Keep)
     }
@@ -44,12 +39,7 @@ impl DocStep for Select {
 pub struct DropFields(pub Arc<[String]>);
 
 impl DocStep for DropFields {
-    fn apply(
-        &mut self,
-        doc: &mut Doc,
-        _cx: &mut Context<'_>,
-        _more: &mut Vec<Doc>,
-    ) -> Result<Next, Failure> {
+    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         for f in self.0.iter() {
             doc.remove(f);
         }
@@ -65,12 +55,7 @@ impl DocStep for DropFields {
 pub struct Rename(pub Arc<[(String, String)]>);
 
 impl DocStep for Rename {
-    fn apply(
-        &mut self,
-        doc: &mut Doc,
-        _cx: &mut Context<'_>,
-        _more: &mut Vec<Doc>,
-    ) -> Result<Next, Failure> {
+    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         for (from, to) in self.0.iter() {
             doc.rename(from, to);
         }

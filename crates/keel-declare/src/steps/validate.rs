@@ -101,11 +101,10 @@ impl Rule {
             return Ok(());
         }
         let fail = |what: String| {
-            Err(Failure::permanent(
-                self.reason.to_string(),
-                self.message.clone().unwrap_or(what),
+            Err(
+                Failure::permanent(self.reason.to_string(), self.message.clone().unwrap_or(what))
+                    .with_field(self.field.as_str()),
             )
-            .with_field(self.field.as_str()))
         };
         if self.min.is_some() || self.max.is_some() {
             let Some(n) = doc.as_f64(v) else {
@@ -130,18 +129,12 @@ impl Rule {
             if let Some(min) = self.min_length
                 && len < min
             {
-                return fail(format!(
-                    "`{}` has {len} characters, fewer than {min}",
-                    self.field
-                ));
+                return fail(format!("`{}` has {len} characters, fewer than {min}", self.field));
             }
             if let Some(max) = self.max_length
                 && len > max
             {
-                return fail(format!(
-                    "`{}` has {len} characters, more than {max}",
-                    self.field
-                ));
+                return fail(format!("`{}` has {len} characters, more than {max}", self.field));
             }
             if let Some(p) = &self.pattern
                 && !p.is_match(&s)
@@ -152,10 +145,7 @@ impl Rule {
         if let Some(allowed) = &self.one_of {
             let got = doc.to_json_value(v);
             if !allowed.iter().any(|a| json_eq(a, &got)) {
-                return fail(format!(
-                    "`{}` is {got}, not one of the allowed values",
-                    self.field
-                ));
+                return fail(format!("`{}` is {got}, not one of the allowed values", self.field));
             }
         }
         Ok(())
@@ -171,22 +161,13 @@ fn json_eq(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 }
 
 impl DocStep for Validate {
-    fn apply(
-        &mut self,
-        doc: &mut Doc,
-        _cx: &mut Context<'_>,
-        _more: &mut Vec<Doc>,
-    ) -> Result<Next, Failure> {
-        let mut found: SmallVec<[Option<PathValue<'_>>; 8]> =
-            SmallVec::with_capacity(self.fields.len());
+    fn apply(&mut self, doc: &mut Doc, _cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
+        let mut found: SmallVec<[Option<PathValue<'_>>; 8]> = SmallVec::with_capacity(self.fields.len());
         for (f, hint) in self.fields.iter().zip(self.hints.iter_mut()) {
             found.push(doc.get_path_hinted(f, hint));
         }
         for &i in self.required.iter() {
-            if found[i]
-                .as_ref()
-                .is_none_or(|v| doc.kind(v.value()) == Kind::Null)
-            {
+            if found[i].as_ref().is_none_or(|v| doc.kind(v.value()) == Kind::Null) {
                 let f = &self.fields[i];
                 return Err(Failure::permanent(
                     reason::MISSING_FIELD,

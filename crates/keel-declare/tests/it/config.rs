@@ -144,16 +144,9 @@ fn unknown_keys_and_wrong_types_are_refused_with_their_line() {
         &[],
     );
     let e = c.errors();
-    assert!(
-        e.contains("pipeline.toml:6:") && e.contains("invalid type"),
-        "{e}"
-    );
+    assert!(e.contains("pipeline.toml:6:") && e.contains("invalid type"), "{e}");
     let c = Case::new("name = \"x\"\n[source]\ntype = \"kafka\"\n", &[]);
-    assert!(
-        c.errors().contains("unknown variant `kafka`"),
-        "{}",
-        c.errors()
-    );
+    assert!(c.errors().contains("unknown variant `kafka`"), "{}", c.errors());
 }
 
 #[test]
@@ -210,16 +203,9 @@ window = "1m"
 #[test]
 fn environment_variables_are_interpolated_and_missing_ones_refused() {
     let c = Case::new("name = \"${KEEL_TEST_SURELY_UNSET}\"\n", &[]);
-    assert!(
-        c.errors().contains("KEEL_TEST_SURELY_UNSET"),
-        "{}",
-        c.errors()
-    );
+    assert!(c.errors().contains("KEEL_TEST_SURELY_UNSET"), "{}", c.errors());
     let c = Case::new(
-        &crate::pipeline("json_lines", "", "").replace(
-            "name = \"t\"",
-            "name = \"${KEEL_TEST_UNSET_TOO:-fallback}\"",
-        ),
+        &crate::pipeline("json_lines", "", "").replace("name = \"t\"", "name = \"${KEEL_TEST_UNSET_TOO:-fallback}\""),
         &[],
     );
     assert_eq!(c.errors(), "");

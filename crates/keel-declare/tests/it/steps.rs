@@ -67,10 +67,7 @@ schema = "schema.json"
         "malformed",
         "the id of a malformed line comes from its text"
     );
-    assert!(
-        dead.iter()
-            .any(|d| d["raw"] == "[1, 2]" && d["reason"] == "malformed")
-    );
+    assert!(dead.iter().any(|d| d["raw"] == "[1, 2]" && d["reason"] == "malformed"));
     let missing = dead.iter().find(|d| d["id"] == 3).unwrap();
     assert_eq!(
         (missing["field"].as_str(), missing["stage"].as_str()),
@@ -96,10 +93,7 @@ types = { qty = "integer" }
     );
     let c = Case::new(
         &toml,
-        &[(
-            "a.csv",
-            "sku,qty,note\r\nA1,3,\"x, y\"\r\nB2,two,z\r\nC3,5\r\n",
-        )],
+        &[("a.csv", "sku,qty,note\r\nA1,3,\"x, y\"\r\nB2,two,z\r\nC3,5\r\n")],
     );
     let s = c.run();
     assert_eq!((s.records_out, s.dead_letters), (1, 2));
@@ -188,10 +182,7 @@ final = { sink = "final" }
     let u0 = finals.iter().find(|f| f["id"] == "u0").unwrap();
     let (ints, floats): (Vec<i64>, Vec<f64>) = (
         (0..50).filter(|i| i % 3 == 0).collect(),
-        (50..100)
-            .filter(|i| i % 3 == 0)
-            .map(|i| i as f64 + 0.5)
-            .collect(),
+        (50..100).filter(|i| i % 3 == 0).map(|i| i as f64 + 0.5).collect(),
     );
     assert_eq!(u0["n"], (ints.len() + floats.len()) as i64);
     assert_eq!(
@@ -240,10 +231,7 @@ on_duplicate = "{policy}"
         r#"{"id": 1, "ts": "2024-01-01T00:20:00Z"}"#,
     ]
     .join("\n");
-    let c = Case::new(
-        &pipeline("json_lines", &steps("drop"), ""),
-        &[("a.jsonl", &input)],
-    );
+    let c = Case::new(&pipeline("json_lines", &steps("drop"), ""), &[("a.jsonl", &input)]);
     let s = c.run();
     assert_eq!((s.records_out, s.dead_letters), (3, 0));
     let c = Case::new(
@@ -259,8 +247,5 @@ on_duplicate = "{policy}"
 fn raw_lines_pass_through_without_a_parse_step() {
     let c = Case::new(&pipeline("lines", "", ""), &[("a.txt", "hello\nworld\n")]);
     c.run();
-    assert_eq!(
-        c.lines("out"),
-        vec!["hello".to_string(), "world".to_string()]
-    );
+    assert_eq!(c.lines("out"), vec!["hello".to_string(), "world".to_string()]);
 }

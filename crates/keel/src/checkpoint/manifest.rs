@@ -104,9 +104,7 @@ pub enum ManifestError {
     #[error("not a keel checkpoint (bad or missing header line)")]
     BadHeader,
     /// Written by an incompatible version.
-    #[error(
-        "unsupported checkpoint format version {0} (this build reads version {FORMAT_VERSION})"
-    )]
+    #[error("unsupported checkpoint format version {0} (this build reads version {FORMAT_VERSION})")]
     UnsupportedVersion(u32),
     /// The body is shorter or longer than the header says: a torn or truncated write.
     #[error("body length {actual} differs from header length {expected} (truncated or torn write)")]
@@ -135,11 +133,7 @@ impl Manifest {
         // Serialising a tree of plain data types with string keys cannot fail.
         let body = serde_json::to_vec_pretty(self).unwrap_or_default();
         let crc = crc32c::crc32c(&body);
-        let mut out = format!(
-            "{MAGIC} v{FORMAT_VERSION} len={} crc32c={crc:08x}\n",
-            body.len()
-        )
-        .into_bytes();
+        let mut out = format!("{MAGIC} v{FORMAT_VERSION} len={} crc32c={crc:08x}\n", body.len()).into_bytes();
         out.extend_from_slice(&body);
         out
     }
@@ -179,10 +173,7 @@ impl Manifest {
         }
         let actual = crc32c::crc32c(body);
         if actual != crc {
-            return Err(ManifestError::Checksum {
-                expected: crc,
-                actual,
-            });
+            return Err(ManifestError::Checksum { expected: crc, actual });
         }
         serde_json::from_slice(body).map_err(|e| ManifestError::Body(e.to_string()))
     }
@@ -231,10 +222,7 @@ mod tests {
     fn every_truncation_is_detected() {
         let bytes = sample(7).encode();
         for cut in 0..bytes.len() {
-            assert!(
-                Manifest::decode(&bytes[..cut]).is_err(),
-                "cut at {cut} accepted"
-            );
+            assert!(Manifest::decode(&bytes[..cut]).is_err(), "cut at {cut} accepted");
         }
     }
 
@@ -255,9 +243,7 @@ mod tests {
     #[test]
     fn unknown_version_is_refused() {
         let bytes = sample(1).encode();
-        let text = String::from_utf8(bytes)
-            .unwrap()
-            .replacen(" v1 ", " v9 ", 1);
+        let text = String::from_utf8(bytes).unwrap().replacen(" v1 ", " v9 ", 1);
         assert_eq!(
             Manifest::decode(text.as_bytes()),
             Err(ManifestError::UnsupportedVersion(9))

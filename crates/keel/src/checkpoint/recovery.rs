@@ -31,10 +31,7 @@ impl RecoveryPlan {
     pub fn sink(&self, name: &str) -> SinkRecovery {
         SinkRecovery {
             last_checkpoint: self.restored_id(),
-            precommit: self
-                .restore
-                .as_ref()
-                .and_then(|m| m.sinks.get(name).cloned()),
+            precommit: self.restore.as_ref().and_then(|m| m.sinks.get(name).cloned()),
         }
     }
 }
@@ -44,10 +41,7 @@ impl RecoveryPlan {
 /// The newest valid manifest wins; corrupt manifests newer than it are skipped (the caller
 /// warns). `highest_epoch_elsewhere` is the highest epoch id found outside the store (in sink
 /// files), so that a new epoch never reuses an id even when manifests were lost.
-pub fn decide(
-    reads: &[ManifestRead],
-    highest_epoch_elsewhere: Option<CheckpointId>,
-) -> RecoveryPlan {
+pub fn decide(reads: &[ManifestRead], highest_epoch_elsewhere: Option<CheckpointId>) -> RecoveryPlan {
     let restore = reads
         .iter()
         .filter_map(|r| match r {
@@ -60,18 +54,12 @@ pub fn decide(
     let mut skipped: Vec<(CheckpointId, String)> = reads
         .iter()
         .filter_map(|r| match r {
-            ManifestRead::Corrupt { id, reason } if restored.is_none_or(|k| *id > k) => {
-                Some((*id, reason.clone()))
-            }
+            ManifestRead::Corrupt { id, reason } if restored.is_none_or(|k| *id > k) => Some((*id, reason.clone())),
             _ => None,
         })
         .collect();
     skipped.sort_by_key(|(id, _)| *id);
-    let highest = reads
-        .iter()
-        .map(ManifestRead::id)
-        .chain(highest_epoch_elsewhere)
-        .max();
+    let highest = reads.iter().map(ManifestRead::id).chain(highest_epoch_elsewhere).max();
     RecoveryPlan {
         restore,
         skipped,
@@ -139,9 +127,7 @@ pub fn plan_epoch_files(files: &[EpochFile], last: Option<CheckpointId>) -> Vec<
             match (f.state, covered) {
                 (EpochFileState::Staged, true) => Some(EpochFileAction::Commit(f.name.clone())),
                 (EpochFileState::Staged, false) => Some(EpochFileAction::Abort(f.name.clone())),
-                (EpochFileState::Committed, false) => {
-                    Some(EpochFileAction::RollBack(f.name.clone()))
-                }
+                (EpochFileState::Committed, false) => Some(EpochFileAction::RollBack(f.name.clone())),
                 (EpochFileState::Committed, true) => None,
             }
         })
@@ -176,10 +162,7 @@ mod tests {
     #[test]
     fn no_manifest_starts_fresh_at_epoch_one() {
         let p = decide(&[], None);
-        assert_eq!(
-            (p.restored_id(), p.next_epoch, p.skipped.len()),
-            (None, 1, 0)
-        );
+        assert_eq!((p.restored_id(), p.next_epoch, p.skipped.len()), (None, 1, 0));
     }
 
     #[test]
@@ -212,10 +195,7 @@ mod tests {
     #[test]
     fn all_corrupt_starts_fresh_above_them() {
         let p = decide(&[corrupt(1), corrupt(2)], None);
-        assert_eq!(
-            (p.restored_id(), p.next_epoch, p.skipped.len()),
-            (None, 3, 2)
-        );
+        assert_eq!((p.restored_id(), p.next_epoch, p.skipped.len()), (None, 3, 2));
     }
 
     #[test]
@@ -261,10 +241,7 @@ mod tests {
         use EpochFileAction::*;
         use EpochFileState::*;
         let files = [f(4, Committed), f(5, Committed), f(6, Committed)];
-        assert_eq!(
-            plan_epoch_files(&files, Some(5)),
-            vec![RollBack("6-Committed".into())]
-        );
+        assert_eq!(plan_epoch_files(&files, Some(5)), vec![RollBack("6-Committed".into())]);
     }
 
     #[test]
@@ -303,9 +280,9 @@ mod tests {
                 let actions = plan_epoch_files(&files, last);
                 for file in &files {
                     let act = actions.iter().find(|a| match a {
-                        EpochFileAction::Commit(n)
-                        | EpochFileAction::Abort(n)
-                        | EpochFileAction::RollBack(n) => *n == file.name,
+                        EpochFileAction::Commit(n) | EpochFileAction::Abort(n) | EpochFileAction::RollBack(n) => {
+                            *n == file.name
+                        }
                     });
                     let visible_after = match (file.state, act) {
                         (_, Some(EpochFileAction::Commit(_))) => true,

@@ -141,10 +141,7 @@ impl FileCheckpointStore {
 
     /// A store using the given file operations (tests inject failures this way).
     pub fn with_ops(dir: impl Into<PathBuf>, ops: Ops) -> Self {
-        FileCheckpointStore {
-            root: dir.into(),
-            ops,
-        }
+        FileCheckpointStore { root: dir.into(), ops }
     }
 
     /// The root directory.
@@ -202,10 +199,8 @@ impl CheckpointStore for FileCheckpointStore {
     }
 
     fn remove_temp_files(&self) -> io::Result<usize> {
-        Ok(
-            durable::remove_temp_files(&*self.ops, &self.manifest_dir())?
-                + durable::remove_temp_files(&*self.ops, &self.state_dir())?,
-        )
+        Ok(durable::remove_temp_files(&*self.ops, &self.manifest_dir())?
+            + durable::remove_temp_files(&*self.ops, &self.state_dir())?)
     }
 
     fn list(&self) -> io::Result<Vec<CheckpointId>> {
@@ -243,11 +238,7 @@ impl CheckpointStore for FileCheckpointStore {
 
     fn write_manifest(&self, manifest: &Manifest) -> io::Result<()> {
         durable::create_dir_durable(&*self.ops, &self.manifest_dir())?;
-        durable::write_atomic(
-            &*self.ops,
-            &self.manifest_path(manifest.id),
-            &manifest.encode(),
-        )
+        durable::write_atomic(&*self.ops, &self.manifest_path(manifest.id), &manifest.encode())
     }
 
     fn delete_manifest(&self, id: CheckpointId) -> io::Result<()> {
@@ -294,10 +285,7 @@ mod tests {
         let store = FileCheckpointStore::new(dir.path());
         store.write_manifest(&sample(2)).unwrap();
         fs::write(store.manifest_path(2), b"garbage").unwrap();
-        assert!(matches!(
-            store.read(2).unwrap(),
-            ManifestRead::Corrupt { id: 2, .. }
-        ));
+        assert!(matches!(store.read(2).unwrap(), ManifestRead::Corrupt { id: 2, .. }));
     }
 
     #[test]

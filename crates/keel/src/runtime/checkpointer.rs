@@ -39,11 +39,7 @@ pub(crate) struct Checkpointer {
 
 impl Checkpointer {
     /// Starts the thread. At most `queue` jobs wait; the coordinator waits beyond that.
-    pub(crate) fn spawn(
-        store: Option<Arc<dyn CheckpointStore>>,
-        retain: usize,
-        queue: usize,
-    ) -> std::io::Result<Self> {
+    pub(crate) fn spawn(store: Option<Arc<dyn CheckpointStore>>, retain: usize, queue: usize) -> std::io::Result<Self> {
         let (jobs, mut rx) = mpsc::channel::<Job>(queue.max(1));
         let (done_tx, done) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()

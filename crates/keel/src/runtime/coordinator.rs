@@ -1,5 +1,6 @@
 //! The coordinator: recovery on start, opening partitions, triggering checkpoints, ending.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -12,10 +13,10 @@ use super::task::{Outboxes, PartitionTask, encode_main};
 use super::{NamedSink, Outcome, Pipeline, PipelineError, RunSummary};
 use crate::checkpoint::recovery;
 use crate::checkpoint::{
-    CheckpointId, CheckpointStore, Manifest, ManifestRead, PartitionCheckpoint, RunStats,
-    StateFiles,
+    CheckpointId, CheckpointStore, Manifest, ManifestRead, PartitionCheckpoint, RunStats, StateFiles,
 };
 use crate::context::{Context, SideSink, StepShared, TaskLocal};
+use crate::policy::CircuitBreaker;
 use crate::record::Record;
 use crate::sink::Encoder;
 use crate::source::Source;
@@ -40,6 +41,7 @@ where
         main,
         side,
         dead_letters,
+        fallback,
         store,
         options,
         progress,
@@ -58,6 +60,13 @@ where
         sinks.push(d);
         sinks.len() - 1
     });
+    let fallback_index = match (dead_index, fallback) {
+        (Some(_), Some(f)) => {
+            sinks.push(f);
+            Some(sinks.len() - 1)
+        }
+        _ => None,
+    };
 
     // 1. Choose the checkpoint to restore and restore its state.
     if options.from_scratch
@@ -68,14 +77,10 @@ where
     }
     let mut highest = None;
     for s in &mut sinks {
-        let h = s
-            .sink
-            .highest_epoch()
-            .await
-            .map_err(|e| PipelineError::Sink {
-                sink: s.name.clone(),
-                source: e,
-            })?;
+        let h = s.sink.highest_epoch().await.map_err(|e| PipelineError::Sink {
+            sink: s.name.clone(),
+            source: e,
+        })?;
         highest = highest.max(h);
     }
     let mut reads = match &store {
@@ -118,10 +123,7 @@ where
             partitions = m.partitions.len(),
             "restored checkpoint"
         );
-        if !options.fingerprint.is_empty()
-            && !m.fingerprint.is_empty()
-            && m.fingerprint != options.fingerprint
-        {
+        if !options.fingerprint.is_empty() && !m.fingerprint.is_empty() && m.fingerprint != options.fingerprint {
             tracing::warn!(
                 checkpoint = m.id,
                 "the pipeline definition changed since this checkpoint was written; resuming with the new one"
@@ -162,6 +164,12 @@ where
             totals: base_stats,
             elapsed: started.elapsed(),
             startup: started.elapsed(),
+            skipped: 0,
+            retries: 0,
+            pauses: 0,
+            sink_failures: (0, 0),
+            breakers: Vec::new(),
+            failures: Vec::new(),
         });
     }
 
@@ -173,6 +181,10 @@ where
     let handles: Vec<SinkHandle> = sinks
         .into_iter()
         .map(|s| SinkHandle {
+            breaker: options
+                .policies
+                .sink_breaker
+                .map(|c| RefCell::new(CircuitBreaker::new(s.name.clone(), c))),
             name: s.name,
             framing: s.sink.framing(),
             sink: tokio::sync::Mutex::new(s.sink),
@@ -182,6 +194,8 @@ where
         step_shared,
         handles,
         dead_index,
+        fallback_index,
+        options.policies.clone(),
         plan.next_epoch,
         progress.clone(),
         options.batch_size,
@@ -197,17 +211,16 @@ where
             let position = if pc.done && pc.position.is_null() {
                 None
             } else {
-                Some(serde_json::from_value::<Src::Position>(pc.position.clone()).map_err(|e| {
-                    PipelineError::Checkpoint(format!(
-                        "checkpoint {}: position of partition {pid} does not decode for this source: {e}",
-                        m.id
-                    ))
-                })?)
+                Some(
+                    serde_json::from_value::<Src::Position>(pc.position.clone()).map_err(|e| {
+                        PipelineError::Checkpoint(format!(
+                            "checkpoint {}: position of partition {pid} does not decode for this source: {e}",
+                            m.id
+                        ))
+                    })?,
+                )
             };
-            slots.insert(
-                pid.clone(),
-                TaskSlot::new(position, pc.done, pc.max_event_time),
-            );
+            slots.insert(pid.clone(), TaskSlot::new(position, pc.done, pc.max_event_time));
         }
     }
 
@@ -248,7 +261,8 @@ where
     c.checkpointer.join();
     let outcome = result?;
     progress.set_finished();
-    let counters = &c.rt.counters;
+    let rt = &c.rt;
+    let counters = &rt.counters;
     Ok(RunSummary {
         outcome,
         restored_from,
@@ -261,6 +275,16 @@ where
         totals: c.stats(),
         elapsed: started.elapsed(),
         startup,
+        skipped: counters.skipped.get(),
+        retries: counters.retries.get(),
+        pauses: rt.pause.count(),
+        sink_failures: (counters.sink_failures.get(), counters.sink_retries.get()),
+        breakers: rt
+            .sinks
+            .iter()
+            .filter_map(|h| h.breaker.as_ref().map(|b| (h.name.clone(), b.borrow().stats())))
+            .collect(),
+        failures: rt.failures.summary(),
     })
 }
 
@@ -315,11 +339,7 @@ where
         // After a restore, the first checkpoint comes early: readers get the replayed output
         // soon, and a second crash replays little.
         let first = |d: Duration| {
-            if self.restored {
-                d.min(FIRST_AFTER_RESTORE)
-            } else {
-                d
-            }
+            if self.restored { d.min(FIRST_AFTER_RESTORE) } else { d }
         };
         let mut next_checkpoint = interval.map(|d| tokio::time::Instant::now() + first(d));
         let mut watermark_tick = tokio::time::interval(Duration::from_millis(100));
@@ -333,7 +353,16 @@ where
         };
 
         loop {
-            if let Some(e) = self.rt.fatal.take() {
+            if let Some((e, final_checkpoint)) = self.rt.fatal.take() {
+                if final_checkpoint {
+                    tracing::warn!(error = %e, "stopping: taking a final checkpoint first");
+                    self.update_watermark();
+                    if let Err(ce) = self.checkpoint(source, false, false).await {
+                        tracing::error!(error = %ce, "the final checkpoint failed; the previous one stays valid");
+                    } else if let Err(de) = self.drain(source).await {
+                        tracing::error!(error = %de, "the final checkpoint failed; the previous one stays valid");
+                    }
+                }
                 return Err(e);
             }
             self.open_partitions(source).await?;
@@ -347,6 +376,11 @@ where
             let far = tokio::time::Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 _ = self.rt.fatal.notify.notified() => {}
+                _ = self.rt.pause.started() => {
+                    // a pause starts: checkpoint what is done, while input waits
+                    self.update_watermark();
+                    self.checkpoint(source, false, true).await?;
+                }
                 _ = shutdown.wait() => {
                     tracing::info!("shutdown requested: stopping input, taking a final checkpoint");
                     return self.stop(source).await;
@@ -389,8 +423,7 @@ where
         })?;
         for pid in found {
             let known = self.slots.get(&pid);
-            let skip = known.is_some_and(|s| s.done.get() || s.running.get())
-                || self.pending.contains(&pid);
+            let skip = known.is_some_and(|s| s.done.get() || s.running.get()) || self.pending.contains(&pid);
             if !skip {
                 self.pending.push_back(pid);
             }
@@ -414,13 +447,10 @@ where
                 continue;
             }
             let from = slot.position.borrow().clone();
-            let reader = source
-                .open(&pid, from)
-                .await
-                .map_err(|e| PipelineError::Source {
-                    partition: pid.clone(),
-                    source: e,
-                })?;
+            let reader = source.open(&pid, from).await.map_err(|e| PipelineError::Source {
+                partition: pid.clone(),
+                source: e,
+            })?;
             let task = PartitionTask {
                 rt: self.rt.clone(),
                 slot: slot.clone(),
@@ -429,15 +459,16 @@ where
                 encoder: self.encoder.clone(),
                 local: TaskLocal::new(&pid, &self.rt.step),
                 out: Outboxes::new(&self.rt),
+                outputs: Vec::new(),
+                marks: Vec::new(),
+                scratch_key: Vec::new(),
             };
             slot.running.set(true);
             self.rt.barrier.task_started();
             self.tasks.push(tokio::task::spawn_local(task.run()));
         }
         let done = self.slots.values().filter(|s| s.done.get()).count() as u64;
-        self.rt
-            .progress
-            .set_partitions(self.rt.barrier.running() as u64, done);
+        self.rt.progress.set_partitions(self.rt.barrier.running() as u64, done);
         Ok(())
     }
 
@@ -471,8 +502,7 @@ where
             encode_main(&mut out.main, &mut self.encoder, o, &mut key).map_err(end)?;
         }
         let c = &rt.counters;
-        c.records_out
-            .set(c.records_out.get() + outputs.len() as u64);
+        c.records_out.set(c.records_out.get() + outputs.len() as u64);
         out.flush(&rt, &mut local).await
     }
 
@@ -488,16 +518,13 @@ where
     /// Closes the current epoch: stops every task at a record boundary, seals the sinks,
     /// snapshots state and hands the checkpoint to the checkpoint thread. `release` lets the
     /// tasks go on (false for the last checkpoint of a run).
-    async fn checkpoint(
-        &mut self,
-        _source: &mut Src,
-        finished: bool,
-        release: bool,
-    ) -> Result<(), PipelineError> {
+    async fn checkpoint(&mut self, _source: &mut Src, finished: bool, release: bool) -> Result<(), PipelineError> {
         let rt = self.rt.clone();
         rt.barrier.request();
         rt.barrier.wait_all_arrived(&rt.fatal).await;
-        if let Some(e) = rt.fatal.take() {
+        if rt.fatal.stop_now()
+            && let Some((e, _)) = rt.fatal.take()
+        {
             return Err(e);
         }
         let epoch = self.epoch;
@@ -508,8 +535,7 @@ where
             let position = match pos.as_ref() {
                 Some(p) => {
                     acks.push((pid.clone(), p.clone()));
-                    serde_json::to_value(p)
-                        .map_err(|e| PipelineError::Checkpoint(format!("position of {pid}: {e}")))?
+                    serde_json::to_value(p).map_err(|e| PipelineError::Checkpoint(format!("position of {pid}: {e}")))?
                 }
                 None if slot.done.get() => serde_json::Value::Null,
                 None => continue,
@@ -525,16 +551,10 @@ where
         }
         let mut sealed = Vec::with_capacity(rt.sinks.len());
         for h in &rt.sinks {
-            let s = h
-                .sink
-                .lock()
-                .await
-                .seal(epoch)
-                .await
-                .map_err(|e| PipelineError::Sink {
-                    sink: h.name.clone(),
-                    source: e,
-                })?;
+            let s = h.sink.lock().await.seal(epoch).await.map_err(|e| PipelineError::Sink {
+                sink: h.name.clone(),
+                source: e,
+            })?;
             sealed.push((h.name.clone(), s));
         }
         let (snapshot, files) = {
@@ -581,11 +601,7 @@ where
         Ok(())
     }
 
-    async fn on_completion(
-        &mut self,
-        source: &mut Src,
-        done: Completion,
-    ) -> Result<(), PipelineError> {
+    async fn on_completion(&mut self, source: &mut Src, done: Completion) -> Result<(), PipelineError> {
         done.result.map_err(PipelineError::Checkpoint)?;
         if self.completed == 0 {
             tracing::info!(
@@ -596,9 +612,7 @@ where
         }
         self.completed += 1;
         self.last_completed = Some(done.id);
-        self.rt
-            .progress
-            .checkpoint_done(done.id, done.at_ms, done.keys);
+        self.rt.progress.checkpoint_done(done.id, done.at_ms, done.keys);
         tracing::debug!(checkpoint = done.id, "checkpoint committed");
         // Older entries belong to checkpoints that were superseded; keep only newer ones.
         let acks = self.acks.remove(&done.id);
@@ -618,9 +632,7 @@ where
             match self.checkpointer.done.recv().await {
                 Some(done) => self.on_completion(source, done).await?,
                 None => {
-                    return Err(PipelineError::Runtime(
-                        "the checkpoint thread stopped".into(),
-                    ));
+                    return Err(PipelineError::Runtime("the checkpoint thread stopped".into()));
                 }
             }
         }

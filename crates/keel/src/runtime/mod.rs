@@ -7,8 +7,11 @@
 
 mod checkpointer;
 mod coordinator;
+mod failures;
+mod pause;
 pub(crate) mod progress;
 mod shared;
+mod sink_io;
 mod task;
 
 use std::sync::Arc;
@@ -17,9 +20,11 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::Notify;
 
+pub use self::failures::FailureCount;
 pub use self::progress::{Progress, ProgressSnapshot};
 use crate::checkpoint::{CheckpointId, CheckpointStore, RunStats};
 use crate::failure::Failure;
+use crate::policy::{BreakerStats, Policies};
 use crate::record::Record;
 use crate::sink::{DynSink, Encoder, Guarantee, JsonEncoder, Sink, SinkError};
 use crate::source::{Source, SourceError};
@@ -66,6 +71,10 @@ pub enum PipelineError {
     /// State could not be restored from any checkpoint.
     #[error("restoring state: {0}")]
     Restore(#[from] RestoreError),
+    /// A policy or the error budget stopped the pipeline on purpose (after a final
+    /// checkpoint).
+    #[error("aborted: {0}")]
+    Aborted(String),
     /// The runtime itself failed.
     #[error("runtime: {0}")]
     Runtime(String),
@@ -107,17 +116,25 @@ pub struct RunSummary {
     pub elapsed: Duration,
     /// Time from start until processing began (recovery included).
     pub startup: Duration,
+    /// Records skipped by a `skip` policy in this run.
+    pub skipped: u64,
+    /// Retries of records in this run.
+    pub retries: u64,
+    /// Pipeline-wide pauses in this run.
+    pub pauses: u64,
+    /// Failed sink writes, and their retries, in this run.
+    pub sink_failures: (u64, u64),
+    /// Circuit breaker transitions, by sink name.
+    pub breakers: Vec<(String, BreakerStats)>,
+    /// Failures of this run by reason, stage and the action taken.
+    pub failures: Vec<FailureCount>,
 }
 
 impl RunSummary {
     /// Records handled per second of wall-clock time.
     pub fn records_per_sec(&self) -> f64 {
         let s = self.elapsed.as_secs_f64();
-        if s > 0.0 {
-            self.records_in as f64 / s
-        } else {
-            0.0
-        }
+        if s > 0.0 { self.records_in as f64 / s } else { 0.0 }
     }
 }
 
@@ -135,9 +152,7 @@ struct ShutdownInner {
 impl ShutdownHandle {
     /// Requests the shutdown.
     pub fn trigger(&self) {
-        self.0
-            .requested
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.requested.store(true, std::sync::atomic::Ordering::SeqCst);
         self.0.notify.notify_waiters();
         self.0.notify.notify_one();
     }
@@ -181,6 +196,8 @@ pub struct Options {
     /// Fingerprint of the pipeline definition, stored in manifests (a warning is logged when
     /// it changes between runs).
     pub fingerprint: String,
+    /// How failures are handled (see [`crate::policy`]).
+    pub policies: Policies,
 }
 
 impl Default for Options {
@@ -197,6 +214,7 @@ impl Default for Options {
             from_scratch: false,
             handle_signals: false,
             fingerprint: String::new(),
+            policies: Policies::default(),
         }
     }
 }
@@ -216,6 +234,7 @@ pub struct PipelineBuilder<Src, S, E> {
     main: Option<NamedSink>,
     side: Vec<NamedSink>,
     dead_letters: Option<NamedSink>,
+    fallback: Option<NamedSink>,
     store: Option<Arc<dyn CheckpointStore>>,
     options: Options,
 }
@@ -229,6 +248,7 @@ pub struct Pipeline<Src, S, E> {
     pub(crate) main: NamedSink,
     pub(crate) side: Vec<NamedSink>,
     pub(crate) dead_letters: Option<NamedSink>,
+    pub(crate) fallback: Option<NamedSink>,
     pub(crate) store: Option<Arc<dyn CheckpointStore>>,
     pub(crate) options: Options,
     pub(crate) progress: Arc<Progress>,
@@ -246,6 +266,7 @@ impl Pipeline<(), (), ()> {
             main: None,
             side: Vec::new(),
             dead_letters: None,
+            fallback: None,
             store: None,
             options: Options::default(),
         }
@@ -263,6 +284,7 @@ impl<Src, S, E> PipelineBuilder<Src, S, E> {
             main: self.main,
             side: self.side,
             dead_letters: self.dead_letters,
+            fallback: self.fallback,
             store: self.store,
             options: self.options,
         }
@@ -278,6 +300,7 @@ impl<Src, S, E> PipelineBuilder<Src, S, E> {
             main: self.main,
             side: self.side,
             dead_letters: self.dead_letters,
+            fallback: self.fallback,
             store: self.store,
             options: self.options,
         }
@@ -298,12 +321,7 @@ impl<Src, S, E> PipelineBuilder<Src, S, E> {
     }
 
     /// Sets the main sink with a name and an encoder.
-    pub fn sink_with<E2>(
-        self,
-        name: &str,
-        sink: impl Sink,
-        encoder: E2,
-    ) -> PipelineBuilder<Src, S, E2> {
+    pub fn sink_with<E2>(self, name: &str, sink: impl Sink, encoder: E2) -> PipelineBuilder<Src, S, E2> {
         PipelineBuilder {
             name: self.name,
             source: self.source,
@@ -315,6 +333,7 @@ impl<Src, S, E> PipelineBuilder<Src, S, E> {
             }),
             side: self.side,
             dead_letters: self.dead_letters,
+            fallback: self.fallback,
             store: self.store,
             options: self.options,
         }
@@ -335,6 +354,21 @@ impl<Src, S, E> PipelineBuilder<Src, S, E> {
             name: "dead_letters".into(),
             sink: Box::new(sink),
         });
+        self
+    }
+
+    /// Sets a second dead-letter output that takes over when the first one refuses a batch.
+    pub fn dead_letter_fallback(mut self, sink: impl Sink) -> Self {
+        self.fallback = Some(NamedSink {
+            name: "dead_letters_fallback".into(),
+            sink: Box::new(sink),
+        });
+        self
+    }
+
+    /// Sets how failures are handled.
+    pub fn policies(mut self, policies: Policies) -> Self {
+        self.options.policies = policies;
         self
     }
 
@@ -394,11 +428,8 @@ where
             .ok_or_else(|| PipelineError::Config("the pipeline has no sink".into()))?;
         let mut names = vec![main.name.as_str()];
         for s in &self.side {
-            if names.contains(&s.name.as_str()) || s.name == "dead_letters" {
-                return Err(PipelineError::Config(format!(
-                    "two sinks are named `{}`",
-                    s.name
-                )));
+            if names.contains(&s.name.as_str()) || s.name.starts_with("dead_letters") {
+                return Err(PipelineError::Config(format!("two sinks are named `{}`", s.name)));
             }
             names.push(&s.name);
         }
@@ -407,14 +438,8 @@ where
                 "batch_size and max_open_partitions must be at least 1".into(),
             ));
         }
-        if self
-            .options
-            .checkpoint_interval
-            .is_some_and(|d| d.is_zero())
-        {
-            return Err(PipelineError::Config(
-                "checkpoint interval must be positive".into(),
-            ));
+        if self.options.checkpoint_interval.is_some_and(|d| d.is_zero()) {
+            return Err(PipelineError::Config("checkpoint interval must be positive".into()));
         }
         Ok(Pipeline {
             name: self.name,
@@ -424,6 +449,7 @@ where
             main,
             side: self.side,
             dead_letters: self.dead_letters,
+            fallback: self.fallback,
             store: self.store,
             options: self.options,
             progress: Arc::new(Progress::default()),
@@ -464,6 +490,7 @@ where
         std::iter::once(&self.main)
             .chain(&self.side)
             .chain(&self.dead_letters)
+            .chain(&self.fallback)
             .map(|s| SinkInfo {
                 name: s.name.clone(),
                 describe: s.sink.describe(),

@@ -11,8 +11,11 @@ use std::time::Duration;
 use tokio::sync::{Mutex, Notify, watch};
 
 use super::PipelineError;
+use super::failures::FailureLog;
+use super::pause::PauseGate;
 use super::progress::Progress;
 use crate::context::StepShared;
+use crate::policy::{BudgetAction, CircuitBreaker, Policies, SplitMix};
 use crate::sink::{DynSink, Framing};
 
 /// A sink and its name, shared by all tasks. The async mutex is only contended at barriers.
@@ -20,6 +23,7 @@ pub(crate) struct SinkHandle {
     pub(crate) name: String,
     pub(crate) framing: Framing,
     pub(crate) sink: Mutex<Box<dyn DynSink>>,
+    pub(crate) breaker: Option<RefCell<CircuitBreaker>>,
 }
 
 /// The checkpoint barrier.
@@ -81,7 +85,7 @@ impl Barrier {
 
     /// Waits until every running task has arrived.
     pub(crate) async fn wait_all_arrived(&self, fatal: &Fatal) {
-        while self.arrived.get() < self.running.get() && !fatal.is_set() {
+        while self.arrived.get() < self.running.get() && !fatal.stop_now() {
             tokio::select! {
                 _ = self.all_arrived.notified() => {}
                 _ = fatal.notify.notified() => {}
@@ -112,16 +116,22 @@ impl Barrier {
 }
 
 /// The first fatal error of any task; the coordinator stops on it.
+///
+/// With `final_checkpoint`, the coordinator first takes a final checkpoint (every other task
+/// stops at its next record boundary as for any barrier); without it, tasks stop at once and
+/// the last completed checkpoint is what a restart resumes from.
 pub(crate) struct Fatal {
-    error: RefCell<Option<PipelineError>>,
+    error: RefCell<Option<(PipelineError, bool)>>,
     pub(crate) notify: Notify,
 }
 
 impl Fatal {
-    pub(crate) fn set(&self, e: PipelineError) {
+    pub(crate) fn set(&self, e: PipelineError, final_checkpoint: bool) {
         let mut slot = self.error.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(e);
+        match slot.as_mut() {
+            None => *slot = Some((e, final_checkpoint)),
+            // a later error never allows a checkpoint that an earlier one forbade
+            Some(s) => s.1 &= final_checkpoint,
         }
         drop(slot);
         self.notify.notify_waiters();
@@ -132,7 +142,13 @@ impl Fatal {
         self.error.borrow().is_some()
     }
 
-    pub(crate) fn take(&self) -> Option<PipelineError> {
+    /// True when tasks must stop at once (an error that forbids a final checkpoint).
+    #[inline]
+    pub(crate) fn stop_now(&self) -> bool {
+        self.error.borrow().as_ref().is_some_and(|(_, ckpt)| !ckpt)
+    }
+
+    pub(crate) fn take(&self) -> Option<(PipelineError, bool)> {
         self.error.borrow_mut().take()
     }
 }
@@ -144,6 +160,10 @@ pub(crate) struct Counters {
     pub(crate) records_out: Cell<u64>,
     pub(crate) dead_letters: Cell<u64>,
     pub(crate) late_dropped: Cell<u64>,
+    pub(crate) skipped: Cell<u64>,
+    pub(crate) retries: Cell<u64>,
+    pub(crate) sink_failures: Cell<u64>,
+    pub(crate) sink_retries: Cell<u64>,
 }
 
 /// Everything the tasks and the coordinator share.
@@ -155,6 +175,12 @@ pub(crate) struct RuntimeShared {
     /// Index 0 is the main sink, then side sinks in declaration order, then dead letters.
     pub(crate) sinks: Vec<SinkHandle>,
     pub(crate) dead_letter_sink: Option<usize>,
+    pub(crate) fallback_dead_letter_sink: Option<usize>,
+    pub(crate) policies: Policies,
+    pub(crate) pause: PauseGate,
+    pub(crate) failures: FailureLog,
+    pub(crate) rng: RefCell<SplitMix>,
+    origin: tokio::time::Instant,
     pub(crate) epoch: Cell<u64>,
     pub(crate) counters: Counters,
     pub(crate) progress: Arc<Progress>,
@@ -169,12 +195,15 @@ impl RuntimeShared {
         step: StepShared,
         sinks: Vec<SinkHandle>,
         dead_letter_sink: Option<usize>,
+        fallback_dead_letter_sink: Option<usize>,
+        policies: Policies,
         epoch: u64,
         progress: Arc<Progress>,
         batch_size: usize,
         flush_bytes: usize,
         poll_interval: Duration,
     ) -> Rc<Self> {
+        let failures = FailureLog::new(policies.error_budget, policies.dead_letter_rate);
         Rc::new(RuntimeShared {
             step,
             barrier: Barrier::new(),
@@ -185,6 +214,12 @@ impl RuntimeShared {
             task_exit: Notify::new(),
             sinks,
             dead_letter_sink,
+            fallback_dead_letter_sink,
+            policies,
+            pause: PauseGate::default(),
+            failures,
+            rng: RefCell::new(SplitMix::from_entropy()),
+            origin: tokio::time::Instant::now(),
             epoch: Cell::new(epoch),
             counters: Counters::default(),
             progress,
@@ -192,6 +227,35 @@ impl RuntimeShared {
             flush_bytes,
             poll_interval,
         })
+    }
+
+    /// Monotonic time since the run started (tokio's clock, so tests can pause it).
+    #[inline]
+    pub(crate) fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// The error budget is exceeded: pause or abort, as configured, and say why.
+    pub(crate) fn budget_exceeded(&self, why: String) {
+        let Some(budget) = self.policies.error_budget else {
+            return;
+        };
+        match budget.action {
+            BudgetAction::Pause => {
+                if self.pause.active_until().is_none() {
+                    tracing::warn!(%why, pause_ms = budget.window.as_millis() as u64, "error budget exceeded: pausing input");
+                }
+                self.pause.pause_until(
+                    tokio::time::Instant::now() + budget.window,
+                    "the error budget is exceeded",
+                );
+            }
+            BudgetAction::Abort => {
+                tracing::error!(%why, "error budget exceeded: stopping");
+                self.fatal
+                    .set(PipelineError::Aborted(format!("error budget exceeded: {why}")), true);
+            }
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! A partition task: reads one partition in order and runs each record through the flow.
+//! A partition task: reads one partition in order and runs each record through the flow,
+//! handling failures with the pipeline's policies.
 //!
 //! Invariants:
 //! - The published position is always the position after the last record whose outputs
@@ -6,16 +7,20 @@
 //! - Before arriving at a barrier, the task writes its outboxes to the sinks, so the sealed
 //!   epoch holds exactly the records up to the published position.
 //! - A record that fails leaves no output behind: outboxes are rolled back to where they
-//!   were before the record.
+//!   were before the record. A record waiting for a retry or a pause is not handled yet: a
+//!   checkpoint taken meanwhile holds the position before it.
 
 use std::rc::Rc;
-use std::time::Instant;
+
+use tokio::time::{Duration, Instant};
 
 use super::PipelineError;
 use super::shared::{RuntimeShared, TaskSlot};
+use super::sink_io::{self, Written};
 use crate::context::{Context, TaskLocal};
 use crate::dead_letter::{Envelope, Provenance};
-use crate::failure::{Class, Failure};
+use crate::failure::{Failure, reason};
+use crate::policy::{Action, FailureEvent, RetryState};
 use crate::record::{Record, SourceBatch};
 use crate::sink::{Encoder, Framing, OutBatch};
 use crate::source::{PartitionReader, ReadStatus};
@@ -37,57 +42,163 @@ impl Outboxes {
         }
     }
 
-    /// Writes every non-empty outbox to its sink (side outboxes live in `local`).
-    pub(crate) async fn flush(
-        &mut self,
-        rt: &RuntimeShared,
-        local: &mut TaskLocal,
-    ) -> Result<(), PipelineError> {
+    /// Writes every non-empty outbox to its sink (side outboxes live in `local`). Records of
+    /// a batch a sink refuses go to the action of the sink's stage (dead letters by default).
+    pub(crate) async fn flush(&mut self, rt: &RuntimeShared, local: &mut TaskLocal) -> Result<(), PipelineError> {
         let epoch = rt.epoch.get();
         if !self.main.is_empty() {
-            write(rt, 0, epoch, &self.main).await?;
+            let written = sink_io::write(rt, 0, epoch, &self.main).await?;
+            self.rejected(rt, local, 0, written)?;
             self.main.clear();
         }
-        for (i, side) in local.side.iter_mut().enumerate() {
-            if !side.is_empty() {
-                write(rt, i + 1, epoch, side).await?;
-                side.clear();
+        for i in 0..local.side.len() {
+            if !local.side[i].is_empty() {
+                let written = sink_io::write(rt, i + 1, epoch, &local.side[i]).await?;
+                let side = std::mem::replace(&mut local.side[i], OutBatch::new(rt.sinks[i + 1].framing));
+                self.rejected_batch(rt, local, i + 1, &side, written)?;
+                local.side[i] = side;
+                local.side[i].clear();
             }
         }
         if let Some(d) = rt.dead_letter_sink
             && !self.dead.is_empty()
         {
-            write(rt, d, epoch, &self.dead).await?;
+            let mut written = sink_io::write(rt, d, epoch, &self.dead).await?;
+            if let (Written::Rejected(f), Some(fb)) = (&written, rt.fallback_dead_letter_sink) {
+                tracing::warn!(error = %f, "the dead-letter output refused a batch; writing it to the fallback");
+                written = sink_io::write(rt, fb, epoch, &self.dead).await?;
+            }
+            if let Written::Rejected(f) = written {
+                return Err(PipelineError::Record {
+                    partition: local.partition.to_string(),
+                    failure: Box::new(f),
+                });
+            }
             self.dead.clear();
         }
         Ok(())
     }
 
+    fn rejected(
+        &mut self,
+        rt: &RuntimeShared,
+        local: &TaskLocal,
+        sink: usize,
+        written: Written,
+    ) -> Result<(), PipelineError> {
+        let main = std::mem::replace(&mut self.main, OutBatch::new(rt.sinks[0].framing));
+        let r = self.rejected_batch(rt, local, sink, &main, written);
+        self.main = main;
+        r
+    }
+
+    /// Routes the records of a refused batch by the action of the sink's stage.
+    fn rejected_batch(
+        &mut self,
+        rt: &RuntimeShared,
+        local: &TaskLocal,
+        sink: usize,
+        batch: &OutBatch,
+        written: Written,
+    ) -> Result<(), PipelineError> {
+        let Written::Rejected(failure) = written else {
+            return Ok(());
+        };
+        let action = terminal(rt.policies.action(&rt.sinks[sink].name, failure.class));
+        let partition = local.partition.to_string();
+        let event = FailureEvent {
+            failure: &failure,
+            partition: &partition,
+            attempts: 1,
+            action: action.name(),
+        };
+        rt.policies.notify(&event);
+        for _ in 0..batch.len() {
+            rt.failures.record(&failure, action.name());
+        }
+        match action {
+            Action::Skip => {
+                rt.counters.skipped.set(rt.counters.skipped.get() + batch.len() as u64);
+                Ok(())
+            }
+            Action::DeadLetter if rt.dead_letter_sink.is_some() => {
+                let now = now_ms();
+                for r in batch.records() {
+                    let rec = Record {
+                        key: r.key.map(bytes::Bytes::copy_from_slice),
+                        value: bytes::Bytes::copy_from_slice(r.value),
+                        ..Record::default()
+                    };
+                    let env = Envelope::new(
+                        &rec,
+                        &failure,
+                        Provenance {
+                            pipeline: &rt.step.pipeline,
+                            partition: &partition,
+                            position: &serde_json::Value::Null,
+                            epoch: rt.epoch.get(),
+                            attempts: 1,
+                            first_failed_ms: now,
+                            last_failed_ms: now,
+                        },
+                    );
+                    push_envelope(&mut self.dead, &env);
+                }
+                rt.counters
+                    .dead_letters
+                    .set(rt.counters.dead_letters.get() + batch.len() as u64);
+                rt.counters
+                    .records_out
+                    .set(rt.counters.records_out.get().saturating_sub(batch.len() as u64));
+                Ok(())
+            }
+            _ => Err(PipelineError::Record {
+                partition,
+                failure: Box::new(failure),
+            }),
+        }
+    }
+
     fn bytes(&self, local: &TaskLocal) -> usize {
-        self.main.bytes()
-            + self.dead.bytes()
-            + local.side.iter().map(OutBatch::bytes).sum::<usize>()
+        self.main.bytes() + self.dead.bytes() + local.side.iter().map(OutBatch::bytes).sum::<usize>()
     }
 }
 
-async fn write(
-    rt: &RuntimeShared,
-    sink: usize,
-    epoch: u64,
-    batch: &OutBatch,
-) -> Result<(), PipelineError> {
-    let handle = &rt.sinks[sink];
-    let mut s = handle.sink.lock().await;
-    s.write(epoch, batch)
-        .await
-        .map_err(|e| PipelineError::Sink {
-            sink: handle.name.clone(),
-            source: e,
-        })
+/// The action a failure ends with once retries and pauses are over.
+fn terminal(action: &Action) -> &Action {
+    match action {
+        Action::Retry { then, .. } | Action::Pause { then, .. } => terminal(then),
+        other => other,
+    }
+}
+
+fn push_envelope(out: &mut OutBatch, env: &Envelope) {
+    let _ = out.push_with::<()>(None, |buf| {
+        env.encode(buf);
+        Ok(())
+    });
+}
+
+/// What the batch loop does after a record.
+enum Next {
+    Continue,
+    Stop,
+}
+
+/// How one record ended.
+enum Outcome {
+    /// Outputs written (how many).
+    Out(u64),
+    /// Dead-lettered.
+    Dead,
+    /// Skipped or dropped.
+    Skipped,
+    /// The pipeline stops.
+    Stop,
 }
 
 /// Runs one partition until its end, a fatal error, or forever (unbounded sources).
-pub(crate) struct PartitionTask<R: PartitionReader, S, E> {
+pub(crate) struct PartitionTask<R: PartitionReader, S: Step<Record>, E> {
     pub(crate) rt: Rc<RuntimeShared>,
     pub(crate) slot: Rc<TaskSlot<R::Position>>,
     pub(crate) reader: R,
@@ -95,6 +206,9 @@ pub(crate) struct PartitionTask<R: PartitionReader, S, E> {
     pub(crate) encoder: E,
     pub(crate) local: TaskLocal,
     pub(crate) out: Outboxes,
+    pub(crate) outputs: Vec<S::Out>,
+    pub(crate) marks: Vec<usize>,
+    pub(crate) scratch_key: Vec<u8>,
 }
 
 impl<R, S, E> PartitionTask<R, S, E>
@@ -102,7 +216,7 @@ where
     R: PartitionReader,
     R::Position: serde::Serialize,
     S: Step<Record>,
-    E: crate::sink::Encoder<S::Out>,
+    E: Encoder<S::Out>,
 {
     /// The coordinator has counted this task as running (`Barrier::task_started`) and set
     /// `slot.running` before spawning it.
@@ -110,7 +224,7 @@ where
         let result = self.read_all().await;
         self.slot.running.set(false);
         if let Err(e) = result {
-            self.rt.fatal.set(e);
+            self.rt.fatal.set(e, false);
         }
         self.rt.barrier.task_ended();
         self.rt.task_exit.notify_one();
@@ -119,26 +233,16 @@ where
     async fn read_all(&mut self) -> Result<(), PipelineError> {
         let rt = self.rt.clone();
         let mut batch: SourceBatch<R::Position> = SourceBatch::default();
-        let mut outputs: Vec<S::Out> = Vec::new();
-        let mut marks: Vec<usize> = Vec::new();
         let mut idle_since: Option<Instant> = None;
-        let mut scratch_key = Vec::new();
         loop {
-            if rt.barrier.requested() {
-                self.arrive().await?;
-            }
-            if rt.fatal.is_set() {
+            if let Next::Stop = self.boundary(&batch, 0).await? {
                 return Ok(());
             }
             batch.clear();
-            let status = self
-                .reader
-                .next_batch(&mut batch, rt.batch_size)
-                .await
-                .map_err(|e| PipelineError::Source {
-                    partition: self.local.partition.to_string(),
-                    source: e,
-                })?;
+            let status = match self.read(&mut batch).await? {
+                Some(s) => s,
+                None => return Ok(()),
+            };
             match status {
                 ReadStatus::End => {
                     self.out.flush(&rt, &mut self.local).await?;
@@ -163,51 +267,40 @@ where
                 }
             }
             let n = batch.len();
-            let mut handled = 0u64;
-            let mut out_count = 0u64;
-            let mut dead_count = 0u64;
+            let (mut handled, mut out, mut dead) = (0u64, 0u64, 0u64);
             for i in 0..n {
-                let rec = &batch.records[i];
-                self.local.begin_record(Some(rec));
-                let main_mark = self.out.main.len();
-                self.local.side_marks(&mut marks);
-                outputs.clear();
-                let mut cx = Context::new(&rt.step, &mut self.local, Some(rec));
-                let mut result = self.flow.process(rec.clone(), &mut cx, &mut outputs).await;
-                if result.is_ok() {
-                    for o in outputs.drain(..) {
-                        if let Err(f) =
-                            encode_main(&mut self.out.main, &mut self.encoder, &o, &mut scratch_key)
-                        {
-                            result = Err(f.with_stage(rt.sinks[0].name.clone()));
-                            break;
+                if i > 0 {
+                    // a record boundary: checkpoints and pauses are served here too
+                    if (rt.barrier.requested() || rt.pause.active_until().is_some() || rt.fatal.is_set())
+                        && let Next::Stop = {
+                            self.count(handled, out, dead);
+                            (handled, out, dead) = (0, 0, 0);
+                            self.boundary(&batch, i).await?
                         }
-                    }
-                }
-                match result {
-                    Ok(()) => out_count += (self.out.main.len() - main_mark) as u64,
-                    Err(failure) => {
-                        self.out.main.truncate(main_mark);
-                        self.local.rollback_side(&marks);
-                        self.dead_letter(rec, &batch.positions[i], failure)?;
-                        dead_count += 1;
-                    }
-                }
-                handled += 1;
-                if rt.barrier.requested() && i + 1 < n {
-                    *self.slot.position.borrow_mut() = Some(batch.positions[i].clone());
-                    self.count(handled, out_count, dead_count);
-                    (handled, out_count, dead_count) = (0, 0, 0);
-                    self.arrive().await?;
-                    if rt.fatal.is_set() {
+                    {
                         return Ok(());
                     }
                 }
+                let outcome = self.record(&batch, i).await?;
+                if rt.policies.error_budget.is_some() {
+                    // the budget's ratio needs records counted as they go
+                    rt.failures.handled(1, rt.now());
+                }
+                match outcome {
+                    Outcome::Out(o) => out += o,
+                    Outcome::Dead => dead += 1,
+                    Outcome::Skipped => {}
+                    Outcome::Stop => {
+                        self.count(handled, out, dead);
+                        return Ok(());
+                    }
+                }
+                handled += 1;
             }
             if let Some(p) = batch.positions.last() {
                 *self.slot.position.borrow_mut() = Some(p.clone());
             }
-            self.count(handled, out_count, dead_count);
+            self.count(handled, out, dead);
             self.publish_time();
             if self.out.bytes(&self.local) >= rt.flush_bytes {
                 self.out.flush(&rt, &mut self.local).await?;
@@ -216,17 +309,304 @@ where
         }
     }
 
+    /// Reads the next batch, retrying transient source errors with the `source` stage's
+    /// policy. `None` when the pipeline stops meanwhile.
+    async fn read(&mut self, batch: &mut SourceBatch<R::Position>) -> Result<Option<ReadStatus>, PipelineError> {
+        let rt = self.rt.clone();
+        let mut schedule: Option<RetryState> = None;
+        loop {
+            let err = match self.reader.next_batch(batch, rt.batch_size).await {
+                Ok(s) => return Ok(Some(s)),
+                Err(e) => e,
+            };
+            let mut f = Failure::from_error(&err).with_stage("source");
+            rt.policies.classifier.apply(&mut f);
+            let policy = match rt.policies.action("source", f.class) {
+                Action::Retry { policy, .. } => *policy,
+                _ => {
+                    return Err(PipelineError::Source {
+                        partition: self.local.partition.to_string(),
+                        source: err,
+                    });
+                }
+            };
+            let now = rt.now();
+            let st = schedule.get_or_insert_with(|| policy.start(now));
+            let delay = st.next_delay(now, f.retry_after, &mut *rt.rng.borrow_mut());
+            match delay {
+                Ok(d) => {
+                    tracing::warn!(partition = %self.local.partition, error = %err, retry_in_ms = d.as_millis() as u64, "reading the source failed; retrying");
+                    batch.clear();
+                    if !self.wait(d).await? {
+                        return Ok(None);
+                    }
+                }
+                Err(_) => {
+                    return Err(PipelineError::Source {
+                        partition: self.local.partition.to_string(),
+                        source: err,
+                    });
+                }
+            }
+        }
+    }
+
+    /// At the boundary before record `i` of `batch` (or between batches, `i = 0`): serves a
+    /// requested barrier, waits out a pause, and stops when the pipeline stops.
+    async fn boundary(&mut self, batch: &SourceBatch<R::Position>, i: usize) -> Result<Next, PipelineError> {
+        if i > 0 {
+            *self.slot.position.borrow_mut() = Some(batch.positions[i - 1].clone());
+        }
+        loop {
+            if self.rt.barrier.requested() {
+                self.arrive().await?;
+            }
+            if self.rt.fatal.stop_now() {
+                return Ok(Next::Stop);
+            }
+            if self.rt.fatal.is_set() {
+                // the pipeline is stopping with a final checkpoint: let the coordinator ask
+                // for the barrier instead of handling more records
+                tokio::task::yield_now().await;
+                continue;
+            }
+            match self.rt.pause.active_until() {
+                Some(until) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => {}
+                        _ = self.rt.barrier.wait_requested() => {}
+                        _ = self.rt.fatal.notify.notified() => {}
+                    }
+                }
+                None => return Ok(Next::Continue),
+            }
+        }
+    }
+
+    /// Waits `d` at a record boundary (the slot already holds the position before the
+    /// waiting record), serving barriers and pauses. False when the pipeline stops.
+    async fn wait(&mut self, d: Duration) -> Result<bool, PipelineError> {
+        let until = Instant::now() + d;
+        loop {
+            if self.rt.barrier.requested() {
+                self.arrive().await?;
+            }
+            if self.rt.fatal.stop_now() {
+                return Ok(false);
+            }
+            let wake = self.rt.pause.active_until().map_or(until, |p| p.max(until));
+            if Instant::now() >= wake {
+                return Ok(true);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.rt.barrier.wait_requested() => {}
+                _ = self.rt.fatal.notify.notified() => {}
+            }
+        }
+    }
+
+    /// One run of record `rec` through the flow and into the outboxes. On failure the
+    /// outboxes are as before.
+    async fn attempt(&mut self, rec: &Record) -> Result<u64, Failure> {
+        let rt = self.rt.clone();
+        if let Some(max) = rt.policies.max_record_bytes
+            && rec.value.len() > max
+        {
+            return Err(Failure::permanent(
+                reason::OVERSIZED,
+                format!(
+                    "record of {} bytes is larger than the maximum of {max}",
+                    rec.value.len()
+                ),
+            )
+            .with_stage("source"));
+        }
+        self.local.begin_record(Some(rec));
+        let main_mark = self.out.main.len();
+        self.local.side_marks(&mut self.marks);
+        self.outputs.clear();
+        let mut cx = Context::new(&rt.step, &mut self.local, Some(rec));
+        let mut result = self.flow.process(rec.clone(), &mut cx, &mut self.outputs).await;
+        if result.is_ok() {
+            for o in self.outputs.drain(..) {
+                if let Err(f) = encode_main(&mut self.out.main, &mut self.encoder, &o, &mut self.scratch_key) {
+                    result = Err(f.with_stage(rt.sinks[0].name.clone()));
+                    break;
+                }
+            }
+        }
+        match result {
+            Ok(()) => Ok((self.out.main.len() - main_mark) as u64),
+            Err(mut f) => {
+                self.out.main.truncate(main_mark);
+                self.local.rollback_side(&self.marks);
+                if f.stage.is_empty() {
+                    f.stage = "flow".into();
+                }
+                Err(f)
+            }
+        }
+    }
+
+    /// Handles record `i` of `batch` to its end: outputs, retries, pauses, dead letter, skip,
+    /// or stopping the pipeline.
+    async fn record(&mut self, batch: &SourceBatch<R::Position>, i: usize) -> Result<Outcome, PipelineError> {
+        let rt = self.rt.clone();
+        let rec = &batch.records[i];
+        let mut attempts = 0u32;
+        let mut schedule: Option<RetryState> = None;
+        let mut pauses = 0u32;
+        let mut first_failed_ms = 0u64;
+        'attempt: loop {
+            attempts += 1;
+            let mut failure = match self.attempt(rec).await {
+                Ok(out) => return Ok(Outcome::Out(out)),
+                Err(f) => f,
+            };
+            if first_failed_ms == 0 {
+                first_failed_ms = now_ms();
+            }
+            rt.policies.classifier.apply(&mut failure);
+            let dirty = self.local.state_changed.get();
+            let mut action = rt.policies.action(&failure.stage, failure.class).clone();
+            loop {
+                match action {
+                    Action::Retry { policy, then } => {
+                        if dirty {
+                            note_no_retry(&mut failure, "the failed attempt changed keyed state");
+                            action = *then;
+                            continue;
+                        }
+                        let now = rt.now();
+                        let st = schedule.get_or_insert_with(|| policy.start(now));
+                        let delay = st.next_delay(now, failure.retry_after, &mut *rt.rng.borrow_mut());
+                        match delay {
+                            Ok(d) if rt.policies.budget.as_ref().is_none_or(|b| b.withdraw(now)) => {
+                                self.notify(&failure, attempts, "retry");
+                                rt.counters.retries.set(rt.counters.retries.get() + 1);
+                                self.hold_before(batch, i);
+                                if !self.wait(d).await? {
+                                    return Ok(Outcome::Stop);
+                                }
+                                continue 'attempt;
+                            }
+                            Ok(_) => {
+                                exhausted(&mut failure, attempts, "the pipeline's retry budget is used up");
+                                action = *then;
+                            }
+                            Err(_) => {
+                                exhausted(&mut failure, attempts, "no attempts left");
+                                action = *then;
+                            }
+                        }
+                    }
+                    Action::Pause {
+                        duration,
+                        max_pauses,
+                        then,
+                    } => {
+                        if dirty || pauses >= max_pauses {
+                            if dirty {
+                                note_no_retry(&mut failure, "the failed attempt changed keyed state");
+                            } else {
+                                exhausted(&mut failure, attempts, "paused too often");
+                            }
+                            action = *then;
+                            continue;
+                        }
+                        pauses += 1;
+                        let d = failure.retry_after.unwrap_or(duration);
+                        self.notify(&failure, attempts, "pause");
+                        rt.pause.pause_until(Instant::now() + d, "a throttled failure");
+                        self.hold_before(batch, i);
+                        if !self.wait(d).await? {
+                            return Ok(Outcome::Stop);
+                        }
+                        continue 'attempt;
+                    }
+                    Action::DeadLetter if rt.dead_letter_sink.is_none() => {
+                        note_no_retry(&mut failure, "the pipeline has no dead-letter output");
+                        action = Action::Fail;
+                    }
+                    Action::DeadLetter => {
+                        self.notify(&failure, attempts, "dead_letter");
+                        self.dead_letter(rec, &batch.positions[i], &failure, attempts, first_failed_ms)
+                            .await?;
+                        return Ok(Outcome::Dead);
+                    }
+                    Action::Skip => {
+                        self.notify(&failure, attempts, "skip");
+                        tracing::debug!(partition = %self.local.partition, failure = %failure, "record skipped");
+                        rt.counters.skipped.set(rt.counters.skipped.get() + 1);
+                        return Ok(Outcome::Skipped);
+                    }
+                    Action::Fail | Action::Abort => {
+                        let name = action.name();
+                        self.notify(&failure, attempts, name);
+                        // the record is not handled: a final checkpoint holds the position
+                        // before it, which is consistent only if it changed no state
+                        self.hold_before(batch, i);
+                        if !dirty {
+                            // the outputs of the records before it belong to the final
+                            // checkpoint: hand them to the sinks before leaving
+                            self.out.flush(&rt, &mut self.local).await?;
+                            self.publish_time();
+                        }
+                        let partition = self.local.partition.to_string();
+                        let error = if name == "abort" {
+                            PipelineError::Aborted(format!(
+                                "a `{}` failure in partition {partition}: {failure}",
+                                failure.reason
+                            ))
+                        } else {
+                            PipelineError::Record {
+                                partition,
+                                failure: Box::new(failure),
+                            }
+                        };
+                        rt.fatal.set(error, !dirty);
+                        return Ok(Outcome::Stop);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes the position before record `i`: the record is not handled yet.
+    fn hold_before(&self, batch: &SourceBatch<R::Position>, i: usize) {
+        if i > 0 {
+            *self.slot.position.borrow_mut() = Some(batch.positions[i - 1].clone());
+        }
+    }
+
+    fn notify(&self, failure: &Failure, attempts: u32, action: &'static str) {
+        self.rt.failures.record(failure, action);
+        self.rt.policies.notify(&FailureEvent {
+            failure,
+            partition: &self.local.partition,
+            attempts,
+            action,
+        });
+    }
+
     fn count(&mut self, handled: u64, out: u64, dead: u64) {
-        let c = &self.rt.counters;
+        let rt = &self.rt;
+        let c = &rt.counters;
         c.records_in.set(c.records_in.get() + handled);
         c.records_out.set(c.records_out.get() + out);
         c.dead_letters.set(c.dead_letters.get() + dead);
+        if let Some(budget) = &rt.policies.budget {
+            // first attempts are what retries are budgeted against
+            for _ in 0..handled.min(64) {
+                budget.deposit(rt.now());
+            }
+        }
         if self.local.late_dropped > 0 {
-            c.late_dropped
-                .set(c.late_dropped.get() + self.local.late_dropped);
+            c.late_dropped.set(c.late_dropped.get() + self.local.late_dropped);
             self.local.late_dropped = 0;
         }
-        self.rt.progress.set_records(
+        rt.progress.set_records(
             c.records_in.get(),
             c.records_out.get(),
             c.dead_letters.get(),
@@ -247,53 +627,57 @@ where
         let mut release = self.rt.barrier.arrive();
         tokio::select! {
             _ = release.changed() => {}
-            _ = self.rt.fatal.notify.notified() => {}
+            _ = self.rt.fatal.notify.notified(), if self.rt.fatal.stop_now() => {}
         }
         Ok(())
     }
 
-    /// Routes a failed record: permanent failures to the dead-letter output, anything else
-    /// stops the pipeline.
-    fn dead_letter(
+    /// Writes the dead letter of `rec` into the outbox, within the rate limit and the error
+    /// budget.
+    async fn dead_letter(
         &mut self,
         rec: &Record,
         position: &R::Position,
-        mut failure: Failure,
+        failure: &Failure,
+        attempts: u32,
+        first_failed_ms: u64,
     ) -> Result<(), PipelineError> {
-        if failure.stage.is_empty() {
-            failure.stage = "flow".into();
+        let rt = self.rt.clone();
+        if let Some(wait) = rt.failures.dead_letter_delay(rt.now()) {
+            tokio::time::sleep(wait).await;
         }
         let partition = self.local.partition.to_string();
-        if failure.class != Class::Permanent || self.rt.dead_letter_sink.is_none() {
-            return Err(PipelineError::Record {
-                partition,
-                failure: Box::new(failure),
-            });
-        }
         let position = serde_json::to_value(position).unwrap_or(serde_json::Value::Null);
-        let now = now_ms();
         let env = Envelope::new(
             rec,
-            &failure,
+            failure,
             Provenance {
-                pipeline: &self.rt.step.pipeline,
+                pipeline: &rt.step.pipeline,
                 partition: &partition,
                 position: &position,
-                epoch: self.rt.epoch.get(),
-                attempts: 1,
-                first_failed_ms: now,
-                last_failed_ms: now,
+                epoch: rt.epoch.get(),
+                attempts,
+                first_failed_ms,
+                last_failed_ms: now_ms(),
             },
         );
-        self.out
-            .dead
-            .push_with::<()>(None, |buf| {
-                env.encode(buf);
-                Ok(())
-            })
-            .ok();
+        push_envelope(&mut self.out.dead, &env);
+        if let Some(why) = rt.failures.dead_letter(rt.now()) {
+            rt.budget_exceeded(why);
+        }
         Ok(())
     }
+}
+
+fn note_no_retry(f: &mut Failure, why: &str) {
+    f.chain.push(format!("not retried: {why}"));
+}
+
+fn exhausted(f: &mut Failure, attempts: u32, why: &str) {
+    let was = format!("{}: {}", f.reason, f.message);
+    f.chain.insert(0, was);
+    f.message = format!("gave up after {attempts} attempts ({why}): {}", f.message);
+    f.reason = reason::RETRIES_EXHAUSTED.into();
 }
 
 /// Encodes a stream item for the main sink (used for end-of-input outputs too).

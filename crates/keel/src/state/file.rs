@@ -168,10 +168,7 @@ pub enum Entry<'a> {
 }
 
 /// Reads a verified state file: calls `f(table, entry)` for every entry in order.
-pub fn read(
-    bytes: &[u8],
-    mut f: impl FnMut(&str, Entry<'_>),
-) -> Result<(Kind, u64), StateFileError> {
+pub fn read(bytes: &[u8], mut f: impl FnMut(&str, Entry<'_>)) -> Result<(Kind, u64), StateFileError> {
     if bytes.len() < 8 + 2 + 1 + 8 + 1 + 4 || &bytes[..8] != MAGIC {
         return Err(StateFileError::Malformed("header"));
     }
@@ -198,8 +195,8 @@ pub fn read(
             END => break,
             TABLE => {
                 let name_len = r.varint()? as usize;
-                let name = std::str::from_utf8(r.take(name_len)?)
-                    .map_err(|_| StateFileError::Malformed("table name"))?;
+                let name =
+                    std::str::from_utf8(r.take(name_len)?).map_err(|_| StateFileError::Malformed("table name"))?;
                 let count = r.varint()?;
                 for _ in 0..count {
                     let op = r.byte()?;
@@ -232,22 +229,13 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn byte(&mut self) -> Result<u8, StateFileError> {
-        let v = *self
-            .b
-            .get(self.at)
-            .ok_or(StateFileError::Malformed("eof"))?;
+        let v = *self.b.get(self.at).ok_or(StateFileError::Malformed("eof"))?;
         self.at += 1;
         Ok(v)
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], StateFileError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .ok_or(StateFileError::Malformed("length"))?;
-        let s = self
-            .b
-            .get(self.at..end)
-            .ok_or(StateFileError::Malformed("eof"))?;
+        let end = self.at.checked_add(n).ok_or(StateFileError::Malformed("length"))?;
+        let s = self.b.get(self.at..end).ok_or(StateFileError::Malformed("eof"))?;
         self.at = end;
         Ok(s)
     }

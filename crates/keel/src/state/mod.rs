@@ -334,8 +334,7 @@ impl StateStore {
     ) -> Result<&mut Table<T>, StateError> {
         let i = match spec.index.get() {
             Some(i)
-                if i < self.tables.len()
-                    && (Arc::ptr_eq(&self.names[i], &spec.name) || self.names[i] == spec.name) =>
+                if i < self.tables.len() && (Arc::ptr_eq(&self.names[i], &spec.name) || self.names[i] == spec.name) =>
             {
                 i
             }
@@ -359,11 +358,10 @@ impl StateStore {
             };
             typed.map.reserve(raw.map.len());
             for (k, s) in raw.map {
-                let value =
-                    postcard::from_bytes(&s.value).map_err(|source| StateError::Decode {
-                        table: name.to_string(),
-                        source,
-                    })?;
+                let value = postcard::from_bytes(&s.value).map_err(|source| StateError::Decode {
+                    table: name.to_string(),
+                    source,
+                })?;
                 typed.map.insert(
                     k,
                     Slot {
@@ -516,9 +514,8 @@ impl StateStore {
             return Ok(None);
         }
         let deltas = self.chain.len().saturating_sub(1);
-        let full = self.chain.is_empty()
-            || deltas >= self.policy.max_deltas
-            || self.chain_bytes > 2 * self.full_bytes.max(1);
+        let full =
+            self.chain.is_empty() || deltas >= self.policy.max_deltas || self.chain_bytes > 2 * self.full_bytes.max(1);
         let kind = if full { Kind::Full } else { Kind::Delta };
         let mut w = StateFileWriter::new(kind, id);
         for (i, t) in self.tables.iter_mut().enumerate() {

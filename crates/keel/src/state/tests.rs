@@ -7,11 +7,7 @@ fn totals() -> StateSpec<i64> {
 }
 
 /// Writes every snapshot into a map of files, like a checkpoint store would.
-fn checkpoint(
-    store: &mut StateStore,
-    id: u64,
-    files: &mut HashMap<String, Vec<u8>>,
-) -> Vec<String> {
+fn checkpoint(store: &mut StateStore, id: u64, files: &mut HashMap<String, Vec<u8>>) -> Vec<String> {
     if let Some(snap) = store.snapshot(id).unwrap() {
         files.insert(snap.name, snap.bytes);
     }
@@ -21,10 +17,7 @@ fn checkpoint(
 fn restore(chain: &[String], files: &HashMap<String, Vec<u8>>) -> StateStore {
     let mut s = StateStore::new(SnapshotPolicy::default());
     s.restore(chain, |n| {
-        files
-            .get(n)
-            .cloned()
-            .ok_or_else(|| std::io::Error::other("missing"))
+        files.get(n).cloned().ok_or_else(|| std::io::Error::other("missing"))
     })
     .unwrap();
     s
@@ -66,8 +59,7 @@ fn deltas_and_full_snapshots_restore_the_same_state() {
                 s.delete(&t, &key).unwrap();
                 expected.remove(&key);
             } else {
-                s.update(&t, &key, |v| *v.get_or_insert(0) += i as i64)
-                    .unwrap();
+                s.update(&t, &key, |v| *v.get_or_insert(0) += i as i64).unwrap();
                 *expected.entry(key).or_insert(0) += i as i64;
             }
         }
@@ -130,10 +122,7 @@ fn a_corrupt_state_file_fails_restore() {
     files.get_mut(&chain[0]).unwrap()[12] ^= 1;
     let mut r = StateStore::new(SnapshotPolicy::default());
     let err = r.restore(&chain, |n| Ok(files[n].clone())).unwrap_err();
-    assert!(matches!(
-        err,
-        RestoreError::File(_, StateFileError::Checksum)
-    ));
+    assert!(matches!(err, RestoreError::File(_, StateFileError::Checksum)));
 }
 
 #[test]

@@ -71,11 +71,7 @@ where
     }
 
     /// Appends a step whose failures report `name` as their stage.
-    pub fn then_named<T: Step<S::Out>>(
-        self,
-        name: &str,
-        step: T,
-    ) -> Flow<In, Chain<S, Named<T>, S::Out>> {
+    pub fn then_named<T: Step<S::Out>>(self, name: &str, step: T) -> Flow<In, Chain<S, Named<T>, S::Out>> {
         self.then(Named {
             inner: step,
             name: name.into(),
@@ -170,9 +166,7 @@ where
 
 impl<S: Step<Record, Out = Record>> Flow<Record, S> {
     /// Decodes each record's value as JSON into `T`.
-    pub fn parse_json<T: DeserializeOwned + 'static>(
-        self,
-    ) -> Flow<Record, Chain<S, ParseJson<T>, Record>> {
+    pub fn parse_json<T: DeserializeOwned + 'static>(self) -> Flow<Record, Chain<S, ParseJson<T>, Record>> {
         self.then(ParseJson::new())
     }
 }

@@ -21,8 +21,7 @@ use std::future::Future;
 
 pub use flow::Flow;
 pub use ops::{
-    EventTime, Filter, FlatMap, Identity, KeyBy, Map, MapAsync, Named, OnFinish, ParseJson,
-    Stateful, TryMap, Validate,
+    EventTime, Filter, FlatMap, Identity, KeyBy, Map, MapAsync, Named, OnFinish, ParseJson, Stateful, TryMap, Validate,
 };
 
 use crate::context::Context;
@@ -42,11 +41,7 @@ pub trait Step<In>: Clone + 'static {
     ) -> impl Future<Output = Result<(), Failure>>;
 
     /// Called once when a bounded input is exhausted; may push final outputs.
-    fn finish(
-        &mut self,
-        cx: &mut Context<'_>,
-        out: &mut Vec<Self::Out>,
-    ) -> impl Future<Output = Result<(), Failure>> {
+    fn finish(&mut self, cx: &mut Context<'_>, out: &mut Vec<Self::Out>) -> impl Future<Output = Result<(), Failure>> {
         let _ = (cx, out);
         async { Ok(()) }
     }
@@ -84,12 +79,7 @@ where
 {
     type Out = B::Out;
 
-    async fn process(
-        &mut self,
-        item: In,
-        cx: &mut Context<'_>,
-        out: &mut Vec<B::Out>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: In, cx: &mut Context<'_>, out: &mut Vec<B::Out>) -> Result<(), Failure> {
         self.buf.clear();
         self.first.process(item, cx, &mut self.buf).await?;
         // A one-output step is the common case: avoid the drain iterator.

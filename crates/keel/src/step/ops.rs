@@ -22,12 +22,7 @@ impl Clone for Identity {
 
 impl<In: 'static> Step<In> for Identity {
     type Out = In;
-    async fn process(
-        &mut self,
-        item: In,
-        _cx: &mut Context<'_>,
-        out: &mut Vec<In>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<In>) -> Result<(), Failure> {
         out.push(item);
         Ok(())
     }
@@ -42,22 +37,14 @@ pub struct Named<S> {
 
 impl<In, S: Step<In>> Step<In> for Named<S> {
     type Out = S::Out;
-    async fn process(
-        &mut self,
-        item: In,
-        cx: &mut Context<'_>,
-        out: &mut Vec<S::Out>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: In, cx: &mut Context<'_>, out: &mut Vec<S::Out>) -> Result<(), Failure> {
         self.inner
             .process(item, cx, out)
             .await
             .map_err(|f| f.with_stage(&*self.name))
     }
     async fn finish(&mut self, cx: &mut Context<'_>, out: &mut Vec<S::Out>) -> Result<(), Failure> {
-        self.inner
-            .finish(cx, out)
-            .await
-            .map_err(|f| f.with_stage(&*self.name))
+        self.inner.finish(cx, out).await.map_err(|f| f.with_stage(&*self.name))
     }
 }
 
@@ -79,12 +66,7 @@ where
     F: FnMut(In) -> Out + Clone + 'static,
 {
     type Out = Out;
-    async fn process(
-        &mut self,
-        item: In,
-        _cx: &mut Context<'_>,
-        out: &mut Vec<Out>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<Out>) -> Result<(), Failure> {
         out.push((self.0)(item));
         Ok(())
     }
@@ -99,12 +81,7 @@ where
     F: FnMut(In) -> Result<Out, Failure> + Clone + 'static,
 {
     type Out = Out;
-    async fn process(
-        &mut self,
-        item: In,
-        _cx: &mut Context<'_>,
-        out: &mut Vec<Out>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<Out>) -> Result<(), Failure> {
         out.push(stage!((self.0)(item), "map")?);
         Ok(())
     }
@@ -120,12 +97,7 @@ where
     F: FnMut(&In) -> bool + Clone + 'static,
 {
     type Out = In;
-    async fn process(
-        &mut self,
-        item: In,
-        _cx: &mut Context<'_>,
-        out: &mut Vec<In>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<In>) -> Result<(), Failure> {
         if (self.0)(&item) {
             out.push(item);
         }
@@ -143,12 +115,7 @@ where
     F: FnMut(In) -> I + Clone + 'static,
 {
     type Out = I::Item;
-    async fn process(
-        &mut self,
-        item: In,
-        _cx: &mut Context<'_>,
-        out: &mut Vec<I::Item>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<I::Item>) -> Result<(), Failure> {
         out.extend((self.0)(item));
         Ok(())
     }
@@ -164,12 +131,7 @@ where
     Fut: Future<Output = Result<Out, Failure>>,
 {
     type Out = Out;
-    async fn process(
-        &mut self,
-        item: In,
-        _cx: &mut Context<'_>,
-        out: &mut Vec<Out>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<Out>) -> Result<(), Failure> {
         out.push(stage!((self.0)(item).await, "map_async")?);
         Ok(())
     }
@@ -185,12 +147,7 @@ where
     F: FnMut(&In) -> Result<(), Failure> + Clone + 'static,
 {
     type Out = In;
-    async fn process(
-        &mut self,
-        item: In,
-        _cx: &mut Context<'_>,
-        out: &mut Vec<In>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<In>) -> Result<(), Failure> {
         stage!((self.0)(&item), "validate")?;
         out.push(item);
         Ok(())
@@ -208,12 +165,7 @@ where
     F: FnMut(&In) -> K + Clone + 'static,
 {
     type Out = In;
-    async fn process(
-        &mut self,
-        item: In,
-        cx: &mut Context<'_>,
-        out: &mut Vec<In>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: In, cx: &mut Context<'_>, out: &mut Vec<In>) -> Result<(), Failure> {
         let key = (self.0)(&item);
         cx.set_key(key.as_ref());
         out.push(item);
@@ -232,12 +184,7 @@ where
     F: FnMut(&In) -> i64 + Clone + 'static,
 {
     type Out = In;
-    async fn process(
-        &mut self,
-        item: In,
-        cx: &mut Context<'_>,
-        out: &mut Vec<In>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: In, cx: &mut Context<'_>, out: &mut Vec<In>) -> Result<(), Failure> {
         let ts = (self.0)(&item);
         if stage!(cx.observe_event_time(ts), "event_time")? {
             out.push(item);
@@ -255,12 +202,7 @@ where
     F: FnMut(In, &mut Context<'_>) -> Result<Out, Failure> + Clone + 'static,
 {
     type Out = Out;
-    async fn process(
-        &mut self,
-        item: In,
-        cx: &mut Context<'_>,
-        out: &mut Vec<Out>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: In, cx: &mut Context<'_>, out: &mut Vec<Out>) -> Result<(), Failure> {
         out.push(stage!((self.0)(item, cx), "stateful")?);
         Ok(())
     }
@@ -276,12 +218,7 @@ where
     F: FnMut(&mut Context<'_>, &mut Vec<In>) -> Result<(), Failure> + Clone + 'static,
 {
     type Out = In;
-    async fn process(
-        &mut self,
-        item: In,
-        _cx: &mut Context<'_>,
-        out: &mut Vec<In>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<In>) -> Result<(), Failure> {
         out.push(item);
         Ok(())
     }
@@ -310,12 +247,7 @@ impl<T> Clone for ParseJson<T> {
 
 impl<T: DeserializeOwned + 'static> Step<Record> for ParseJson<T> {
     type Out = T;
-    async fn process(
-        &mut self,
-        item: Record,
-        _cx: &mut Context<'_>,
-        out: &mut Vec<T>,
-    ) -> Result<(), Failure> {
+    async fn process(&mut self, item: Record, _cx: &mut Context<'_>, out: &mut Vec<T>) -> Result<(), Failure> {
         match serde_json::from_slice::<T>(&item.value) {
             Ok(v) => {
                 out.push(v);

@@ -1,3 +1,4 @@
 //! Integration tests of the keel runtime (one test binary for the crate).
 
 mod pipeline;
+mod policies;

@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use keel::testing::{MemorySink, VecSource};
 use keel::{
-    Class, Context, Failure, FileCheckpointStore, Flow, LatePolicy, Outcome, PartitionReader,
-    Pipeline, PipelineError, ReadStatus, Record, Source, SourceBatch, SourceError, StateSpec,
-    WatermarkConfig,
+    Class, Context, Failure, FileCheckpointStore, Flow, LatePolicy, Outcome, PartitionReader, Pipeline, PipelineError,
+    ReadStatus, Record, Source, SourceBatch, SourceError, StateSpec, WatermarkConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,11 +35,7 @@ impl Source for Slow {
 
 impl PartitionReader for SlowReader {
     type Position = u64;
-    async fn next_batch(
-        &mut self,
-        batch: &mut SourceBatch<u64>,
-        _max: usize,
-    ) -> Result<ReadStatus, SourceError> {
+    async fn next_batch(&mut self, batch: &mut SourceBatch<u64>, _max: usize) -> Result<ReadStatus, SourceError> {
         tokio::time::sleep(self.1).await;
         self.0.next_batch(batch, 1).await
     }
@@ -102,10 +97,7 @@ fn totals_flow() -> impl keel::Step<Record, Out = Total> {
 }
 
 fn parse(lines: Vec<String>) -> Vec<Total> {
-    lines
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// Every valid id once, and per customer the running totals follow one serial order.
@@ -130,11 +122,7 @@ fn assert_exactly_once(input: &[Vec<String>], out: &[Total]) {
         v.sort();
         let mut prev = 0;
         for (rt, amount) in v {
-            assert_eq!(
-                rt - prev,
-                amount,
-                "customer {c}: totals are not one serial order"
-            );
+            assert_eq!(rt - prev, amount, "customer {c}: totals are not one serial order");
             prev = rt;
         }
     }
@@ -157,10 +145,7 @@ fn stop_then_resume_is_exactly_once_with_state() {
             .build()
             .unwrap()
     };
-    let p = build(Slow(
-        VecSource::new(input.clone()),
-        Duration::from_millis(2),
-    ));
+    let p = build(Slow(VecSource::new(input.clone()), Duration::from_millis(2)));
     let stop = p.shutdown_handle();
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(120));
@@ -180,25 +165,17 @@ fn stop_then_resume_is_exactly_once_with_state() {
         "everything handled is committed"
     );
 
-    let second = build(Slow(
-        VecSource::new(input.clone()),
-        Duration::from_micros(10),
-    ))
-    .run()
-    .unwrap();
+    let second = build(Slow(VecSource::new(input.clone()), Duration::from_micros(10)))
+        .run()
+        .unwrap();
     assert_eq!(second.outcome, Outcome::Finished);
     assert_eq!(second.restored_from, first.last_checkpoint);
     assert_eq!(first.records_in + second.records_in, 180);
     assert_exactly_once(&input, &parse(out.committed_lines()));
-    assert_eq!(
-        dead.committed_lines().len(),
-        (0..180).filter(|i| i % 17 == 5).count()
-    );
+    assert_eq!(dead.committed_lines().len(), (0..180).filter(|i| i % 17 == 5).count());
     assert_eq!(second.totals.records_in, 180);
 
-    let third = build(Slow(VecSource::new(input), Duration::ZERO))
-        .run()
-        .unwrap();
+    let third = build(Slow(VecSource::new(input), Duration::ZERO)).run().unwrap();
     assert_eq!(third.outcome, Outcome::AlreadyFinished);
 }
 
@@ -219,8 +196,7 @@ fn dead_letters_carry_provenance() {
         .run()
         .unwrap();
     assert_eq!((s.records_in, s.records_out, s.dead_letters), (2, 1, 1));
-    let env: keel::dead_letter::Envelope =
-        serde_json::from_str(&dead.committed_lines()[0]).unwrap();
+    let env: keel::dead_letter::Envelope = serde_json::from_str(&dead.committed_lines()[0]).unwrap();
     assert_eq!(env.reason, "malformed");
     assert_eq!(env.class, Class::Permanent);
     assert_eq!(env.stage, "parse_json");
@@ -244,45 +220,50 @@ fn without_a_dead_letter_output_a_bad_record_stops_the_pipeline() {
 }
 
 #[test]
-fn transient_failures_stop_the_pipeline_and_keep_the_last_checkpoint() {
+fn a_fail_policy_stops_after_a_final_checkpoint_and_a_rerun_resumes_at_the_failed_record() {
     let dir = tempfile::tempdir().unwrap();
     let out = MemorySink::new();
-    let flow = Flow::<Record>::new().try_map(|r: Record| {
-        if r.value.as_ref() == b"boom" {
-            Err(Failure::transient("io", "connection reset"))
-        } else {
-            Ok(r.value.to_vec())
+    let run = |fail: bool| {
+        let flow = Flow::<Record>::new().try_map(move |r: Record| {
+            if fail && r.value.as_ref() == b"boom" {
+                Err(Failure::transient("io", "connection reset"))
+            } else {
+                Ok(r.value.to_vec())
+            }
+        });
+        let mut policies = keel::policy::Policies::default();
+        policies.default.set(Class::Transient, keel::policy::Action::Fail);
+        Pipeline::builder("t")
+            .source(VecSource::new(vec![vec!["a", "b", "boom", "c"]]))
+            .flow(flow)
+            .sink_with("main", out.clone(), keel::RawEncoder)
+            .dead_letters(MemorySink::new())
+            .checkpoints(FileCheckpointStore::new(dir.path()))
+            .policies(policies)
+            .build()
+            .unwrap()
+            .run()
+    };
+    match run(true).unwrap_err() {
+        PipelineError::Record { failure, .. } => {
+            assert_eq!((failure.class, failure.reason.as_ref()), (Class::Transient, "io"))
         }
-    });
-    let err = Pipeline::builder("t")
-        .source(VecSource::new(vec![vec!["a", "b", "boom", "c"]]))
-        .flow(flow)
-        .sink_with("main", out.clone(), keel::RawEncoder)
-        .dead_letters(MemorySink::new())
-        .checkpoints(FileCheckpointStore::new(dir.path()))
-        .build()
-        .unwrap()
-        .run()
-        .unwrap_err();
-    match err {
-        PipelineError::Record { failure, .. } => assert_eq!(
-            (failure.class, failure.reason.as_ref()),
-            (Class::Transient, "io")
-        ),
         other => panic!("{other}"),
     }
-    assert!(
-        out.committed_lines().is_empty(),
-        "nothing of the failed epoch becomes visible"
+    assert_eq!(
+        out.committed_lines(),
+        vec!["a", "b"],
+        "the final checkpoint covers the records before the failure"
     );
+    let second = run(false).unwrap();
+    assert_eq!(second.records_in, 2, "resumed at the failed record");
+    assert_eq!(out.committed_lines(), vec!["a", "b", "boom", "c"]);
 }
 
 #[test]
 fn steps_compose_and_keep_partition_order() {
     let out = MemorySink::new();
-    let input: Vec<Vec<String>> = (0..4)
-        .map(|p| (0..50).map(|i| format!("{p}:{i}")).collect())
-        .collect();
+    let input: Vec<Vec<String>> = (0..4).map(|p| (0..50).map(|i| format!("{p}:{i}")).collect()).collect();
     let flow = Flow::<Record>::new()
         .map(|r: Record| String::from_utf8(r.value.to_vec()).unwrap())
         .filter(|s: &String| !s.ends_with(":7"))
@@ -303,10 +284,7 @@ fn steps_compose_and_keep_partition_order() {
     let lines = out.committed_lines();
     assert_eq!(lines.len(), 4 * 49 * 2);
     for p in 0..4 {
-        let mine: Vec<&String> = lines
-            .iter()
-            .filter(|l| l.starts_with(&format!("{p}:")))
-            .collect();
+        let mine: Vec<&String> = lines.iter().filter(|l| l.starts_with(&format!("{p}:"))).collect();
         let expected: Vec<String> = (0..50)
             .filter(|i| *i != 7)
             .flat_map(|i| vec![format!("{p}:{i}"), format!("{p}:{i}!")])
@@ -373,8 +351,7 @@ fn end_of_input_results_are_emitted_once_to_side_sinks() {
         .parse_json::<Order>()
         .key_by(|o| o.customer.clone())
         .stateful(move |o, cx: &mut Context<'_>| {
-            cx.state(&totals)
-                .update(|t| *t.get_or_insert(0) += o.amount)?;
+            cx.state(&totals).update(|t| *t.get_or_insert(0) += o.amount)?;
             Ok(o.id)
         })
         .on_finish(move |cx, _| {
@@ -430,10 +407,7 @@ fn a_corrupt_state_file_falls_back_to_the_previous_checkpoint() {
             .build()
             .unwrap()
     };
-    let p = build(Slow(
-        VecSource::new(input.clone()),
-        Duration::from_millis(2),
-    ));
+    let p = build(Slow(VecSource::new(input.clone()), Duration::from_millis(2)));
     let stop = p.shutdown_handle();
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));

@@ -112,3 +112,7 @@ pub trait PartitionReader: 'static {
         max: usize,
     ) -> impl Future<Output = Result<ReadStatus, SourceError>>;
 }
+
+mod memory;
+
+pub use memory::{MemoryReader, MemorySource};
