@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod checkpoints;
+mod dlq;
 mod logging;
 mod progress;
 mod run;
@@ -59,6 +60,9 @@ enum Command {
     /// Inspect and manage checkpoints.
     #[command(subcommand)]
     Checkpoints(checkpoints::Cmd),
+    /// Inspect, replay and purge dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Validate { pipeline } => run::validate(&pipeline),
         Command::Checkpoints(cmd) => checkpoints::run(cmd),
+        Command::Dlq(cmd) => dlq::run(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),

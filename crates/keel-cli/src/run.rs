@@ -115,15 +115,27 @@ pub fn run(args: RunArgs) -> Result<u8> {
     reporter.finish();
     match result {
         Err(e) => {
-            eprintln!("keel: pipeline failed: {e}");
+            eprintln!(
+                "keel: pipeline {}: {e}",
+                if matches!(e, keel::PipelineError::Aborted(_)) {
+                    "aborted"
+                } else {
+                    "failed"
+                }
+            );
             eprintln!("keel: the last checkpoint is intact; run the same command again to resume");
             Ok(EXIT_FAILED)
         }
         Ok(summary) => {
-            report(&summary, args.json);
+            let dead_code = loaded
+                .config
+                .errors
+                .exit_code_on_dead_letters
+                .unwrap_or(EXIT_DEAD_LETTERS);
+            report(&summary, args.json, dead_code);
             Ok(
                 if summary.dead_letters > 0 && summary.outcome != Outcome::AlreadyFinished {
-                    EXIT_DEAD_LETTERS
+                    dead_code
                 } else {
                     EXIT_OK
                 },
@@ -132,7 +144,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     }
 }
 
-fn report(s: &RunSummary, json: bool) {
+fn report(s: &RunSummary, json: bool, dead_code: u8) {
     let outcome = match s.outcome {
         Outcome::Finished => "finished",
         Outcome::Stopped => "stopped",
@@ -152,6 +164,12 @@ fn report(s: &RunSummary, json: bool) {
             "startup_s": s.startup.as_secs_f64(),
             "records_per_s": s.records_per_sec(),
             "totals": { "records_in": s.totals.records_in, "records_out": s.totals.records_out, "dead_letters": s.totals.dead_letters },
+            "skipped": s.skipped,
+            "retries": s.retries,
+            "pauses": s.pauses,
+            "sink_failures": s.sink_failures.0,
+            "breakers": s.breakers.iter().map(|(n, b)| serde_json::json!({"sink": n, "stats": b})).collect::<Vec<_>>(),
+            "failures": s.failures,
         });
         println!("{v}");
         return;
@@ -183,9 +201,28 @@ fn report(s: &RunSummary, json: bool) {
         s.elapsed.as_secs_f64(),
         human(s.records_per_sec())
     );
+    if !s.failures.is_empty() {
+        eprintln!("keel: failures by reason and stage:");
+        eprintln!("  {:<24} {:<20} {:<12} {:>10}", "reason", "stage", "action", "count");
+        for f in &s.failures {
+            eprintln!("  {:<24} {:<20} {:<12} {:>10}", f.reason, f.stage, f.action, f.count);
+        }
+    }
+    if s.skipped + s.retries + s.pauses > 0 {
+        eprintln!(
+            "keel: {} skipped, {} retries, {} pauses",
+            s.skipped, s.retries, s.pauses
+        );
+    }
+    for (sink, b) in s.breakers.iter().filter(|(_, b)| b.opened > 0) {
+        eprintln!(
+            "keel: circuit breaker of sink `{sink}`: opened {}x, reopened {}x, closed {}x",
+            b.opened, b.reopened, b.closed
+        );
+    }
     if s.dead_letters > 0 {
         eprintln!(
-            "keel: {} records were dead-lettered (exit code {EXIT_DEAD_LETTERS})",
+            "keel: {} records were dead-lettered (exit code {dead_code}); see `keel dlq list`",
             s.dead_letters
         );
     }

@@ -122,6 +122,30 @@ fn sink_format(cfg: &SinkConfig) -> (DocEncoder, Option<String>) {
 
 /// Checks the whole file and builds the steps. Returns every problem found.
 pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<DeclaredPipeline, ConfigErrors> {
+    build_variant(loaded, Variant::default(), options)
+}
+
+/// A variant of a pipeline file's pipeline, for replays: another source, its own output file
+/// names and checkpoints, and optionally no steps, straight into one sink.
+#[derive(Debug, Default)]
+pub struct Variant {
+    /// Read from this source instead of the file's.
+    pub source: Option<AnySource>,
+    /// Prefix of every output file (sinks and dead letters), so that the variant's epochs
+    /// never mix with the pipeline's own.
+    pub file_prefix: Option<String>,
+    /// Checkpoint here instead of the file's checkpoint directory.
+    pub state_dir: Option<PathBuf>,
+    /// Skip the steps: records go as they are to this sink.
+    pub only_sink: Option<String>,
+}
+
+/// Builds a [`Variant`] of the pipeline of `loaded`.
+pub fn build_variant(
+    loaded: &Loaded,
+    variant: Variant,
+    options: impl FnOnce(&mut Options),
+) -> Result<DeclaredPipeline, ConfigErrors> {
     let cfg = &loaded.config;
     let mut errors = Errors::new(&loaded.path, &loaded.text);
 
@@ -346,13 +370,21 @@ pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<Decl
     }
     options(&mut opts);
 
+    let steps = if variant.only_sink.is_some() { Vec::new() } else { steps };
     let chain = DocChain::new(steps, id_field);
     let builder = Pipeline::builder(cfg.name.clone())
-        .source(source)
+        .source(variant.source.unwrap_or(source))
         .step(chain)
-        .checkpoints(FileCheckpointStore::new(loaded.state_dir()))
+        .checkpoints(FileCheckpointStore::new(
+            variant.state_dir.unwrap_or_else(|| loaded.state_dir()),
+        ))
         .options(opts);
-    let builder = add_sinks(loaded, builder)?;
+    let builder = add_sinks(
+        loaded,
+        builder,
+        variant.file_prefix.as_deref(),
+        variant.only_sink.as_deref(),
+    )?;
     builder.build().map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: loaded.path.clone(),
@@ -363,10 +395,13 @@ pub fn build(loaded: &Loaded, options: impl FnOnce(&mut Options)) -> Result<Decl
     })
 }
 
-fn file_sink(loaded: &Loaded, f: &FilesSinkConfig, header: Option<String>) -> FileSink {
+fn file_sink(loaded: &Loaded, f: &FilesSinkConfig, header: Option<String>, prefix: Option<&str>) -> FileSink {
     let mut c = FileSinkConfig::new(loaded.resolve(&f.path), f.format);
     if let Some(p) = &f.prefix {
         c.prefix = p.clone();
+    }
+    if let Some(p) = prefix {
+        c.prefix = format!("{}-{p}", c.prefix);
     }
     if let Some(m) = f.max_file_bytes {
         c.max_file_bytes = m;
@@ -378,9 +413,22 @@ fn file_sink(loaded: &Loaded, f: &FilesSinkConfig, header: Option<String>) -> Fi
 fn add_sinks(
     loaded: &Loaded,
     builder: PipelineBuilder<AnySource, DocChain, keel::JsonEncoder>,
+    prefix: Option<&str>,
+    only_sink: Option<&str>,
 ) -> Result<PipelineBuilder<AnySource, DocChain, DocEncoder>, ConfigErrors> {
     let cfg = &loaded.config;
-    let Some(main) = cfg.sinks.first() else {
+    let first = match only_sink {
+        None => cfg.sinks.first(),
+        Some(name) => Some(cfg.sinks.iter().find(|s| s.name() == name).ok_or_else(|| {
+            ConfigErrors(vec![ConfigError {
+                file: loaded.path.clone(),
+                line: None,
+                key: Some("sinks".into()),
+                message: format!("no sink is named `{name}`"),
+            }])
+        })?),
+    };
+    let Some(main) = first else {
         return Err(ConfigErrors(vec![ConfigError {
             file: loaded.path.clone(),
             line: None,
@@ -390,20 +438,21 @@ fn add_sinks(
     };
     let (enc, header) = sink_format(main);
     let mut b = match main {
-        SinkConfig::Files(f) => builder.sink_with(&f.name, file_sink(loaded, f, header), enc),
+        SinkConfig::Files(f) => builder.sink_with(&f.name, file_sink(loaded, f, header, prefix), enc),
         SinkConfig::Stdout(s) => builder.sink_with(&s.name, StdoutSink::new(), enc),
     };
-    for s in &cfg.sinks[1..] {
+    let sides = if only_sink.is_some() { &[][..] } else { &cfg.sinks[1..] };
+    for s in sides {
         let (_, header) = sink_format(s);
         b = match s {
-            SinkConfig::Files(f) => b.side_sink(&f.name, file_sink(loaded, f, header)),
+            SinkConfig::Files(f) => b.side_sink(&f.name, file_sink(loaded, f, header, prefix)),
             SinkConfig::Stdout(o) => b.side_sink(&o.name, StdoutSink::new()),
         };
     }
     if let Some(d) = &cfg.dead_letter {
         let segments = |path: &str| {
             let mut c = FileSinkConfig::new(loaded.resolve(path), FileFormat::JsonLines);
-            c.prefix = "dead".into();
+            c.prefix = prefix.map_or_else(|| "dead".to_owned(), |p| format!("dead-{p}"));
             c.max_file_bytes = d.max_segment_bytes.unwrap_or(64 << 20);
             FileSink::new(c)
         };

@@ -14,10 +14,11 @@ pub mod doc;
 pub mod encode;
 pub mod error;
 pub mod interpolate;
+pub mod replay;
 pub mod source;
 pub mod steps;
 
-pub use build::{DeclaredPipeline, Loaded, build, load};
+pub use build::{DeclaredPipeline, Loaded, Variant, build, build_variant, load};
 pub use doc::Doc;
 pub use error::{ConfigError, ConfigErrors};
 pub use steps::DocChain;

@@ -1,5 +1,6 @@
 //! The sources a pipeline file can name.
 
+use keel::source::{MemoryReader, MemorySource};
 use keel::{PartitionReader, ReadStatus, Source, SourceBatch, SourceError};
 use keel_connectors::file::{FileReader, FileSource};
 use keel_connectors::generator::{GeneratorReader, GeneratorSource};
@@ -11,6 +12,8 @@ pub enum AnySource {
     Files(FileSource),
     /// The generator.
     Generator(GeneratorSource),
+    /// Records in memory (replays).
+    Memory(MemorySource),
 }
 
 /// A reader of any source.
@@ -20,6 +23,8 @@ pub enum AnyReader {
     Files(FileReader),
     /// The generator.
     Generator(GeneratorReader),
+    /// Records in memory.
+    Memory(MemoryReader),
 }
 
 impl Source for AnySource {
@@ -30,6 +35,7 @@ impl Source for AnySource {
         match self {
             AnySource::Files(s) => s.describe(),
             AnySource::Generator(s) => s.describe(),
+            AnySource::Memory(s) => s.describe(),
         }
     }
 
@@ -37,6 +43,7 @@ impl Source for AnySource {
         match self {
             AnySource::Files(s) => s.is_bounded(),
             AnySource::Generator(s) => s.is_bounded(),
+            AnySource::Memory(s) => s.is_bounded(),
         }
     }
 
@@ -44,6 +51,7 @@ impl Source for AnySource {
         match self {
             AnySource::Files(s) => s.discovery_interval(),
             AnySource::Generator(s) => s.discovery_interval(),
+            AnySource::Memory(s) => s.discovery_interval(),
         }
     }
 
@@ -51,6 +59,7 @@ impl Source for AnySource {
         match self {
             AnySource::Files(s) => s.discover().await,
             AnySource::Generator(s) => s.discover().await,
+            AnySource::Memory(s) => s.discover().await,
         }
     }
 
@@ -58,6 +67,7 @@ impl Source for AnySource {
         Ok(match self {
             AnySource::Files(s) => AnyReader::Files(s.open(partition, from).await?),
             AnySource::Generator(s) => AnyReader::Generator(s.open(partition, from).await?),
+            AnySource::Memory(s) => AnyReader::Memory(s.open(partition, from).await?),
         })
     }
 }
@@ -69,6 +79,7 @@ impl PartitionReader for AnyReader {
         match self {
             AnyReader::Files(r) => r.next_batch(batch, max).await,
             AnyReader::Generator(r) => r.next_batch(batch, max).await,
+            AnyReader::Memory(r) => r.next_batch(batch, max).await,
         }
     }
 }

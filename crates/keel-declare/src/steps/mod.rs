@@ -16,7 +16,7 @@ use keel::{Context, Failure, Record, Step};
 
 pub use aggregate::{Aggregate, AggregateSpec, AggregateState, FinalOutput, Func, Num};
 pub use dedupe::Dedupe;
-pub use event_time::EventTimeStep;
+pub use event_time::{EventTimeStep, format_ms, parse_rfc3339};
 pub use jq::{JqFilter, JqProgram, JqTransform};
 pub use parse::{ParseCsv, ParseJson};
 pub use shape::{DropFields, Rename, Select};

@@ -1,0 +1,319 @@
+//! `keel dlq list|show|stats|replay|purge`: operating the dead letters of a pipeline.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use keel::dead_letter::Envelope;
+use keel_connectors::file::dead_letters::{DeadLetterDir, Filter, Location};
+use keel_declare::replay::{self, ReplayError};
+
+use crate::{EXIT_DEAD_LETTERS, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+
+/// Which dead letters a command concerns.
+#[derive(clap::Args, Clone)]
+pub struct Select {
+    /// The pipeline file (its `[dead_letter] path` is used).
+    pipeline: PathBuf,
+    /// Only this reason.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only this stage.
+    #[arg(long)]
+    stage: Option<String>,
+    /// Only this partition.
+    #[arg(long)]
+    partition: Option<String>,
+    /// Last failure at or after this time: RFC 3339, or a duration ago (`2h`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Last failure before this time: RFC 3339, or a duration ago.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only dead letters never replayed.
+    #[arg(long, conflicts_with = "replayed")]
+    not_replayed: bool,
+    /// Only dead letters replayed at least once.
+    #[arg(long)]
+    replayed: bool,
+    /// At most this many.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+/// Subcommands.
+#[derive(clap::Subcommand)]
+pub enum Cmd {
+    /// List dead letters, oldest first.
+    List {
+        #[command(flatten)]
+        select: Select,
+        /// One JSON object per line (the envelope and its location).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter in full.
+    Show {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Its location, FILE:LINE, as `list` prints it.
+        location: String,
+    },
+    /// Count dead letters by reason, stage and partition.
+    Stats {
+        #[command(flatten)]
+        select: Select,
+        /// Output JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the original records back through the pipeline (or straight to one sink).
+    Replay {
+        #[command(flatten)]
+        select: Select,
+        /// Write the original records to this sink, skipping the steps.
+        #[arg(long)]
+        to_sink: Option<String>,
+        /// Replay dead letters that were replayed before too.
+        #[arg(long)]
+        force: bool,
+        /// Print what would be replayed, replay nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete dead letters.
+    Purge {
+        #[command(flatten)]
+        select: Select,
+        /// Required: this deletes dead letters.
+        #[arg(long)]
+        confirm: bool,
+    },
+}
+
+fn parse_time(s: &str) -> Result<u64> {
+    if let Some(ms) = keel_declare::steps::parse_rfc3339(s) {
+        return Ok(ms.max(0) as u64);
+    }
+    let ago = keel_declare::config::parse_duration(s).map_err(|e| anyhow::anyhow!("{e}; or give an RFC 3339 time"))?;
+    Ok(keel::util::now_ms().saturating_sub(ago.as_millis() as u64))
+}
+
+impl Select {
+    fn filter(&self) -> Result<Filter> {
+        Ok(Filter {
+            reason: self.reason.clone(),
+            stage: self.stage.clone(),
+            partition: self.partition.clone(),
+            since_ms: self.since.as_deref().map(parse_time).transpose()?,
+            until_ms: self.until.as_deref().map(parse_time).transpose()?,
+            replayed: match (self.replayed, self.not_replayed) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+        })
+    }
+}
+
+fn loaded(path: &PathBuf) -> Result<keel_declare::Loaded> {
+    keel_declare::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn dir(loaded: &keel_declare::Loaded) -> Result<DeadLetterDir> {
+    replay::dead_letter_dir(loaded).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn selected(select: &Select) -> Result<(keel_declare::Loaded, DeadLetterDir, Vec<(Location, Envelope)>)> {
+    let l = loaded(&select.pipeline)?;
+    let d = dir(&l)?;
+    let mut v = d
+        .select(&select.filter()?)
+        .with_context(|| format!("reading {}", d.path().display()))?;
+    if let Some(n) = select.limit {
+        v.truncate(n);
+    }
+    Ok((l, d, v))
+}
+
+fn one_line(loc: &Location, e: &Envelope) -> String {
+    let raw = e
+        .raw
+        .clone()
+        .unwrap_or_else(|| format!("<{} bytes, base64>", e.raw_b64.as_ref().map_or(0, |b| b.len())));
+    let raw: String = raw.chars().take(60).collect();
+    let id = e.id.as_ref().map_or(String::new(), |v| format!(" id={v}"));
+    let replayed = if e.replays.is_empty() {
+        String::new()
+    } else {
+        format!(" replayed×{}", e.replays.len())
+    };
+    format!(
+        "{loc}  {}  {}@{}  {}:{}{id}{replayed}  {raw:?}",
+        keel_declare::steps::format_ms(e.last_failed_ms),
+        e.reason,
+        e.stage,
+        e.partition,
+        e.position
+    )
+}
+
+/// Runs a subcommand.
+pub fn run(cmd: Cmd) -> Result<u8> {
+    match cmd {
+        Cmd::List { select, json } => {
+            let (_, d, sel) = selected(&select)?;
+            for (loc, e) in &sel {
+                if json {
+                    let mut v = serde_json::to_value(e)?;
+                    v["location"] = loc.to_string().into();
+                    println!("{v}");
+                } else {
+                    println!("{}", one_line(loc, e));
+                }
+            }
+            let corrupt = d.read()?.iter().filter(|e| e.envelope.is_err()).count();
+            if corrupt > 0 {
+                eprintln!("keel: {corrupt} dead-letter lines fail their checksum (see `keel dlq stats`)");
+            }
+            if sel.is_empty() && !json {
+                eprintln!("no dead letters match in {}", d.path().display());
+            }
+            Ok(EXIT_OK)
+        }
+        Cmd::Show { pipeline, location } => {
+            let l = loaded(&pipeline)?;
+            let d = dir(&l)?;
+            let at: Location = location.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            match d.get(&at)? {
+                None => {
+                    eprintln!("no dead letter at {at}");
+                    Ok(EXIT_USAGE)
+                }
+                Some(entry) => match entry.envelope {
+                    Ok(e) => {
+                        println!("{}", serde_json::to_string_pretty(&e)?);
+                        Ok(EXIT_OK)
+                    }
+                    Err(err) => {
+                        eprintln!("{at}: corrupt: {err}");
+                        Ok(EXIT_DEAD_LETTERS)
+                    }
+                },
+            }
+        }
+        Cmd::Stats { select, json } => {
+            let (_, d, sel) = selected(&select)?;
+            let corrupt = d.read()?.iter().filter(|e| e.envelope.is_err()).count();
+            let mut by_reason: BTreeMap<(String, String), u64> = BTreeMap::new();
+            let mut by_partition: BTreeMap<String, u64> = BTreeMap::new();
+            let mut replayed = 0;
+            for (_, e) in &sel {
+                *by_reason.entry((e.reason.clone(), e.stage.clone())).or_default() += 1;
+                *by_partition.entry(e.partition.clone()).or_default() += 1;
+                replayed += usize::from(!e.replays.is_empty());
+            }
+            if json {
+                let v = serde_json::json!({
+                    "total": sel.len(),
+                    "replayed": replayed,
+                    "corrupt": corrupt,
+                    "by_reason": by_reason.iter().map(|((r, s), n)| serde_json::json!({"reason": r, "stage": s, "count": n})).collect::<Vec<_>>(),
+                    "by_partition": by_partition,
+                });
+                println!("{v}");
+            } else {
+                println!(
+                    "{} dead letters ({replayed} replayed, {corrupt} corrupt lines) in {}",
+                    sel.len(),
+                    d.path().display()
+                );
+                let mut rows: Vec<_> = by_reason.into_iter().collect();
+                rows.sort_by(|a, b| b.1.cmp(&a.1));
+                println!("{:<24} {:<20} {:>10}", "reason", "stage", "count");
+                for ((r, s), n) in rows {
+                    println!("{r:<24} {s:<20} {n:>10}");
+                }
+                println!("\n{:<44} {:>10}", "partition", "count");
+                for (p, n) in by_partition {
+                    println!("{p:<44} {n:>10}");
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Cmd::Replay {
+            select,
+            to_sink,
+            force,
+            dry_run,
+        } => {
+            let mut select = select;
+            if !force && !select.replayed {
+                select.not_replayed = true;
+            }
+            let (l, _, sel) = selected(&select)?;
+            if dry_run {
+                for (loc, e) in &sel {
+                    println!("{}", one_line(loc, e));
+                }
+                println!(
+                    "{} dead letters would be replayed to {}",
+                    sel.len(),
+                    to_sink.as_deref().unwrap_or("the pipeline")
+                );
+                return Ok(EXIT_OK);
+            }
+            match replay::replay(&l, sel, to_sink.as_deref(), |o| o.handle_signals = true) {
+                Ok(None) => {
+                    println!("nothing to replay (already replayed ones need --force)");
+                    Ok(EXIT_OK)
+                }
+                Ok(Some(r)) => {
+                    let s = &r.summary;
+                    println!(
+                        "replay {}{}: {} dead letters to {}: {} records out, {} dead-lettered again; {} envelopes marked",
+                        r.id,
+                        if r.resumed {
+                            " (resumed an interrupted replay)"
+                        } else {
+                            ""
+                        },
+                        r.selected,
+                        r.to,
+                        s.records_out,
+                        s.dead_letters,
+                        r.marked
+                    );
+                    Ok(if s.dead_letters > 0 { EXIT_DEAD_LETTERS } else { EXIT_OK })
+                }
+                Err(ReplayError::Config(e)) => {
+                    eprintln!("keel: config error: {e}");
+                    Ok(EXIT_USAGE)
+                }
+                Err(e) => {
+                    eprintln!("keel: {e}");
+                    eprintln!("keel: run the same command again to resume the replay");
+                    Ok(EXIT_FAILED)
+                }
+            }
+        }
+        Cmd::Purge { select, confirm } => {
+            let l = loaded(&select.pipeline)?;
+            let d = dir(&l)?;
+            let filter = select.filter()?;
+            if select.limit.is_some() {
+                bail!("--limit does not apply to purge");
+            }
+            if !confirm {
+                let n = d.select(&filter)?.len();
+                eprintln!("purge would delete {n} dead letters; add --confirm to proceed");
+                return Ok(EXIT_USAGE);
+            }
+            let n = d
+                .purge(&filter)
+                .with_context(|| format!("purging {}", d.path().display()))?;
+            println!("deleted {n} dead letters");
+            Ok(EXIT_OK)
+        }
+    }
+}
