@@ -63,8 +63,11 @@ pub fn dead_letter_dir(loaded: &Loaded) -> Result<DeadLetterDir, ReplayError> {
     Ok(DeadLetterDir::new(loaded.resolve(&d.path)))
 }
 
+/// Dead letters chosen for a replay, with their locations.
+pub type Selection = Vec<(Location, Envelope)>;
+
 /// An interrupted replay: its id, target, and selection.
-fn unfinished(loaded: &Loaded) -> Result<Option<(String, String, Vec<(Location, Envelope)>)>, ReplayError> {
+fn unfinished(loaded: &Loaded) -> Result<Option<(String, String, Selection)>, ReplayError> {
     let dir = replays_dir(loaded);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(None);
@@ -84,7 +87,7 @@ fn unfinished(loaded: &Loaded) -> Result<Option<(String, String, Vec<(Location, 
     Ok(None)
 }
 
-fn read_selection(path: &Path) -> Result<(String, Vec<(Location, Envelope)>), ReplayError> {
+fn read_selection(path: &Path) -> Result<(String, Selection), ReplayError> {
     let text = std::fs::read_to_string(path)?;
     let mut lines = text.lines();
     let to = lines.next().unwrap_or("pipeline").trim_start_matches("to ").to_owned();
@@ -120,7 +123,7 @@ fn record_of(env: &Envelope) -> Record {
 /// `to_sink` sends the original records straight to that sink instead of the steps.
 pub fn replay(
     loaded: &Loaded,
-    selection: Vec<(Location, Envelope)>,
+    selection: Selection,
     to_sink: Option<&str>,
     options: impl FnOnce(&mut Options),
 ) -> Result<Option<ReplayReport>, ReplayError> {
