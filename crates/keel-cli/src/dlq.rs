@@ -116,7 +116,7 @@ impl Select {
     }
 }
 
-fn loaded(path: &PathBuf) -> Result<keel_declare::Loaded> {
+fn loaded(path: &std::path::Path) -> Result<keel_declare::Loaded> {
     keel_declare::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
@@ -124,7 +124,7 @@ fn dir(loaded: &keel_declare::Loaded) -> Result<DeadLetterDir> {
     replay::dead_letter_dir(loaded).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn selected(select: &Select) -> Result<(keel_declare::Loaded, DeadLetterDir, Vec<(Location, Envelope)>)> {
+fn selected(select: &Select) -> Result<(keel_declare::Loaded, DeadLetterDir, replay::Selection)> {
     let l = loaded(&select.pipeline)?;
     let d = dir(&l)?;
     let mut v = d
@@ -229,7 +229,7 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                     d.path().display()
                 );
                 let mut rows: Vec<_> = by_reason.into_iter().collect();
-                rows.sort_by(|a, b| b.1.cmp(&a.1));
+                rows.sort_by_key(|r| std::cmp::Reverse(r.1));
                 println!("{:<24} {:<20} {:>10}", "reason", "stage", "count");
                 for ((r, s), n) in rows {
                     println!("{r:<24} {s:<20} {n:>10}");
