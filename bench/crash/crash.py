@@ -8,7 +8,7 @@ between the renames of one commit), restarting each time. After every kill it ch
 the visible output holds only epochs covered by a durable checkpoint and has no duplicate
 id or dead letter; at the end it runs check.py, which must say exactly-once and OK.
 
-usage: crash.py [-n RECORDS] [-k KILLS] [--seed S] [--work DIR] [--interval 50ms]
+usage: crash.py [-n RECORDS] [-k KILLS] [--seed S] [--work DIR] [--interval 50ms] [--bad-frac 0.05]
 """
 import argparse
 import json
@@ -85,15 +85,17 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--work", default="/tmp/keel-crash")
     ap.add_argument("--interval", default="50ms", help="checkpoint interval")
+    ap.add_argument("--bad-frac", type=float, default=0.05, help="fraction of bad input lines")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "keel-cli"], cwd=ROOT, check=True)
     keel = os.path.join(ROOT, "target", "release", "keel")
-    inp = os.path.join(a.work, "input")
+    inp = os.path.join(a.work, f"input-{a.records}-{a.bad_frac}")
     out, state = os.path.join(a.work, "out"), os.path.join(a.work, "state")
     subprocess.run(["rm", "-rf", out, state], check=True)
     if not os.path.exists(os.path.join(inp, "_MANIFEST.json")):
-        subprocess.run([sys.executable, os.path.join(SHARED, "gen.py"), "-n", str(a.records), "-o", inp, "--force"],
+        subprocess.run([sys.executable, os.path.join(SHARED, "gen.py"), "-n", str(a.records), "--bad-frac", str(a.bad_frac),
+                        "-o", inp, "--force"],
                        check=True, stdout=subprocess.DEVNULL)
     env = dict(os.environ, IN=inp, OUT=out, STATE=state, KEEL_CHECKPOINT_INTERVAL=a.interval, RUST_LOG="error")
 

@@ -68,7 +68,7 @@ fn run_to_end(dir: &Path) {
 fn kill_9_at_random_instants_and_crash_points_then_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let input = refjob::generate(&dir.join("in"), 600_000, 4, 3_000, 5, 7);
+    let input = refjob::generate(&dir.join("in"), 600_000, 4, 3_000, 50, 7);
     std::fs::write(dir.join("job.toml"), refjob::JOB).unwrap();
 
     // deterministic crash points first: each aborts the process at a precise instant

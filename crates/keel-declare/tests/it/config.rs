@@ -210,3 +210,81 @@ fn environment_variables_are_interpolated_and_missing_ones_refused() {
     );
     assert_eq!(c.errors(), "");
 }
+
+#[test]
+fn the_errors_table_maps_to_policies_and_its_mistakes_are_named() {
+    let errors = r#"
+[errors]
+exit_code_on_dead_letters = 0
+max_record_bytes = 65536
+dead_letter_rate = 500
+
+[errors.default]
+transient = { action = "retry", max_attempts = 3, initial = "50ms", multiplier = 3.0, max_delay = "2s", jitter = "decorrelated", then = "skip" }
+throttled = { action = "pause", duration = "2s", max_pauses = 3, then = "dead_letter" }
+permanent = "dead_letter"
+fatal = "abort"
+
+[errors.stages.validate]
+permanent = "skip"
+
+[[errors.classify]]
+stage = "validate"
+message = "quota"
+class = "throttled"
+as = "quota_reached"
+retry_after = "1s"
+
+[errors.retry_budget]
+ratio = 0.1
+min_per_sec = 5
+window = "30s"
+
+[errors.error_budget]
+max_percent = 5
+window = "1m"
+min_records = 1000
+action = "pause"
+
+[errors.sink_breaker]
+failures = 3
+open_for = "10s"
+slow_call = "2s"
+
+[errors.sink_retry]
+backoff = "constant"
+delay = "200ms"
+max_attempts = 4
+"#;
+    let steps = "[[steps]]\ntype = \"parse\"\n\n[[steps]]\ntype = \"validate\"\nrequired = [\"id\"]\n";
+    let c = crate::Case::new(&format!("{}{errors}", crate::pipeline("json_lines", steps, "")), &[]);
+    assert_eq!(c.errors(), "");
+
+    let bad = r#"
+[errors.default]
+transient = { action = "retry", then = "retry" }
+permanent = "dead-letter"
+fatal = { action = "fail", max_attempts = 2 }
+
+[errors.stages.enrich]
+transient = "skip"
+
+[errors.sink_retry]
+backoff = "constant"
+
+[errors.error_budget]
+window = "1m"
+"#;
+    let c = crate::Case::new(&format!("{}{bad}", crate::pipeline("json_lines", steps, "")), &[]);
+    let e = c.errors();
+    for expected in [
+        "errors.default.transient.then: `then` must be fail, skip, dead_letter or abort, not `retry`",
+        "errors.default.permanent: unknown action `dead-letter`",
+        "errors.default.fatal: `fail` takes no settings",
+        "errors.stages.enrich: no step or sink is named `enrich`",
+        "errors.sink_retry: a constant backoff needs `delay`",
+        "errors.error_budget: set `max_percent` or `max_count`",
+    ] {
+        assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+    }
+}

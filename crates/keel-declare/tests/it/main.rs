@@ -1,6 +1,7 @@
 //! Integration tests of pipeline files (one test binary for the crate).
 
 mod config;
+mod corpus;
 mod steps;
 
 use std::path::{Path, PathBuf};
