@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
         .flow(flow)
         .sink(jsonl("records"))
         .side_sink("final", jsonl("final"))
-        .dead_letters(jsonl("dead"))
+        .dead_letters(FileSink::new(FileSinkConfig::dead_letters(out.join("dead"))))
         .checkpoints(FileCheckpointStore::new(out.join("state")))
         .configure(|o| o.handle_signals = true)
         .build()?;

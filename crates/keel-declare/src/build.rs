@@ -451,9 +451,13 @@ fn add_sinks(
     }
     if let Some(d) = &cfg.dead_letter {
         let segments = |path: &str| {
-            let mut c = FileSinkConfig::new(loaded.resolve(path), FileFormat::JsonLines);
-            c.prefix = prefix.map_or_else(|| "dead".to_owned(), |p| format!("dead-{p}"));
-            c.max_file_bytes = d.max_segment_bytes.unwrap_or(64 << 20);
+            let mut c = FileSinkConfig::dead_letters(loaded.resolve(path));
+            if let Some(p) = prefix {
+                c.prefix = format!("dead-{p}");
+            }
+            if let Some(m) = d.max_segment_bytes {
+                c.max_file_bytes = m;
+            }
             FileSink::new(c)
         };
         b = b.dead_letters(segments(&d.path));

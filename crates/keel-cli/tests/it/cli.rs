@@ -227,15 +227,29 @@ fn dlq_commands_list_show_stats_replay_and_purge() {
     let o = keel(&["dlq", "stats", ps, "--json"], &[]);
     let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(stats["total"], 55);
-    let neg = stats["by_reason"].as_array().unwrap().iter().find(|r| r["reason"] == "negative_amount").unwrap()["count"]
+    let neg = stats["by_reason"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "negative_amount")
+        .unwrap()["count"]
         .as_u64()
         .unwrap();
 
-    let o = keel(&["dlq", "list", ps, "--reason", "malformed", "--json", "--limit", "2"], &[]);
-    let listed: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let o = keel(
+        &["dlq", "list", ps, "--reason", "malformed", "--json", "--limit", "2"],
+        &[],
+    );
+    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(listed.len(), 2);
-    assert!(listed.iter().all(|e| e["reason"] == "malformed" && e["stage"] == "parse"));
+    assert!(
+        listed
+            .iter()
+            .all(|e| e["reason"] == "malformed" && e["stage"] == "parse")
+    );
     let loc = listed[0]["location"].as_str().unwrap().to_owned();
     let o = keel(&["dlq", "show", ps, &loc], &[]);
     let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -249,13 +263,45 @@ fn dlq_commands_list_show_stats_replay_and_purge() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count() as u64, neg);
     // a second replay skips what was replayed: only the new dead letters of the first replay
     let o = keel(&["dlq", "replay", ps, "--reason", "negative_amount", "--dry-run"], &[]);
-    assert!(text(&o).contains(&format!("{neg} dead letters would be replayed")), "{}", text(&o));
-    let o = keel(&["dlq", "replay", ps, "--reason", "negative_amount", "--force", "--dry-run"], &[]);
-    assert!(text(&o).contains(&format!("{} dead letters would be replayed", 2 * neg)), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("{neg} dead letters would be replayed")),
+        "{}",
+        text(&o)
+    );
+    let o = keel(
+        &[
+            "dlq",
+            "replay",
+            ps,
+            "--reason",
+            "negative_amount",
+            "--force",
+            "--dry-run",
+        ],
+        &[],
+    );
+    assert!(
+        text(&o).contains(&format!("{} dead letters would be replayed", 2 * neg)),
+        "{}",
+        text(&o)
+    );
 
     // replay straight to a sink: the original bytes land in the records output
     let before = refjob::visible_lines(&dir.join("out/records")).len();
-    let o = keel(&["dlq", "replay", ps, "--reason", "malformed", "--to-sink", "records", "--limit", "1"], &[]);
+    let o = keel(
+        &[
+            "dlq",
+            "replay",
+            ps,
+            "--reason",
+            "malformed",
+            "--to-sink",
+            "records",
+            "--limit",
+            "1",
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let after = refjob::visible_lines(&dir.join("out/records"));
     assert_eq!(after.len(), before + 1);
@@ -265,7 +311,11 @@ fn dlq_commands_list_show_stats_replay_and_purge() {
     let o = keel(&["dlq", "purge", ps, "--replayed"], &[]);
     assert_eq!(o.status.code(), Some(2));
     let o = keel(&["dlq", "purge", ps, "--replayed", "--confirm"], &[]);
-    assert!(text(&o).contains(&format!("deleted {} dead letters", neg + 1)), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("deleted {} dead letters", neg + 1)),
+        "{}",
+        text(&o)
+    );
 
     // a tampered line is reported as corrupt, never served
     let seg = std::fs::read_dir(dir.join("out/dead"))
@@ -274,7 +324,11 @@ fn dlq_commands_list_show_stats_replay_and_purge() {
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("dead-0"))
         .unwrap();
     let text_before = std::fs::read_to_string(&seg).unwrap();
-    std::fs::write(&seg, text_before.replacen("\"reason\":\"malformed\"", "\"reason\":\"malformeD\"", 1)).unwrap();
+    std::fs::write(
+        &seg,
+        text_before.replacen("\"reason\":\"malformed\"", "\"reason\":\"malformeD\"", 1),
+    )
+    .unwrap();
     let o = keel(&["dlq", "stats", ps, "--json"], &[]);
     let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(stats["corrupt"], 1);

@@ -105,6 +105,16 @@ impl FileSinkConfig {
             header: None,
         }
     }
+
+    /// Dead-letter segments in `path`: JSON lines, prefix `dead`, rotated at 64 MiB; what
+    /// `keel dlq` and [`super::dead_letters::DeadLetterDir`] read.
+    pub fn dead_letters(path: impl Into<PathBuf>) -> Self {
+        FileSinkConfig {
+            prefix: "dead".into(),
+            max_file_bytes: 64 << 20,
+            ..Self::new(path, FileFormat::JsonLines)
+        }
+    }
 }
 
 /// Matches `*` (any run) and `?` (one byte) against a name.

@@ -43,9 +43,16 @@ fn every_kind_of_bad_record_gets_its_reason_and_stage() {
     assert_eq!(dead.len(), expected.len(), "one dead letter per bad line");
     for (line, reason, stage, what) in &expected {
         let original = all[line - 1];
-        let found: Vec<_> = dead.iter().filter(|d| d.original_value().as_deref() == Some(original)).collect();
+        let found: Vec<_> = dead
+            .iter()
+            .filter(|d| d.original_value().as_deref() == Some(original))
+            .collect();
         assert_eq!(found.len(), 1, "line {line} ({what}) dead-lettered once");
-        assert_eq!((found[0].reason.as_str(), found[0].stage.as_str()), (reason.as_str(), stage.as_str()), "line {line}: {what}");
+        assert_eq!(
+            (found[0].reason.as_str(), found[0].stage.as_str()),
+            (reason.as_str(), stage.as_str()),
+            "line {line}: {what}"
+        );
     }
     let good = all.len() - 1 - expected.len();
     assert_eq!(summary.records_out as usize, good);
@@ -55,7 +62,12 @@ fn every_kind_of_bad_record_gets_its_reason_and_stage() {
     for (i, l) in all.iter().enumerate() {
         if !l.is_empty() && !bad_lines.contains(&(i + 1)) {
             let id = serde_json::from_slice::<serde_json::Value>(l).unwrap()["id"].clone();
-            assert_eq!(out.iter().filter(|o| serde_json::from_str::<serde_json::Value>(o).unwrap()["id"] == id).count(), 1);
+            assert_eq!(
+                out.iter()
+                    .filter(|o| serde_json::from_str::<serde_json::Value>(o).unwrap()["id"] == id)
+                    .count(),
+                1
+            );
         }
     }
 }
