@@ -1,6 +1,7 @@
 //! Sources and sinks for keel.
 //!
 //! - [`file`]: local files (always built): the embedded default.
+//! - [`ledger`]: ledger backends (SQLite, PostgreSQL).
 //! - [`generator`]: deterministic synthetic records for demos and benchmarks.
 //! - [`stdout`]: print committed records.
 #![forbid(unsafe_code)]
@@ -8,4 +9,5 @@
 
 pub mod file;
 pub mod generator;
+pub mod ledger;
 pub mod stdout;

@@ -64,6 +64,7 @@ pub mod crash;
 pub mod dead_letter;
 pub mod durable;
 pub mod failure;
+pub mod ledger;
 pub mod policy;
 pub mod record;
 pub mod runtime;
