@@ -4,6 +4,7 @@
 //! - [`ledger`]: ledger backends (SQLite, PostgreSQL).
 //! - [`generator`]: deterministic synthetic records for demos and benchmarks.
 //! - [`stdout`]: print committed records.
+//! - [`txn`]: staged transactions on object storage (S3).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -11,3 +12,4 @@ pub mod file;
 pub mod generator;
 pub mod ledger;
 pub mod stdout;
+pub mod txn;

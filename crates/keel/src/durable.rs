@@ -27,6 +27,11 @@ pub trait FileOps: Send + Sync + std::fmt::Debug + 'static {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Removes a file; a missing file is not an error.
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Swaps two existing paths (files or directories) atomically: each name then refers to
+    /// what the other did.
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()>;
+    /// Removes a directory and everything in it; a missing directory is not an error.
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
 }
 
 /// The real local file system.
@@ -54,6 +59,18 @@ impl FileOps for LocalOps {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         match fs::remove_file(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE).map_err(io::Error::from)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        match fs::remove_dir_all(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
@@ -199,6 +216,14 @@ impl FileOps for FailingOps {
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.gate()?;
         self.inner.remove(path)
+    }
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        self.gate()?;
+        self.inner.exchange(a, b)
+    }
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.gate()?;
+        self.inner.remove_dir_all(path)
     }
 }
 

@@ -13,6 +13,8 @@
 //! - [`step`]: steps and the [`Flow`] builder.
 //! - [`failure`]: failure classes and reasons.
 //! - [`runtime`]: building and running a [`Pipeline`].
+//! - [`ledger`]: which units of work (files) are done, for idempotent batch ingestion.
+//! - [`txn`]: staged transactions (stage, validate, commit or roll back).
 //!
 //! # Example
 //!
@@ -74,6 +76,7 @@ pub mod state;
 pub mod step;
 pub mod testing;
 pub mod time;
+pub mod txn;
 pub mod util;
 
 pub use checkpoint::{CheckpointStore, FileCheckpointStore, Manifest};

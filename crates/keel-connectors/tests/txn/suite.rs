@@ -1,0 +1,349 @@
+//! The staged-transaction contract (see `keel::txn`), store by store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use keel::txn::{Committed, JsonLines, Transaction, Txn, TxnError, TxnStore};
+
+use crate::stores::{Place, Store, open};
+
+type Files = BTreeMap<String, String>;
+
+fn files(list: &[(&str, &str)]) -> Files {
+    list.iter().map(|(n, d)| (n.to_string(), d.to_string())).collect()
+}
+
+/// A generation of a dataset: three files that all say which generation they belong to.
+fn generation(i: u64) -> Files {
+    ["a.jsonl", "b.jsonl", "c.jsonl"]
+        .iter()
+        .map(|n| (n.to_string(), format!("{{\"gen\":{i},\"file\":\"{n}\"}}\n").repeat(50)))
+        .collect()
+}
+
+async fn write(store: &dyn TxnStore, dataset: &str, content: &Files) -> Result<Committed, TxnError> {
+    let mut t = Transaction::begin(store, dataset).await?.validate_with(JsonLines);
+    for (name, data) in content {
+        t.stage(name, data.clone()).await?;
+    }
+    t.commit().await
+}
+
+/// What a reader sees: the files of the current version, read through the store.
+async fn read_all(store: &dyn TxnStore, dataset: &str) -> Option<(u64, Files)> {
+    let v = store.current(dataset).await.unwrap()?;
+    let mut out = Files::new();
+    for f in &v.files {
+        let data = store.read(&v, &f.name).await.unwrap();
+        assert_eq!(data.len() as u64, f.size, "{} has the size its version lists", f.name);
+        out.insert(f.name.clone(), String::from_utf8(data.to_vec()).unwrap());
+    }
+    Some((v.version, out))
+}
+
+/// Nothing staged remains: on a file system the staging namespace is empty; on object
+/// storage every data object belongs to a version that has a manifest.
+async fn no_staged_leftovers(s: &Store) {
+    let all = s.everything().await;
+    match &s.place {
+        Place::Dir(_) => {
+            let staged: Vec<_> = all.iter().filter(|p| p.starts_with("_staging/default/")).collect();
+            assert!(staged.is_empty(), "staged leftovers: {staged:?}");
+        }
+        Place::S3 { prefix, raw } => {
+            use object_store::ObjectStoreExt;
+            let mut live = BTreeSet::new();
+            for m in all.iter().filter(|p| p.contains("/_manifests/")) {
+                let path = object_store::path::Path::parse(format!("{prefix}/{m}")).unwrap();
+                let raw = raw.get(&path).await.unwrap().bytes().await.unwrap();
+                let v: keel::txn::Version = serde_json::from_slice(&raw).unwrap();
+                live.insert(v.txid);
+            }
+            for p in all.iter().filter(|p| p.contains("/data/")) {
+                let txid = p.split("/data/").nth(1).unwrap().split('/').next().unwrap();
+                assert!(live.contains(txid), "unreferenced object {p}");
+            }
+        }
+    }
+}
+
+pub async fn commit_publishes_every_file_and_replaces_the_old_version(s: &Store) {
+    let st = &*s.store;
+    assert!(read_all(st, "orders").await.is_none());
+    let v1 = files(&[("a.jsonl", "{\"a\":1}\n"), ("b.jsonl", "{\"b\":1}\n")]);
+    let c1 = write(st, "orders", &v1).await.unwrap();
+    assert_eq!((c1.version.version, c1.already), (1, false));
+    assert_eq!(read_all(st, "orders").await, Some((1, v1)));
+    let v2 = files(&[("a.jsonl", "{\"a\":2}\n"), ("c.jsonl", "{\"c\":2}\n")]);
+    let c2 = write(st, "orders", &v2).await.unwrap();
+    assert_eq!(c2.version.version, 2);
+    assert_eq!(
+        read_all(st, "orders").await,
+        Some((2, v2)),
+        "b.jsonl is gone with version 1"
+    );
+    // nested dataset names
+    let d = files(&[("x.jsonl", "1\n")]);
+    write(st, "daily/2026-11-23", &d).await.unwrap();
+    assert_eq!(read_all(st, "daily/2026-11-23").await, Some((1, d)));
+    no_staged_leftovers(s).await;
+}
+
+pub async fn committing_twice_is_a_no_op(s: &Store) {
+    let st = &*s.store;
+    let txn = st.begin("d").await.unwrap();
+    st.stage(&txn, "f.jsonl", Bytes::from_static(b"{}\n")).await.unwrap();
+    let first = st.commit(&txn).await.unwrap();
+    let second = st.commit(&txn).await.unwrap();
+    assert!(!first.already && second.already);
+    assert_eq!(first.version, second.version);
+    // a later version does not make the old transaction commit again
+    write(st, "d", &files(&[("g.jsonl", "{}\n")])).await.unwrap();
+    let third = st.commit(&txn).await.unwrap();
+    assert!(third.already);
+    assert_eq!(third.version.version, 1);
+    assert_eq!(read_all(st, "d").await.unwrap().0, 2);
+}
+
+pub async fn a_failed_validation_leaves_no_partial_output(s: &Store) {
+    let st = &*s.store;
+    let v1 = files(&[("a.jsonl", "{}\n")]);
+    write(st, "d", &v1).await.unwrap();
+    let before = s.everything().await;
+    let bad = files(&[("a.jsonl", "{}\n"), ("b.jsonl", "{}\n{oops\n")]);
+    match write(st, "d", &bad).await {
+        Err(TxnError::Validation { validator, message }) => {
+            assert_eq!(validator, "json_lines");
+            assert!(message.starts_with("b.jsonl:2: not JSON"), "{message}");
+        }
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+    assert_eq!(read_all(st, "d").await, Some((1, v1)));
+    assert_eq!(
+        s.everything().await,
+        before,
+        "nothing of the failed transaction remains"
+    );
+}
+
+pub async fn rollback_discards_and_refuses_once_committed(s: &Store) {
+    let st = &*s.store;
+    let before = s.everything().await;
+    let txn = st.begin("d").await.unwrap();
+    st.stage(&txn, "a.jsonl", Bytes::from_static(b"{}\n")).await.unwrap();
+    assert_eq!(st.staged(&txn).await.unwrap().len(), 1);
+    st.rollback(&txn).await.unwrap();
+    st.rollback(&txn).await.unwrap();
+    assert!(matches!(st.commit(&txn).await, Err(TxnError::NotStaged(_))));
+    assert!(read_all(st, "d").await.is_none());
+    let after: Vec<_> = s
+        .everything()
+        .await
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert!(after.iter().all(|p| !p.contains("a.jsonl")), "{after:?}");
+    let c = write(st, "d", &files(&[("a.jsonl", "{}\n")])).await.unwrap();
+    let committed = Txn {
+        dataset: "d".into(),
+        id: c.version.txid.clone(),
+    };
+    assert!(matches!(st.rollback(&committed).await, Err(TxnError::Committed(_))));
+    assert_eq!(read_all(st, "d").await.unwrap().0, 1);
+}
+
+pub async fn store_errors_at_any_step_leave_old_or_new(s: &Store) {
+    let v1 = generation(1);
+    write(&*s.store, "d", &v1).await.unwrap();
+    let mut failures = 0;
+    for fail_from in 0.. {
+        let failing = s.failing_from(fail_from);
+        let current = read_all(&*s.store, "d").await.unwrap();
+        let next = generation(current.0 + 1);
+        let result = write(&*failing, "d", &next).await;
+        let seen = read_all(&*s.store, "d").await.unwrap();
+        match &result {
+            Ok(c) => assert_eq!(seen, (c.version.version, next.clone())),
+            Err(_) => {
+                failures += 1;
+                assert!(
+                    seen == current || seen.1 == next,
+                    "step {fail_from}: old or new, never a mix"
+                );
+            }
+        }
+        // what a failed rollback left behind is hidden, and recovery removes it
+        s.store.recover(Duration::ZERO).await.unwrap();
+        no_staged_leftovers(s).await;
+        if result.is_ok() {
+            break;
+        }
+    }
+    assert!(failures >= 5, "only {failures} steps failed");
+}
+
+pub async fn concurrent_commits_get_distinct_versions(s: &Store) {
+    if let Place::S3 { prefix, raw } = &s.place {
+        // s3s-fs checks If-None-Match before writing, not atomically with the write, so truly
+        // concurrent writers can both "win" on it (real S3 and MinIO are atomic). The lost
+        // race is made deterministic instead: another writer's manifest lands just before ours.
+        return lost_race_takes_the_next_version(s, prefix, raw.clone()).await;
+    }
+    let mut tasks = Vec::new();
+    for i in 0..6u64 {
+        let store = s.store.clone();
+        tasks.push(tokio::spawn(async move {
+            write(&*store, "shared", &generation(100 + i))
+                .await
+                .unwrap()
+                .version
+                .version
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.push(t.await.unwrap());
+    }
+    versions.sort();
+    assert_eq!(versions, (1..=6).collect::<Vec<_>>());
+    let (v, content) = read_all(&*s.store, "shared").await.unwrap();
+    assert_eq!(v, 6);
+    assert!((100..106).any(|i| content == generation(i)));
+}
+
+async fn lost_race_takes_the_next_version(s: &Store, prefix: &str, raw: std::sync::Arc<dyn object_store::ObjectStore>) {
+    // the other writer's version 1, committed by a second store on the same place
+    let other = crate::stores::open(&s.spec());
+    let theirs = {
+        let t = other.begin("shared").await.unwrap();
+        other.stage(&t, "a.jsonl", Bytes::from_static(b"{}\n")).await.unwrap();
+        t
+    };
+    let racing: std::sync::Arc<dyn object_store::ObjectStore> =
+        std::sync::Arc::new(crate::faulty::Racing::new(raw, other, theirs.clone()));
+    let ours = keel_connectors::txn::ObjectTxnStore::new(racing, prefix, "racing s3");
+    let c = write(&ours, "shared", &generation(7)).await.unwrap();
+    assert_eq!(c.version.version, 2, "version 1 went to the other writer");
+    let v1 = s.store.commit(&theirs).await.unwrap();
+    assert!(v1.already && v1.version.version == 1);
+    assert_eq!(read_all(&*s.store, "shared").await, Some((2, generation(7))));
+}
+
+pub async fn recovery_rolls_back_abandoned_transactions(s: &Store) {
+    let st = &*s.store;
+    write(st, "d", &generation(1)).await.unwrap();
+    let txn = st.begin("d").await.unwrap();
+    st.stage(&txn, "a.jsonl", Bytes::from_static(b"{}\n")).await.unwrap();
+    let kept = st.recover(Duration::from_secs(3600)).await.unwrap();
+    assert!(
+        kept.rolled_back.is_empty(),
+        "a recent transaction is left to its writer"
+    );
+    assert_eq!(st.staged(&txn).await.unwrap().len(), 1);
+    let r = st.recover(Duration::ZERO).await.unwrap();
+    assert_eq!(r.rolled_back, vec![txn.id.clone()]);
+    assert!(matches!(st.commit(&txn).await, Err(TxnError::NotStaged(_))));
+    assert_eq!(read_all(st, "d").await, Some((1, generation(1))));
+    no_staged_leftovers(s).await;
+}
+
+/// Runs the child: `KEEL_TXN_CHILD=<spec>|<dataset>|<mode>`. `once` commits the next
+/// generation (printing its txid first); `loop` commits generations forever.
+pub async fn child(spec: &str) {
+    let parts: Vec<&str> = spec.split('|').collect();
+    let store = open(parts[0]);
+    let dataset = parts[1];
+    loop {
+        let next = read_all(&*store, dataset).await.map_or(1, |(v, _)| v + 1);
+        let mut t = Transaction::begin(&*store, dataset).await.unwrap();
+        println!("TXID {}", t.txn().id);
+        for (name, data) in generation(next) {
+            t.stage(&name, data).await.unwrap();
+        }
+        t.commit().await.unwrap();
+        if parts[2] == "once" {
+            return;
+        }
+    }
+}
+
+fn child_command(s: &Store, mode: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", "child_commit", "--nocapture", "--test-threads=1"])
+        .env("KEEL_TXN_CHILD", format!("{}|d|{mode}", s.spec()))
+        .env_remove("KEEL_CRASH_AT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    c
+}
+
+/// A reader's check after a crash: some generation, whole, with the matching version.
+async fn consistent(st: &dyn TxnStore) -> u64 {
+    let (v, content) = read_all(st, "d").await.expect("the first version was committed");
+    assert_eq!(content, generation(v), "version {v} is one whole generation");
+    v
+}
+
+pub async fn death_mid_commit_leaves_old_or_new(s: &Store) {
+    write(&*s.store, "d", &generation(1)).await.unwrap();
+    for point in ["txn_before_publish", "txn_after_publish"] {
+        let before = consistent(&*s.store).await;
+        let out = child_command(s, "once")
+            .env("KEEL_CRASH_AT", format!("{point}:1"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the child aborted at {point}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let txid = stdout
+            .lines()
+            .find_map(|l| l.split("TXID ").nth(1))
+            .unwrap_or_else(|| panic!("child printed no txid: {stdout}"))
+            .to_owned();
+        let after = consistent(&*s.store).await;
+        let expect = if point == "txn_before_publish" {
+            before
+        } else {
+            before + 1
+        };
+        assert_eq!(after, expect, "crash at {point}");
+        // the writer restarts and repeats its commit
+        let txn = Txn {
+            dataset: "d".into(),
+            id: txid,
+        };
+        let again = s.store.commit(&txn).await.unwrap();
+        assert_eq!(again.already, point == "txn_after_publish");
+        assert_eq!(consistent(&*s.store).await, before + 1);
+        s.store.recover(Duration::ZERO).await.unwrap();
+        no_staged_leftovers(s).await;
+    }
+}
+
+pub async fn kill_9_at_random_instants_leaves_old_or_new(s: &Store) {
+    write(&*s.store, "d", &generation(1)).await.unwrap();
+    let mut seed = keel::util::now_ms() | 1;
+    let mut last = 1;
+    for round in 0..10 {
+        let mut child = child_command(s, "loop").spawn().unwrap();
+        // wait until it is committing, then kill it at a random instant
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if line.contains("TXID ") {
+                break;
+            }
+        }
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(20 + (seed >> 33) % 300));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let v = consistent(&*s.store).await;
+        assert!(v >= last, "round {round}: versions only move forward");
+        last = v;
+        s.store.recover(Duration::ZERO).await.unwrap();
+        no_staged_leftovers(s).await;
+    }
+    assert!(last > 1, "the child committed something in ten rounds");
+}
