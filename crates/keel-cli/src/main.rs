@@ -5,10 +5,13 @@
 //! - 1: the pipeline finished, but records were dead-lettered; or a check found problems.
 //! - 2: usage or configuration error: nothing was run.
 //! - 3: the pipeline failed (the last checkpoint stays valid; run again to resume).
+//! - 4: a batch ingestion finished, but some files failed (rolled back; the next run retries
+//!   them).
 #![forbid(unsafe_code)]
 
 mod checkpoints;
 mod dlq;
+mod ledger;
 mod logging;
 mod progress;
 mod run;
@@ -26,6 +29,8 @@ pub const EXIT_DEAD_LETTERS: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: the pipeline failed.
 pub const EXIT_FAILED: u8 = 3;
+/// Exit code: a batch ingestion finished with failed files.
+pub const EXIT_UNITS_FAILED: u8 = 4;
 
 #[derive(Parser)]
 #[command(
@@ -35,7 +40,7 @@ pub const EXIT_FAILED: u8 = 3;
 )]
 #[command(
     after_help = "Exit codes: 0 ok, 1 finished with dead letters (or a check found problems), \
-2 usage or configuration error, 3 pipeline failed."
+2 usage or configuration error, 3 pipeline failed, 4 some files of a batch ingestion failed."
 )]
 struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
@@ -63,6 +68,9 @@ enum Command {
     /// Inspect, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(dlq::Cmd),
+    /// Inspect and repair the batch-ingestion ledger.
+    #[command(subcommand)]
+    Ledger(ledger::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +88,7 @@ fn main() -> ExitCode {
         Command::Validate { pipeline } => run::validate(&pipeline),
         Command::Checkpoints(cmd) => checkpoints::run(cmd),
         Command::Dlq(cmd) => dlq::run(cmd),
+        Command::Ledger(cmd) => ledger::run(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -7,7 +7,7 @@ use keel::{Outcome, RunSummary};
 use keel_declare::config::SourceConfig;
 
 use crate::progress::{Reporter, human};
-use crate::{EXIT_DEAD_LETTERS, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::{EXIT_DEAD_LETTERS, EXIT_FAILED, EXIT_OK, EXIT_UNITS_FAILED, EXIT_USAGE};
 
 /// Arguments of `keel run`.
 #[derive(clap::Args)]
@@ -26,6 +26,25 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// `--checkpoint-interval`: `None` keeps the file's setting; `Some(None)` is `off`.
+fn parse_interval(arg: Option<&str>) -> Result<Option<Option<std::time::Duration>>, u8> {
+    match arg {
+        None => Ok(None),
+        Some("off") => Ok(Some(None)),
+        Some(s) => match keel_declare::config::parse_duration(s) {
+            Ok(d) if !d.is_zero() => Ok(Some(Some(d))),
+            Ok(_) => {
+                eprintln!("keel: --checkpoint-interval must be positive or `off`");
+                Err(EXIT_USAGE)
+            }
+            Err(e) => {
+                eprintln!("keel: --checkpoint-interval: {e}");
+                Err(EXIT_USAGE)
+            }
+        },
+    }
 }
 
 fn config_errors(e: &keel_declare::ConfigErrors) -> u8 {
@@ -72,6 +91,19 @@ pub fn validate(path: &Path) -> Result<u8> {
         println!("  sink {}: {} ({})", s.name, s.describe, s.guarantee);
     }
     println!("  checkpoints: {}", loaded.state_dir().display());
+    match keel_declare::ingest::plan(&loaded) {
+        Err(e) => return Ok(config_errors(&e)),
+        Ok(Some(plan)) => {
+            println!(
+                "  ingest: one unit per file, ledger {} (worker {}, checksum {})",
+                plan.ledger, plan.settings.worker, plan.settings.checksum
+            );
+            for (name, dir) in &plan.outputs {
+                println!("    output {name}: {}/<file>/", dir.display());
+            }
+        }
+        Ok(None) => {}
+    }
     Ok(EXIT_OK)
 }
 
@@ -81,20 +113,19 @@ pub fn run(args: RunArgs) -> Result<u8> {
         Ok(l) => l,
         Err(e) => return Ok(config_errors(&e)),
     };
-    let interval = match args.checkpoint_interval.as_deref() {
-        None => None,
-        Some("off") => Some(None),
-        Some(s) => match keel_declare::config::parse_duration(s) {
-            Ok(d) if !d.is_zero() => Some(Some(d)),
-            Ok(_) => {
-                eprintln!("keel: --checkpoint-interval must be positive or `off`");
-                return Ok(EXIT_USAGE);
-            }
-            Err(e) => {
-                eprintln!("keel: --checkpoint-interval: {e}");
-                return Ok(EXIT_USAGE);
-            }
-        },
+    let plan = match keel_declare::ingest::plan(&loaded) {
+        Ok(p) => p,
+        Err(e) => return Ok(config_errors(&e)),
+    };
+    if let Some(plan) = plan {
+        if let Err(e) = keel_declare::build(&loaded, |_| {}) {
+            return Ok(config_errors(&e));
+        }
+        return run_ingest(&args, &loaded, &plan);
+    }
+    let interval = match parse_interval(args.checkpoint_interval.as_deref()) {
+        Ok(i) => i,
+        Err(code) => return Ok(code),
     };
     let pipeline = match keel_declare::build(&loaded, |o| {
         o.from_scratch = args.from_scratch;
@@ -225,5 +256,134 @@ fn report(s: &RunSummary, json: bool, dead_code: u8) {
             "keel: {} records were dead-lettered (exit code {dead_code}); see `keel dlq list`",
             s.dead_letters
         );
+    }
+}
+
+/// `keel run` of a pipeline with an `[ingest]` table: one unit per input file.
+fn run_ingest(args: &RunArgs, loaded: &keel_declare::Loaded, plan: &keel_declare::ingest::IngestPlan) -> Result<u8> {
+    use keel_declare::ingest;
+    if args.from_scratch {
+        eprintln!(
+            "keel: --from-scratch does not apply to [ingest] pipelines: the ledger decides what runs; \
+             use `keel ledger retry` or `keel ledger clear` to process files again"
+        );
+        return Ok(EXIT_USAGE);
+    }
+    let interval = match parse_interval(args.checkpoint_interval.as_deref()) {
+        Ok(i) => i,
+        Err(code) => return Ok(code),
+    };
+    std::fs::create_dir_all(loaded.state_dir())?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&rt, async {
+        let ledger = keel_connectors::ledger::open(&plan.ledger, &plan.schema).await?;
+        tracing::info!(pipeline = %loaded.config.name, ledger = %ledger.describe(), worker = %plan.settings.worker, "starting batch ingestion");
+        let ingestor = ingest::ingestor(plan, ledger);
+        let stop = ingestor.shutdown_handle();
+        tokio::task::spawn_local(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+                return;
+            };
+            for n in 0..2 {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                if n == 0 {
+                    tracing::warn!("stopping: the current file checkpoints and resumes on the next run (a second signal exits at once)");
+                    stop.trigger();
+                } else {
+                    std::process::exit(130);
+                }
+            }
+        });
+        let report = ingest::run(loaded, plan, &ingestor, |o| {
+            if let Some(i) = interval {
+                o.checkpoint_interval = i;
+            }
+        })
+        .await?;
+        anyhow::Ok(report)
+    });
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keel: batch ingestion failed: {e:#}");
+            eprintln!("keel: files already completed stay completed; run the same command again to go on");
+            return Ok(EXIT_FAILED);
+        }
+    };
+    let dead_code = loaded
+        .config
+        .errors
+        .exit_code_on_dead_letters
+        .unwrap_or(EXIT_DEAD_LETTERS);
+    if args.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["worker"] = serde_json::Value::from(plan.settings.worker.clone());
+        println!("{v}");
+    } else {
+        report_ingest(&report);
+    }
+    Ok(if !report.failed.is_empty() {
+        EXIT_UNITS_FAILED
+    } else if report.dead_letters > 0 {
+        dead_code
+    } else {
+        EXIT_OK
+    })
+}
+
+fn report_ingest(r: &keel::ingest::IngestReport) {
+    let mut why = Vec::new();
+    for (n, label) in [
+        (r.new, "new"),
+        (r.changed, "changed"),
+        (r.retried, "retried"),
+        (r.resumed, "resumed"),
+        (r.taken_over, "taken over"),
+    ] {
+        if n > 0 {
+            why.push(format!("{n} {label}"));
+        }
+    }
+    eprintln!(
+        "keel: {}{} files: {} completed{}, {} skipped (already ingested), {} failed{}{}; {} records in, {} out, {} dead-lettered; {:.2}s",
+        if r.interrupted { "stopped early; " } else { "" },
+        r.inputs,
+        r.completed,
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", why.join(", "))
+        },
+        r.skipped,
+        r.failed.len(),
+        if r.busy > 0 {
+            format!(", {} held by other workers", r.busy)
+        } else {
+            String::new()
+        },
+        if r.lost > 0 {
+            format!(", {} lost to other workers", r.lost)
+        } else {
+            String::new()
+        },
+        r.records_in,
+        r.records_out,
+        r.dead_letters,
+        r.elapsed.as_secs_f64()
+    );
+    if !r.failed.is_empty() {
+        eprintln!("keel: failed files (rolled back; the next run retries them):");
+        for f in &r.failed {
+            eprintln!("  {} (attempt {}): {}", f.key, f.attempt, f.reason);
+        }
+        eprintln!("keel: exit code {EXIT_UNITS_FAILED}; see `keel ledger list-failed`");
+    }
+    if r.interrupted {
+        eprintln!("keel: run the same command again to go on");
     }
 }

@@ -138,7 +138,13 @@ pub struct Variant {
     pub state_dir: Option<PathBuf>,
     /// Skip the steps: records go as they are to this sink.
     pub only_sink: Option<String>,
+    /// Write each file sink (by name) and the dead letters (`dead_letters`) to these
+    /// directories instead of their configured paths (batch ingestion stages each input
+    /// file's output this way).
+    pub outputs: Option<std::collections::HashMap<String, PathBuf>>,
 }
+
+type Outputs = std::collections::HashMap<String, PathBuf>;
 
 /// Builds a [`Variant`] of the pipeline of `loaded`.
 pub fn build_variant(
@@ -384,6 +390,7 @@ pub fn build_variant(
         builder,
         variant.file_prefix.as_deref(),
         variant.only_sink.as_deref(),
+        variant.outputs.as_ref(),
     )?;
     builder.build().map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -395,8 +402,17 @@ pub fn build_variant(
     })
 }
 
-fn file_sink(loaded: &Loaded, f: &FilesSinkConfig, header: Option<String>, prefix: Option<&str>) -> FileSink {
-    let mut c = FileSinkConfig::new(loaded.resolve(&f.path), f.format);
+fn file_sink(
+    loaded: &Loaded,
+    f: &FilesSinkConfig,
+    header: Option<String>,
+    prefix: Option<&str>,
+    outputs: Option<&Outputs>,
+) -> FileSink {
+    let dir = outputs
+        .and_then(|o| o.get(&f.name).cloned())
+        .unwrap_or_else(|| loaded.resolve(&f.path));
+    let mut c = FileSinkConfig::new(dir, f.format);
     if let Some(p) = &f.prefix {
         c.prefix = p.clone();
     }
@@ -415,6 +431,7 @@ fn add_sinks(
     builder: PipelineBuilder<AnySource, DocChain, keel::JsonEncoder>,
     prefix: Option<&str>,
     only_sink: Option<&str>,
+    outputs: Option<&Outputs>,
 ) -> Result<PipelineBuilder<AnySource, DocChain, DocEncoder>, ConfigErrors> {
     let cfg = &loaded.config;
     let first = match only_sink {
@@ -438,20 +455,23 @@ fn add_sinks(
     };
     let (enc, header) = sink_format(main);
     let mut b = match main {
-        SinkConfig::Files(f) => builder.sink_with(&f.name, file_sink(loaded, f, header, prefix), enc),
+        SinkConfig::Files(f) => builder.sink_with(&f.name, file_sink(loaded, f, header, prefix, outputs), enc),
         SinkConfig::Stdout(s) => builder.sink_with(&s.name, StdoutSink::new(), enc),
     };
     let sides = if only_sink.is_some() { &[][..] } else { &cfg.sinks[1..] };
     for s in sides {
         let (_, header) = sink_format(s);
         b = match s {
-            SinkConfig::Files(f) => b.side_sink(&f.name, file_sink(loaded, f, header, prefix)),
+            SinkConfig::Files(f) => b.side_sink(&f.name, file_sink(loaded, f, header, prefix, outputs)),
             SinkConfig::Stdout(o) => b.side_sink(&o.name, StdoutSink::new()),
         };
     }
     if let Some(d) = &cfg.dead_letter {
         let segments = |path: &str| {
-            let mut c = FileSinkConfig::dead_letters(loaded.resolve(path));
+            let dir = outputs
+                .and_then(|o| o.get("dead_letters").cloned())
+                .unwrap_or_else(|| loaded.resolve(path));
+            let mut c = FileSinkConfig::dead_letters(dir);
             if let Some(p) = prefix {
                 c.prefix = format!("dead-{p}");
             }

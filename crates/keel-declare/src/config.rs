@@ -40,6 +40,9 @@ pub struct PipelineConfig {
     /// How failures are classified and handled.
     #[serde(default)]
     pub errors: ErrorsConfig,
+    /// Batch ingestion: each input file a unit in a ledger, its output one transaction.
+    #[serde(default)]
+    pub ingest: Option<IngestConfig>,
 }
 
 /// The source.
@@ -712,6 +715,56 @@ pub struct BreakerConfigToml {
     /// Successful probes that close it (default 1).
     #[serde(default)]
     pub probes: Option<u32>,
+}
+
+/// `[ingest]`: idempotent batch ingestion (see `keel::ingest`).
+///
+/// Each input file is a unit recorded in the ledger; completed, unchanged files are skipped;
+/// each file's output is one transaction per file sink, committed to `<sink path>/<file>/`
+/// (its dead letters to `<dead_letter path>/<file>/`), replacing that file's earlier output.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// The ledger: `sqlite:PATH`, a path (relative to the pipeline file), or
+    /// `postgres://...` (default: `ledger.db` in the checkpoint directory).
+    #[serde(default)]
+    pub ledger: Option<String>,
+    /// PostgreSQL schema of the ledger tables (default `keel`).
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// The scope of the units (default `file`).
+    #[serde(default = "default_scope")]
+    pub scope: String,
+    /// `blake3` (default), `sha256` or `md5`.
+    #[serde(default)]
+    pub checksum: Option<String>,
+    /// Hash every file, even completed ones whose size and modification time are unchanged.
+    #[serde(default)]
+    pub rehash: bool,
+    /// How long a claim holds without renewal (default `5m`).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub lease: Option<Duration>,
+    /// This worker's id (default: `KEEL_WORKER`, else the host name and a hash of the
+    /// checkpoint directory). Must stay the same across restarts of one worker and differ
+    /// between workers sharing a ledger.
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// A file fails if fewer records reach the main sink.
+    #[serde(default)]
+    pub min_records: u64,
+    /// A file fails if more than this fraction of its records is dead-lettered (0 to 1).
+    #[serde(default)]
+    pub max_bad_ratio: Option<f64>,
+    /// Validators run over each file's staged output of every sink: `non_empty`, `json_lines`.
+    #[serde(default)]
+    pub validators: Vec<String>,
+}
+
+fn default_schema() -> String {
+    "keel".into()
+}
+fn default_scope() -> String {
+    "file".into()
 }
 
 /// `[checkpoint]`.

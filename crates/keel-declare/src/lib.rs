@@ -13,6 +13,7 @@ pub mod config;
 pub mod doc;
 pub mod encode;
 pub mod error;
+pub mod ingest;
 pub mod interpolate;
 pub mod replay;
 pub mod source;

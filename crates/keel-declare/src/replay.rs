@@ -158,6 +158,7 @@ pub fn replay(
         file_prefix: Some(format!("replay-{id}")),
         state_dir: Some(dir.clone()),
         only_sink: (to != "pipeline").then(|| to.clone()),
+        outputs: None,
     };
     let pipeline = build_variant(loaded, variant, options)?;
     let summary = pipeline.run()?;

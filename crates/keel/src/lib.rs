@@ -15,6 +15,8 @@
 //! - [`runtime`]: building and running a [`Pipeline`].
 //! - [`ledger`]: which units of work (files) are done, for idempotent batch ingestion.
 //! - [`txn`]: staged transactions (stage, validate, commit or roll back).
+//! - [`ingest`]: idempotent batch ingestion: each file a unit in the ledger, its output one
+//!   transaction.
 //!
 //! # Example
 //!
@@ -66,6 +68,7 @@ pub mod crash;
 pub mod dead_letter;
 pub mod durable;
 pub mod failure;
+pub mod ingest;
 pub mod ledger;
 pub mod policy;
 pub mod record;

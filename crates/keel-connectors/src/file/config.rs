@@ -52,6 +52,9 @@ pub struct FileSourceConfig {
     pub follow: bool,
     /// In follow mode, how often to look for new data.
     pub poll_interval: Duration,
+    /// Read only the file of this name (batch ingestion runs one pipeline per file); the
+    /// pattern is ignored.
+    pub only: Option<String>,
 }
 
 impl FileSourceConfig {
@@ -63,6 +66,7 @@ impl FileSourceConfig {
             pattern: None,
             follow: false,
             poll_interval: Duration::from_millis(500),
+            only: None,
         }
     }
 
@@ -75,6 +79,9 @@ impl FileSourceConfig {
 
     /// True when `name` matches the pattern.
     pub fn matches(&self, name: &str) -> bool {
+        if let Some(only) = &self.only {
+            return name == only;
+        }
         glob_match(self.pattern().as_bytes(), name.as_bytes())
     }
 }

@@ -243,16 +243,21 @@ where
         max_open: options.max_open_partitions,
         restored: restored_from.is_some(),
         started,
+        log_lifecycle: options.log_lifecycle,
     };
     c.discover(&mut source).await?;
     let startup = started.elapsed();
-    tracing::info!(
-        pipeline = %c.name,
-        epoch = c.epoch,
-        partitions = c.pending.len(),
-        startup_ms = startup.as_millis() as u64,
-        "pipeline started"
-    );
+    if c.log_lifecycle {
+        tracing::info!(
+            pipeline = %c.name,
+            epoch = c.epoch,
+            partitions = c.pending.len(),
+            startup_ms = startup.as_millis() as u64,
+            "pipeline started"
+        );
+    } else {
+        tracing::debug!(pipeline = %c.name, epoch = c.epoch, "pipeline started");
+    }
 
     let result = c.main_loop(&mut source, &options, &shutdown).await;
     for t in c.tasks.drain(..) {
@@ -318,6 +323,7 @@ struct Coordinator<Src: Source, S, E> {
     max_open: usize,
     restored: bool,
     started: Instant,
+    log_lifecycle: bool,
 }
 
 /// How soon the first checkpoint follows a restore (when the interval is longer).
@@ -603,7 +609,7 @@ where
 
     async fn on_completion(&mut self, source: &mut Src, done: Completion) -> Result<(), PipelineError> {
         done.result.map_err(PipelineError::Checkpoint)?;
-        if self.completed == 0 {
+        if self.completed == 0 && self.log_lifecycle {
             tracing::info!(
                 checkpoint = done.id,
                 since_start_ms = self.started.elapsed().as_millis() as u64,

@@ -162,7 +162,7 @@ impl ShutdownHandle {
         self.0.requested.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         while !self.is_triggered() {
             self.0.notify.notified().await;
         }
@@ -193,6 +193,9 @@ pub struct Options {
     pub from_scratch: bool,
     /// Stop gracefully on SIGINT and SIGTERM.
     pub handle_signals: bool,
+    /// Log the start and the first checkpoint of the run at info level (batch ingestion,
+    /// which runs one pipeline per file, logs them at debug level).
+    pub log_lifecycle: bool,
     /// Fingerprint of the pipeline definition, stored in manifests (a warning is logged when
     /// it changes between runs).
     pub fingerprint: String,
@@ -213,6 +216,7 @@ impl Default for Options {
             snapshots: SnapshotPolicy::default(),
             from_scratch: false,
             handle_signals: false,
+            log_lifecycle: true,
             fingerprint: String::new(),
             policies: Policies::default(),
         }
@@ -483,6 +487,13 @@ where
     /// A handle to stop the pipeline gracefully from another thread or task.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
+    }
+
+    /// Stops on `handle` instead of its own handle (one handle can stop several runs; a
+    /// handle triggered before the run stops it right after recovery, with a checkpoint).
+    pub fn with_shutdown(mut self, handle: ShutdownHandle) -> Self {
+        self.shutdown = handle;
+        self
     }
 
     /// The sinks with their guarantees (main first, dead letters last).

@@ -5,7 +5,7 @@
 //! ```text
 //! ROOT/<dataset>/                       the current version: its files and `_keel.json`
 //! ROOT/_staging/<namespace>/<txid>/     a staged transaction: its files and `_keel.json`
-//! ROOT/_staging/.locks/<hash>.lock      serialises commits of one dataset
+//! ROOT/_staging/.locks/<hh>.lock        serialises commits of a dataset (256 stripes by hash)
 //! ```
 //!
 //! `_keel.json` holds a [`Version`]: in a staging directory, version 0 until the commit writes
@@ -197,7 +197,8 @@ impl FsTxnStore {
         let dir = self.inner.root.join("_staging").join(".locks");
         fs::create_dir_all(&dir).map_err(self.io("creating", &dir))?;
         let hash = blake3::hash(dataset.as_bytes()).to_hex();
-        let path = dir.join(format!("{}.lock", &hash[..24]));
+        // 256 lock stripes: a false conflict only serializes two commits
+        let path = dir.join(format!("{}.lock", &hash[..2]));
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)

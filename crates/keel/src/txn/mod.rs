@@ -312,31 +312,7 @@ impl<'s> Transaction<'s> {
     }
 
     async fn run_validators(&self) -> Result<(), TxnError> {
-        if self.validators.is_empty() {
-            return Ok(());
-        }
-        let files = self.store.staged(&self.txn).await?;
-        let need = self.validators.iter().any(|v| v.needs_content());
-        let mut content = Vec::with_capacity(files.len());
-        for f in files {
-            let data = if need {
-                Some(self.store.read_staged(&self.txn, &f.name).await?)
-            } else {
-                None
-            };
-            content.push(validate::StagedContent {
-                name: f.name,
-                size: f.size,
-                data,
-            });
-        }
-        for v in &self.validators {
-            v.check(&content).map_err(|message| TxnError::Validation {
-                validator: v.name(),
-                message,
-            })?;
-        }
-        Ok(())
+        validate_staged(self.store, &self.txn, &self.validators).await
     }
 
     /// Rolls back after `e`; returns `e` (a commit that did happen is never rolled back: the
@@ -350,6 +326,39 @@ impl<'s> Transaction<'s> {
 }
 
 pub use validate::StagedContent;
+
+/// Runs `validators` over the files `txn` staged in `store`; the first failure is returned.
+pub async fn validate_staged(
+    store: &dyn TxnStore,
+    txn: &Txn,
+    validators: &[Box<dyn Validator>],
+) -> Result<(), TxnError> {
+    if validators.is_empty() {
+        return Ok(());
+    }
+    let files = store.staged(txn).await?;
+    let need = validators.iter().any(|v| v.needs_content());
+    let mut content = Vec::with_capacity(files.len());
+    for f in files {
+        let data = if need {
+            Some(store.read_staged(txn, &f.name).await?)
+        } else {
+            None
+        };
+        content.push(validate::StagedContent {
+            name: f.name,
+            size: f.size,
+            data,
+        });
+    }
+    for v in validators {
+        v.check(&content).map_err(|message| TxnError::Validation {
+            validator: v.name(),
+            message,
+        })?;
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

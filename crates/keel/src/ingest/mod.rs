@@ -1,0 +1,575 @@
+//! Idempotent batch ingestion: every input file is a unit of work, recorded in a
+//! [`Ledger`], whose output is one staged transaction per output store ([`FsTxnStore`]).
+//!
+//! # Protocol (per unit, in key order)
+//!
+//! 1. **Plan.** One `list` of the ledger loads what is known. A completed unit whose size and
+//!    modification time are unchanged is skipped without reading it (unless `rehash`).
+//! 2. **Claim.** Otherwise the file is hashed and claimed ([`Ledger::claim`], see
+//!    [`crate::ledger::decide`]): completed with the same checksum → skip; held by another
+//!    worker with a valid lease → busy; else this worker processes it, under a lease that a
+//!    background timer renews every third of its length.
+//! 3. **Stage.** A transaction with one id is begun in every output store, named after the
+//!    unit (`dataset = key`). The runner (a pipeline over that one file) writes into the
+//!    staging directories and checkpoints into `state/<txid>/`.
+//! 4. **Check.** Unit checks (`min_records`, `max_bad_ratio`) and the stores' validators run.
+//! 5. **Commit.** Every store commits (an atomic rename per store, replacing the unit's
+//!    previous output: a changed file's old output is replaced, never duplicated); then the
+//!    ledger marks the unit completed. Any failure before rolls every store back and marks
+//!    the unit failed with its reason; the batch goes on with the next unit.
+//!
+//! # Crash cases
+//!
+//! A restart finds the unit in progress and owned by this worker ([`Why::ResumeOwn`]):
+//! - staged transactions and a checkpoint of the unit's run exist: the run resumes from its
+//!   checkpoint (the pipeline's exactly-once protocol makes the resumed output exact);
+//! - otherwise (crash before the first checkpoint, or during or after the commits): every
+//!   store rolls back what it staged and the unit is processed again from the start; its
+//!   commits replace whatever an earlier attempt published, so nothing is duplicated.
+//!
+//! A unit whose owner died is taken over once its lease expires ([`Why::TakeOver`]); the
+//! dead worker's staging directories are its own namespace and are removed by
+//! [`FsTxnStore::recover_staging`] when that worker comes back (or stay, harmless, hidden).
+
+mod report;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::ShutdownHandle;
+use crate::ledger::{Algorithm, Claim, ClaimRequest, Filter, Fingerprint, Ledger, LedgerError, Status, UnitRef, Why};
+use crate::txn::{FsTxnStore, Txn, TxnError, Validator};
+
+pub use report::{FailedUnit, IngestReport};
+
+/// An error that stops the whole batch (unit failures do not: they are reported).
+#[derive(Debug, Error)]
+pub enum IngestError {
+    /// The ledger failed: nothing can be recorded, so nothing more is processed.
+    #[error("ledger {0}")]
+    Ledger(#[from] LedgerError),
+    /// Listing the input or managing the unit state directory failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// An output store failed outside of a unit (recovery).
+    #[error("{0}")]
+    Txn(#[from] TxnError),
+}
+
+/// Settings of an ingestion.
+#[derive(Clone, Debug)]
+pub struct IngestSettings {
+    /// The pipeline name in the ledger.
+    pub pipeline: String,
+    /// The scope of units (`file`).
+    pub scope: String,
+    /// This worker's id: stable across restarts, so that a restarted worker resumes its own
+    /// units; distinct per worker sharing a ledger.
+    pub worker: String,
+    /// How long a claim holds without renewal.
+    pub lease: Duration,
+    /// The checksum of file contents.
+    pub checksum: Algorithm,
+    /// Hash every file, even completed ones with unchanged size and modification time.
+    pub rehash: bool,
+    /// A unit fails if its run wrote fewer records to the main sink.
+    pub min_records: u64,
+    /// A unit fails if more than this fraction of its records was dead-lettered.
+    pub max_bad_ratio: Option<f64>,
+    /// Where runs of units checkpoint (`<dir>/<txid>/`).
+    pub state_dir: PathBuf,
+}
+
+impl IngestSettings {
+    /// Defaults: scope `file`, a 5-minute lease, BLAKE3, no checks.
+    pub fn new(pipeline: impl Into<String>, worker: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        IngestSettings {
+            pipeline: pipeline.into(),
+            scope: "file".into(),
+            worker: worker.into(),
+            lease: Duration::from_secs(300),
+            checksum: Algorithm::Blake3,
+            rehash: false,
+            min_records: 0,
+            max_bad_ratio: None,
+            state_dir: state_dir.into(),
+        }
+    }
+}
+
+/// An output store of the units: each unit's output is one transaction in it.
+pub struct OutputStore {
+    /// A name for messages (the sink name).
+    pub name: String,
+    /// The store; its namespace should be the worker id.
+    pub store: FsTxnStore,
+    /// Validators run over each unit's staged files before the commit.
+    pub validators: Vec<Box<dyn Validator>>,
+}
+
+impl std::fmt::Debug for OutputStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputStore")
+            .field("name", &self.name)
+            .field("store", &self.store)
+            .field("validators", &self.validators.len())
+            .finish()
+    }
+}
+
+/// An input file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputFile {
+    /// The unit key (the file name within the input directory).
+    pub key: String,
+    /// Its path.
+    pub path: PathBuf,
+}
+
+/// What the runner is asked to do for one unit.
+#[derive(Clone, Debug)]
+pub struct UnitJob {
+    /// The unit.
+    pub unit: UnitRef,
+    /// The input file.
+    pub path: PathBuf,
+    /// The transaction id (the same in every store).
+    pub txid: String,
+    /// Where each output store stages this unit's files, in store order.
+    pub outputs: Vec<PathBuf>,
+    /// Where the run checkpoints.
+    pub state_dir: PathBuf,
+    /// True when a checkpoint of an earlier attempt exists and the run resumes from it.
+    pub resume: bool,
+    /// Triggered when the run must stop (a signal, or this worker lost the unit's lease).
+    pub shutdown: ShutdownHandle,
+}
+
+/// What a unit's run reports.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UnitRun {
+    /// Records read (over all attempts up to the end of the run).
+    pub records_in: u64,
+    /// Records written to the main output.
+    pub records_out: u64,
+    /// Records dead-lettered.
+    pub dead_letters: u64,
+    /// The run stopped on request before the end of its input.
+    pub stopped: bool,
+}
+
+/// Lists the input files of a directory (regular, not hidden, matching `keep`), by name.
+pub fn list_inputs(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<InputFile>, IngestError> {
+    let io = |source| IngestError::Io {
+        context: format!("listing input directory {}", dir.display()),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name.starts_with('_') || !keep(&name) {
+            continue;
+        }
+        if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            out.push(InputFile {
+                key: name,
+                path: entry.path(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// Runs batches of units: see the module docs.
+#[derive(Debug)]
+pub struct Ingestor {
+    ledger: Arc<dyn Ledger>,
+    stores: Vec<OutputStore>,
+    settings: IngestSettings,
+    shutdown: ShutdownHandle,
+}
+
+enum Outcome {
+    Done(UnitRun),
+    Failed(String),
+    Stopped,
+    LostLease,
+}
+
+impl Ingestor {
+    /// An ingestor writing each unit's output to `stores` (at least one).
+    pub fn new(ledger: Arc<dyn Ledger>, stores: Vec<OutputStore>, settings: IngestSettings) -> Self {
+        Ingestor {
+            ledger,
+            stores,
+            settings,
+            shutdown: ShutdownHandle::default(),
+        }
+    }
+
+    /// A handle that stops the batch gracefully: the running unit checkpoints and stays in
+    /// progress (the next run resumes it); no further unit starts.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &IngestSettings {
+        &self.settings
+    }
+
+    fn unit(&self, key: &str) -> UnitRef {
+        UnitRef::new(&self.settings.pipeline, &self.settings.scope, key)
+    }
+
+    /// Processes every unit of `inputs` that needs it with `runner`; see the module docs.
+    pub async fn run<F, Fut>(&self, inputs: Vec<InputFile>, mut runner: F) -> Result<IngestReport, IngestError>
+    where
+        F: FnMut(UnitJob) -> Fut,
+        Fut: Future<Output = Result<UnitRun, String>>,
+    {
+        let started = std::time::Instant::now();
+        let mut report = IngestReport {
+            inputs: inputs.len(),
+            ..IngestReport::default()
+        };
+        let known: HashMap<String, crate::ledger::Unit> = self
+            .ledger
+            .list(&Filter {
+                pipeline: Some(self.settings.pipeline.clone()),
+                scope: Some(self.settings.scope.clone()),
+                ..Filter::default()
+            })
+            .await?
+            .into_iter()
+            .map(|u| (u.unit.key.clone(), u))
+            .collect();
+        self.recover_staging(&known)?;
+        for input in inputs {
+            if self.shutdown.is_triggered() {
+                report.interrupted = true;
+                break;
+            }
+            let stat = match Fingerprint::stat(&input.path) {
+                Ok(s) => s,
+                Err(e) => {
+                    // vanished between listing and now: nothing to ingest
+                    tracing::warn!(file = %input.path.display(), error = %e, "input file disappeared; skipped");
+                    continue;
+                }
+            };
+            if !self.settings.rehash
+                && known
+                    .get(&input.key)
+                    .is_some_and(|u| u.status == Status::Completed && u.fingerprint.same_stat(&stat))
+            {
+                report.skipped += 1;
+                continue;
+            }
+            let algorithm = self.settings.checksum;
+            let path = input.path.clone();
+            let fp = match tokio::task::spawn_blocking(move || Fingerprint::of_file(&path, algorithm)).await {
+                Ok(Ok(fp)) => fp,
+                Ok(Err(e)) => {
+                    tracing::warn!(file = %input.path.display(), error = %e, "cannot read input file; skipped");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(IngestError::Io {
+                        context: format!("hashing {}", input.path.display()),
+                        source: std::io::Error::other(e.to_string()),
+                    });
+                }
+            };
+            let unit = self.unit(&input.key);
+            let claim = self
+                .ledger
+                .claim(
+                    &[ClaimRequest {
+                        unit: unit.clone(),
+                        fingerprint: fp,
+                    }],
+                    &self.settings.worker,
+                    self.settings.lease,
+                )
+                .await?
+                .pop();
+            match claim {
+                Some(Claim::Skip) | None => report.skipped += 1,
+                Some(Claim::Busy { owner, .. }) => {
+                    tracing::info!(unit = %input.key, %owner, "held by another worker");
+                    report.busy += 1;
+                }
+                Some(Claim::Process { attempt, why }) => {
+                    report.count(why);
+                    tracing::info!(unit = %input.key, attempt, why = ?why, "processing");
+                    match self.process(&unit, &input, why, &mut runner).await? {
+                        Outcome::Done(run) => {
+                            report.completed += 1;
+                            report.records_in += run.records_in;
+                            report.records_out += run.records_out;
+                            report.dead_letters += run.dead_letters;
+                        }
+                        Outcome::Failed(reason) => report.failed.push(FailedUnit {
+                            key: input.key.clone(),
+                            attempt,
+                            reason,
+                        }),
+                        Outcome::Stopped => {
+                            report.interrupted = true;
+                            break;
+                        }
+                        Outcome::LostLease => report.lost += 1,
+                    }
+                }
+            }
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Removes what this worker's crashed attempts left: staged transactions of units that
+    /// are no longer in progress for this worker, and displaced versions.
+    fn recover_staging(&self, known: &HashMap<String, crate::ledger::Unit>) -> Result<(), IngestError> {
+        let mine = |dataset: &str| {
+            known.get(dataset).is_some_and(|u| {
+                u.status == Status::InProgress && u.owner.as_deref() == Some(self.settings.worker.as_str())
+            })
+        };
+        for s in &self.stores {
+            s.store.recover_staging(Duration::MAX)?;
+            for txn in s.store.staged_txns()? {
+                if !mine(&txn.dataset) {
+                    s.store.rollback_txn(&txn)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages, runs, checks and commits one claimed unit.
+    async fn process<F, Fut>(
+        &self,
+        unit: &UnitRef,
+        input: &InputFile,
+        why: Why,
+        runner: &mut F,
+    ) -> Result<Outcome, IngestError>
+    where
+        F: FnMut(UnitJob) -> Fut,
+        Fut: Future<Output = Result<UnitRun, String>>,
+    {
+        let (txn, resume) = match self.stage(&input.key, why) {
+            Ok(t) => t,
+            Err(e) => return self.fail(unit, input, None, format!("staging: {e}")).await,
+        };
+        let state_dir = self.settings.state_dir.join(&txn.id);
+        let job = UnitJob {
+            unit: unit.clone(),
+            path: input.path.clone(),
+            txid: txn.id.clone(),
+            outputs: self.stores.iter().map(|s| s.store.stage_dir(&txn)).collect(),
+            state_dir: state_dir.clone(),
+            resume,
+            shutdown: ShutdownHandle::default(),
+        };
+        let stop = job.shutdown.clone();
+        let run = runner(job);
+        let (result, lost) = self.with_lease(unit, &stop, run).await?;
+        if lost {
+            // another worker may hold it now: leave its output and ledger row alone
+            self.rollback(&txn);
+            remove_state(&state_dir);
+            tracing::warn!(unit = %unit.key, "lost the lease: the unit was left to the worker that took it over");
+            return Ok(Outcome::LostLease);
+        }
+        let run = match result {
+            Err(reason) => return self.fail(unit, input, Some((&txn, &state_dir)), reason).await,
+            Ok(run) if run.stopped => return Ok(Outcome::Stopped),
+            Ok(run) => run,
+        };
+        if let Err(reason) = self.check(&txn, &run).await {
+            return self.fail(unit, input, Some((&txn, &state_dir)), reason).await;
+        }
+        for s in &self.stores {
+            if let Err(e) = s.store.commit_txn(&txn) {
+                // stores committed before this one keep the new version; a retry replaces it
+                let reason = format!("committing output `{}`: {e}", s.name);
+                return self.fail(unit, input, Some((&txn, &state_dir)), reason).await;
+            }
+        }
+        let metadata = serde_json::json!({
+            "path": input.path.display().to_string(),
+            "txid": txn.id,
+            "records_in": run.records_in,
+            "records_out": run.records_out,
+            "dead_letters": run.dead_letters,
+        });
+        let lost = self
+            .ledger
+            .complete(&[(unit.clone(), metadata)], &self.settings.worker)
+            .await?;
+        remove_state(&state_dir);
+        if !lost.is_empty() {
+            tracing::warn!(unit = %unit.key, "committed, but the lease had been taken over: the other worker's commit replaces this output");
+            return Ok(Outcome::LostLease);
+        }
+        Ok(Outcome::Done(run))
+    }
+
+    /// The unit's transaction: the staged one of a crashed attempt of this worker when it
+    /// can resume (staged in every store, with a checkpoint), else a fresh one.
+    fn stage(&self, key: &str, why: Why) -> Result<(Txn, bool), TxnError> {
+        let mut staged: Vec<Vec<Txn>> = Vec::with_capacity(self.stores.len());
+        for s in &self.stores {
+            staged.push(
+                s.store
+                    .staged_txns()?
+                    .into_iter()
+                    .filter(|t| t.dataset == key)
+                    .collect(),
+            );
+        }
+        if why == Why::ResumeOwn
+            && let Some(candidate) = staged.first().and_then(|t| t.last())
+            && staged.iter().all(|ts| ts.iter().any(|t| t.id == candidate.id))
+            && has_checkpoint(&self.settings.state_dir.join(&candidate.id))
+        {
+            let keep = candidate.clone();
+            for (s, ts) in self.stores.iter().zip(&staged) {
+                for t in ts.iter().filter(|t| t.id != keep.id) {
+                    s.store.rollback_txn(t)?;
+                }
+            }
+            return Ok((keep, true));
+        }
+        for (s, ts) in self.stores.iter().zip(&staged) {
+            for t in ts {
+                s.store.rollback_txn(t)?;
+                remove_state(&self.settings.state_dir.join(&t.id));
+            }
+        }
+        let txn = Txn::new(key)?;
+        for s in &self.stores {
+            s.store.begin_with(txn.clone())?;
+        }
+        Ok((txn, false))
+    }
+
+    /// Runs `run` while renewing the lease; stops it if the lease is lost or the batch is
+    /// asked to stop. Returns the run's result and whether the lease was lost.
+    async fn with_lease<Fut>(
+        &self,
+        unit: &UnitRef,
+        stop: &ShutdownHandle,
+        run: Fut,
+    ) -> Result<(Result<UnitRun, String>, bool), IngestError>
+    where
+        Fut: Future<Output = Result<UnitRun, String>>,
+    {
+        let every = (self.settings.lease / 3).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut lost = false;
+        let mut forwarded = false;
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                r = &mut run => return Ok((r, lost)),
+                _ = tick.tick(), if !lost => {
+                    let gone = self.ledger.renew(std::slice::from_ref(unit), &self.settings.worker, self.settings.lease).await?;
+                    if !gone.is_empty() {
+                        lost = true;
+                        stop.trigger();
+                    }
+                }
+                _ = self.shutdown.wait(), if !forwarded => {
+                    forwarded = true;
+                    stop.trigger();
+                }
+            }
+        }
+    }
+
+    /// Unit checks and validators over the staged output.
+    async fn check(&self, txn: &Txn, run: &UnitRun) -> Result<(), String> {
+        if run.records_out < self.settings.min_records {
+            return Err(format!(
+                "min_records: {} records written, at least {} required",
+                run.records_out, self.settings.min_records
+            ));
+        }
+        if let Some(max) = self.settings.max_bad_ratio
+            && run.records_in > 0
+        {
+            let ratio = run.dead_letters as f64 / run.records_in as f64;
+            if ratio > max {
+                return Err(format!(
+                    "max_bad_ratio: {} of {} records dead-lettered ({:.2}% > {:.2}%)",
+                    run.dead_letters,
+                    run.records_in,
+                    ratio * 100.0,
+                    max * 100.0
+                ));
+            }
+        }
+        for s in self.stores.iter().filter(|s| !s.validators.is_empty()) {
+            crate::txn::validate_staged(&s.store, txn, &s.validators)
+                .await
+                .map_err(|e| format!("output `{}`: {e}", s.name))?;
+        }
+        Ok(())
+    }
+
+    fn rollback(&self, txn: &Txn) {
+        for s in &self.stores {
+            if let Err(e) = s.store.rollback_txn(txn) {
+                tracing::warn!(output = %s.name, txn = %txn.id, error = %e, "rollback failed; the next run cleans up");
+            }
+        }
+    }
+
+    /// Rolls back and records the failure.
+    async fn fail(
+        &self,
+        unit: &UnitRef,
+        input: &InputFile,
+        staged: Option<(&Txn, &PathBuf)>,
+        reason: String,
+    ) -> Result<Outcome, IngestError> {
+        if let Some((txn, state)) = staged {
+            self.rollback(txn);
+            remove_state(state);
+        }
+        tracing::warn!(unit = %unit.key, %reason, "unit failed; its output was rolled back");
+        let metadata = serde_json::json!({ "path": input.path.display().to_string(), "reason": reason });
+        match self.ledger.fail(unit, &self.settings.worker, &reason, metadata).await {
+            Ok(()) => Ok(Outcome::Failed(reason)),
+            Err(LedgerError::LostLease(_)) => Ok(Outcome::LostLease),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn has_checkpoint(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
+fn remove_state(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a unit's checkpoints");
+    }
+}
