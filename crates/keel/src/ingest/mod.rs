@@ -413,6 +413,7 @@ impl Ingestor {
         let metadata = serde_json::json!({
             "path": input.path.display().to_string(),
             "txid": txn.id,
+            "worker": self.settings.worker,
             "records_in": run.records_in,
             "records_out": run.records_out,
             "dead_letters": run.dead_letters,
