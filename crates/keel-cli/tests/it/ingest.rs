@@ -257,7 +257,7 @@ fn kill_9_during_a_200_file_ingestion_then_every_file_exactly_once() {
     // kill -9 at 10 random instants
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut interrupted = 0;
-    for k in 0..10 {
+    for _ in 0..10 {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
