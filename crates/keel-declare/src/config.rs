@@ -758,6 +758,9 @@ pub struct IngestConfig {
     /// Validators run over each file's staged output of every sink: `non_empty`, `json_lines`.
     #[serde(default)]
     pub validators: Vec<String>,
+    /// Files processed at the same time (default 4).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
 }
 
 fn default_schema() -> String {

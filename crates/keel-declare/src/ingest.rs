@@ -120,6 +120,9 @@ pub fn plan(loaded: &Loaded) -> Result<Option<IngestPlan>, ConfigErrors> {
     if ing.lease.is_some_and(|l| l.as_millis() < 100) {
         errors.add(&at.k("lease"), "must be at least 100ms");
     }
+    if ing.concurrency == Some(0) {
+        errors.add(&at.k("concurrency"), "must be at least 1");
+    }
     if ing.scope.trim().is_empty() {
         errors.add(&at.k("scope"), "must not be empty");
     }
@@ -156,6 +159,9 @@ pub fn plan(loaded: &Loaded) -> Result<Option<IngestPlan>, ConfigErrors> {
         settings.lease = l;
     }
     settings.min_records = ing.min_records;
+    if let Some(c) = ing.concurrency {
+        settings.concurrency = c;
+    }
     settings.max_bad_ratio = ing.max_bad_ratio;
     Ok(Some(IngestPlan {
         settings,

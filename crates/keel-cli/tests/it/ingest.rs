@@ -239,11 +239,11 @@ fn kill_9_during_a_200_file_ingestion_then_every_file_exactly_once() {
     // a crash inside a run leaves the file in progress with a checkpoint; the next run resumes it
     let status = spawn_run(dir, Some("after_manifest:30")).wait().unwrap();
     assert_eq!(status.signal(), Some(6));
+    // (up to `concurrency` = 4 files are in flight at once)
     let in_progress = ledger_json(dir, &["list", "--status", "in_progress"]);
-    assert_eq!(
-        in_progress.len(),
-        1,
-        "one file in progress after the crash: {in_progress:?}"
+    assert!(
+        (1..=4).contains(&in_progress.len()),
+        "files in progress after the crash: {in_progress:?}"
     );
     let out = keel(dir, "state", &["run", "pipeline.toml", "--quiet"])
         .env("RUST_LOG", "info")

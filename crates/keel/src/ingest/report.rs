@@ -26,6 +26,8 @@ pub struct IngestReport {
     pub skipped: usize,
     /// Held by another worker.
     pub busy: usize,
+    /// Vanished or unreadable between the listing and the claim (not recorded).
+    pub unreadable: usize,
     /// Processed and committed in this run.
     pub completed: usize,
     /// Processed in this run because they were new.
@@ -67,6 +69,35 @@ impl IngestReport {
             Why::Failed | Why::Pending => self.retried += 1,
             Why::ResumeOwn => self.resumed += 1,
             Why::TakeOver => self.taken_over += 1,
+        }
+    }
+
+    /// Adds what happened to one unit.
+    pub(crate) fn add(&mut self, done: super::Done) {
+        use super::{Done, Outcome};
+        match done {
+            Done::Skipped => self.skipped += 1,
+            Done::Busy => self.busy += 1,
+            Done::Unreadable => self.unreadable += 1,
+            Done::Processed {
+                key,
+                attempt,
+                why,
+                outcome,
+            } => {
+                self.count(why);
+                match outcome {
+                    Outcome::Done(run) => {
+                        self.completed += 1;
+                        self.records_in += run.records_in;
+                        self.records_out += run.records_out;
+                        self.dead_letters += run.dead_letters;
+                    }
+                    Outcome::Failed(reason) => self.failed.push(FailedUnit { key, attempt, reason }),
+                    Outcome::Stopped => self.interrupted = true,
+                    Outcome::LostLease => self.lost += 1,
+                }
+            }
         }
     }
 

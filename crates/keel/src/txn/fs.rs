@@ -139,14 +139,14 @@ impl FsTxnStore {
 
     /// Begins `txn` (an id chosen by the caller, for example one recorded in a checkpoint).
     /// Idempotent.
+    ///
+    /// Beginning is not durable, on purpose (it costs no fsync): a transaction that a crash
+    /// forgets was never committed, which is the same as a rollback. The commit makes
+    /// everything durable before publishing.
     pub fn begin_with(&self, txn: Txn) -> Result<Txn, TxnError> {
         check_dataset(&txn.dataset)?;
         let dir = self.stage_dir(&txn);
-        let staging = self.staging_root();
-        durable::create_dir_durable(self.ops(), &staging).map_err(self.io("creating", &staging))?;
-        if !dir.is_dir() {
-            fs::create_dir(&dir).map_err(self.io("creating", &dir))?;
-        }
+        fs::create_dir_all(&dir).map_err(self.io("creating", &dir))?;
         let marker = Marker {
             version: Version {
                 dataset: txn.dataset.clone(),
@@ -157,8 +157,12 @@ impl FsTxnStore {
             },
             previous: Vec::new(),
         };
-        write_marker(self.ops(), &dir, &marker)?;
-        self.ops().sync_dir(&staging).map_err(self.io("fsync of", &staging))?;
+        let path = dir.join(MARKER);
+        let tmp = durable::temp_path(&path);
+        let bytes = serde_json::to_vec_pretty(&marker)
+            .map_err(|e| TxnError::io("encoding a marker", std::io::Error::other(e)))?;
+        fs::write(&tmp, bytes).map_err(self.io("writing", &tmp))?;
+        self.ops().rename(&tmp, &path).map_err(self.io("writing", &path))?;
         Ok(txn)
     }
 
