@@ -7,6 +7,7 @@
 //! cargo run -p keel-examples --example flaky_sink        # retries with backoff, then dead letters
 //! cargo run -p keel-examples --example sink_outage       # breaker opens, input pauses, resumes
 //! cargo run -p keel-examples --example poison_record     # dead-lettered, the partition goes on
+//! cargo run -p keel-examples --example ledger_txn        # the ledger and staged transactions
 //! ```
 
 use std::path::PathBuf;

@@ -11,5 +11,6 @@
 pub mod file;
 pub mod generator;
 pub mod ledger;
+pub mod queue;
 pub mod stdout;
 pub mod txn;

@@ -15,6 +15,8 @@
 //! - [`runtime`]: building and running a [`Pipeline`].
 //! - [`ledger`]: which units of work (files) are done, for idempotent batch ingestion.
 //! - [`txn`]: staged transactions (stage, validate, commit or roll back).
+//! - [`queue`]: a durable job queue (priorities, delays, leases, retries, a dead set) and its
+//!   worker.
 //! - [`ingest`]: idempotent batch ingestion: each file a unit in the ledger, its output one
 //!   transaction.
 //!
@@ -71,6 +73,7 @@ pub mod failure;
 pub mod ingest;
 pub mod ledger;
 pub mod policy;
+pub mod queue;
 pub mod record;
 pub mod runtime;
 pub mod sink;

@@ -46,6 +46,14 @@ impl FileSource {
 /// Lists input files: regular files matching the pattern, not hidden (`.`/`_` prefix).
 pub(crate) fn list_files(config: &FileSourceConfig) -> Result<Vec<String>, SourceError> {
     let dir = &config.path;
+    if let Some(only) = &config.only {
+        // one named file: no need to list a directory that may hold 100,000 of them
+        let meta = std::fs::metadata(dir.join(only)).map_err(|e| SourceError::Io {
+            context: format!("input file {}", dir.join(only).display()),
+            source: e,
+        })?;
+        return Ok(if meta.is_file() { vec![only.clone()] } else { Vec::new() });
+    }
     let entries = std::fs::read_dir(dir).map_err(|e| SourceError::Io {
         context: format!("listing input directory {}", dir.display()),
         source: e,
