@@ -14,6 +14,7 @@ mod dlq;
 mod ledger;
 mod logging;
 mod progress;
+mod queue;
 mod run;
 
 use std::path::PathBuf;
@@ -71,6 +72,13 @@ enum Command {
     /// Inspect and repair the batch-ingestion ledger.
     #[command(subcommand)]
     Ledger(ledger::Cmd),
+    /// The durable job queue: enqueue, inspect, and run workers (`work --exec CMD`).
+    Queue {
+        #[command(flatten)]
+        target: queue::Target,
+        #[command(subcommand)]
+        cmd: queue::Cmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +97,7 @@ fn main() -> ExitCode {
         Command::Checkpoints(cmd) => checkpoints::run(cmd),
         Command::Dlq(cmd) => dlq::run(cmd),
         Command::Ledger(cmd) => ledger::run(cmd),
+        Command::Queue { target, cmd } => queue::run(target, cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),

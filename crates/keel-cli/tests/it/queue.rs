@@ -1,0 +1,152 @@
+//! `keel queue work --exec`, killed with `kill -9` in the middle of jobs 10 times and
+//! restarted: every job completes, a job's command runs again only after its lease expired,
+//! nothing is lost, and with an idempotent command (one effect file per job) the effects
+//! are exactly once. On SQLite and on Redis.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keel::queue::NewJob;
+
+const JOBS: usize = 200;
+const LEASE_MS: u64 = 1000;
+
+/// The job command: logs its start, works 40 ms, then writes its effect atomically.
+const HANDLER: &str = r#"echo "$KEEL_JOB_ID $KEEL_JOB_ATTEMPT $(date +%s%3N)" >> starts.log; sleep 0.04; cat > effects/.$KEEL_JOB_ID && mv effects/.$KEEL_JOB_ID effects/$KEEL_JOB_ID"#;
+
+fn keel(dir: &Path, queue: &str, name: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+    cmd.arg("queue")
+        .args(args)
+        .args(["--queue", queue, "--name", name])
+        .current_dir(dir)
+        .env("RUST_LOG", "error");
+    cmd
+}
+
+fn spawn_worker(dir: &Path, queue: &str, name: &str, drain: bool) -> Child {
+    let lease = format!("{LEASE_MS}ms");
+    let mut args = vec![
+        "work",
+        "--exec",
+        HANDLER,
+        "--lease",
+        &lease,
+        "--poll",
+        "20ms",
+        "--concurrency",
+        "4",
+    ];
+    if drain {
+        args.push("--drain");
+    }
+    keel(dir, queue, name, &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn kill_9_workers_then_every_job_once(queue: &str, name: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("effects")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ids: Vec<String> = rt.block_on(async {
+        let q = keel_connectors::queue::open(queue, name, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let jobs: Vec<NewJob> = (0..JOBS)
+            .map(|n| {
+                NewJob::new("effect", serde_json::json!({ "n": n }))
+                    .priority((n % 3) as i32)
+                    .max_attempts(50)
+            })
+            .collect();
+        q.enqueue_many(&jobs).await.unwrap().into_iter().map(|e| e.id).collect()
+    });
+
+    let mut rng = 0xD1B5_4A32_D192_ED03u64;
+    let mut interrupted = 0;
+    for _ in 0..10 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let delay = Duration::from_millis(150 + rng % 400);
+        let mut child = spawn_worker(dir, queue, name, false);
+        let started = Instant::now();
+        while started.elapsed() < delay && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            interrupted += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert_eq!(interrupted, 10, "every kill hit a running worker");
+    // a last worker drains the queue (the killed workers' leases expire meanwhile)
+    let status = spawn_worker(dir, queue, name, true).wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    std::thread::sleep(Duration::from_millis(200)); // orphaned commands of killed workers finish
+
+    // nothing left, nothing dead
+    let out = keel(dir, queue, name, &["stats", "--json"]).output().unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["ready", "scheduled", "active", "dead"] {
+        assert_eq!(stats[k], 0, "{k}: {stats}");
+    }
+    // every job's effect exactly once (one file per job id, none other)
+    let mut effects: Vec<String> = std::fs::read_dir(dir.join("effects"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    effects.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(effects, want);
+    // a job's command ran again only after the lease of its previous attempt expired
+    let log = std::fs::read_to_string(dir.join("starts.log")).unwrap();
+    let mut starts: BTreeMap<String, Vec<(u32, u64)>> = BTreeMap::new();
+    for line in log.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        starts
+            .entry(f[0].to_owned())
+            .or_default()
+            .push((f[1].parse().unwrap(), f[2].parse().unwrap()));
+    }
+    let mut reruns = 0;
+    for (id, mut s) in starts {
+        s.sort();
+        for w in s.windows(2) {
+            let ((a1, t1), (a2, t2)) = (w[0], w[1]);
+            reruns += 1;
+            assert!(a2 > a1, "job {id}: attempt {a2} after {a1}");
+            assert!(
+                t2 + 50 >= t1 + LEASE_MS,
+                "job {id}: attempt {a2} started {} ms after attempt {a1}, within its {LEASE_MS} ms lease",
+                t2 - t1
+            );
+        }
+    }
+    assert!(reruns > 0, "some jobs were interrupted by the kills and ran again");
+}
+
+#[test]
+fn kill_9_sqlite_workers_then_every_job_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", tmp.path().join("queue.db").display());
+    kill_9_workers_then_every_job_once(&db, "kill-test");
+}
+
+#[test]
+fn kill_9_redis_workers_then_every_job_once() {
+    let name = format!("kill-test-{}-{}", std::process::id(), keel::util::now_ms());
+    kill_9_workers_then_every_job_once("redis://127.0.0.1:6379/", &name);
+}
