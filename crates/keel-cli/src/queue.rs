@@ -414,8 +414,8 @@ fn print_jobs(jobs: &[Job], json: bool, errors: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<10} {:<16} {:>8} {:<10} {:>8}  {}",
-        "id", "kind", "priority", "state", "attempts", "run at"
+        "{:<10} {:<16} {:>8} {:<10} {:>8}  run at",
+        "id", "kind", "priority", "state", "attempts"
     );
     for j in jobs {
         println!(
