@@ -112,7 +112,7 @@ for _, id in ipairs(ids) do
   redis.call('HINCRBY', k, 'attempts', 1)
   redis.call('HSET', k, 'state', 'active', 'worker', worker, 'lease_until', until_)
   redis.call('ZADD', p .. 'active', until_, id)
-  out[#out + 1] = id
+  out[#out + 1] = {id, redis.call('HGETALL', k), redis.call('LRANGE', p .. 'errors:' .. id, 0, -1)}
 end
 return out
 "#;
@@ -390,7 +390,8 @@ impl Queue for RedisQueue {
 
     fn take<'a>(&'a self, worker: &'a str, lease: Duration, max: usize) -> BoxFuture<'a, Result<Vec<Job>, QueueError>> {
         Box::pin(async move {
-            let ids: Vec<String> = self
+            // the script returns the jobs it took, so a take is one round trip
+            let taken: Vec<(String, HashMap<String, String>, Vec<String>)> = self
                 .scripts
                 .take
                 .prepare_invoke()
@@ -402,7 +403,7 @@ impl Queue for RedisQueue {
                 .invoke_async(&mut self.conn.clone())
                 .await
                 .map_err(backend)?;
-            self.read(&ids).await
+            Ok(taken.iter().map(|(id, h, e)| job_of(id, h, e)).collect())
         })
     }
 

@@ -92,10 +92,25 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-/// How a job's task ended.
+/// How a job's task ended (the task acks or fails the job itself, so that the acks of
+/// concurrent jobs overlap).
 enum TaskEnd {
-    Finished(Result<(), Failure>),
+    Acked,
+    Retried,
+    Dead,
     LostLease,
+    Failed(QueueError),
+}
+
+/// What a job's task needs besides the job.
+#[derive(Clone)]
+struct TaskContext {
+    queue: Arc<dyn Queue>,
+    handler: Handler,
+    hook: Option<FailureHook>,
+    worker: String,
+    lease: Duration,
+    retry: RetryPolicy,
 }
 
 impl Worker {
@@ -134,39 +149,33 @@ impl Worker {
         let mut report = WorkerReport::default();
         let mut tasks = tokio::task::JoinSet::new();
         let mut running: HashMap<tokio::task::Id, Job> = HashMap::new();
-        let mut rng = SplitMix::from_entropy();
         if opts.handle_signals {
             self.forward_signals()?;
         }
         while !self.shutdown.is_triggered() {
             let free = limit - running.len();
             let mut idle = true;
-            if free > 0 {
+            // take in batches: with jobs running, wait until half the slots are free
+            if free > 0 && (running.is_empty() || free * 2 >= limit) {
                 match self.queue.take(&opts.id, opts.lease, free).await {
                     Ok(jobs) => {
                         idle = jobs.len() < free;
                         for job in jobs {
-                            let handle = tasks.spawn(run_one(
-                                self.queue.clone(),
-                                self.handler.clone(),
-                                job.clone(),
-                                opts.id.clone(),
-                                opts.lease,
-                            ));
+                            let handle = tasks.spawn(run_one(self.context(), job.clone()));
                             running.insert(handle.id(), job);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "taking jobs failed; trying again"),
                 }
             }
-            if !idle && running.len() < limit {
+            if !idle && running.len() * 2 < limit {
                 continue;
             }
             tokio::select! {
                 Some(done) = tasks.join_next_with_id(), if !running.is_empty() => {
-                    self.settle(done, &mut running, &mut report, &mut rng).await?;
+                    self.settle(done, &mut running, &mut report).await?;
                 }
-                _ = tokio::time::sleep(opts.poll), if running.len() < limit => {}
+                _ = tokio::time::sleep(opts.poll), if idle && running.len() < limit => {}
                 _ = self.shutdown.wait() => {}
             }
         }
@@ -175,7 +184,7 @@ impl Worker {
         while !running.is_empty() {
             tokio::select! {
                 Some(done) = tasks.join_next_with_id() => {
-                    self.settle(done, &mut running, &mut report, &mut rng).await?;
+                    self.settle(done, &mut running, &mut report).await?;
                 }
                 _ = tokio::time::sleep_until(deadline) => break,
             }
@@ -219,77 +228,84 @@ impl Worker {
         Ok(())
     }
 
-    /// Acks or fails a finished job.
+    fn context(&self) -> TaskContext {
+        TaskContext {
+            queue: self.queue.clone(),
+            handler: self.handler.clone(),
+            hook: self.hook.clone(),
+            worker: self.options.id.clone(),
+            lease: self.options.lease,
+            retry: self.options.retry,
+        }
+    }
+
+    /// Counts a finished task; a panicked handler's job is failed here (transient).
     async fn settle(
         &self,
         done: Result<(tokio::task::Id, TaskEnd), tokio::task::JoinError>,
         running: &mut HashMap<tokio::task::Id, Job>,
         report: &mut WorkerReport,
-        rng: &mut SplitMix,
     ) -> Result<(), QueueError> {
         let (id, end) = match done {
-            Ok((id, end)) => (id, end),
+            Ok(d) => d,
             Err(e) => {
-                let panic = Failure::transient("handler_panicked", format!("the handler panicked: {e}"));
-                (e.id(), TaskEnd::Finished(Err(panic)))
-            }
-        };
-        let Some(job) = running.remove(&id) else {
-            return Ok(());
-        };
-        let worker = &self.options.id;
-        let result = match end {
-            TaskEnd::LostLease => {
-                report.lost += 1;
-                return Ok(());
-            }
-            TaskEnd::Finished(Ok(())) => self.queue.ack(&job.id, worker, job.attempts).await.map(|()| {
-                report.acked += 1;
-            }),
-            TaskEnd::Finished(Err(failure)) => {
-                let now = now_ms();
-                let disposition = dispose(&job, failure.class, failure.retry_after, &self.options.retry, now, rng);
-                let error = JobError {
-                    attempt: job.attempts,
-                    class: failure.class,
-                    reason: failure.reason.to_string(),
-                    message: failure.message.clone(),
-                    at_ms: now,
+                let Some(job) = running.get(&e.id()).cloned() else {
+                    return Ok(());
                 };
-                let r = self.queue.fail(&job.id, worker, &error, disposition).await;
-                if r.is_ok() {
-                    match disposition {
-                        Disposition::Dead => report.dead += 1,
-                        Disposition::Retry { .. } => report.retried += 1,
-                    }
-                    if let Some(hook) = &self.hook {
-                        hook(&job, &failure, disposition);
-                    }
-                }
-                r
+                let panic = Failure::transient("handler_panicked", format!("the handler panicked: {e}"));
+                (e.id(), settle_failure(&self.context(), &job, panic).await)
             }
         };
-        match result {
-            Err(QueueError::LostLease(_)) => {
-                report.lost += 1;
-                Ok(())
-            }
-            other => other,
+        running.remove(&id);
+        match end {
+            TaskEnd::Acked => report.acked += 1,
+            TaskEnd::Retried => report.retried += 1,
+            TaskEnd::Dead => report.dead += 1,
+            TaskEnd::LostLease => report.lost += 1,
+            TaskEnd::Failed(e) => return Err(e),
         }
+        Ok(())
     }
 }
 
-/// Runs the handler on `job`, extending its lease every third of it; stops (dropping the
-/// handler's future) if the lease is lost.
-async fn run_one(queue: Arc<dyn Queue>, handler: Handler, job: Job, worker: String, lease: Duration) -> TaskEnd {
-    let every = (lease / 3).max(Duration::from_millis(10));
+/// Fails `job` with `failure` as [`dispose`] decides, and calls the hook.
+async fn settle_failure(cx: &TaskContext, job: &Job, failure: Failure) -> TaskEnd {
+    let now = now_ms();
+    let mut rng = SplitMix::new(now ^ job.id.bytes().fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b)));
+    let disposition = dispose(job, failure.class, failure.retry_after, &cx.retry, now, &mut rng);
+    let error = JobError {
+        attempt: job.attempts,
+        class: failure.class,
+        reason: failure.reason.to_string(),
+        message: failure.message.clone(),
+        at_ms: now,
+    };
+    match cx.queue.fail(&job.id, &cx.worker, &error, disposition).await {
+        Ok(()) => {
+            if let Some(hook) = &cx.hook {
+                hook(job, &failure, disposition);
+            }
+            match disposition {
+                Disposition::Dead => TaskEnd::Dead,
+                Disposition::Retry { .. } => TaskEnd::Retried,
+            }
+        }
+        Err(QueueError::LostLease(_)) => TaskEnd::LostLease,
+        Err(e) => TaskEnd::Failed(e),
+    }
+}
+
+/// Runs the handler on `job`, extending its lease every third of it, then acks or fails
+/// the job; stops (dropping the handler's future) if the lease is lost.
+async fn run_one(cx: TaskContext, job: Job) -> TaskEnd {
+    let every = (cx.lease / 3).max(Duration::from_millis(10));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let work = handler(job.clone());
+    let work = (cx.handler)(job.clone());
     tokio::pin!(work);
-    loop {
+    let result = loop {
         tokio::select! {
-            r = &mut work => return TaskEnd::Finished(r),
-            _ = tick.tick() => match queue.extend(&job.id, &worker, job.attempts, lease).await {
+            r = &mut work => break r,
+            _ = tick.tick() => match cx.queue.extend(&job.id, &cx.worker, job.attempts, cx.lease).await {
                 Ok(()) => {}
                 Err(QueueError::LostLease(_)) => {
                     tracing::warn!(job = %job.id, "lease lost: another worker has the job; abandoning this attempt");
@@ -298,6 +314,14 @@ async fn run_one(queue: Arc<dyn Queue>, handler: Handler, job: Job, worker: Stri
                 Err(e) => tracing::warn!(job = %job.id, error = %e, "extending the lease failed; trying again"),
             },
         }
+    };
+    match result {
+        Ok(()) => match cx.queue.ack(&job.id, &cx.worker, job.attempts).await {
+            Ok(()) => TaskEnd::Acked,
+            Err(QueueError::LostLease(_)) => TaskEnd::LostLease,
+            Err(e) => TaskEnd::Failed(e),
+        },
+        Err(failure) => settle_failure(&cx, &job, failure).await,
     }
 }
 
