@@ -8,6 +8,7 @@
 //! cargo run -p keel-examples --example sink_outage       # breaker opens, input pauses, resumes
 //! cargo run -p keel-examples --example poison_record     # dead-lettered, the partition goes on
 //! cargo run -p keel-examples --example ledger_txn        # the ledger and staged transactions
+//! cargo run -p keel-examples --example job_queue         # a worker: retries, backoff, dead set
 //! ```
 
 use std::path::PathBuf;
