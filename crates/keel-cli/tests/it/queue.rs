@@ -150,3 +150,52 @@ fn kill_9_redis_workers_then_every_job_once() {
     let name = format!("kill-test-{}-{}", std::process::id(), keel::util::now_ms());
     kill_9_workers_then_every_job_once("redis://127.0.0.1:6379/", &name);
 }
+
+#[test]
+fn sigterm_finishes_quick_jobs_and_releases_slow_ones_within_the_grace_period() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = format!("sqlite:{}", dir.join("queue.db").display());
+    for kind in ["quick", "slow"] {
+        let out = keel(dir, &db, "sig", &["enqueue", kind, "{}"]).output().unwrap();
+        assert!(out.status.success());
+    }
+    let cmd =
+        r#"echo "$KEEL_JOB_KIND" >> starts.log; if [ "$KEEL_JOB_KIND" = slow ]; then sleep 30; else sleep 0.3; fi"#;
+    let mut child = keel(
+        dir,
+        &db,
+        "sig",
+        &["work", "--exec", cmd, "--grace", "1s", "--poll", "20ms"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let started = Instant::now();
+    while std::fs::read_to_string(dir.join("starts.log")).map_or(0, |s| s.lines().count()) < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the jobs never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let sent = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "the grace period bounds the stop"
+    );
+    let out = keel(dir, &db, "sig", &["list", "--json"]).output().unwrap();
+    let left: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(left.len(), 1, "the quick job finished and was acked: {left:?}");
+    assert_eq!(left[0]["kind"], "slow");
+    assert_eq!(left[0]["state"], "ready", "the slow job was released");
+    assert_eq!(left[0]["attempts"], 0, "its attempt is not counted");
+}
