@@ -2,7 +2,9 @@
 //! the command line.
 //!
 //! `work --exec CMD` runs `sh -c CMD` once per job with the payload (JSON) on stdin and
-//! `KEEL_JOB_ID`, `KEEL_JOB_KIND`, `KEEL_JOB_ATTEMPT`, `KEEL_JOB_PRIORITY` in the environment.
+//! `KEEL_JOB_ID`, `KEEL_JOB_KIND`, `KEEL_JOB_ATTEMPT`, `KEEL_JOB_PRIORITY` and
+//! `KEEL_JOB_LEASE_UNTIL_MS` (the lease at the start, extended while the command runs) in the
+//! environment.
 //! Exit 0 acks the job; exit 75 (`EX_TEMPFAIL`) or death by a signal is a transient failure
 //! (retried with backoff); any other exit code is permanent (the job goes to the dead set).
 //! The last lines of the command's stderr become the error message.
@@ -360,6 +362,7 @@ async fn run_command(exec: Arc<String>, job: Job) -> Result<(), keel::Failure> {
         .env("KEEL_JOB_KIND", &job.kind)
         .env("KEEL_JOB_ATTEMPT", job.attempts.to_string())
         .env("KEEL_JOB_PRIORITY", job.priority.to_string())
+        .env("KEEL_JOB_LEASE_UNTIL_MS", job.lease_until_ms.unwrap_or(0).to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())

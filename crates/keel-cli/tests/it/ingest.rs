@@ -47,7 +47,7 @@ path = "${{STATE}}"
 interval = "20ms"
 
 [ingest]
-{ledger}lease = "2s"
+{ledger}lease = "10s"
 max_bad_ratio = 0.5
 validators = ["json_lines"]
 "#

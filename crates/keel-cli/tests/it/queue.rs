@@ -13,8 +13,9 @@ use keel::queue::NewJob;
 const JOBS: usize = 200;
 const LEASE_MS: u64 = 1000;
 
-/// The job command: logs its start, works 40 ms, then writes its effect atomically.
-const HANDLER: &str = r#"echo "$KEEL_JOB_ID $KEEL_JOB_ATTEMPT $(date +%s%3N)" >> starts.log; sleep 0.04; cat > effects/.$KEEL_JOB_ID && mv effects/.$KEEL_JOB_ID effects/$KEEL_JOB_ID"#;
+/// The job command: logs its start and its lease, works 40 ms, then writes its effect
+/// atomically.
+const HANDLER: &str = r#"echo "$KEEL_JOB_ID $KEEL_JOB_ATTEMPT $(date +%s%3N) $KEEL_JOB_LEASE_UNTIL_MS" >> starts.log; sleep 0.04; cat > effects/.$KEEL_JOB_ID && mv effects/.$KEEL_JOB_ID effects/$KEEL_JOB_ID"#;
 
 fn keel(dir: &Path, queue: &str, name: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
@@ -113,25 +114,29 @@ fn kill_9_workers_then_every_job_once(queue: &str, name: &str) {
     assert_eq!(effects, want);
     // a job's command ran again only after the lease of its previous attempt expired
     let log = std::fs::read_to_string(dir.join("starts.log")).unwrap();
-    let mut starts: BTreeMap<String, Vec<(u32, u64)>> = BTreeMap::new();
+    let mut starts: BTreeMap<String, Vec<(u32, u64, u64)>> = BTreeMap::new();
     for line in log.lines() {
         let f: Vec<&str> = line.split(' ').collect();
-        starts
-            .entry(f[0].to_owned())
-            .or_default()
-            .push((f[1].parse().unwrap(), f[2].parse().unwrap()));
+        starts.entry(f[0].to_owned()).or_default().push((
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+            f[3].parse().unwrap(),
+        ));
     }
     let mut reruns = 0;
     for (id, mut s) in starts {
         s.sort();
         for w in s.windows(2) {
-            let ((a1, t1), (a2, t2)) = (w[0], w[1]);
+            let ((a1, t1, lease1), (a2, t2, _)) = (w[0], w[1]);
             reruns += 1;
             assert!(a2 > a1, "job {id}: attempt {a2} after {a1}");
             assert!(
-                t2 + 50 >= t1 + LEASE_MS,
-                "job {id}: attempt {a2} started {} ms after attempt {a1}, within its {LEASE_MS} ms lease",
-                t2 - t1
+                lease1 >= t1 + LEASE_MS / 2,
+                "job {id}: attempt {a1} started with a lease"
+            );
+            assert!(
+                t2 >= lease1,
+                "job {id}: attempt {a2} started at {t2}, before attempt {a1}'s lease ran out at {lease1}"
             );
         }
     }
