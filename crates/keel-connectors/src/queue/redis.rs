@@ -6,7 +6,8 @@
 //! ```text
 //! seq, order          counters: job ids, readiness order
 //! job:<id>            hash: kind, payload, priority, state, attempts, max_attempts, enqueued,
-//!                     run_at, ready_at, lease_until, worker, key
+//!                     run_at, ready_at, lease_until, leases (takes so far: the lease token),
+//!                     worker, key
 //! errors:<id>         list of the job's failed attempts (JSON)
 //! ready               zset, score (1000 - priority) * 2^40 + order: priority, then FIFO
 //! ready_at            zset, score when the job became ready (the oldest waiting job)
@@ -39,9 +40,9 @@ local function make_ready(id, prio, at)
   redis.call('HINCRBY', p .. 'prio', prio, 1)
   redis.call('HSET', p .. 'job:' .. id, 'state', 'ready', 'ready_at', at)
 end
-local function held(id, worker, attempt)
-  local s = redis.call('HMGET', p .. 'job:' .. id, 'state', 'worker', 'attempts')
-  return s[1] == 'active' and s[2] == worker and s[3] == attempt
+local function held(id, worker, lease)
+  local s = redis.call('HMGET', p .. 'job:' .. id, 'state', 'worker', 'leases')
+  return s[1] == 'active' and s[2] == worker and s[3] == lease
 end
 "#;
 
@@ -84,10 +85,10 @@ for _, id in ipairs(expired) do
   redis.call('HDEL', k, 'worker', 'lease_until')
   local s = redis.call('HMGET', k, 'attempts', 'max_attempts', 'priority')
   local att = tonumber(s[1])
+  redis.call('RPUSH', p .. 'errors:' .. id, string.format(
+    '{"attempt":%d,"class":"transient","reason":"lease_expired","message":"the worker\'s lease expired (it died or stalled)","at_ms":%s}',
+    att, ARGV[2]))
   if att >= tonumber(s[2]) then
-    redis.call('RPUSH', p .. 'errors:' .. id, string.format(
-      '{"attempt":%d,"class":"transient","reason":"lease_expired","message":"the worker\'s lease expired (it died or stalled) on the last attempt","at_ms":%s}',
-      att, ARGV[2]))
     redis.call('HSET', k, 'state', 'dead', 'dead_at', ARGV[2])
     redis.call('ZADD', p .. 'dead', ARGV[2], id)
   else
@@ -95,12 +96,21 @@ for _, id in ipairs(expired) do
     make_ready(id, tonumber(s[3]), now)
   end
 end
-local due = redis.call('ZRANGEBYSCORE', p .. 'scheduled', '-inf', ARGV[2], 'LIMIT', 0, 10000)
-for _, id in ipairs(due) do
+-- due jobs become ready in the order of their time, then of their id
+local due = redis.call('ZRANGEBYSCORE', p .. 'scheduled', '-inf', ARGV[2], 'WITHSCORES')
+local pending = {}
+for i = 1, #due, 2 do pending[#pending + 1] = {due[i], tonumber(due[i + 1])} end
+table.sort(pending, function(a, b)
+  if a[2] ~= b[2] then return a[2] < b[2] end
+  return tonumber(a[1]) < tonumber(b[1])
+end)
+for _, e in ipairs(pending) do
+  local id = e[1]
   redis.call('ZREM', p .. 'scheduled', id)
   local s = redis.call('HMGET', p .. 'job:' .. id, 'priority', 'run_at')
   make_ready(id, tonumber(s[1]), tonumber(s[2]))
 end
+if max < 1 then return {} end
 local ids = redis.call('ZRANGE', p .. 'ready', 0, max - 1)
 local until_ = string.format('%.0f', now + lease)
 local out = {}
@@ -110,6 +120,7 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', p .. 'ready_at', id)
   redis.call('HINCRBY', p .. 'prio', redis.call('HGET', k, 'priority'), -1)
   redis.call('HINCRBY', k, 'attempts', 1)
+  redis.call('HINCRBY', k, 'leases', 1)
   redis.call('HSET', k, 'state', 'active', 'worker', worker, 'lease_until', until_)
   redis.call('ZADD', p .. 'active', until_, id)
   out[#out + 1] = {id, redis.call('HGETALL', k), redis.call('LRANGE', p .. 'errors:' .. id, 0, -1)}
@@ -118,24 +129,24 @@ return out
 "#;
 
 const EXTEND: &str = r#"
-local id, worker, attempt, until_ = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if not held(id, worker, attempt) then return 0 end
+local id, worker, lease, until_ = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if not held(id, worker, lease) then return 0 end
 redis.call('HSET', p .. 'job:' .. id, 'lease_until', until_)
 redis.call('ZADD', p .. 'active', until_, id)
 return 1
 "#;
 
 const ACK: &str = r#"
-local id, worker, attempt = ARGV[2], ARGV[3], ARGV[4]
-if not held(id, worker, attempt) then return 0 end
+local id, worker, lease = ARGV[2], ARGV[3], ARGV[4]
+if not held(id, worker, lease) then return 0 end
 redis.call('DEL', p .. 'job:' .. id, p .. 'errors:' .. id)
 redis.call('ZREM', p .. 'active', id)
 return 1
 "#;
 
 const FAIL: &str = r#"
-local id, worker, attempt, err, mode, at = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-if not held(id, worker, attempt) then return 0 end
+local id, worker, lease, err, mode, at = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+if not held(id, worker, lease) then return 0 end
 local k = p .. 'job:' .. id
 redis.call('RPUSH', p .. 'errors:' .. id, err)
 redis.call('ZREM', p .. 'active', id)
@@ -151,8 +162,8 @@ return 1
 "#;
 
 const RELEASE: &str = r#"
-local id, worker, attempt, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-if not held(id, worker, attempt) then return 0 end
+local id, worker, lease, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+if not held(id, worker, lease) then return 0 end
 local k = p .. 'job:' .. id
 redis.call('ZREM', p .. 'active', id)
 redis.call('HDEL', k, 'worker', 'lease_until')
@@ -203,6 +214,7 @@ local out = {redis.call('ZCARD', p .. 'ready'), redis.call('ZCARD', p .. 'schedu
   redis.call('ZCARD', p .. 'active'), redis.call('ZCARD', p .. 'dead')}
 local oldest = redis.call('ZRANGE', p .. 'ready_at', 0, 0, 'WITHSCORES')
 out[5] = oldest[2] or ''
+-- (priorities of at most 10,000 due jobs; the take moves all of them)
 local due = redis.call('ZRANGEBYSCORE', p .. 'scheduled', '-inf', now, 'WITHSCORES', 'LIMIT', 0, 10000)
 local prio = redis.call('HGETALL', p .. 'prio')
 local extra = {}
@@ -345,6 +357,7 @@ fn job_of(id: &str, h: &HashMap<String, String>, errors: &[String]) -> Job {
         enqueued_ms: num("enqueued").unwrap_or(0),
         run_at_ms: num("run_at").unwrap_or(0),
         lease_until_ms: num("lease_until"),
+        lease: num("leases").unwrap_or(0),
         worker: h.get("worker").cloned(),
         errors: errors.iter().filter_map(|e| serde_json::from_str(e).ok()).collect(),
         idempotency_key: h.get("key").filter(|k| !k.is_empty()).cloned(),
@@ -411,19 +424,19 @@ impl Queue for RedisQueue {
         &'a self,
         id: &'a str,
         worker: &'a str,
-        attempt: u32,
-        lease: Duration,
+        lease: u64,
+        duration: Duration,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let until = now_ms() + ms(lease);
-            let args = [id.to_owned(), worker.to_owned(), attempt.to_string(), until.to_string()];
+            let until = now_ms() + ms(duration);
+            let args = [id.to_owned(), worker.to_owned(), lease.to_string(), until.to_string()];
             self.held(&self.scripts.extend, &args, id).await
         })
     }
 
-    fn ack<'a>(&'a self, id: &'a str, worker: &'a str, attempt: u32) -> BoxFuture<'a, Result<(), QueueError>> {
+    fn ack<'a>(&'a self, id: &'a str, worker: &'a str, lease: u64) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let args = [id.to_owned(), worker.to_owned(), attempt.to_string()];
+            let args = [id.to_owned(), worker.to_owned(), lease.to_string()];
             self.held(&self.scripts.ack, &args, id).await
         })
     }
@@ -432,6 +445,7 @@ impl Queue for RedisQueue {
         &'a self,
         id: &'a str,
         worker: &'a str,
+        lease: u64,
         error: &'a JobError,
         disposition: Disposition,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
@@ -444,7 +458,7 @@ impl Queue for RedisQueue {
             let args = [
                 id.to_owned(),
                 worker.to_owned(),
-                error.attempt.to_string(),
+                lease.to_string(),
                 json,
                 mode.to_owned(),
                 at.to_string(),
@@ -453,12 +467,12 @@ impl Queue for RedisQueue {
         })
     }
 
-    fn release<'a>(&'a self, id: &'a str, worker: &'a str, attempt: u32) -> BoxFuture<'a, Result<(), QueueError>> {
+    fn release<'a>(&'a self, id: &'a str, worker: &'a str, lease: u64) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
             let args = [
                 id.to_owned(),
                 worker.to_owned(),
-                attempt.to_string(),
+                lease.to_string(),
                 now_ms().to_string(),
             ];
             self.held(&self.scripts.release, &args, id).await
@@ -508,7 +522,7 @@ impl Queue for RedisQueue {
                 scheduled,
                 active,
                 dead,
-                oldest_ready_since_ms: oldest.parse().ok(),
+                oldest_ready_since_ms: oldest.parse::<f64>().ok().map(|v| v as u64),
                 ..QueueStats::default()
             };
             for pair in prio.chunks(2) {

@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE keel_jobs (
         attempts     INTEGER NOT NULL,
         max_attempts INTEGER NOT NULL,
         lease_until  INTEGER,
+        leases       INTEGER NOT NULL DEFAULT 0,
         worker       TEXT,
         errors       TEXT NOT NULL,
         idem_key     TEXT,
@@ -45,7 +46,7 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE keel_jobs (
     ) WITHOUT ROWID;
     CREATE TABLE keel_queue_seq (queue TEXT PRIMARY KEY, next INTEGER NOT NULL) WITHOUT ROWID;"];
 
-const COLUMNS: &str = "id, kind, payload, priority, state, attempts, max_attempts, enqueued, run_at, lease_until, worker, errors, idem_key";
+const COLUMNS: &str = "id, kind, payload, priority, state, attempts, max_attempts, enqueued, run_at, lease_until, worker, errors, idem_key, leases";
 
 /// A queue in a SQLite file.
 #[derive(Clone)]
@@ -178,6 +179,7 @@ fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
         worker: r.get(10)?,
         errors: serde_json::from_str(&errors).unwrap_or_default(),
         idempotency_key: r.get(12)?,
+        lease: r.get::<_, i64>(13)? as u64,
     })
 }
 
@@ -204,20 +206,21 @@ fn housekeeping(tx: &Transaction<'_>, queue: &str, now: u64) -> Result<(), Queue
     };
     for (id, attempts, max, errors) in expired {
         let mut errors: Vec<JobError> = serde_json::from_str(&errors).unwrap_or_default();
+        errors.push(lease_expired(attempts, now));
+        let errors = serde_json::to_string(&errors).unwrap_or_default();
         if attempts >= max {
-            errors.push(lease_expired(attempts, now));
             tx.execute(
                 "UPDATE keel_jobs SET state = 'dead', dead_at = ?2, worker = NULL, lease_until = NULL, errors = ?3
                  WHERE id = ?1",
-                params![id, now as i64, serde_json::to_string(&errors).unwrap_or_default()],
+                params![id, now as i64, errors],
             )
             .map_err(backend)?;
         } else {
             let order = next_orders(tx, queue, 1)?;
             tx.execute(
                 "UPDATE keel_jobs SET state = 'ready', ready_order = ?2, ready_at = ?3, run_at = ?3,
-                 worker = NULL, lease_until = NULL WHERE id = ?1",
-                params![id, order as i64, now as i64],
+                 worker = NULL, lease_until = NULL, errors = ?4 WHERE id = ?1",
+                params![id, order as i64, now as i64, errors],
             )
             .map_err(backend)?;
         }
@@ -246,24 +249,24 @@ fn housekeeping(tx: &Transaction<'_>, queue: &str, now: u64) -> Result<(), Queue
     Ok(())
 }
 
-/// The error recorded when a lease expires on the last attempt.
+/// The error recorded when a lease expires.
 pub(crate) fn lease_expired(attempt: u32, now: u64) -> JobError {
     JobError {
         attempt,
         class: keel::Class::Transient,
         reason: "lease_expired".into(),
-        message: "the worker's lease expired (it died or stalled) on the last attempt".into(),
+        message: "the worker's lease expired (it died or stalled)".into(),
         at_ms: now,
     }
 }
 
-/// Updates the active job `id` held by `worker` at `attempt`; `LostLease` if it is not.
-fn held(tx: &Transaction<'_>, queue: &str, id: &str, worker: &str, attempt: u32) -> Result<i64, QueueError> {
+/// The row of active job `id` held by `worker` under `lease`; `LostLease` if it is not.
+fn held(tx: &Transaction<'_>, queue: &str, id: &str, worker: &str, lease: u64) -> Result<i64, QueueError> {
     let n = id_of(id)?;
     let found: Option<i64> = tx
         .query_row(
-            "SELECT id FROM keel_jobs WHERE id = ?1 AND queue = ?2 AND state = 'active' AND worker = ?3 AND attempts = ?4",
-            params![n, queue, worker, attempt],
+            "SELECT id FROM keel_jobs WHERE id = ?1 AND queue = ?2 AND state = 'active' AND worker = ?3 AND leases = ?4",
+            params![n, queue, worker, lease as i64],
             |r| r.get(0),
         )
         .optional()
@@ -309,7 +312,7 @@ impl Queue for SqliteQueue {
                         continue;
                     }
                 }
-                let run_at = j.run_at_ms.unwrap_or(now).max(now);
+                let run_at = j.run_at_ms.unwrap_or(now).clamp(now, i64::MAX as u64);
                 let state = if run_at <= now { "ready" } else { "scheduled" };
                 let id: i64 = tx
                     .prepare_cached(
@@ -337,7 +340,7 @@ impl Queue for SqliteQueue {
                 if let Some(k) = &j.idempotency_key {
                     tx.execute(
                         "INSERT INTO keel_job_keys (queue, key, id, expires) VALUES (?1, ?2, ?3, ?4)",
-                        params![queue, k, id, (now + retention) as i64],
+                        params![queue, k, id, now.saturating_add(retention).min(i64::MAX as u64) as i64],
                     )
                     .map_err(backend)?;
                 }
@@ -356,6 +359,9 @@ impl Queue for SqliteQueue {
         self.with(true, move |tx, queue| {
             let now = now_ms();
             housekeeping(tx, queue, now)?;
+            if max == 0 {
+                return Ok(Vec::new());
+            }
             let mut jobs: Vec<Job> = {
                 let mut st = tx
                     .prepare_cached(&format!(
@@ -371,8 +377,8 @@ impl Queue for SqliteQueue {
             let until = now + lease;
             let mut st = tx
                 .prepare_cached(
-                    "UPDATE keel_jobs SET state = 'active', attempts = attempts + 1, lease_until = ?2, worker = ?3
-                     WHERE id = ?1",
+                    "UPDATE keel_jobs SET state = 'active', attempts = attempts + 1, leases = leases + 1,
+                     lease_until = ?2, worker = ?3 WHERE id = ?1",
                 )
                 .map_err(backend)?;
             for j in &mut jobs {
@@ -380,6 +386,7 @@ impl Queue for SqliteQueue {
                     .map_err(backend)?;
                 j.state = JobState::Active;
                 j.attempts += 1;
+                j.lease += 1;
                 j.lease_until_ms = Some(until);
                 j.worker = Some(worker.clone());
             }
@@ -391,25 +398,25 @@ impl Queue for SqliteQueue {
         &'a self,
         id: &'a str,
         worker: &'a str,
-        attempt: u32,
-        lease: Duration,
+        lease: u64,
+        duration: Duration,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
-        let (id, worker, lease) = (id.to_owned(), worker.to_owned(), ms(lease));
+        let (id, worker, duration) = (id.to_owned(), worker.to_owned(), ms(duration));
         self.with(true, move |tx, queue| {
-            let n = held(tx, queue, &id, &worker, attempt)?;
+            let n = held(tx, queue, &id, &worker, lease)?;
             tx.execute(
                 "UPDATE keel_jobs SET lease_until = ?2 WHERE id = ?1",
-                params![n, (now_ms() + lease) as i64],
+                params![n, (now_ms() + duration) as i64],
             )
             .map_err(backend)?;
             Ok(())
         })
     }
 
-    fn ack<'a>(&'a self, id: &'a str, worker: &'a str, attempt: u32) -> BoxFuture<'a, Result<(), QueueError>> {
+    fn ack<'a>(&'a self, id: &'a str, worker: &'a str, lease: u64) -> BoxFuture<'a, Result<(), QueueError>> {
         let (id, worker) = (id.to_owned(), worker.to_owned());
         self.with(true, move |tx, queue| {
-            let n = held(tx, queue, &id, &worker, attempt)?;
+            let n = held(tx, queue, &id, &worker, lease)?;
             tx.execute("DELETE FROM keel_jobs WHERE id = ?1", [n])
                 .map_err(backend)?;
             Ok(())
@@ -420,12 +427,13 @@ impl Queue for SqliteQueue {
         &'a self,
         id: &'a str,
         worker: &'a str,
+        lease: u64,
         error: &'a JobError,
         disposition: Disposition,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         let (id, worker, error) = (id.to_owned(), worker.to_owned(), error.clone());
         self.with(true, move |tx, queue| {
-            let n = held(tx, queue, &id, &worker, error.attempt)?;
+            let n = held(tx, queue, &id, &worker, lease)?;
             let errors: String = tx
                 .query_row("SELECT errors FROM keel_jobs WHERE id = ?1", [n], |r| r.get(0))
                 .map_err(backend)?;
@@ -436,7 +444,7 @@ impl Queue for SqliteQueue {
                 Disposition::Retry { at_ms } => tx.execute(
                     "UPDATE keel_jobs SET state = 'scheduled', run_at = ?2, worker = NULL, lease_until = NULL,
                      errors = ?3 WHERE id = ?1",
-                    params![n, at_ms as i64, errors],
+                    params![n, at_ms.min(i64::MAX as u64) as i64, errors],
                 ),
                 Disposition::Dead => tx.execute(
                     "UPDATE keel_jobs SET state = 'dead', dead_at = ?2, worker = NULL, lease_until = NULL,
@@ -449,10 +457,10 @@ impl Queue for SqliteQueue {
         })
     }
 
-    fn release<'a>(&'a self, id: &'a str, worker: &'a str, attempt: u32) -> BoxFuture<'a, Result<(), QueueError>> {
+    fn release<'a>(&'a self, id: &'a str, worker: &'a str, lease: u64) -> BoxFuture<'a, Result<(), QueueError>> {
         let (id, worker) = (id.to_owned(), worker.to_owned());
         self.with(true, move |tx, queue| {
-            let n = held(tx, queue, &id, &worker, attempt)?;
+            let n = held(tx, queue, &id, &worker, lease)?;
             let order = next_orders(tx, queue, 1)?;
             let now = now_ms() as i64;
             tx.execute(

@@ -30,6 +30,7 @@ macro_rules! cases {
             the_last_attempt_and_permanent_failures_go_to_the_dead_set,
             dead_jobs_are_retried_and_purged,
             released_jobs_run_again_without_counting_the_attempt,
+            lease_tokens_are_never_reused,
             stats_report_sizes_by_priority_and_the_oldest_wait,
             concurrent_workers_never_share_a_job,
             a_worker_acks_retries_and_buries_by_class,

@@ -100,7 +100,7 @@ pub async fn idempotency_keys_return_the_first_job(b: &Backend) {
     let jobs = take_all(q, "w").await;
     assert_eq!(ns(&jobs), vec![1, 3], "duplicates enqueue nothing");
     for j in &jobs {
-        q.ack(&j.id, "w", j.attempts).await.unwrap();
+        q.ack(&j.id, "w", j.lease).await.unwrap();
     }
     let after = enqueue(q, NewJob::new("k", json!({ "n": 5 })).key("order-17"))
         .await
@@ -168,9 +168,15 @@ pub async fn retries_follow_the_disposition_and_keep_every_error(b: &Backend) {
         assert_eq!(jobs[0].attempts, attempt);
         assert_eq!(jobs[0].errors.len() as u32, attempt - 1);
         let at = now_ms() + 300;
-        q.fail(&e.id, "w", &error(attempt, "timeout"), Disposition::Retry { at_ms: at })
-            .await
-            .unwrap();
+        q.fail(
+            &e.id,
+            "w",
+            attempt as u64,
+            &error(attempt, "timeout"),
+            Disposition::Retry { at_ms: at },
+        )
+        .await
+        .unwrap();
         let scheduled = q.list(Some(JobState::Scheduled), 10).await.unwrap();
         assert_eq!(scheduled.len(), 1);
         assert_eq!(scheduled[0].run_at_ms, at);
@@ -187,15 +193,21 @@ pub async fn the_last_attempt_and_permanent_failures_go_to_the_dead_set(b: &Back
         .unwrap();
     let p = enqueue(q, NewJob::new("k", json!({ "n": 2 }))).await.unwrap();
     take_all(q, "w").await;
-    q.fail(&a.id, "w", &error(1, "timeout"), Disposition::Retry { at_ms: now_ms() })
-        .await
-        .unwrap();
-    q.fail(&p.id, "w", &error(1, "bad_payload"), Disposition::Dead)
+    q.fail(
+        &a.id,
+        "w",
+        1,
+        &error(1, "timeout"),
+        Disposition::Retry { at_ms: now_ms() },
+    )
+    .await
+    .unwrap();
+    q.fail(&p.id, "w", 1, &error(1, "bad_payload"), Disposition::Dead)
         .await
         .unwrap();
     let again = q.take("w", Duration::from_millis(50), 10).await.unwrap();
     assert_eq!(ns(&again), vec![1]);
-    q.fail(&a.id, "w", &error(2, "timeout"), Disposition::Dead)
+    q.fail(&a.id, "w", 2, &error(2, "timeout"), Disposition::Dead)
         .await
         .unwrap();
     let dead = q.list(Some(JobState::Dead), 10).await.unwrap();
@@ -228,7 +240,9 @@ pub async fn dead_jobs_are_retried_and_purged(b: &Backend) {
         ids.push(enqueue(q, NewJob::new("k", json!({ "n": n }))).await.unwrap().id);
     }
     for j in take_all(q, "w").await {
-        q.fail(&j.id, "w", &error(1, "bad"), Disposition::Dead).await.unwrap();
+        q.fail(&j.id, "w", j.lease, &error(1, "bad"), Disposition::Dead)
+            .await
+            .unwrap();
     }
     assert_eq!(q.stats().await.unwrap().dead, 3);
     assert_eq!(q.retry_dead(Some(&ids[..1])).await.unwrap(), 1);
@@ -251,6 +265,27 @@ pub async fn released_jobs_run_again_without_counting_the_attempt(b: &Backend) {
     assert!(matches!(q.release(&e.id, "w", 1).await, Err(QueueError::LostLease(_))));
     let again = take_all(q, "w2").await;
     assert_eq!((again[0].id.as_str(), again[0].attempts), (e.id.as_str(), 1));
+    assert_eq!(again[0].lease, 2, "a new lease token although the attempt is the same");
+}
+
+pub async fn lease_tokens_are_never_reused(b: &Backend) {
+    let q = &*b.queue;
+    let e = enqueue(q, NewJob::new("k", json!({ "n": 1 })).max_attempts(1))
+        .await
+        .unwrap();
+    let first = q.take("w1", Duration::from_millis(50), 1).await.unwrap();
+    assert_eq!(first[0].lease, 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        take_all(q, "w2").await.is_empty(),
+        "buried: its only attempt's lease expired"
+    );
+    assert_eq!(q.retry_dead(None).await.unwrap(), 1);
+    // the same worker takes it again, at attempt 1 again: the stale first task is fenced
+    let second = q.take("w1", LONG, 1).await.unwrap();
+    assert_eq!((second[0].attempts, second[0].lease), (1, 2));
+    assert!(matches!(q.ack(&e.id, "w1", 1).await, Err(QueueError::LostLease(_))));
+    q.ack(&e.id, "w1", 2).await.unwrap();
 }
 
 pub async fn stats_report_sizes_by_priority_and_the_oldest_wait(b: &Backend) {
@@ -265,7 +300,7 @@ pub async fn stats_report_sizes_by_priority_and_the_oldest_wait(b: &Backend) {
         .await
         .unwrap();
     let taken = q.take("w", LONG, 2).await.unwrap(); // 9 and 7
-    q.fail(&taken[1].id, "w", &error(1, "bad"), Disposition::Dead)
+    q.fail(&taken[1].id, "w", taken[1].lease, &error(1, "bad"), Disposition::Dead)
         .await
         .unwrap();
     let s = q.stats().await.unwrap();
@@ -290,7 +325,7 @@ pub async fn concurrent_workers_never_share_a_job(b: &Backend) {
                     break seen;
                 }
                 for j in got {
-                    q.ack(&j.id, &worker, j.attempts).await.unwrap();
+                    q.ack(&j.id, &worker, j.lease).await.unwrap();
                     seen.push(j.payload["n"].as_i64().unwrap());
                 }
             }

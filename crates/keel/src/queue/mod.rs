@@ -12,9 +12,11 @@
 //!   counts an attempt. The worker extends the lease while it works, then acks (the job is
 //!   done and removed) or fails it. A lease that expires (the worker died) puts the job back
 //!   as ready — its attempt stays counted — or in the dead set when it has no attempt left.
-//!   Every call of a worker names the attempt it holds (`id`, `worker`, `attempt`): a worker
-//!   whose lease was taken over gets [`QueueError::LostLease`] and changes nothing, so a
-//!   job's handler only runs again after its lease expired.
+//!   Every take of a job gets a new lease token ([`Job::lease`], never reused, not even
+//!   after a release or a retry from the dead set), and every call of a worker names the
+//!   token it holds: a worker whose lease was taken over gets [`QueueError::LostLease`] and
+//!   changes nothing, so a job's handler only runs again after its lease expired. An expired
+//!   lease records a `lease_expired` error in the job's history.
 //! - **Failures.** [`dispose`] decides: transient and throttled failures are retried after a
 //!   backoff (at least the retry-after the failure carries) while attempts remain;
 //!   permanent and fatal ones, and the last attempt, go to the dead set, which keeps the
@@ -211,6 +213,8 @@ pub struct Job {
     pub run_at_ms: u64,
     /// Until when its worker holds it (active jobs).
     pub lease_until_ms: Option<u64>,
+    /// The token of its latest take (see the module docs): the worker's calls name it.
+    pub lease: u64,
     /// The worker holding it (active jobs).
     pub worker: Option<String>,
     /// Every failed attempt, oldest first.
@@ -293,37 +297,40 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     /// A short description (`sqlite:queue.db (default)`).
     fn describe(&self) -> String;
 
-    /// Enqueues `jobs` (one transaction); one result per job, in order.
+    /// Enqueues `jobs`; one result per job, in order. Atomic per backend batch (SQLite: all
+    /// of them; Redis: each run of 1,000).
     fn enqueue_many<'a>(&'a self, jobs: &'a [NewJob]) -> BoxFuture<'a, Result<Vec<Enqueued>, QueueError>>;
 
     /// Takes up to `max` ready jobs for `worker` with a lease of `lease`; first puts back
     /// the jobs whose lease expired and makes due scheduled jobs ready.
     fn take<'a>(&'a self, worker: &'a str, lease: Duration, max: usize) -> BoxFuture<'a, Result<Vec<Job>, QueueError>>;
 
-    /// Extends the lease of attempt `attempt` of job `id` held by `worker`.
+    /// Extends the lease `lease` of job `id` held by `worker` to `duration` from now.
     fn extend<'a>(
         &'a self,
         id: &'a str,
         worker: &'a str,
-        attempt: u32,
-        lease: Duration,
+        lease: u64,
+        duration: Duration,
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
-    /// The attempt succeeded: the job is done and removed.
-    fn ack<'a>(&'a self, id: &'a str, worker: &'a str, attempt: u32) -> BoxFuture<'a, Result<(), QueueError>>;
+    /// The attempt under `lease` succeeded: the job is done and removed.
+    fn ack<'a>(&'a self, id: &'a str, worker: &'a str, lease: u64) -> BoxFuture<'a, Result<(), QueueError>>;
 
-    /// The attempt failed with `error`; the job is retried or buried as `disposition` says.
+    /// The attempt under `lease` failed with `error`; the job is retried or buried as
+    /// `disposition` says.
     fn fail<'a>(
         &'a self,
         id: &'a str,
         worker: &'a str,
+        lease: u64,
         error: &'a JobError,
         disposition: Disposition,
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Gives the job back unstarted (graceful shutdown): ready again, the attempt not
     /// counted.
-    fn release<'a>(&'a self, id: &'a str, worker: &'a str, attempt: u32) -> BoxFuture<'a, Result<(), QueueError>>;
+    fn release<'a>(&'a self, id: &'a str, worker: &'a str, lease: u64) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Jobs in `state` (all states if `None`), in the order they would run (dead: oldest
     /// death first), at most `limit`.
@@ -373,6 +380,7 @@ mod tests {
             enqueued_ms: 0,
             run_at_ms: 0,
             lease_until_ms: None,
+            lease: 0,
             worker: None,
             errors: Vec::new(),
             idempotency_key: None,

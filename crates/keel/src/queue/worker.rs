@@ -5,7 +5,6 @@
 //! no new job is taken; jobs in flight get [`WorkerOptions::grace`] to finish; the rest are
 //! released (ready again at once, their attempt not counted).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +97,7 @@ enum TaskEnd {
     Acked,
     Retried,
     Dead,
+    Released,
     LostLease,
     Failed(QueueError),
 }
@@ -142,64 +142,96 @@ impl Worker {
     }
 
     /// Runs until shut down. Backend errors while taking jobs are retried with the poll
-    /// interval (logged); errors acking or failing a job end the run.
+    /// interval (logged); an error acking or failing a job stops the worker gracefully and is
+    /// returned.
     pub async fn run(&self) -> Result<WorkerReport, QueueError> {
         let opts = &self.options;
         let limit = opts.concurrency.max(1);
         let mut report = WorkerReport::default();
         let mut tasks = tokio::task::JoinSet::new();
-        let mut running: HashMap<tokio::task::Id, Job> = HashMap::new();
+        let mut running = 0usize;
+        let mut error = None;
+        // triggered when the grace period is over: tasks still running release their jobs
+        let cancel = ShutdownHandle::default();
         if opts.handle_signals {
             self.forward_signals()?;
         }
         while !self.shutdown.is_triggered() {
-            let free = limit - running.len();
+            let free = limit - running;
             let mut idle = true;
             // take in batches: with jobs running, wait until half the slots are free
-            if free > 0 && (running.is_empty() || free * 2 >= limit) {
+            if free > 0 && (running == 0 || free * 2 >= limit) {
                 match self.queue.take(&opts.id, opts.lease, free).await {
                     Ok(jobs) => {
                         idle = jobs.len() < free;
                         for job in jobs {
-                            let handle = tasks.spawn(run_one(self.context(), job.clone()));
-                            running.insert(handle.id(), job);
+                            tasks.spawn(run_one(self.context(), job, cancel.clone()));
+                            running += 1;
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "taking jobs failed; trying again"),
                 }
             }
-            if !idle && running.len() * 2 < limit {
+            if !idle && running * 2 < limit {
                 continue;
             }
             tokio::select! {
-                Some(done) = tasks.join_next_with_id(), if !running.is_empty() => {
-                    self.settle(done, &mut running, &mut report).await?;
+                Some(done) = tasks.join_next(), if running > 0 => {
+                    running -= 1;
+                    self.count(done, &mut report, &mut error);
                 }
-                _ = tokio::time::sleep(opts.poll), if idle && running.len() < limit => {}
+                _ = tokio::time::sleep(opts.poll), if idle && running < limit => {}
                 _ = self.shutdown.wait() => {}
             }
         }
-        // graceful shutdown: let jobs in flight finish within the grace period
+        // graceful shutdown: jobs in flight may finish within the grace period; then the
+        // tasks still running stop their handlers and release their jobs themselves (a task
+        // that is acking or failing its job finishes that first)
         let deadline = tokio::time::Instant::now() + opts.grace;
-        while !running.is_empty() {
+        let mut cancelled = false;
+        while running > 0 {
             tokio::select! {
-                Some(done) = tasks.join_next_with_id() => {
-                    self.settle(done, &mut running, &mut report).await?;
+                Some(done) = tasks.join_next() => {
+                    running -= 1;
+                    self.count(done, &mut report, &mut error);
                 }
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        tasks.abort_all();
-        for (_, job) in running.drain() {
-            match self.queue.release(&job.id, &opts.id, job.attempts).await {
-                Ok(()) => report.released += 1,
-                Err(QueueError::LostLease(_)) => report.lost += 1,
-                Err(e) => {
-                    tracing::warn!(job = %job.id, error = %e, "releasing failed; the job runs again when its lease expires")
+                _ = tokio::time::sleep_until(deadline), if !cancelled => {
+                    cancelled = true;
+                    cancel.trigger();
                 }
             }
         }
-        Ok(report)
+        match error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// Counts a finished task; the first backend error stops the worker (gracefully).
+    fn count(
+        &self,
+        done: Result<TaskEnd, tokio::task::JoinError>,
+        report: &mut WorkerReport,
+        error: &mut Option<QueueError>,
+    ) {
+        match done {
+            Ok(TaskEnd::Acked) => report.acked += 1,
+            Ok(TaskEnd::Retried) => report.retried += 1,
+            Ok(TaskEnd::Dead) => report.dead += 1,
+            Ok(TaskEnd::Released) => report.released += 1,
+            Ok(TaskEnd::LostLease) => report.lost += 1,
+            Ok(TaskEnd::Failed(e)) => {
+                tracing::error!(error = %e, "the queue failed while settling a job; stopping (its lease expires and it runs again)");
+                if error.is_none() {
+                    *error = Some(e);
+                }
+                self.shutdown.trigger();
+            }
+            // only a bug in this module: handler panics are caught in the task
+            Err(e) => {
+                tracing::error!(error = %e, "a job task ended abnormally; its job runs again when its lease expires")
+            }
+        }
     }
 
     fn forward_signals(&self) -> Result<(), QueueError> {
@@ -238,34 +270,6 @@ impl Worker {
             retry: self.options.retry,
         }
     }
-
-    /// Counts a finished task; a panicked handler's job is failed here (transient).
-    async fn settle(
-        &self,
-        done: Result<(tokio::task::Id, TaskEnd), tokio::task::JoinError>,
-        running: &mut HashMap<tokio::task::Id, Job>,
-        report: &mut WorkerReport,
-    ) -> Result<(), QueueError> {
-        let (id, end) = match done {
-            Ok(d) => d,
-            Err(e) => {
-                let Some(job) = running.get(&e.id()).cloned() else {
-                    return Ok(());
-                };
-                let panic = Failure::transient("handler_panicked", format!("the handler panicked: {e}"));
-                (e.id(), settle_failure(&self.context(), &job, panic).await)
-            }
-        };
-        running.remove(&id);
-        match end {
-            TaskEnd::Acked => report.acked += 1,
-            TaskEnd::Retried => report.retried += 1,
-            TaskEnd::Dead => report.dead += 1,
-            TaskEnd::LostLease => report.lost += 1,
-            TaskEnd::Failed(e) => return Err(e),
-        }
-        Ok(())
-    }
 }
 
 /// Fails `job` with `failure` as [`dispose`] decides, and calls the hook.
@@ -280,10 +284,13 @@ async fn settle_failure(cx: &TaskContext, job: &Job, failure: Failure) -> TaskEn
         message: failure.message.clone(),
         at_ms: now,
     };
-    match cx.queue.fail(&job.id, &cx.worker, &error, disposition).await {
+    match cx.queue.fail(&job.id, &cx.worker, job.lease, &error, disposition).await {
         Ok(()) => {
             if let Some(hook) = &cx.hook {
-                hook(job, &failure, disposition);
+                let call = std::panic::AssertUnwindSafe(|| hook(job, &failure, disposition));
+                if std::panic::catch_unwind(call).is_err() {
+                    tracing::error!(job = %job.id, "the failure hook panicked");
+                }
             }
             match disposition {
                 Disposition::Dead => TaskEnd::Dead,
@@ -295,28 +302,46 @@ async fn settle_failure(cx: &TaskContext, job: &Job, failure: Failure) -> TaskEn
     }
 }
 
-/// Runs the handler on `job`, extending its lease every third of it, then acks or fails
-/// the job; stops (dropping the handler's future) if the lease is lost.
-async fn run_one(cx: TaskContext, job: Job) -> TaskEnd {
-    let every = (cx.lease / 3).max(Duration::from_millis(10));
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let work = (cx.handler)(job.clone());
-    tokio::pin!(work);
-    let result = loop {
-        tokio::select! {
-            r = &mut work => break r,
-            _ = tick.tick() => match cx.queue.extend(&job.id, &cx.worker, job.attempts, cx.lease).await {
+/// Runs the handler on `job` while a second future extends its lease every third of it,
+/// then acks or fails the job. Stops the handler (dropping its future) if the lease is lost,
+/// or releases the job if `cancel` fires first. A panicking handler is a transient failure.
+async fn run_one(cx: TaskContext, job: Job, cancel: ShutdownHandle) -> TaskEnd {
+    use futures_util::FutureExt as _;
+    let work = std::panic::AssertUnwindSafe((cx.handler)(job.clone())).catch_unwind();
+    let extend = async {
+        let every = (cx.lease / 3).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            match cx.queue.extend(&job.id, &cx.worker, job.lease, cx.lease).await {
                 Ok(()) => {}
-                Err(QueueError::LostLease(_)) => {
-                    tracing::warn!(job = %job.id, "lease lost: another worker has the job; abandoning this attempt");
-                    return TaskEnd::LostLease;
-                }
+                Err(QueueError::LostLease(_)) => return,
                 Err(e) => tracing::warn!(job = %job.id, error = %e, "extending the lease failed; trying again"),
-            },
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = work => match r {
+            Ok(r) => r,
+            Err(_) => Err(Failure::transient("handler_panicked", "the handler panicked")),
+        },
+        () = extend => {
+            tracing::warn!(job = %job.id, "lease lost: another worker has the job; abandoning this attempt");
+            return TaskEnd::LostLease;
+        }
+        () = cancel.wait() => {
+            return match cx.queue.release(&job.id, &cx.worker, job.lease).await {
+                Ok(()) => TaskEnd::Released,
+                Err(QueueError::LostLease(_)) => TaskEnd::LostLease,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "releasing failed; the job runs again when its lease expires");
+                    TaskEnd::LostLease
+                }
+            };
         }
     };
     match result {
-        Ok(()) => match cx.queue.ack(&job.id, &cx.worker, job.attempts).await {
+        Ok(()) => match cx.queue.ack(&job.id, &cx.worker, job.lease).await {
             Ok(()) => TaskEnd::Acked,
             Err(QueueError::LostLease(_)) => TaskEnd::LostLease,
             Err(e) => TaskEnd::Failed(e),
