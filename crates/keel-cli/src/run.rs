@@ -94,9 +94,14 @@ pub fn validate(path: &Path) -> Result<u8> {
     match keel_declare::ingest::plan(&loaded) {
         Err(e) => return Ok(config_errors(&e)),
         Ok(Some(plan)) => {
+            let worker = if plan.settings.worker.is_empty() {
+                "assigned at the first run"
+            } else {
+                plan.settings.worker.as_str()
+            };
             println!(
-                "  ingest: one unit per file, ledger {} (worker {}, checksum {})",
-                plan.ledger, plan.settings.worker, plan.settings.checksum
+                "  ingest: one unit per file, ledger {} (worker {worker}, checksum {})",
+                plan.ledger, plan.settings.checksum
             );
             for (name, dir) in &plan.outputs {
                 println!("    output {name}: {}/<file>/", dir.display());
@@ -274,6 +279,9 @@ fn run_ingest(args: &RunArgs, loaded: &keel_declare::Loaded, plan: &keel_declare
         Err(code) => return Ok(code),
     };
     std::fs::create_dir_all(loaded.state_dir())?;
+    let mut plan = plan.clone();
+    ingest::assign_worker(&mut plan, &loaded.state_dir())?;
+    let plan = &plan;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(&rt, async {

@@ -744,9 +744,9 @@ pub struct IngestConfig {
     /// How long a claim holds without renewal (default `5m`).
     #[serde(default, deserialize_with = "opt_duration")]
     pub lease: Option<Duration>,
-    /// This worker's id (default: `KEEL_WORKER`, else the host name and a hash of the
-    /// checkpoint directory). Must stay the same across restarts of one worker and differ
-    /// between workers sharing a ledger.
+    /// This worker's id (default: `KEEL_WORKER`, else an id generated at the first run and
+    /// kept in the checkpoint directory). Must stay the same across restarts of one worker
+    /// and differ between workers sharing a ledger.
     #[serde(default)]
     pub worker: Option<String>,
     /// A file fails if fewer records reach the main sink.

@@ -8,7 +8,7 @@
 //! the output of an earlier version of the same file.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keel::ingest::{IngestError, IngestReport, IngestSettings, Ingestor, OutputStore, UnitJob, UnitRun, list_inputs};
@@ -26,7 +26,7 @@ use crate::source::AnySource;
 pub const VALIDATORS: [&str; 2] = ["non_empty", "json_lines"];
 
 /// An `[ingest]` table, checked and resolved.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct IngestPlan {
     /// Settings of the ingestor.
     pub settings: IngestSettings,
@@ -146,11 +146,7 @@ pub fn plan(loaded: &Loaded) -> Result<Option<IngestPlan>, ConfigErrors> {
             loaded.resolve(l.strip_prefix("sqlite:").unwrap_or(l)).display()
         ),
     };
-    // the worker id hashes the state directory: name it the same way whether or not it exists
-    let stable_state = std::fs::canonicalize(&loaded.dir)
-        .unwrap_or_else(|_| loaded.dir.clone())
-        .join(&cfg.checkpoint.path);
-    let worker = worker_id(ing.worker.as_deref(), &stable_state);
+    let worker = worker_id(ing.worker.as_deref(), &state);
     let mut settings = IngestSettings::new(cfg.name.clone(), worker, state.join("units"));
     settings.scope = ing.scope.clone();
     settings.checksum = checksum;
@@ -173,38 +169,43 @@ pub fn plan(loaded: &Loaded) -> Result<Option<IngestPlan>, ConfigErrors> {
     }))
 }
 
-/// The worker id: `configured`, else `KEEL_WORKER`, else `<host>-<hash of the checkpoint
-/// directory>` (stable across restarts, distinct for two workers with their own state).
-pub fn worker_id(configured: Option<&str>, state_dir: &std::path::Path) -> String {
-    if let Some(w) = configured
+/// The worker id: `configured`, else `KEEL_WORKER`, else the id stored in
+/// `<state_dir>/worker-id`, else empty (assigned by [`assign_worker`] at the first run).
+pub fn worker_id(configured: Option<&str>, state_dir: &Path) -> String {
+    configured
         .map(str::to_owned)
         .or_else(|| std::env::var("KEEL_WORKER").ok())
-        && !w.trim().is_empty()
-    {
-        return w;
+        .filter(|w| !w.trim().is_empty())
+        .or_else(|| {
+            std::fs::read_to_string(state_dir.join(WORKER_ID_FILE))
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_default()
+}
+
+/// Where a worker keeps its generated id.
+pub const WORKER_ID_FILE: &str = "worker-id";
+
+/// Gives `plan` a worker id if it has none: `<host>-<random>`, stored durably in the
+/// checkpoint directory so that a restarted worker is the same worker (it resumes its own
+/// files) and two checkpoint directories are two workers.
+pub fn assign_worker(plan: &mut IngestPlan, state_dir: &Path) -> std::io::Result<()> {
+    if !plan.settings.worker.is_empty() {
+        return Ok(());
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    let hash = crc32c::crc32c(state_dir.to_string_lossy().as_bytes());
-    format!("{host}-{hash:08x}")
-}
-
-/// The staging namespace of a worker: its id with anything but `[A-Za-z0-9._-]` replaced.
-fn namespace(worker: &str) -> String {
-    let s: String = worker
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-.".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    format!("w-{s}")
+        .unwrap_or_else(|| "worker".into());
+    let random = keel::txn::new_id();
+    let id = format!("{host}-{}", &random[random.len() - 8..]);
+    std::fs::create_dir_all(state_dir)?;
+    keel::durable::write_atomic(&*keel::durable::local(), &state_dir.join(WORKER_ID_FILE), id.as_bytes())?;
+    plan.settings.worker = id;
+    Ok(())
 }
 
 fn validator(name: &str) -> Option<Box<dyn Validator>> {
@@ -217,7 +218,7 @@ fn validator(name: &str) -> Option<Box<dyn Validator>> {
 
 /// The ingestor of `plan` on `ledger`.
 pub fn ingestor(plan: &IngestPlan, ledger: Arc<dyn Ledger>) -> Ingestor {
-    let ns = namespace(&plan.settings.worker);
+    let ns = keel::ingest::staging_namespace(&plan.settings.worker);
     let stores = plan
         .outputs
         .iter()

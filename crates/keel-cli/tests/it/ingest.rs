@@ -502,3 +502,59 @@ fn failed_files_are_rolled_back_reported_retried_and_cleared_on_request() {
     );
     assert_eq!(check(dir, &input, true), 4);
 }
+
+#[test]
+fn a_file_changed_while_its_worker_was_down_starts_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut input = generate(dir, 1, |_| 20_000);
+    std::fs::write(dir.join("pipeline.toml"), pipeline(None, "")).unwrap();
+    // crash in the middle of the file, after some of its checkpoints
+    let status = spawn_run(dir, Some("after_manifest:3")).wait().unwrap();
+    assert_eq!(status.signal(), Some(6));
+    assert_eq!(ledger_json(dir, &["list", "--status", "in_progress"]).len(), 1);
+    // the file is rewritten with other records before the worker comes back
+    let name = "batch-0000.jsonl";
+    let text: String = (0..500)
+        .map(|i| format!("{{\"id\":{},\"customer\":\"n\",\"amount\":{}}}\n", 900_000 + i, i))
+        .collect();
+    std::fs::write(dir.join("in").join(name), text).unwrap();
+    input
+        .files
+        .insert(name.into(), ((900_000..900_500).collect(), Default::default()));
+    let (code, report) = run_json(dir, "state", None);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["resumed"], 1, "{report}");
+    assert_eq!(
+        check(dir, &input, true),
+        1,
+        "only the new content, no record of the old"
+    );
+}
+
+#[test]
+fn two_runs_of_one_worker_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    generate(dir, 1, |_| 200_000);
+    std::fs::write(dir.join("pipeline.toml"), pipeline(None, "")).unwrap();
+    let mut first = spawn_run(dir, None);
+    // wait until the first run holds its lock and works on the file
+    let started = Instant::now();
+    while ledger_json(dir, &["list", "--status", "in_progress"]).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the first run never started"
+        );
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended too early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = keel(dir, "state", &["run", "pipeline.toml", "--quiet"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(3), "{err}");
+    assert!(err.contains("another run of worker"), "{err}");
+    first.kill().unwrap();
+    first.wait().unwrap();
+}

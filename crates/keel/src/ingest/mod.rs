@@ -37,6 +37,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -64,6 +65,14 @@ pub enum IngestError {
     /// An output store failed outside of a unit (recovery).
     #[error("{0}")]
     Txn(#[from] TxnError),
+    /// Another run of this worker is in progress.
+    #[error("another run of worker `{worker}` is in progress (it holds {}); give each worker its own id", lock.display())]
+    Busy {
+        /// The worker id.
+        worker: String,
+        /// Its lock file.
+        lock: PathBuf,
+    },
 }
 
 /// Settings of an ingestion.
@@ -172,6 +181,25 @@ pub struct UnitRun {
     pub stopped: bool,
 }
 
+/// The staging namespace of a worker (in output stores and under the state directory):
+/// its id with anything but `[A-Za-z0-9.-]` replaced, and a hash of the exact id, so that
+/// two ids never share one.
+pub fn staging_namespace(worker: &str) -> String {
+    let clean: String = worker
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let hash = blake3::hash(worker.as_bytes()).to_hex();
+    format!("w-{clean}-{}", &hash[..8])
+}
+
 /// Lists the input files of a directory (regular, not hidden, matching `keep`), by name.
 pub fn list_inputs(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<InputFile>, IngestError> {
     let io = |source| IngestError::Io {
@@ -203,6 +231,16 @@ pub struct Ingestor {
     stores: Vec<OutputStore>,
     settings: IngestSettings,
     shutdown: ShutdownHandle,
+    /// This worker's unit checkpoints: `<state_dir>/<namespace>/<txid>/`.
+    unit_states: PathBuf,
+}
+
+/// How a unit's run and commits ended.
+enum Body {
+    Committed(UnitRun),
+    Failed(String),
+    Stopped,
+    Lost,
 }
 
 /// How a unit's processing ended.
@@ -229,11 +267,13 @@ pub(crate) enum Done {
 impl Ingestor {
     /// An ingestor writing each unit's output to `stores` (at least one).
     pub fn new(ledger: Arc<dyn Ledger>, stores: Vec<OutputStore>, settings: IngestSettings) -> Self {
+        let unit_states = settings.state_dir.join(staging_namespace(&settings.worker));
         Ingestor {
             ledger,
             stores,
             settings,
             shutdown: ShutdownHandle::default(),
+            unit_states,
         }
     }
 
@@ -261,6 +301,7 @@ impl Ingestor {
     {
         use futures_util::StreamExt as _;
         let started = std::time::Instant::now();
+        let _lock = self.lock()?;
         let mut report = IngestReport {
             inputs: inputs.len(),
             ..IngestReport::default()
@@ -276,7 +317,7 @@ impl Ingestor {
             .into_iter()
             .map(|u| (u.unit.key.clone(), u))
             .collect();
-        self.recover_staging(&known)?;
+        self.recover_staging(&known, &inputs).await?;
         let mut inputs = inputs.into_iter();
         let mut running = futures_util::stream::FuturesUnordered::new();
         let limit = self.settings.concurrency.max(1);
@@ -292,7 +333,8 @@ impl Ingestor {
                 if unchanged {
                     report.skipped += 1;
                 } else {
-                    running.push(self.one(input, &runner));
+                    let before = known.get(&input.key).map(|u| &u.fingerprint);
+                    running.push(self.one(input, before, &runner));
                 }
             }
             match running.next().await {
@@ -307,14 +349,14 @@ impl Ingestor {
     }
 
     /// Hashes, claims and (if the claim says so) processes one unit.
-    async fn one<F, Fut>(&self, input: InputFile, runner: &F) -> Result<Done, IngestError>
+    async fn one<F, Fut>(&self, input: InputFile, before: Option<&Fingerprint>, runner: &F) -> Result<Done, IngestError>
     where
         F: Fn(UnitJob) -> Fut,
         Fut: Future<Output = Result<UnitRun, String>>,
     {
         let algorithm = self.settings.checksum;
         let path = input.path.clone();
-        let fp = match tokio::task::spawn_blocking(move || Fingerprint::of_file(&path, algorithm)).await {
+        let fp_now = match tokio::task::spawn_blocking(move || Fingerprint::of_file(&path, algorithm)).await {
             Ok(Ok(fp)) => fp,
             Ok(Err(e)) => {
                 // vanished or unreadable since the listing: nothing to ingest now
@@ -334,7 +376,7 @@ impl Ingestor {
             .claim(
                 &[ClaimRequest {
                     unit: unit.clone(),
-                    fingerprint: fp,
+                    fingerprint: fp_now.clone(),
                 }],
                 &self.settings.worker,
                 self.settings.lease,
@@ -349,7 +391,10 @@ impl Ingestor {
             }
             Some(Claim::Process { attempt, why }) => {
                 tracing::info!(unit = %input.key, attempt, why = ?why, "processing");
-                let outcome = self.process(&unit, &input, why, runner).await?;
+                // resume only an attempt on the same content: a file changed while its worker
+                // was down starts over (its partial output is rolled back)
+                let resumable = why == Why::ResumeOwn && before.is_some_and(|b| b.same_content(&fp_now));
+                let outcome = self.process(&unit, &input, resumable, runner).await?;
                 Done::Processed {
                     key: input.key,
                     attempt,
@@ -361,14 +406,28 @@ impl Ingestor {
     }
 
     /// Removes what this worker's crashed attempts left: staged transactions of units that
-    /// are no longer in progress for this worker, displaced versions, and checkpoints of
-    /// runs whose transaction is gone.
-    fn recover_staging(&self, known: &HashMap<String, crate::ledger::Unit>) -> Result<(), IngestError> {
-        let mine = |dataset: &str| {
-            known.get(dataset).is_some_and(|u| {
-                u.status == Status::InProgress && u.owner.as_deref() == Some(self.settings.worker.as_str())
-            })
-        };
+    /// are no longer in progress for this worker (or whose input file is gone: those are
+    /// marked failed), displaced versions, and checkpoints of runs whose transaction is gone.
+    async fn recover_staging(
+        &self,
+        known: &HashMap<String, crate::ledger::Unit>,
+        inputs: &[InputFile],
+    ) -> Result<(), IngestError> {
+        let worker = self.settings.worker.as_str();
+        let present: std::collections::HashSet<&str> = inputs.iter().map(|i| i.key.as_str()).collect();
+        let held = |u: &crate::ledger::Unit| u.status == Status::InProgress && u.owner.as_deref() == Some(worker);
+        for u in known
+            .values()
+            .filter(|u| held(u) && !present.contains(u.unit.key.as_str()))
+        {
+            tracing::warn!(unit = %u.unit.key, "the input file of a unit in progress is gone: marked failed");
+            let meta = serde_json::json!({ "reason": "input file gone" });
+            match self.ledger.fail(&u.unit, worker, "the input file is gone", meta).await {
+                Ok(()) | Err(LedgerError::LostLease(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mine = |dataset: &str| present.contains(dataset) && known.get(dataset).is_some_and(held);
         let mut staged = std::collections::HashSet::new();
         for s in &self.stores {
             s.store.recover_staging(Duration::MAX)?;
@@ -380,9 +439,10 @@ impl Ingestor {
                 }
             }
         }
-        if let Ok(entries) = std::fs::read_dir(&self.settings.state_dir) {
+        if let Ok(entries) = std::fs::read_dir(&self.unit_states) {
             for e in entries.flatten() {
-                if !staged.contains(e.file_name().to_string_lossy().as_ref()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if crate::txn::is_id(&name) && !staged.contains(&name) {
                     remove_state(&e.path());
                 }
             }
@@ -390,12 +450,33 @@ impl Ingestor {
         Ok(())
     }
 
+    /// Holds this worker's run lock (`<state>/<namespace>/.lock`) until dropped: two runs of
+    /// one worker id would resume each other's units.
+    fn lock(&self) -> Result<std::fs::File, IngestError> {
+        let io = |context: String| move |source| IngestError::Io { context, source };
+        std::fs::create_dir_all(&self.unit_states).map_err(io(format!("creating {}", self.unit_states.display())))?;
+        let path = self.unit_states.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(format!("opening {}", path.display())))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+            IngestError::Busy {
+                worker: self.settings.worker.clone(),
+                lock: path.clone(),
+            }
+        })?;
+        Ok(file)
+    }
+
     /// Stages, runs, checks and commits one claimed unit.
     async fn process<F, Fut>(
         &self,
         unit: &UnitRef,
         input: &InputFile,
-        why: Why,
+        resumable: bool,
         runner: &F,
     ) -> Result<Outcome, IngestError>
     where
@@ -403,12 +484,12 @@ impl Ingestor {
         Fut: Future<Output = Result<UnitRun, String>>,
     {
         let stores: Vec<FsTxnStore> = self.stores.iter().map(|s| s.store.clone()).collect();
-        let (states, key) = (self.settings.state_dir.clone(), input.key.clone());
-        let (txn, resume) = match off_thread(move || stage(&stores, &states, &key, why)).await {
+        let (states, key) = (self.unit_states.clone(), input.key.clone());
+        let (txn, resume) = match off_thread(move || stage(&stores, &states, &key, resumable)).await {
             Ok(t) => t,
             Err(e) => return self.fail(unit, input, None, format!("staging: {e}")).await,
         };
-        let state_dir = self.settings.state_dir.join(&txn.id);
+        let state_dir = self.unit_states.join(&txn.id);
         let job = UnitJob {
             unit: unit.clone(),
             path: input.path.clone(),
@@ -419,30 +500,44 @@ impl Ingestor {
             shutdown: ShutdownHandle::default(),
         };
         let stop = job.shutdown.clone();
-        let run = runner(job);
-        let (result, lost) = self.with_lease(unit, &stop, run).await?;
-        if lost {
-            // another worker may hold it now: leave its output and ledger row alone
-            self.rollback(&txn, &state_dir).await;
-            tracing::warn!(unit = %unit.key, "lost the lease: the unit was left to the worker that took it over");
-            return Ok(Outcome::LostLease);
-        }
-        let run = match result {
-            Err(reason) => return self.fail(unit, input, Some((&txn, &state_dir)), reason).await,
-            Ok(run) if run.stopped => return Ok(Outcome::Stopped),
-            Ok(run) => run,
-        };
-        if let Err(reason) = self.check(&txn, &run).await {
-            return self.fail(unit, input, Some((&txn, &state_dir)), reason).await;
-        }
-        for s in &self.stores {
-            let (store, t) = (s.store.clone(), txn.clone());
-            if let Err(e) = off_thread(move || store.commit_txn(&t)).await {
-                // stores committed before this one keep the new version; a retry replaces it
-                let reason = format!("committing output `{}`: {e}", s.name);
-                return self.fail(unit, input, Some((&txn, &state_dir)), reason).await;
+        let lost = AtomicBool::new(false);
+        // the lease is renewed (and checked before each commit) until every store committed
+        let body = async {
+            let run = match runner(job).await {
+                Err(reason) => return Body::Failed(reason),
+                Ok(run) if run.stopped && !lost.load(Ordering::SeqCst) => return Body::Stopped,
+                Ok(run) => run,
+            };
+            if lost.load(Ordering::SeqCst) {
+                return Body::Lost;
             }
-        }
+            if let Err(reason) = self.check(&txn, &run).await {
+                return Body::Failed(reason);
+            }
+            for s in &self.stores {
+                if lost.load(Ordering::SeqCst) {
+                    // stores committed before keep this version; the new holder replaces it
+                    return Body::Lost;
+                }
+                let (store, t) = (s.store.clone(), txn.clone());
+                if let Err(e) = off_thread(move || store.commit_txn(&t)).await {
+                    // stores committed before this one keep the new version; a retry replaces it
+                    return Body::Failed(format!("committing output `{}`: {e}", s.name));
+                }
+            }
+            Body::Committed(run)
+        };
+        let run = match self.with_lease(unit, &stop, &lost, body).await? {
+            Body::Committed(run) => run,
+            Body::Failed(reason) => return self.fail(unit, input, Some((&txn, &state_dir)), reason).await,
+            Body::Stopped => return Ok(Outcome::Stopped),
+            Body::Lost => {
+                // another worker may hold it now: leave its output and ledger row alone
+                self.rollback(&txn, &state_dir).await;
+                tracing::warn!(unit = %unit.key, "lost the lease: the unit was left to the worker that took it over");
+                return Ok(Outcome::LostLease);
+            }
+        };
         let metadata = serde_json::json!({
             "path": input.path.display().to_string(),
             "txid": txn.id,
@@ -451,7 +546,7 @@ impl Ingestor {
             "records_out": run.records_out,
             "dead_letters": run.dead_letters,
         });
-        let lost = self
+        let gone = self
             .ledger
             .complete(&[(unit.clone(), metadata)], &self.settings.worker)
             .await?;
@@ -460,37 +555,47 @@ impl Ingestor {
             Ok(())
         })
         .await;
-        if !lost.is_empty() {
-            tracing::warn!(unit = %unit.key, "committed, but the lease had been taken over: the other worker's commit replaces this output");
+        if !gone.is_empty() {
+            tracing::warn!(unit = %unit.key, "committed, but the lease had been taken over meanwhile: the other worker's commit replaces this output");
             return Ok(Outcome::LostLease);
         }
         Ok(Outcome::Done(run))
     }
 
-    /// Runs `run` while renewing the lease; stops it if the lease is lost or the batch is
-    /// asked to stop. Returns the run's result and whether the lease was lost.
-    async fn with_lease<Fut>(
+    /// Runs `body` while renewing the lease every third of it. When the lease is lost (taken
+    /// over, or not renewed for a whole lease because the ledger kept failing), sets `lost`
+    /// and stops the unit's run; a batch shutdown stops it too.
+    async fn with_lease<Fut: Future>(
         &self,
         unit: &UnitRef,
         stop: &ShutdownHandle,
-        run: Fut,
-    ) -> Result<(Result<UnitRun, String>, bool), IngestError>
-    where
-        Fut: Future<Output = Result<UnitRun, String>>,
-    {
-        let every = (self.settings.lease / 3).max(Duration::from_millis(10));
+        lost: &AtomicBool,
+        body: Fut,
+    ) -> Result<Fut::Output, IngestError> {
+        let lease = self.settings.lease;
+        let every = (lease / 3).max(Duration::from_millis(10));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let mut lost = false;
+        let mut renewed = tokio::time::Instant::now();
         let mut forwarded = false;
-        tokio::pin!(run);
+        tokio::pin!(body);
         loop {
             tokio::select! {
-                r = &mut run => return Ok((r, lost)),
-                _ = tick.tick(), if !lost => {
-                    let gone = self.ledger.renew(std::slice::from_ref(unit), &self.settings.worker, self.settings.lease).await?;
-                    if !gone.is_empty() {
-                        lost = true;
-                        stop.trigger();
+                r = &mut body => return Ok(r),
+                _ = tick.tick(), if !lost.load(Ordering::SeqCst) => {
+                    match self.ledger.renew(std::slice::from_ref(unit), &self.settings.worker, lease).await {
+                        Ok(gone) if gone.is_empty() => renewed = tokio::time::Instant::now(),
+                        Ok(_) => {
+                            lost.store(true, Ordering::SeqCst);
+                            stop.trigger();
+                        }
+                        Err(e) if renewed.elapsed() + every < lease => {
+                            tracing::warn!(unit = %unit.key, error = %e, "renewing the lease failed; trying again");
+                        }
+                        Err(e) => {
+                            tracing::error!(unit = %unit.key, error = %e, "the lease could not be renewed before it ran out");
+                            lost.store(true, Ordering::SeqCst);
+                            stop.trigger();
+                        }
                     }
                 }
                 _ = self.shutdown.wait(), if !forwarded => {
@@ -534,18 +639,19 @@ impl Ingestor {
     /// Rolls `txn` back in every store and removes its run's checkpoints (failures are
     /// logged: the next run's recovery cleans up).
     async fn rollback(&self, txn: &Txn, state_dir: &Path) {
-        for s in &self.stores {
-            let (store, t) = (s.store.clone(), txn.clone());
-            if let Err(e) = off_thread(move || store.rollback_txn(&t)).await {
-                tracing::warn!(output = %s.name, txn = %txn.id, error = %e, "rollback failed; the next run cleans up");
-            }
-        }
+        // the checkpoint first: a crash in between must not leave a resumable pair
         let dir = state_dir.to_path_buf();
         let _ = off_thread(move || {
             remove_state(&dir);
             Ok(())
         })
         .await;
+        for s in &self.stores {
+            let (store, t) = (s.store.clone(), txn.clone());
+            if let Err(e) = off_thread(move || store.rollback_txn(&t)).await {
+                tracing::warn!(output = %s.name, txn = %txn.id, error = %e, "rollback failed; the next run cleans up");
+            }
+        }
     }
 
     /// Rolls back and records the failure.
@@ -571,12 +677,12 @@ impl Ingestor {
 
 /// The unit's transaction: the staged one of a crashed attempt of this worker when it
 /// can resume (staged in every store, with a checkpoint), else a fresh one.
-fn stage(stores: &[FsTxnStore], state_dir: &Path, key: &str, why: Why) -> Result<(Txn, bool), TxnError> {
+fn stage(stores: &[FsTxnStore], state_dir: &Path, key: &str, resumable: bool) -> Result<(Txn, bool), TxnError> {
     let mut staged: Vec<Vec<Txn>> = Vec::with_capacity(stores.len());
     for s in stores {
         staged.push(s.staged_txns()?.into_iter().filter(|t| t.dataset == key).collect());
     }
-    if why == Why::ResumeOwn
+    if resumable
         && let Some(candidate) = staged.first().and_then(|t| t.last())
         && staged.iter().all(|ts| ts.iter().any(|t| t.id == candidate.id))
         && has_checkpoint(&state_dir.join(&candidate.id))
@@ -591,8 +697,9 @@ fn stage(stores: &[FsTxnStore], state_dir: &Path, key: &str, why: Why) -> Result
     }
     for (s, ts) in stores.iter().zip(&staged) {
         for t in ts {
-            s.rollback_txn(t)?;
+            // the checkpoint first: a crash in between must not leave a resumable pair
             remove_state(&state_dir.join(&t.id));
+            s.rollback_txn(t)?;
         }
     }
     let txn = Txn::new(key)?;

@@ -306,9 +306,13 @@ impl FsTxnStore {
         }
         let dir = self.stage_dir(txn);
         if dir.exists() {
-            self.ops().remove_dir_all(&dir).map_err(self.io("removing", &dir))?;
+            // renamed away first, so that a crash in the middle of the removal never leaves a
+            // half-deleted directory that still looks like the transaction
+            let trash = self.staging_root().join(format!(".trash-{}", txn.id));
+            self.ops().rename(&dir, &trash).map_err(self.io("removing", &dir))?;
             let staging = self.staging_root();
             self.ops().sync_dir(&staging).map_err(self.io("fsync of", &staging))?;
+            self.ops().remove_dir_all(&trash).map_err(self.io("removing", &trash))?;
         }
         Ok(())
     }
@@ -345,6 +349,15 @@ impl FsTxnStore {
     pub fn recover_staging(&self, abandoned_after: Duration) -> Result<TxnRecovery, TxnError> {
         let mut report = TxnRecovery::default();
         let cutoff = now_ms().saturating_sub(crate::ledger::ms(abandoned_after));
+        // rollbacks that a crash interrupted
+        if let Ok(entries) = fs::read_dir(self.staging_root()) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".trash-") {
+                    let p = e.path();
+                    self.ops().remove_dir_all(&p).map_err(self.io("removing", &p))?;
+                }
+            }
+        }
         for txn in self.staged_txns()? {
             let dir = self.stage_dir(&txn);
             let displaced = read_marker(&dir)
