@@ -410,6 +410,13 @@ fn a_changed_file_is_reported_by_verify_and_reprocessed_alone() {
         );
     }
 
+    // the per-file dead letters are listed by `keel dlq`
+    let out = keel(dir, "state", &["dlq", "list", "pipeline.toml", "--json"])
+        .output()
+        .unwrap();
+    let bad: usize = input.files.values().map(|(_, b)| b.len()).sum();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), bad);
+
     // a deleted input shows up as missing
     std::fs::remove_file(dir.join("in/batch-0004.jsonl")).unwrap();
     let out = keel(dir, "state", &["ledger", "verify", "-f", "pipeline.toml"])

@@ -100,7 +100,9 @@ impl DeadLetterDir {
         &self.path
     }
 
-    /// Committed segment files, in order.
+    /// Committed segment files, in order: `dead*.jsonl` in the directory, and in the
+    /// published per-file directories of batch ingestion (`<input file>/dead*.jsonl`, those
+    /// holding a `_keel.json`).
     pub fn segments(&self) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         let entries = match fs::read_dir(&self.path) {
@@ -108,10 +110,19 @@ impl DeadLetterDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
             Err(e) => return Err(e),
         };
+        let is_segment = |name: &str| name.starts_with("dead") && name.ends_with(".jsonl");
         for e in entries {
-            let name = e?.file_name().to_string_lossy().into_owned();
-            if name.starts_with("dead") && name.ends_with(".jsonl") {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_segment(&name) {
                 names.push(name);
+            } else if !name.starts_with(['.', '_']) && e.path().join("_keel.json").is_file() {
+                for inner in fs::read_dir(e.path())? {
+                    let inner = inner?.file_name().to_string_lossy().into_owned();
+                    if is_segment(&inner) {
+                        names.push(format!("{name}/{inner}"));
+                    }
+                }
             }
         }
         names.sort();
