@@ -313,9 +313,7 @@ async fn work(
     worker: Option<String>,
     drain: bool,
 ) -> Result<u8> {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
+    let host = keel::util::hostname();
     let mut opts = WorkerOptions::new(worker.unwrap_or_else(|| format!("{host}-{}", std::process::id())));
     opts.concurrency = concurrency.max(1);
     opts.lease = duration(lease, "--lease")?;

@@ -195,11 +195,7 @@ pub fn assign_worker(plan: &mut IngestPlan, state_dir: &Path) -> std::io::Result
     if !plan.settings.worker.is_empty() {
         return Ok(());
     }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".into());
+    let host = keel::util::hostname();
     let random = keel::txn::new_id();
     let id = format!("{host}-{}", &random[random.len() - 8..]);
     std::fs::create_dir_all(state_dir)?;

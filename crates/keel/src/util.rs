@@ -10,6 +10,15 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// This machine's host name (`localhost` when it cannot be read), for worker ids.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// `ms` since the Unix epoch as an RFC 3339 UTC time (`2026-11-24T01:08:49.229Z`).
 pub fn format_rfc3339_ms(ms: u64) -> String {
     let secs = ms / 1000;
