@@ -133,6 +133,16 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                             println!("{id:>8}  CORRUPT: {reason}");
                         }
                     }
+                    ManifestRead::Unsupported { id, version } => {
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"id": id, "valid": false, "format_version": version})
+                            );
+                        } else {
+                            println!("{id:>8}  NEWER FORMAT: version {version}, written by a newer keel");
+                        }
+                    }
                 }
             }
             Ok(EXIT_OK)
@@ -154,6 +164,10 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                     eprintln!("checkpoint {id} is corrupt: {reason}");
                     Ok(EXIT_DEAD_LETTERS)
                 }
+                Some(ManifestRead::Unsupported { id, version }) => {
+                    eprintln!("checkpoint {id} has format version {version}, written by a newer keel");
+                    Ok(EXIT_DEAD_LETTERS)
+                }
                 None => {
                     eprintln!("no such checkpoint in {}", store.root().display());
                     Ok(EXIT_USAGE)
@@ -165,6 +179,7 @@ pub fn run(cmd: Cmd) -> Result<u8> {
             let reads = store.read_all()?;
             let mut problems = 0;
             let mut newest_ok = None;
+            let mut newer = false;
             for r in &reads {
                 match r {
                     ManifestRead::Valid(m) => {
@@ -188,9 +203,17 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                         problems += 1;
                         println!("checkpoint {id}: CORRUPT: {reason}");
                     }
+                    ManifestRead::Unsupported { id, version } => {
+                        problems += 1;
+                        newer = true;
+                        println!(
+                            "checkpoint {id}: NEWER FORMAT version {version}: a restart with this build is refused"
+                        );
+                    }
                 }
             }
             match newest_ok {
+                _ if newer => println!("a restart with this build would be refused: run a newer keel"),
                 Some(id) => println!("a restart would resume from checkpoint {id}"),
                 None => println!("no usable checkpoint: a restart would start from the beginning"),
             }

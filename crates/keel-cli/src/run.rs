@@ -14,9 +14,13 @@ use crate::{EXIT_DEAD_LETTERS, EXIT_FAILED, EXIT_OK, EXIT_UNITS_FAILED, EXIT_USA
 pub struct RunArgs {
     /// The pipeline file.
     pipeline: PathBuf,
-    /// Delete existing checkpoints and start from the beginning of the input.
+    /// Delete existing checkpoints and start from the beginning of the input; the committed
+    /// output of the pipeline is deleted too, which needs `--confirm`.
     #[arg(long)]
     from_scratch: bool,
+    /// Confirm that `--from-scratch` may delete existing checkpoints and output.
+    #[arg(long, requires = "from_scratch")]
+    confirm: bool,
     /// Override the checkpoint interval (`500ms`, `1s`, `off`).
     #[arg(long)]
     checkpoint_interval: Option<String>,
@@ -132,6 +136,21 @@ pub fn run(args: RunArgs) -> Result<u8> {
         Ok(i) => i,
         Err(code) => return Ok(code),
     };
+    if args.from_scratch {
+        let targets = loaded
+            .from_scratch_targets()
+            .map_err(|e| anyhow::anyhow!("looking for existing checkpoints and output: {e}"))?;
+        if !targets.is_empty() && !args.confirm {
+            eprintln!(
+                "keel: --from-scratch would delete {}; add --confirm to do it",
+                targets.join(", ")
+            );
+            return Ok(EXIT_USAGE);
+        }
+        if !targets.is_empty() {
+            eprintln!("keel: starting from scratch: deleting {}", targets.join(", "));
+        }
+    }
     let pipeline = match keel_declare::build(&loaded, |o| {
         o.from_scratch = args.from_scratch;
         o.handle_signals = true;

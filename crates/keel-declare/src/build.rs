@@ -57,6 +57,46 @@ impl Loaded {
         self.resolve(&self.config.checkpoint.path)
     }
 
+    /// What a run from scratch would delete, in words (`3 checkpoints`, `12 files in
+    /// out/records`), empty when there is nothing: the checkpoints, and the visible files of
+    /// every file sink and dead-letter directory. Read errors are returned, never guessed.
+    pub fn from_scratch_targets(&self) -> std::io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        let manifests = keel::CheckpointStore::list(&FileCheckpointStore::new(self.state_dir()))?.len();
+        if manifests > 0 {
+            out.push(format!("{manifests} checkpoints in {}", self.state_dir().display()));
+        }
+        let mut dirs: Vec<PathBuf> = self
+            .config
+            .sinks
+            .iter()
+            .filter_map(|s| match s {
+                SinkConfig::Files(f) => Some(self.resolve(&f.path)),
+                SinkConfig::Stdout(_) => None,
+            })
+            .collect();
+        if let Some(d) = &self.config.dead_letter {
+            dirs.push(self.resolve(&d.path));
+            dirs.extend(d.fallback.as_deref().map(|f| self.resolve(f)));
+        }
+        for dir in dirs {
+            let visible = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries
+                    .map(|e| e.map(|e| !e.file_name().to_string_lossy().starts_with(['.', '_'])))
+                    .collect::<std::io::Result<Vec<bool>>>()?
+                    .into_iter()
+                    .filter(|v| *v)
+                    .count(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(e),
+            };
+            if visible > 0 {
+                out.push(format!("{visible} files in {}", dir.display()));
+            }
+        }
+        Ok(out)
+    }
+
     /// A fingerprint of the definition (CRC-32C of the interpolated text).
     pub fn fingerprint(&self) -> String {
         format!("{:08x}", crc32c::crc32c(self.text.as_bytes()))
@@ -146,6 +186,9 @@ pub struct Variant {
 
 type Outputs = std::collections::HashMap<String, PathBuf>;
 
+/// The smallest `max_file_bytes` a declared file sink accepts.
+const MIN_FILE_BYTES: u64 = 64 << 10;
+
 /// Builds a [`Variant`] of the pipeline of `loaded`.
 pub fn build_variant(
     loaded: &Loaded,
@@ -179,7 +222,21 @@ pub fn build_variant(
                 (FileFormat::JsonLines, Some(_)) => errors.add(&at.k("columns"), "`columns` is for CSV sinks"),
                 _ => {}
             }
+            if f.max_file_bytes.is_some_and(|m| m < MIN_FILE_BYTES) {
+                errors.add(
+                    &at.k("max_file_bytes"),
+                    format!("must be at least {MIN_FILE_BYTES} (64 KiB): each file of an epoch costs a rename and an fsync at its commit"),
+                );
+            }
         }
+    }
+    if let Some(m) = cfg.dead_letter.as_ref().and_then(|d| d.max_segment_bytes)
+        && m < MIN_FILE_BYTES
+    {
+        errors.add(
+            &KeyPath::key("dead_letter").k("max_segment_bytes"),
+            format!("must be at least {MIN_FILE_BYTES} (64 KiB)"),
+        );
     }
     let main_sink = cfg.sinks.first().map(|s| s.name().to_owned()).unwrap_or_default();
 

@@ -32,6 +32,16 @@ pub trait FileOps: Send + Sync + std::fmt::Debug + 'static {
     fn exchange(&self, a: &Path, b: &Path) -> io::Result<()>;
     /// Removes a directory and everything in it; a missing directory is not an error.
     fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Reads a whole file. An error means the bytes are unknown (not that they are bad):
+    /// callers must never treat it as corruption.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fs::read(path)
+    }
+    /// Writes `bytes` at `offset` of an open file (all of them, or an error: a short write
+    /// may have left part of them on disk).
+    fn write_at(&self, file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+    }
 }
 
 /// The real local file system.

@@ -63,6 +63,8 @@ pub mod reason {
     pub const STEP_ERROR: &str = "step_error";
     /// A sink refused the record.
     pub const SINK_REJECTED: &str = "sink_rejected";
+    /// A sink's staged data is in an unknown state after a failed write (fatal).
+    pub const SINK_BROKEN: &str = "sink_broken";
     /// Retries did not succeed within the policy's limits.
     pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
     /// The record's event time is behind the watermark.

@@ -66,6 +66,10 @@ pub enum SinkError {
     /// The sink refused records.
     #[error("{0}")]
     Rejected(Failure),
+    /// The sink can no longer write this epoch (its staged data is in an unknown state): the
+    /// run must stop and recover from its last checkpoint.
+    #[error("{0}")]
+    Fatal(String),
     /// Another error.
     #[error("{0}")]
     Other(String),

@@ -54,14 +54,58 @@ fn run_then_rerun_then_from_scratch() {
     assert!(text(&o).contains("nothing to do"), "{}", text(&o));
     assert_eq!(refjob::visible_lines(&dir.join("out/records")).len(), records);
 
+    // --from-scratch over existing output needs --confirm, and says what it would delete
+    let o = keel(&["run", p.to_str().unwrap(), "--quiet", "--from-scratch"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--from-scratch would delete") && text(&o).contains("out/records"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(refjob::visible_lines(&dir.join("out/records")).len(), records);
+
     let o = keel(
-        &["run", p.to_str().unwrap(), "--quiet", "--from-scratch", "--json"],
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "--quiet",
+            "--from-scratch",
+            "--confirm",
+            "--json",
+        ],
         &[],
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["records_in"], 2000);
     assert_eq!(summary["outcome"], "finished");
+    assert_eq!(refjob::visible_lines(&dir.join("out/records")).len(), records);
+    assert_eq!(refjob::visible_lines(&dir.join("out/dead")).len(), dead);
+
+    // the checkpoint directory lost: the output is refused, not deleted (exit 3)
+    std::fs::remove_dir_all(dir.join("state")).unwrap();
+    let o = keel(&["run", p.to_str().unwrap(), "--quiet"], &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("has no checkpoint"), "{}", text(&o));
+    assert_eq!(refjob::visible_lines(&dir.join("out/records")).len(), records);
+
+    // another pipeline pointed at this output is refused whatever it is asked
+    let other = std::fs::read_to_string(&p)
+        .unwrap()
+        .replacen("name = \"orders\"", "name = \"other\"", 1);
+    let q = dir.join("other.toml");
+    std::fs::write(&q, other.replace("path = \"state\"", "path = \"state-other\"")).unwrap();
+    let o = keel(
+        &["run", q.to_str().unwrap(), "--quiet", "--from-scratch", "--confirm"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("holds the output of pipeline `orders`, not `other`"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(refjob::visible_lines(&dir.join("out/records")).len(), records);
 }
 
 #[test]

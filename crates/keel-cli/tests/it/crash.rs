@@ -36,7 +36,7 @@ fn newest_checkpoint(state: &Path) -> Option<u64> {
         .into_iter()
         .filter_map(|r| match r {
             ManifestRead::Valid(m) => Some(m.id),
-            ManifestRead::Corrupt { .. } => None,
+            ManifestRead::Corrupt { .. } | ManifestRead::Unsupported { .. } => None,
         })
         .max()
 }

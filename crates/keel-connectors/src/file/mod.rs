@@ -7,7 +7,7 @@ mod sink;
 mod source;
 
 pub use config::{FileFormat, FileSinkConfig, FileSourceConfig, glob_match};
-pub use sink::{FilePreCommit, FileSink};
+pub use sink::{FilePreCommit, FileSink, OWNER_FILE};
 pub use source::{FileReader, FileSource};
 
 #[cfg(test)]

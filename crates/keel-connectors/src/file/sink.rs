@@ -3,9 +3,20 @@
 //! # Layout
 //!
 //! ```text
-//! DIR/part-<epoch, 12 digits>-<seq, 3 digits>.<ext>            committed: visible to readers
-//! DIR/.part-<epoch, 12 digits>-<seq, 3 digits>.<ext>.pending   staged: hidden until commit
+//! DIR/part-<epoch, 12 digits>-<seq, 3+ digits>.<ext>            committed: visible to readers
+//! DIR/.part-<epoch, 12 digits>-<seq, 3+ digits>.<ext>.pending   staged: hidden until commit
 //! ```
+//!
+//! The sequence number of a file within its epoch has at least three digits (`-000` to
+//! `-999`, then `-1000` and on); every width is recognised on recovery.
+//!
+//! # Write failures
+//!
+//! Each batch is written at the staged file's known good size (`pwrite`). When a write fails
+//! part-way (EIO, ENOSPC), the file is cut back to that size before the error is returned, so a
+//! retry writes the batch once and the size in the pre-commit is the size on disk. If the cut
+//! itself fails, the sink refuses every later write of the epoch (a fatal error): the run
+//! stops, and recovery discards the epoch's staged files and replays its records.
 //!
 //! Records of epoch `k` go to staged files only. `prepare(k)` fsyncs them and the directory;
 //! `commit(k)` renames each to its visible name and fsyncs the directory. Readers that skip
@@ -19,8 +30,17 @@
 //! - After manifest `k`, before or during the renames: some files of `k` are staged, some
 //!   visible; recovery restores `k` and renames the rest (commit is idempotent).
 //! - Visible files of an epoch newer than the restored checkpoint can only exist if a newer
-//!   manifest was lost after its commit; recovery removes them, because their records are
-//!   replayed (the runtime warns).
+//!   manifest was found corrupt after its commit; recovery removes them, because their
+//!   records are replayed (the runtime warns).
+//!
+//! # Ownership
+//!
+//! `DIR/.keel-owner.json` (written durably at the first start) names the pipeline whose
+//! checkpoints account for the committed files. Recovery deletes committed files only when
+//! that pipeline's checkpoint says so; it refuses a directory owned by another pipeline, and
+//! committed files with no checkpoint at all (a lost checkpoint directory, or a new pipeline
+//! pointed at old output) unless the operator confirmed a start from scratch
+//! ([`FileSink::check_owner`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -43,6 +63,8 @@ pub struct FileSink {
     open: Option<OpenFile>,
     closed: Vec<StagedFile>,
     seq: u32,
+    /// Set when a failed write could not be cut back: the epoch's staged data is unknown.
+    poisoned: Option<String>,
 }
 
 #[derive(Debug)]
@@ -80,6 +102,7 @@ impl FileSink {
             open: None,
             closed: Vec::new(),
             seq: 0,
+            poisoned: None,
         }
     }
 
@@ -170,10 +193,87 @@ impl FileSink {
         let rest = name.strip_prefix(&self.config.prefix)?.strip_prefix('-')?;
         let rest = rest.strip_suffix(self.config.format.extension())?.strip_suffix('.')?;
         let (epoch, seq) = rest.split_once('-')?;
-        if epoch.len() != 12 || seq.len() != 3 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        if epoch.len() != 12 || seq.len() < 3 || !seq.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         epoch.parse().ok()
+    }
+}
+
+/// The file that names the pipeline owning a sink directory (hidden from readers).
+pub const OWNER_FILE: &str = ".keel-owner.json";
+
+/// The content of [`OWNER_FILE`].
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Owner {
+    /// Format version of this file.
+    keel_owner: u32,
+    /// The pipeline whose checkpoints account for the committed files here.
+    pipeline: String,
+}
+
+impl FileSink {
+    /// Refuses to start when recovery would delete committed output that no checkpoint of
+    /// this pipeline accounts for (invariant I7), and records this pipeline as the owner of
+    /// the directory the first time.
+    ///
+    /// - owned by another pipeline: refused, whatever is in it;
+    /// - committed files of this sink's pattern, and no checkpoint: refused, unless the
+    ///   directory is this pipeline's and the operator confirmed a start from scratch;
+    /// - committed files and a checkpoint, but no owner file (written by an older keel): the
+    ///   checkpoint accounts for them, the directory is adopted.
+    fn check_owner(&self, r: &SinkRecovery, files: &[EpochFile]) -> Result<(), SinkError> {
+        let path = self.dir().join(OWNER_FILE);
+        let owner = match self.ops.read(&path) {
+            Ok(bytes) => Some(serde_json::from_slice::<Owner>(&bytes).map_err(|e| {
+                SinkError::Fatal(format!(
+                    "{} is not a keel owner file ({e}); the directory's owner is unknown, refusing to touch it",
+                    path.display()
+                ))
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(self.io("reading the owner file", e)),
+        };
+        let dir = self.dir().display();
+        if let Some(o) = &owner
+            && o.pipeline != r.pipeline
+        {
+            return Err(SinkError::Fatal(format!(
+                "{dir} holds the output of pipeline `{}`, not `{}`: point this sink at another directory \
+                 (keel never deletes another pipeline's output)",
+                o.pipeline, r.pipeline
+            )));
+        }
+        let committed = files.iter().filter(|f| f.state == EpochFileState::Committed).count();
+        if committed > 0 && r.last_checkpoint.is_none() {
+            let hint = match (&owner, r.from_scratch) {
+                (Some(_), true) => None,
+                (Some(_), false) => Some(format!(
+                    "{dir} holds {committed} committed files of pipeline `{}`, but the pipeline has no checkpoint \
+                     (was its checkpoint directory deleted?): restore the checkpoints to resume, or run with \
+                     --from-scratch --confirm to delete that output and start over",
+                    r.pipeline
+                )),
+                (None, _) => Some(format!(
+                    "{dir} holds {committed} committed files that no checkpoint accounts for and no keel pipeline \
+                     owns ({OWNER_FILE} is missing): move them away or point this sink at another directory"
+                )),
+            };
+            if let Some(hint) = hint {
+                return Err(SinkError::Fatal(hint));
+            }
+        }
+        if owner.is_none() {
+            durable::create_dir_durable(&*self.ops, self.dir()).map_err(|e| self.io("creating the directory", e))?;
+            let body = serde_json::to_vec(&Owner {
+                keel_owner: 1,
+                pipeline: r.pipeline.clone(),
+            })
+            .map_err(|e| SinkError::Other(e.to_string()))?;
+            durable::write_atomic(&*self.ops, &path, &body).map_err(|e| self.io("writing the owner file", e))?;
+        }
+        Ok(())
     }
 }
 
@@ -269,6 +369,7 @@ impl Sink for FileSink {
 
     async fn recover(&mut self, r: &SinkRecovery) -> Result<RecoveryReport, SinkError> {
         let files = self.list()?;
+        self.check_owner(r, &files)?;
         let expected: Option<FilePreCommit> = r
             .precommit
             .as_ref()
@@ -311,12 +412,24 @@ impl Sink for FileSink {
         if batch.is_empty() {
             return Ok(());
         }
+        if let Some(why) = &self.poisoned {
+            return Err(SinkError::Fatal(why.clone()));
+        }
         let max = self.config.max_file_bytes;
         let dir = self.config.path.clone();
+        let ops = self.ops.clone();
         let open = self.open_file(epoch)?;
-        open.file
-            .write_all(batch.data())
-            .map_err(|e| SinkError::io(format!("writing {} in {}", open.staged.name, dir.display()), e))?;
+        let at = open.staged.bytes;
+        if let Err(e) = ops.write_at(&open.file, batch.data(), at) {
+            let what = format!("writing {} in {}", open.staged.name, dir.display());
+            // Cut back to the last good size, so that a retry does not duplicate a torn part.
+            if let Err(cut) = open.file.set_len(at) {
+                let why = format!("{what}: {e}; cutting the file back to {at} bytes failed too: {cut}");
+                self.poisoned = Some(why.clone());
+                return Err(SinkError::Fatal(why));
+            }
+            return Err(SinkError::io(what, e));
+        }
         open.staged.bytes += batch.data().len() as u64;
         if open.staged.bytes >= max {
             self.close_open()?;
@@ -325,6 +438,9 @@ impl Sink for FileSink {
     }
 
     async fn seal(&mut self, _epoch: CheckpointId) -> Result<Box<dyn SealedEpoch>, SinkError> {
+        if let Some(why) = &self.poisoned {
+            return Err(SinkError::Fatal(why.clone()));
+        }
         self.close_open()?;
         self.seq = 0;
         let files = std::mem::take(&mut self.closed);

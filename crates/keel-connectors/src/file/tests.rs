@@ -125,9 +125,19 @@ fn visible(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<_> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != OWNER_FILE)
         .collect();
     names.sort();
     names
+}
+
+fn recovery(last: Option<u64>, pre: Option<serde_json::Value>) -> SinkRecovery {
+    SinkRecovery {
+        last_checkpoint: last,
+        precommit: pre,
+        pipeline: "p".into(),
+        from_scratch: false,
+    }
 }
 
 fn batch(lines: &[&str]) -> OutBatch {
@@ -145,7 +155,7 @@ fn sink_stages_then_commits() {
     let mut sink = FileSink::new(FileSinkConfig::new(&out, FileFormat::JsonLines));
     block_on(async {
         assert_eq!(sink.highest_epoch().await.unwrap(), None);
-        sink.recover(&SinkRecovery::default()).await.unwrap();
+        sink.recover(&recovery(None, None)).await.unwrap();
         sink.write(1, &batch(&["a", "b"])).await.unwrap();
         let mut sealed = sink.seal(1).await.unwrap();
         assert_eq!(visible(&out), vec![".part-000000000001-000.jsonl.pending".to_string()]);
@@ -181,13 +191,7 @@ fn sink_recovery_commits_covered_aborts_newer_and_rolls_back() {
     block_on(async {
         assert_eq!(sink.highest_epoch().await.unwrap(), Some(6));
         let pre = serde_json::json!({"files": [["part-000000000004-000.jsonl", 2]]});
-        let r = sink
-            .recover(&SinkRecovery {
-                last_checkpoint: Some(4),
-                precommit: Some(pre),
-            })
-            .await
-            .unwrap();
+        let r = sink.recover(&recovery(Some(4), Some(pre))).await.unwrap();
         assert_eq!((r.committed, r.aborted, r.rolled_back), (1, 1, 1));
     });
     assert_eq!(
@@ -208,11 +212,7 @@ fn sink_refuses_a_staged_file_whose_size_differs_from_its_checkpoint() {
     fs::write(out.join(".part-000000000004-000.jsonl.pending"), "4").unwrap();
     let mut sink = FileSink::new(FileSinkConfig::new(&out, FileFormat::JsonLines));
     let pre = serde_json::json!({"files": [["part-000000000004-000.jsonl", 2]]});
-    let err = block_on(sink.recover(&SinkRecovery {
-        last_checkpoint: Some(4),
-        precommit: Some(pre),
-    }))
-    .unwrap_err();
+    let err = block_on(sink.recover(&recovery(Some(4), Some(pre)))).unwrap_err();
     assert!(err.to_string().contains("checkpoint says 2"), "{err}");
 }
 
@@ -242,4 +242,353 @@ fn sink_rolls_files_and_writes_headers() {
         fs::read_to_string(out.join("part-000000000007-001.csv")).unwrap(),
         "id,name\n2,x\n"
     );
+}
+
+/// Files 1000 and on of one epoch keep their place in recovery: committed when the
+/// checkpoint covers them, rolled back when it does not (issue 9.3: names with four digits
+/// were ignored, so they were lost after a crash or duplicated).
+#[test]
+fn a_thousand_files_per_epoch_are_all_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut sink = FileSink::new(FileSinkConfig::new(&out, FileFormat::JsonLines));
+    let mut cfg = FileSinkConfig::new(&out, FileFormat::JsonLines);
+    cfg.max_file_bytes = 1;
+    let mut small = FileSink::new(cfg);
+    let pre = block_on(async {
+        small.recover(&recovery(None, None)).await.unwrap();
+        for i in 0..1002 {
+            small.write(3, &batch(&[&i.to_string()])).await.unwrap();
+        }
+        small.seal(3).await.unwrap().prepare().unwrap()
+    });
+    assert_eq!(visible(&out).len(), 1002);
+    assert!(visible(&out).contains(&".part-000000000003-1001.jsonl.pending".to_string()));
+    // covered by checkpoint 3: every file is committed
+    block_on(async {
+        assert_eq!(sink.highest_epoch().await.unwrap(), Some(3));
+        let r = sink.recover(&recovery(Some(3), Some(pre))).await.unwrap();
+        assert_eq!(r.committed, 1002);
+    });
+    let names = visible(&out);
+    assert!(names.iter().all(|n| n.starts_with("part-")), "{:?}", &names[..3]);
+    assert!(names.contains(&"part-000000000003-1001.jsonl".to_string()));
+    // not covered by checkpoint 2: every committed file is rolled back
+    block_on(async {
+        let r = sink.recover(&recovery(Some(2), None)).await.unwrap();
+        assert_eq!(r.rolled_back, 1002);
+    });
+    assert!(visible(&out).is_empty());
+}
+
+/// Local file operations with injected faults: `write_at` writes half of the bytes and then
+/// fails (a short write cut by EIO or ENOSPC) `fail_writes` times; `read` of a path that
+/// contains `fail_reads_of` fails with EIO.
+#[derive(Debug)]
+struct TornWrites {
+    fail_writes: std::sync::atomic::AtomicUsize,
+    kind: std::io::ErrorKind,
+    fail_reads_of: Option<&'static str>,
+}
+
+impl keel::durable::FileOps for TornWrites {
+    fn read(&self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        if let Some(needle) = self.fail_reads_of
+            && path.to_string_lossy().contains(needle)
+        {
+            return Err(std::io::Error::from_raw_os_error(5)); // EIO
+        }
+        fs::read(path)
+    }
+    fn write_synced(&self, path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+        keel::durable::LocalOps.write_synced(path, bytes)
+    }
+    fn sync_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        keel::durable::LocalOps.sync_file(path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        keel::durable::LocalOps.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        keel::durable::LocalOps.sync_dir(dir)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        keel::durable::LocalOps.remove(path)
+    }
+    fn exchange(&self, a: &std::path::Path, b: &std::path::Path) -> std::io::Result<()> {
+        keel::durable::LocalOps.exchange(a, b)
+    }
+    fn remove_dir_all(&self, path: &std::path::Path) -> std::io::Result<()> {
+        keel::durable::LocalOps.remove_dir_all(path)
+    }
+    fn write_at(&self, file: &std::fs::File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self
+            .fail_writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            std::os::unix::fs::FileExt::write_all_at(file, &bytes[..bytes.len() / 2], offset)?;
+            return Err(std::io::Error::new(self.kind, "injected short write"));
+        }
+        std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+    }
+}
+
+/// A write that fails part-way leaves no torn bytes behind: the retry writes the batch once,
+/// the pre-commit's size is the size on disk, and a restart commits it (issue 9.4: the torn
+/// part stayed, the retry appended, and the size check refused every restart).
+#[test]
+fn a_torn_write_is_cut_back_before_the_retry() {
+    for kind in [std::io::ErrorKind::Other, std::io::ErrorKind::StorageFull] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let ops = std::sync::Arc::new(TornWrites {
+            fail_writes: 2.into(),
+            kind,
+            fail_reads_of: None,
+        });
+        let mut sink = FileSink::with_ops(FileSinkConfig::new(&out, FileFormat::JsonLines), ops);
+        let pre = block_on(async {
+            sink.recover(&recovery(None, None)).await.unwrap();
+            sink.write(1, &batch(&["first"])).await.unwrap_err();
+            sink.write(1, &batch(&["first"])).await.unwrap_err();
+            sink.write(1, &batch(&["first"])).await.unwrap();
+            sink.write(1, &batch(&["second", "third"])).await.unwrap();
+            sink.seal(1).await.unwrap().prepare().unwrap()
+        });
+        let staged = out.join(".part-000000000001-000.jsonl.pending");
+        assert_eq!(
+            fs::read_to_string(&staged).unwrap(),
+            "first\nsecond\nthird\n",
+            "{kind:?}"
+        );
+        assert_eq!(pre["files"][0][1], 19);
+        // a restart after the manifest commits the staged file: its size matches
+        let mut again = FileSink::new(FileSinkConfig::new(&out, FileFormat::JsonLines));
+        let r = block_on(again.recover(&recovery(Some(1), Some(pre)))).unwrap();
+        assert_eq!(r.committed, 1);
+        assert_eq!(
+            fs::read_to_string(out.join("part-000000000001-000.jsonl")).unwrap(),
+            "first\nsecond\nthird\n"
+        );
+    }
+}
+
+fn committed_file(out: &std::path::Path, epoch: u64) {
+    fs::create_dir_all(out).unwrap();
+    fs::write(out.join(format!("part-{epoch:012}-000.jsonl")), format!("{epoch}\n")).unwrap();
+}
+
+/// Committed output that no checkpoint accounts for is refused, never deleted (issue 9.2):
+/// another pipeline's directory, output without an owner, and this pipeline's output after
+/// its checkpoints were lost; only a confirmed start from scratch deletes its own output.
+#[test]
+fn output_no_checkpoint_accounts_for_is_refused_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // no owner file: files of an unknown writer are kept and refused
+    committed_file(&out, 1);
+    let mut sink = FileSink::new(FileSinkConfig::new(&out, FileFormat::JsonLines));
+    let err = block_on(sink.recover(&recovery(None, None))).unwrap_err();
+    assert!(err.to_string().contains("no keel pipeline owns"), "{err}");
+    let mut scratch = recovery(None, None);
+    scratch.from_scratch = true;
+    let err = block_on(sink.recover(&scratch)).unwrap_err();
+    assert!(err.to_string().contains("no keel pipeline owns"), "{err}");
+    assert_eq!(visible(&out), vec!["part-000000000001-000.jsonl".to_string()]);
+    // with a checkpoint that covers them (an older keel's output), the directory is adopted
+    block_on(sink.recover(&recovery(Some(1), None))).unwrap();
+    let owner: serde_json::Value = serde_json::from_slice(&fs::read(out.join(OWNER_FILE)).unwrap()).unwrap();
+    assert_eq!(owner["pipeline"], "p");
+    // another pipeline is refused, with or without checkpoints, from scratch or not
+    for (last, from_scratch) in [(None, false), (None, true), (Some(5), false)] {
+        let mut other = recovery(last, None);
+        other.pipeline = "q".into();
+        other.from_scratch = from_scratch;
+        let err = block_on(sink.recover(&other)).unwrap_err();
+        assert!(
+            err.to_string().contains("holds the output of pipeline `p`, not `q`"),
+            "{err}"
+        );
+    }
+    assert_eq!(visible(&out), vec!["part-000000000001-000.jsonl".to_string()]);
+    // this pipeline with its checkpoints gone: refused, with what to do
+    let err = block_on(sink.recover(&recovery(None, None))).unwrap_err();
+    assert!(err.to_string().contains("--from-scratch --confirm"), "{err}");
+    assert_eq!(visible(&out), vec!["part-000000000001-000.jsonl".to_string()]);
+    // confirmed from scratch: its own output is rolled back
+    let r = block_on(sink.recover(&scratch)).unwrap();
+    assert_eq!(r.rolled_back, 1);
+    assert!(visible(&out).is_empty());
+    // a new, empty directory is simply adopted
+    let fresh = dir.path().join("fresh");
+    let mut sink = FileSink::new(FileSinkConfig::new(&fresh, FileFormat::JsonLines));
+    block_on(sink.recover(&recovery(None, None))).unwrap();
+    assert!(fresh.join(OWNER_FILE).is_file());
+}
+
+/// A checkpoint that cannot be read is not a corrupt one (issue 9.1): the run stops with a
+/// clear error and changes nothing (before, recovery fell back and rolled back the newer
+/// epochs' committed output); once the read works again the run resumes from it.
+#[test]
+fn a_read_error_in_recovery_stops_the_run_and_changes_nothing() {
+    use keel::testing::VecSource;
+    use keel::{CheckpointStore, FileCheckpointStore, Flow, Pipeline, PipelineError, Record, StateSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let state = dir.path().join("state");
+    let counts = StateSpec::<u64>::new("counts");
+    let run = |ops: keel::durable::Ops| {
+        let counts = counts.clone();
+        let flow = Flow::<Record>::new()
+            .key_by(|r: &Record| r.value.to_vec())
+            .stateful(move |r, cx| {
+                let n = cx.state(&counts).update(|n| {
+                    *n.get_or_insert(0) += 1;
+                    *n
+                })?;
+                Ok(serde_json::json!({"v": String::from_utf8_lossy(&r.value), "n": n}))
+            });
+        Pipeline::builder("p")
+            .source(VecSource::new(vec![vec!["a", "b", "a"], vec!["c", "a"]]))
+            .flow(flow)
+            .sink(FileSink::new(FileSinkConfig::new(&out, FileFormat::JsonLines)))
+            .checkpoints(FileCheckpointStore::with_ops(&state, ops))
+            .build()
+            .unwrap()
+            .run()
+    };
+    let first = run(keel::durable::local()).unwrap();
+    assert_eq!(first.records_out, 5);
+    let snapshot = |p: &std::path::Path| {
+        let mut all: Vec<(String, Vec<u8>)> = walk(p);
+        all.sort();
+        all
+    };
+    let before = (snapshot(&out), snapshot(&state));
+    let manifests = FileCheckpointStore::new(&state).list().unwrap();
+    assert!(!manifests.is_empty());
+    for needle in ["/checkpoints/ckpt-", "/state/state/"] {
+        let ops = std::sync::Arc::new(TornWrites {
+            fail_writes: 0.into(),
+            kind: std::io::ErrorKind::Other,
+            fail_reads_of: Some(needle),
+        });
+        let err = run(ops).unwrap_err();
+        assert!(matches!(err, PipelineError::Checkpoint(_)), "{needle}: {err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("nothing was changed") && msg.contains("Input/output error"),
+            "{msg}"
+        );
+        assert_eq!(
+            (snapshot(&out), snapshot(&state)),
+            before,
+            "{needle}: something changed on disk"
+        );
+    }
+    // the checkpoint is intact: a normal start finds the run finished
+    let again = run(keel::durable::local()).unwrap();
+    assert_eq!(again.outcome, keel::Outcome::AlreadyFinished);
+    assert_eq!(snapshot(&out), before.0);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push((e.path().display().to_string(), fs::read(e.path()).unwrap()));
+        }
+    }
+    out
+}
+
+/// A manifest of a newer format version is refused with both versions named, not skipped.
+#[test]
+fn a_newer_manifest_format_is_refused_not_skipped() {
+    use keel::checkpoint::ManifestRead;
+    use keel::{CheckpointStore, FileCheckpointStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileCheckpointStore::new(dir.path());
+    fs::create_dir_all(dir.path().join("checkpoints")).unwrap();
+    fs::write(store.manifest_path(4), "keel-checkpoint v2 len=2 crc32c=00000000\n{}").unwrap();
+    assert_eq!(store.read(4).unwrap(), ManifestRead::Unsupported { id: 4, version: 2 });
+    let err = keel::checkpoint::recovery::decide(&store.read_all().unwrap(), None).unwrap_err();
+    assert!(
+        err.to_string().contains("version 2") && err.to_string().contains("reads version 1"),
+        "{err}"
+    );
+}
+
+/// Follow mode reads every file, however many there are (issue 9.5: with more followed files
+/// than `max_open_partitions`, the rest were never read): idle partitions give their place
+/// up and come back, busy ones after a while; appended lines and new files are read too.
+#[test]
+fn follow_mode_reads_more_files_than_open_partitions() {
+    use keel::testing::MemorySink;
+    use keel::{Flow, Pipeline, RawEncoder, Record};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    fs::create_dir_all(&input).unwrap();
+    for f in 0..100 {
+        let lines: String = (0..3).map(|i| format!("{f}-{i}\n")).collect();
+        fs::write(input.join(format!("f{f:03}.txt")), lines).unwrap();
+    }
+    let mut cfg = FileSourceConfig::new(&input, FileFormat::Lines);
+    cfg.follow = true;
+    cfg.poll_interval = std::time::Duration::from_millis(10);
+    let sink = MemorySink::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s2 = sink.clone();
+    let run = std::thread::spawn(move || {
+        let pipeline = Pipeline::builder("follow")
+            .source(FileSource::new(cfg))
+            .flow(Flow::<Record>::new().map(|r: Record| r.value.to_vec()))
+            .sink_with("main", s2, RawEncoder)
+            .configure(|o| {
+                o.max_open_partitions = 8;
+                o.poll_interval = std::time::Duration::from_millis(10);
+                o.checkpoint_interval = Some(std::time::Duration::from_millis(50));
+            })
+            .build()
+            .unwrap();
+        tx.send(pipeline.shutdown_handle()).unwrap();
+        pipeline.run()
+    });
+    let stop = rx.recv().unwrap();
+    // readiness, not timing: wait (bounded) until the expected lines are committed
+    let wait_for = |n: usize| {
+        for _ in 0..1200 {
+            if sink.committed_lines().len() >= n {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("only {} of {n} lines after 60 s", sink.committed_lines().len());
+    };
+    wait_for(300);
+    let append = |name: &str, line: &str| {
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(input.join(name))
+            .unwrap();
+        std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
+    };
+    append("f000.txt", "0-3\n");
+    append("f099.txt", "99-3\n");
+    append("f100.txt", "100-0\n");
+    wait_for(303);
+    stop.trigger();
+    run.join().unwrap().unwrap();
+    let mut got = sink.committed_lines();
+    got.sort();
+    let mut want: Vec<String> = (0..100).flat_map(|f| (0..3).map(move |i| format!("{f}-{i}"))).collect();
+    want.extend(["0-3".to_string(), "99-3".into(), "100-0".into()]);
+    want.sort();
+    assert_eq!(got, want, "every line of every followed file exactly once");
 }

@@ -32,21 +32,54 @@ impl RecoveryPlan {
         SinkRecovery {
             last_checkpoint: self.restored_id(),
             precommit: self.restore.as_ref().and_then(|m| m.sinks.get(name).cloned()),
+            pipeline: self.restore.as_ref().map(|m| m.pipeline.clone()).unwrap_or_default(),
+            from_scratch: false,
         }
     }
+}
+
+/// Why recovery refuses to start. Nothing has been changed on disk when this is returned.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RecoveryError {
+    /// A manifest was written by a newer keel: skipping it would roll back the output of its
+    /// epoch, so the run stops instead.
+    #[error(
+        "checkpoint {id} was written in checkpoint format version {version}, and this build reads version {supported}: run a newer keel (nothing was changed)"
+    )]
+    NewerFormat {
+        /// The manifest's id.
+        id: CheckpointId,
+        /// Its format version.
+        version: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
 }
 
 /// Chooses the checkpoint to restore from every manifest read, ascending or not.
 ///
 /// The newest valid manifest wins; corrupt manifests newer than it are skipped (the caller
-/// warns). `highest_epoch_elsewhere` is the highest epoch id found outside the store (in sink
-/// files), so that a new epoch never reuses an id even when manifests were lost.
-pub fn decide(reads: &[ManifestRead], highest_epoch_elsewhere: Option<CheckpointId>) -> RecoveryPlan {
+/// warns). A manifest of a newer format version is never skipped: the whole decision is
+/// refused. `highest_epoch_elsewhere` is the highest epoch id found outside the store (in
+/// sink files), so that a new epoch never reuses an id even when manifests were lost.
+pub fn decide(
+    reads: &[ManifestRead],
+    highest_epoch_elsewhere: Option<CheckpointId>,
+) -> Result<RecoveryPlan, RecoveryError> {
+    if let Some(ManifestRead::Unsupported { id, version }) =
+        reads.iter().find(|r| matches!(r, ManifestRead::Unsupported { .. }))
+    {
+        return Err(RecoveryError::NewerFormat {
+            id: *id,
+            version: *version,
+            supported: super::manifest::FORMAT_VERSION,
+        });
+    }
     let restore = reads
         .iter()
         .filter_map(|r| match r {
             ManifestRead::Valid(m) => Some(m),
-            ManifestRead::Corrupt { .. } => None,
+            ManifestRead::Corrupt { .. } | ManifestRead::Unsupported { .. } => None,
         })
         .max_by_key(|m| m.id)
         .cloned();
@@ -60,11 +93,11 @@ pub fn decide(reads: &[ManifestRead], highest_epoch_elsewhere: Option<Checkpoint
         .collect();
     skipped.sort_by_key(|(id, _)| *id);
     let highest = reads.iter().map(ManifestRead::id).chain(highest_epoch_elsewhere).max();
-    RecoveryPlan {
+    Ok(RecoveryPlan {
         restore,
         skipped,
         next_epoch: highest.map_or(1, |h| h + 1),
-    }
+    })
 }
 
 /// What a sink is told on start.
@@ -74,6 +107,15 @@ pub struct SinkRecovery {
     pub last_checkpoint: Option<CheckpointId>,
     /// This sink's pre-commit in that checkpoint, if it had one.
     pub precommit: Option<serde_json::Value>,
+    /// The pipeline that runs the sink: sinks that keep output record it as the output's
+    /// owner and refuse output owned by another pipeline (invariant I7).
+    #[serde(default)]
+    pub pipeline: String,
+    /// The operator asked to start from scratch and confirmed it: committed output of this
+    /// pipeline that no checkpoint accounts for may be deleted. Without it such output is
+    /// refused, never deleted.
+    #[serde(default)]
+    pub from_scratch: bool,
 }
 
 /// Whether an epoch file is still staged (hidden) or committed (visible).
@@ -161,54 +203,69 @@ mod tests {
 
     #[test]
     fn no_manifest_starts_fresh_at_epoch_one() {
-        let p = decide(&[], None);
+        let p = decide(&[], None).unwrap();
         assert_eq!((p.restored_id(), p.next_epoch, p.skipped.len()), (None, 1, 0));
     }
 
     #[test]
     fn newest_valid_manifest_wins() {
-        let p = decide(&[valid(1), valid(2), valid(3)], None);
+        let p = decide(&[valid(1), valid(2), valid(3)], None).unwrap();
         assert_eq!((p.restored_id(), p.next_epoch), (Some(3), 4));
         assert!(p.skipped.is_empty());
     }
 
     #[test]
     fn corrupt_newest_falls_back_to_previous_and_id_is_not_reused() {
-        let p = decide(&[valid(1), valid(2), corrupt(3)], None);
+        let p = decide(&[valid(1), valid(2), corrupt(3)], None).unwrap();
         assert_eq!((p.restored_id(), p.next_epoch), (Some(2), 4));
         assert_eq!(p.skipped, vec![(3, "checksum mismatch".into())]);
     }
 
     #[test]
     fn several_corrupt_newest_fall_back_further() {
-        let p = decide(&[valid(4), corrupt(5), corrupt(6)], None);
+        let p = decide(&[valid(4), corrupt(5), corrupt(6)], None).unwrap();
         assert_eq!((p.restored_id(), p.next_epoch), (Some(4), 7));
         assert_eq!(p.skipped.len(), 2);
     }
 
     #[test]
     fn corrupt_older_than_restored_is_not_a_warning() {
-        let p = decide(&[corrupt(1), valid(2)], None);
+        let p = decide(&[corrupt(1), valid(2)], None).unwrap();
         assert_eq!((p.restored_id(), p.skipped.len()), (Some(2), 0));
     }
 
     #[test]
     fn all_corrupt_starts_fresh_above_them() {
-        let p = decide(&[corrupt(1), corrupt(2)], None);
+        let p = decide(&[corrupt(1), corrupt(2)], None).unwrap();
         assert_eq!((p.restored_id(), p.next_epoch, p.skipped.len()), (None, 3, 2));
     }
 
     #[test]
+    fn a_newer_format_version_refuses_the_whole_decision() {
+        let newer = ManifestRead::Unsupported { id: 3, version: 2 };
+        for reads in [vec![valid(1), valid(2), newer.clone()], vec![newer.clone(), valid(4)]] {
+            assert_eq!(
+                decide(&reads, None),
+                Err(RecoveryError::NewerFormat {
+                    id: 3,
+                    version: 2,
+                    supported: 1
+                })
+            );
+        }
+    }
+
+    #[test]
     fn unordered_input_is_fine() {
-        let p = decide(&[valid(3), valid(1), valid(2)], None);
+        let p = decide(&[valid(3), valid(1), valid(2)], None).unwrap();
         assert_eq!(p.restored_id(), Some(3));
     }
 
     #[test]
     fn epochs_found_in_sinks_push_the_next_id() {
-        let p = decide(&[valid(2)], Some(9));
+        let p = decide(&[valid(2)], Some(9)).unwrap();
         assert_eq!(p.next_epoch, 10);
-        assert_eq!(decide(&[], Some(5)).next_epoch, 6);
+        assert_eq!(decide(&[], Some(5)).unwrap().next_epoch, 6);
     }
 
     fn f(epoch: u64, state: EpochFileState) -> EpochFile {

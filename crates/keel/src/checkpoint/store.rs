@@ -23,7 +23,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::CheckpointId;
-use super::manifest::Manifest;
+use super::manifest::{FORMAT_VERSION, Manifest, ManifestError};
 use crate::durable::{self, Ops};
 
 /// The result of reading one manifest.
@@ -31,7 +31,15 @@ use crate::durable::{self, Ops};
 pub enum ManifestRead {
     /// The manifest verified.
     Valid(Manifest),
-    /// The manifest exists but cannot be used.
+    /// The manifest was written by a newer keel (its format version is higher than this
+    /// build's): it must not be skipped as if it were corrupt, recovery refuses to start.
+    Unsupported {
+        /// Its id (from its name).
+        id: CheckpointId,
+        /// The format version in its header.
+        version: u32,
+    },
+    /// The manifest was read whole and fails its checksum or its decoding: it cannot be used.
     Corrupt {
         /// Its id (from its name).
         id: CheckpointId,
@@ -45,7 +53,7 @@ impl ManifestRead {
     pub fn id(&self) -> CheckpointId {
         match self {
             ManifestRead::Valid(m) => m.id,
-            ManifestRead::Corrupt { id, .. } => *id,
+            ManifestRead::Corrupt { id, .. } | ManifestRead::Unsupported { id, .. } => *id,
         }
     }
 }
@@ -57,6 +65,11 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug + 'static {
     /// Ids of all manifests present, ascending, readable or not.
     fn list(&self) -> io::Result<Vec<CheckpointId>>;
     /// Reads and verifies one manifest.
+    ///
+    /// Contract (invariant I7): `Ok(Corrupt)` only for bytes that were read whole and fail the
+    /// checksum or decoding; any failure to read them (EIO, EACCES, EMFILE, a vanished file) is
+    /// an `Err`, because nothing is known about the manifest then and recovery must stop
+    /// instead of falling back (a fallback rolls back the newer epochs' output).
     fn read(&self, id: CheckpointId) -> io::Result<ManifestRead>;
     /// Writes a manifest atomically and durably.
     fn write_manifest(&self, manifest: &Manifest) -> io::Result<()>;
@@ -89,9 +102,18 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug + 'static {
             .iter()
             .filter_map(|r| match r {
                 ManifestRead::Valid(m) => Some(m),
-                ManifestRead::Corrupt { .. } => None,
+                ManifestRead::Corrupt { .. } | ManifestRead::Unsupported { .. } => None,
             })
             .collect();
+        if let Some(ManifestRead::Unsupported { id, version }) =
+            reads.iter().find(|r| matches!(r, ManifestRead::Unsupported { .. }))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                super::manifest::ManifestError::UnsupportedVersion(*version).to_string()
+                    + &format!(" (checkpoint {id}); not pruning"),
+            ));
+        }
         let keep = retain.max(1);
         if valid.len() <= keep {
             return Ok(Vec::new());
@@ -213,18 +235,16 @@ impl CheckpointStore for FileCheckpointStore {
     }
 
     fn read(&self, id: CheckpointId) -> io::Result<ManifestRead> {
-        let bytes = match fs::read(self.manifest_path(id)) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
-            Err(e) => {
-                return Ok(ManifestRead::Corrupt {
-                    id,
-                    reason: format!("unreadable: {e}"),
-                });
-            }
-        };
+        let path = self.manifest_path(id);
+        let bytes = self
+            .ops
+            .read(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", path.display())))?;
         Ok(match Manifest::decode(&bytes) {
             Ok(m) if m.id == id => ManifestRead::Valid(m),
+            Err(ManifestError::UnsupportedVersion(version)) if version > FORMAT_VERSION => {
+                ManifestRead::Unsupported { id, version }
+            }
             Ok(m) => ManifestRead::Corrupt {
                 id,
                 reason: format!("file name says id {id} but manifest says {}", m.id),
@@ -251,7 +271,10 @@ impl CheckpointStore for FileCheckpointStore {
     }
 
     fn read_state(&self, name: &str) -> io::Result<Vec<u8>> {
-        fs::read(self.state_dir().join(name))
+        let path = self.state_dir().join(name);
+        self.ops
+            .read(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", path.display())))
     }
 
     fn list_state(&self) -> io::Result<Vec<String>> {

@@ -83,22 +83,30 @@ where
         })?;
         highest = highest.max(h);
     }
+    // Nothing is changed on disk until the decision is made: a read error stops the run here
+    // (I7), before any fallback could roll back the output of newer epochs.
+    let unreadable = |e: std::io::Error| {
+        PipelineError::Checkpoint(format!(
+            "cannot read the checkpoints: {e}; nothing was changed, fix the cause and run again"
+        ))
+    };
     let mut reads = match &store {
-        Some(st) => {
-            st.remove_temp_files()
-                .map_err(|e| PipelineError::Checkpoint(format!("cleaning temp files: {e}")))?;
-            st.read_all()
-                .map_err(|e| PipelineError::Checkpoint(format!("listing checkpoints: {e}")))?
-        }
+        Some(st) => st.read_all().map_err(unreadable)?,
         None => Vec::new(),
     };
     let mut state = StateStore::new(options.snapshots);
     let plan = loop {
-        let plan = recovery::decide(&reads, highest);
+        let plan = recovery::decide(&reads, highest).map_err(|e| PipelineError::Checkpoint(e.to_string()))?;
         let Some(m) = &plan.restore else { break plan };
         let Some(st) = &store else { break plan };
         match state.restore(&m.state.files, |n| st.read_state(n)) {
             Ok(()) => break plan,
+            Err(e) if !e.is_corruption() => {
+                return Err(PipelineError::Checkpoint(format!(
+                    "checkpoint {}: {e}; nothing was changed, fix the cause and run again",
+                    m.id
+                )));
+            }
             Err(e) => {
                 tracing::warn!(checkpoint = m.id, error = %e, "checkpoint state is unusable; falling back to the previous checkpoint");
                 let id = m.id;
@@ -113,6 +121,10 @@ where
             }
         }
     };
+    if let Some(st) = &store {
+        st.remove_temp_files()
+            .map_err(|e| PipelineError::Checkpoint(format!("cleaning temp files: {e}")))?;
+    }
     for (id, reason) in &plan.skipped {
         tracing::warn!(checkpoint = id, reason = %reason, "checkpoint is unusable; falling back to the previous one");
     }
@@ -133,14 +145,13 @@ where
 
     // 2. Sinks finish interrupted commits and discard epochs after the checkpoint.
     for s in &mut sinks {
-        let r = s
-            .sink
-            .recover(&plan.sink(&s.name))
-            .await
-            .map_err(|e| PipelineError::Sink {
-                sink: s.name.clone(),
-                source: e,
-            })?;
+        let mut recovery = plan.sink(&s.name);
+        recovery.pipeline = name.clone();
+        recovery.from_scratch = options.from_scratch;
+        let r = s.sink.recover(&recovery).await.map_err(|e| PipelineError::Sink {
+            sink: s.name.clone(),
+            source: e,
+        })?;
         if r.rolled_back > 0 {
             tracing::warn!(sink = %s.name, files = r.rolled_back, "removed committed output that no usable checkpoint covers; it will be produced again");
         }
@@ -244,6 +255,9 @@ where
         restored: restored_from.is_some(),
         started,
         log_lifecycle: options.log_lifecycle,
+        signals: None,
+        shutdown: None,
+        handed_over: None,
     };
     c.discover(&mut source).await?;
     let startup = started.elapsed();
@@ -259,7 +273,11 @@ where
         tracing::debug!(pipeline = %c.name, epoch = c.epoch, "pipeline started");
     }
 
-    let result = c.main_loop(&mut source, &options, &shutdown).await;
+    c.shutdown = Some(shutdown.clone());
+    if options.handle_signals {
+        c.signals = Some(Signals::new()?);
+    }
+    let result = c.main_loop(&mut source, &options).await;
     for t in c.tasks.drain(..) {
         t.abort();
     }
@@ -324,6 +342,12 @@ struct Coordinator<Src: Source, S, E> {
     restored: bool,
     started: Instant,
     log_lifecycle: bool,
+    /// SIGINT and SIGTERM, when the run handles them (taken after the first one).
+    signals: Option<Signals>,
+    /// The run's shutdown handle.
+    shutdown: Option<super::ShutdownHandle>,
+    /// The last checkpoint handed to the checkpoint thread in this run.
+    handed_over: Option<CheckpointId>,
 }
 
 /// How soon the first checkpoint follows a restore (when the interval is longer).
@@ -335,12 +359,7 @@ where
     S: Step<Record>,
     E: Encoder<S::Out>,
 {
-    async fn main_loop(
-        &mut self,
-        source: &mut Src,
-        options: &super::Options,
-        shutdown: &super::ShutdownHandle,
-    ) -> Result<Outcome, PipelineError> {
+    async fn main_loop(&mut self, source: &mut Src, options: &super::Options) -> Result<Outcome, PipelineError> {
         let interval = options.checkpoint_interval;
         // After a restore, the first checkpoint comes early: readers get the replayed output
         // soon, and a second crash replays little.
@@ -352,18 +371,17 @@ where
         watermark_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let discovery_every = source.discovery_interval().filter(|_| !source.is_bounded());
         let mut next_discovery = discovery_every.map(|d| tokio::time::Instant::now() + d);
-        let mut signals = if options.handle_signals {
-            Some(Signals::new()?)
-        } else {
-            None
-        };
 
         loop {
             if let Some((e, final_checkpoint)) = self.rt.fatal.take() {
                 if final_checkpoint {
                     tracing::warn!(error = %e, "stopping: taking a final checkpoint first");
                     self.update_watermark();
-                    if let Err(ce) = self.checkpoint(source, false, false).await {
+                    if let Err(ce) = self.checkpoint(source, false, false).await.and_then(|taken| {
+                        taken.then_some(()).ok_or_else(|| {
+                            PipelineError::Runtime("no final checkpoint: tasks are held by a sink that is down".into())
+                        })
+                    }) {
                         tracing::error!(error = %ce, "the final checkpoint failed; the previous one stays valid");
                     } else if let Err(de) = self.drain(source).await {
                         tracing::error!(error = %de, "the final checkpoint failed; the previous one stays valid");
@@ -375,7 +393,9 @@ where
             if source.is_bounded() && self.rt.barrier.running() == 0 && self.pending.is_empty() {
                 self.update_watermark();
                 self.finish_input().await?;
-                self.checkpoint(source, true, false).await?;
+                if !self.checkpoint(source, true, false).await? {
+                    return self.stop_at_last_checkpoint(source).await;
+                }
                 self.drain(source).await?;
                 return Ok(Outcome::Finished);
             }
@@ -385,15 +405,17 @@ where
                 _ = self.rt.pause.started() => {
                     // a pause starts: checkpoint what is done, while input waits
                     self.update_watermark();
-                    self.checkpoint(source, false, true).await?;
+                    if !self.checkpoint(source, false, true).await? {
+                        return self.stop_at_last_checkpoint(source).await;
+                    }
                 }
-                _ = shutdown.wait() => {
+                _ = wait_shutdown(self.shutdown.as_ref()) => {
                     tracing::info!("shutdown requested: stopping input, taking a final checkpoint");
                     return self.stop(source).await;
                 }
-                _ = wait_signal(&mut signals) => {
+                _ = wait_signal(&mut self.signals) => {
                     tracing::info!("signal received: stopping input, taking a final checkpoint (send it again to exit at once)");
-                    exit_on_next_signal(signals.take());
+                    exit_on_next_signal(self.signals.take());
                     return self.stop(source).await;
                 }
                 Some(done) = self.checkpointer.done.recv() => {
@@ -401,7 +423,9 @@ where
                 }
                 _ = tokio::time::sleep_until(next_checkpoint.unwrap_or(far)), if next_checkpoint.is_some() => {
                     self.update_watermark();
-                    self.checkpoint(source, false, true).await?;
+                    if !self.checkpoint(source, false, true).await? {
+                        return self.stop_at_last_checkpoint(source).await;
+                    }
                     next_checkpoint = interval.map(|d| tokio::time::Instant::now() + d);
                 }
                 _ = tokio::time::sleep_until(next_discovery.unwrap_or(far)), if next_discovery.is_some() => {
@@ -416,7 +440,22 @@ where
 
     async fn stop(&mut self, source: &mut Src) -> Result<Outcome, PipelineError> {
         self.update_watermark();
-        self.checkpoint(source, false, false).await?;
+        if !self.checkpoint(source, false, false).await? {
+            return self.stop_at_last_checkpoint(source).await;
+        }
+        self.drain(source).await?;
+        Ok(Outcome::Stopped)
+    }
+
+    /// Ends the run at the last durable checkpoint, without a new one: a stop was requested
+    /// while a checkpoint waited for tasks that cannot reach a record boundary (a sink held
+    /// down by its breaker). Checkpoints already handed over are still committed; the open
+    /// epoch's staged output is discarded by the next start, which replays its records.
+    async fn stop_at_last_checkpoint(&mut self, source: &mut Src) -> Result<Outcome, PipelineError> {
+        tracing::warn!(
+            last_checkpoint = ?self.last_completed,
+            "stopping without a final checkpoint: tasks are held up (a sink is down); the records since the last checkpoint are read again on the next run"
+        );
         self.drain(source).await?;
         Ok(Outcome::Stopped)
     }
@@ -440,6 +479,15 @@ where
     /// Opens queued partitions up to the limit of open partitions.
     async fn open_partitions(&mut self, source: &mut Src) -> Result<(), PipelineError> {
         self.tasks.retain(|t| !t.is_finished());
+        // partitions that gave their place up go to the back of the queue
+        for (pid, slot) in &self.slots {
+            if slot.rotated.get() && !slot.running.get() {
+                slot.rotated.set(false);
+                if !slot.done.get() && !self.pending.contains(pid) {
+                    self.pending.push_back(pid.clone());
+                }
+            }
+        }
         while self.rt.barrier.running() < self.max_open {
             let Some(pid) = self.pending.pop_front() else {
                 break;
@@ -473,6 +521,7 @@ where
             self.rt.barrier.task_started();
             self.tasks.push(tokio::task::spawn_local(task.run()));
         }
+        self.rt.partitions_waiting.set(self.pending.len());
         let done = self.slots.values().filter(|s| s.done.get()).count() as u64;
         self.rt.progress.set_partitions(self.rt.barrier.running() as u64, done);
         Ok(())
@@ -524,10 +573,32 @@ where
     /// Closes the current epoch: stops every task at a record boundary, seals the sinks,
     /// snapshots state and hands the checkpoint to the checkpoint thread. `release` lets the
     /// tasks go on (false for the last checkpoint of a run).
-    async fn checkpoint(&mut self, _source: &mut Src, finished: bool, release: bool) -> Result<(), PipelineError> {
+    ///
+    /// Returns `false`, without a checkpoint, when a stop (signal or shutdown handle) is
+    /// requested while the tasks are not all at a record boundary yet: a task can be held
+    /// for as long as a sink is down, and an operator's signal must not wait for that.
+    async fn checkpoint(&mut self, _source: &mut Src, finished: bool, release: bool) -> Result<bool, PipelineError> {
         let rt = self.rt.clone();
         rt.barrier.request();
-        rt.barrier.wait_all_arrived(&rt.fatal).await;
+        // A shutdown requested before this checkpoint is the reason for it: only a new one
+        // interrupts the wait.
+        let shutdown = self.shutdown.as_ref().filter(|s| !s.is_triggered());
+        // The last checkpoint of a stop does not wait for writes held by a down sink.
+        let stopping = !release && !finished;
+        let interrupted = tokio::select! {
+            _ = rt.barrier.wait_all_arrived(&rt.fatal) => false,
+            _ = rt.held.any(), if stopping => true,
+            _ = wait_shutdown(shutdown) => true,
+            _ = wait_signal(&mut self.signals) => {
+                exit_on_next_signal(self.signals.take());
+                true
+            }
+        };
+        if interrupted && rt.barrier.arrived_all() {
+            // the barrier completed at the same instant: take the checkpoint after all
+        } else if interrupted {
+            return Ok(false);
+        }
         if rt.fatal.stop_now()
             && let Some((e, _)) = rt.fatal.take()
         {
@@ -590,6 +661,7 @@ where
             stats: self.stats(),
         };
         self.epoch += 1;
+        self.handed_over = Some(epoch);
         rt.epoch.set(self.epoch);
         if release {
             rt.barrier.release();
@@ -604,7 +676,7 @@ where
             })
             .await
             .map_err(|_| PipelineError::Runtime("the checkpoint thread stopped".into()))?;
-        Ok(())
+        Ok(true)
     }
 
     async fn on_completion(&mut self, source: &mut Src, done: Completion) -> Result<(), PipelineError> {
@@ -633,7 +705,9 @@ where
 
     /// Waits until every checkpoint handed to the checkpoint thread is committed.
     async fn drain(&mut self, source: &mut Src) -> Result<(), PipelineError> {
-        let last = self.epoch - 1;
+        let Some(last) = self.handed_over else {
+            return Ok(()); // no checkpoint was handed over in this run
+        };
         while self.last_completed.is_none_or(|c| c < last) {
             match self.checkpointer.done.recv().await {
                 Some(done) => self.on_completion(source, done).await?,
@@ -660,6 +734,13 @@ impl Signals {
             int: signal(SignalKind::interrupt()).map_err(err)?,
             term: signal(SignalKind::terminate()).map_err(err)?,
         })
+    }
+}
+
+async fn wait_shutdown(shutdown: Option<&super::ShutdownHandle>) {
+    match shutdown {
+        Some(s) => s.wait().await,
+        None => std::future::pending().await,
     }
 }
 

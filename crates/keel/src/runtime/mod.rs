@@ -85,7 +85,9 @@ pub enum PipelineError {
 pub enum Outcome {
     /// A bounded input was read to its end and everything is committed.
     Finished,
-    /// A shutdown was requested (signal or [`ShutdownHandle`]); a final checkpoint was taken.
+    /// A shutdown was requested (signal or [`ShutdownHandle`]); a final checkpoint was taken,
+    /// unless tasks were held at that moment (a sink down): then the run ended at its last
+    /// durable checkpoint, and the next run reads the records after it again.
     Stopped,
     /// The newest checkpoint says the input was already fully processed; nothing was done.
     AlreadyFinished,

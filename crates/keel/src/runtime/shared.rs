@@ -93,6 +93,11 @@ impl Barrier {
         }
     }
 
+    /// True when every running task is at the barrier.
+    pub(crate) fn arrived_all(&self) -> bool {
+        self.arrived.get() >= self.running.get()
+    }
+
     pub(crate) fn release(&self) {
         self.requested.set(false);
         self.arrived.set(0);
@@ -166,6 +171,38 @@ pub(crate) struct Counters {
     pub(crate) sink_retries: Cell<u64>,
 }
 
+/// Counts the sink writes that wait for a retry or an open breaker.
+#[derive(Default)]
+pub(crate) struct HeldWrites {
+    count: Cell<usize>,
+    changed: Notify,
+}
+
+impl HeldWrites {
+    /// Marks a write as held until the guard is dropped.
+    pub(crate) fn enter(&self) -> HeldGuard<'_> {
+        self.count.set(self.count.get() + 1);
+        self.changed.notify_waiters();
+        HeldGuard(self)
+    }
+
+    /// Resolves as soon as at least one write is held.
+    pub(crate) async fn any(&self) {
+        while self.count.get() == 0 {
+            self.changed.notified().await;
+        }
+    }
+}
+
+/// See [`HeldWrites::enter`].
+pub(crate) struct HeldGuard<'a>(&'a HeldWrites);
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        self.0.count.set(self.0.count.get().saturating_sub(1));
+    }
+}
+
 /// Everything the tasks and the coordinator share.
 pub(crate) struct RuntimeShared {
     pub(crate) step: StepShared,
@@ -178,6 +215,9 @@ pub(crate) struct RuntimeShared {
     pub(crate) fallback_dead_letter_sink: Option<usize>,
     pub(crate) policies: Policies,
     pub(crate) pause: PauseGate,
+    /// Sink writes waiting for a retry or for an open breaker (they hold their task away
+    /// from record boundaries, so a stop does not wait for them).
+    pub(crate) held: HeldWrites,
     pub(crate) failures: FailureLog,
     pub(crate) rng: RefCell<SplitMix>,
     origin: tokio::time::Instant,
@@ -187,6 +227,10 @@ pub(crate) struct RuntimeShared {
     pub(crate) batch_size: usize,
     pub(crate) flush_bytes: usize,
     pub(crate) poll_interval: Duration,
+    /// Partitions queued for want of a free place (`max_open_partitions`): an unbounded
+    /// partition task gives its place up when it is idle, or after a while, so that every
+    /// partition of a followed directory is read.
+    pub(crate) partitions_waiting: Cell<usize>,
 }
 
 impl RuntimeShared {
@@ -217,6 +261,7 @@ impl RuntimeShared {
             fallback_dead_letter_sink,
             policies,
             pause: PauseGate::default(),
+            held: HeldWrites::default(),
             failures,
             rng: RefCell::new(SplitMix::from_entropy()),
             origin: tokio::time::Instant::now(),
@@ -226,6 +271,7 @@ impl RuntimeShared {
             batch_size,
             flush_bytes,
             poll_interval,
+            partitions_waiting: Cell::new(0),
         })
     }
 
@@ -265,6 +311,9 @@ pub(crate) struct TaskSlot<P> {
     pub(crate) done: Cell<bool>,
     pub(crate) running: Cell<bool>,
     pub(crate) idle: Cell<bool>,
+    /// The task gave its place up to a waiting partition (unbounded sources): the
+    /// coordinator queues the partition again, to resume at `position`.
+    pub(crate) rotated: Cell<bool>,
     pub(crate) max_event_time: Cell<Option<i64>>,
 }
 
@@ -275,6 +324,7 @@ impl<P> TaskSlot<P> {
             done: Cell::new(done),
             running: Cell::new(false),
             idle: Cell::new(false),
+            rotated: Cell::new(false),
             max_event_time: Cell::new(max_event_time),
         })
     }

@@ -32,6 +32,7 @@ fn classify_sink_error(e: &SinkError) -> Failure {
             f
         }
         SinkError::PreCommit(m) => Failure::fatal("corrupt_precommit", m.clone()),
+        SinkError::Fatal(m) => Failure::fatal(reason::SINK_BROKEN, m.clone()),
         SinkError::Other(m) => Failure::transient(reason::SINK_REJECTED, m.clone()),
     }
 }
@@ -50,6 +51,7 @@ pub(crate) async fn write(
             let permit = b.borrow_mut().allow(rt.now());
             if let Permit::Wait(d) = permit {
                 rt.pause.pause_until(Instant::now() + d, "circuit breaker open");
+                let _held = rt.held.enter();
                 tokio::time::sleep(d).await;
                 continue;
             }
@@ -101,6 +103,7 @@ pub(crate) async fn write(
                 match next {
                     Ok(d) => {
                         rt.counters.sink_retries.set(rt.counters.sink_retries.get() + 1);
+                        let _held = rt.held.enter();
                         tokio::time::sleep(d).await;
                     }
                     Err(_) => {

@@ -197,6 +197,10 @@ enum Outcome {
     Stop,
 }
 
+/// Batches a busy partition of an unbounded source reads before it gives its place up to a
+/// waiting one.
+const ROTATE_AFTER_BATCHES: u32 = 64;
+
 /// Runs one partition until its end, a fatal error, or forever (unbounded sources).
 pub(crate) struct PartitionTask<R: PartitionReader, S: Step<Record>, E> {
     pub(crate) rt: Rc<RuntimeShared>,
@@ -234,6 +238,7 @@ where
         let rt = self.rt.clone();
         let mut batch: SourceBatch<R::Position> = SourceBatch::default();
         let mut idle_since: Option<Instant> = None;
+        let mut batches = 0u32;
         loop {
             if let Next::Stop = self.boundary(&batch, 0).await? {
                 return Ok(());
@@ -250,6 +255,7 @@ where
                     self.publish_time();
                     return Ok(());
                 }
+                ReadStatus::Idle if rt.partitions_waiting.get() > 0 => return self.rotate().await,
                 ReadStatus::Idle => {
                     let since = *idle_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= rt.step.time.idle_timeout {
@@ -264,6 +270,7 @@ where
                 ReadStatus::Records => {
                     idle_since = None;
                     self.slot.idle.set(false);
+                    batches += 1;
                 }
             }
             let n = batch.len();
@@ -305,8 +312,21 @@ where
             if self.out.bytes(&self.local) >= rt.flush_bytes {
                 self.out.flush(&rt, &mut self.local).await?;
             }
+            if batches >= ROTATE_AFTER_BATCHES && rt.partitions_waiting.get() > 0 {
+                return self.rotate().await;
+            }
             tokio::task::yield_now().await;
         }
+    }
+
+    /// Gives the task's place up to a waiting partition, at a record boundary: the output so
+    /// far is flushed into the epoch, the slot keeps the position, and the coordinator queues
+    /// the partition again.
+    async fn rotate(&mut self) -> Result<(), PipelineError> {
+        self.out.flush(&self.rt, &mut self.local).await?;
+        self.publish_time();
+        self.slot.rotated.set(true);
+        Ok(())
     }
 
     /// Reads the next batch, retrying transient source errors with the `source` stage's

@@ -57,7 +57,7 @@ pub enum StateFileError {
     #[error("not a keel state file or truncated ({0})")]
     Malformed(&'static str),
     /// Written by an incompatible version.
-    #[error("unsupported state file version {0}")]
+    #[error("state file format version {0} is newer or unknown (this build reads version {VERSION})")]
     Version(u16),
     /// The checksum does not match.
     #[error("state file checksum mismatch")]

@@ -590,5 +590,18 @@ pub enum RestoreError {
     State(String, StateError),
 }
 
+impl RestoreError {
+    /// True when the file was read whole and its bytes are bad (checksum, framing, values):
+    /// the checkpoint may then be skipped. A read error or a format version this build does
+    /// not know says nothing about the checkpoint, and recovery must stop instead (I7).
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            RestoreError::Read(..) => false,
+            RestoreError::File(_, StateFileError::Version(v)) => *v < file::VERSION,
+            RestoreError::File(..) | RestoreError::State(..) => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

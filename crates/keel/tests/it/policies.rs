@@ -668,3 +668,70 @@ fn oversized_records_are_dead_lettered() {
     assert_eq!((s.records_out, s.dead_letters), (1, 1));
     assert!(dead.committed_lines()[0].contains("\"reason\":\"oversized\""));
 }
+
+/// A stop requested while a sink is down does not wait for the sink (issue 9.11): the run
+/// ends at its last durable checkpoint, and nothing written after it is visible. Both orders
+/// are covered: the stop arriving while an interval checkpoint waits for the held task, and
+/// the stop arriving first (its final checkpoint would wait for the held task).
+#[test]
+fn a_stop_while_a_sink_is_down_ends_at_the_last_checkpoint() {
+    for interval in [Duration::from_secs(1), Duration::from_secs(3600)] {
+        let stop_at = Duration::from_secs(20);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let sink = Outage {
+            inner: MemorySink::new(),
+            down_until: Arc::new(Mutex::new(None)),
+            calls: Arc::new(AtomicU64::new(0)),
+        };
+        let lines: Vec<Vec<String>> = (0..2)
+            .map(|p| (0..3000).map(|i| format!("{p}-{i}")).collect())
+            .collect();
+        let s2 = sink.clone();
+        let result = tokio::task::LocalSet::new().block_on(&rt, async {
+            let pipeline = Pipeline::builder("stuck")
+                .source(Slow(VecSource::new(lines)))
+                .flow(Flow::<Record>::new().map(|r: Record| r.value.to_vec()))
+                .sink_with("main", s2.clone(), RawEncoder)
+                .configure(|o| {
+                    o.batch_size = 10;
+                    o.flush_bytes = 1;
+                    o.checkpoint_interval = Some(interval);
+                    o.policies = Policies {
+                        sink_breaker: Some(BreakerConfig {
+                            failures: 3,
+                            open_for: Duration::from_secs(5),
+                            ..Default::default()
+                        }),
+                        ..Policies::default()
+                    };
+                })
+                .build()
+                .unwrap();
+            let stop = pipeline.shutdown_handle();
+            let down = s2.down_until.clone();
+            tokio::task::spawn_local(async move {
+                // down for good 2 s into the run; the stop comes while it is down
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                *down.lock().unwrap() = Some(Instant::now() + Duration::from_secs(1 << 30));
+                tokio::time::sleep(stop_at).await;
+                stop.trigger();
+            });
+            // virtual time: a hang shows up as this timeout, not as a test that never ends
+            tokio::time::timeout(Duration::from_secs(3600), pipeline.run_local()).await
+        });
+        let summary = result
+            .unwrap_or_else(|_| panic!("interval {interval:?}: the run did not end after the stop"))
+            .expect("a stop is not a failure");
+        assert_eq!(summary.outcome, keel::Outcome::Stopped);
+        let committed = sink.inner.committed_lines().len();
+        assert!(committed < 6000, "interval {interval:?}: {committed}");
+        if interval.as_secs() == 1 {
+            assert!(committed > 0, "checkpoints before the outage were committed");
+            assert!(summary.last_checkpoint.is_some());
+        }
+    }
+}
