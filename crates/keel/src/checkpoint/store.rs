@@ -97,6 +97,12 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug + 'static {
     /// Keeps the newest `retain` valid manifests (at least one) and deletes older manifests and
     /// every state file that no kept manifest references. Returns the deleted manifest ids.
     fn prune(&self, retain: usize) -> io::Result<Vec<CheckpointId>> {
+        self.prune_keeping(retain, &[])
+    }
+
+    /// [`CheckpointStore::prune`], keeping the state files named in `protect` as well (a
+    /// compaction in flight writes a file that no manifest lists yet).
+    fn prune_keeping(&self, retain: usize, protect: &[String]) -> io::Result<Vec<CheckpointId>> {
         let reads = self.read_all()?;
         let valid: Vec<&Manifest> = reads
             .iter()
@@ -135,7 +141,7 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug + 'static {
             // Only files of checkpoints older than every kept one can be garbage: newer ones
             // may belong to a checkpoint being written right now.
             let older = state_file_id(&name).is_some_and(|id| id < oldest_kept);
-            if older && !referenced.contains(name.as_str()) {
+            if older && !referenced.contains(name.as_str()) && !protect.contains(&name) {
                 self.delete_state(&name)?;
             }
         }

@@ -213,7 +213,8 @@ where
         options.flush_bytes,
         options.poll_interval,
     );
-    let checkpointer = Checkpointer::spawn(store.clone(), options.retain, 2)
+    let chain = rt.step.state.borrow().restored_chain();
+    let checkpointer = Checkpointer::spawn(store.clone(), options.retain, 2, options.snapshots, chain)
         .map_err(|e| PipelineError::Runtime(format!("cannot start the checkpoint thread: {e}")))?;
 
     let mut slots = BTreeMap::new();
@@ -642,9 +643,10 @@ where
                 None
             };
             let files = StateFiles {
-                files: state.chain().to_vec(),
+                // the checkpoint thread keeps the chain of state files and fills them in
+                files: Vec::new(),
                 keys: state.len() as u64,
-                bytes: state.chain_bytes(),
+                bytes: 0,
             };
             (snapshot, files)
         };

@@ -103,6 +103,9 @@ struct Slot<T> {
 struct Table<T> {
     map: FxMap<Key, Slot<Option<T>>>,
     deleted: Vec<Key>,
+    /// Keys whose slot became dirty in this epoch, each once: a delta visits only these, so
+    /// its cost on the worker thread is what changed, not the table's size.
+    dirty: Vec<Key>,
 }
 
 /// Object-safe operations on any table, for snapshots and restore.
@@ -121,6 +124,7 @@ trait AnyTable: Any {
 struct RawTable {
     map: FxMap<Key, Slot<Box<[u8]>>>,
     deleted: Vec<Key>,
+    dirty: Vec<Key>,
 }
 
 impl AnyTable for RawTable {
@@ -135,10 +139,20 @@ impl AnyTable for RawTable {
             }
         }
         self.deleted.clear();
-        for (k, slot) in self.map.iter_mut() {
-            if full || slot.dirty {
+        if full {
+            for (k, slot) in self.map.iter_mut() {
                 w.put(k, &slot.value);
                 slot.dirty = false;
+            }
+            self.dirty.clear();
+        } else {
+            for k in self.dirty.drain(..) {
+                if let Some(slot) = self.map.get_mut(&k)
+                    && slot.dirty
+                {
+                    w.put(&k, &slot.value);
+                    slot.dirty = false;
+                }
             }
         }
         Ok(())
@@ -161,7 +175,7 @@ impl AnyTable for RawTable {
         Ok(())
     }
     fn has_changes(&self) -> bool {
-        !self.deleted.is_empty() || self.map.values().any(|s| s.dirty)
+        !self.deleted.is_empty() || !self.dirty.is_empty()
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
@@ -187,14 +201,28 @@ impl<T: Serialize + DeserializeOwned + 'static> AnyTable for Table<T> {
         }
         self.deleted.clear();
         let mut err = None;
-        for (k, slot) in self.map.iter_mut() {
-            if let (true, Some(value)) = (full || slot.dirty, &slot.value) {
+        let mut put = |w: &mut StateFileWriter, k: &[u8], slot: &mut Slot<Option<T>>| {
+            if let Some(value) = &slot.value {
                 w.put_with(k, |buf| {
                     if let Err(e) = postcard::to_io(value, &mut *buf) {
                         err = Some(e);
                     }
                 });
-                slot.dirty = false;
+            }
+            slot.dirty = false;
+        };
+        if full {
+            for (k, slot) in self.map.iter_mut() {
+                put(w, k, slot);
+            }
+            self.dirty.clear();
+        } else {
+            for k in self.dirty.drain(..) {
+                if let Some(slot) = self.map.get_mut(&k)
+                    && slot.dirty
+                {
+                    put(w, &k, slot);
+                }
             }
         }
         match err {
@@ -227,7 +255,7 @@ impl<T: Serialize + DeserializeOwned + 'static> AnyTable for Table<T> {
         Ok(())
     }
     fn has_changes(&self) -> bool {
-        !self.deleted.is_empty() || self.map.values().any(|s| s.dirty)
+        !self.deleted.is_empty() || !self.dirty.is_empty()
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
@@ -239,6 +267,7 @@ impl<T: Serialize + DeserializeOwned + 'static> AnyTable for Table<T> {
         let mut raw = RawTable {
             map: FxMap::default(),
             deleted: self.deleted,
+            dirty: self.dirty,
         };
         for (k, slot) in self.map {
             let Some(value) = slot.value else { continue };
@@ -292,10 +321,12 @@ pub struct StateStore {
     tables: Vec<Box<dyn AnyTable>>,
     by_name: FxMap<Arc<str>, usize>,
     policy: SnapshotPolicy,
-    /// State files of the last checkpoint, oldest first (full snapshot, then deltas).
+    /// State files of the restored checkpoint, oldest first (full snapshot, then deltas).
     chain: Vec<String>,
-    chain_bytes: u64,
-    full_bytes: u64,
+    /// Sizes of the chain's files, in the same order.
+    chain_sizes: Vec<u64>,
+    /// A full snapshot exists (written or restored): later snapshots are deltas.
+    based: bool,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -355,6 +386,7 @@ impl StateStore {
             let mut typed: Table<T> = Table {
                 map: FxMap::default(),
                 deleted: raw.deleted,
+                dirty: raw.dirty,
             };
             typed.map.reserve(raw.map.len());
             for (k, s) in raw.map {
@@ -398,7 +430,10 @@ impl StateStore {
         if let Some(slot) = table.map.get_mut(key) {
             let r = f(&mut slot.value);
             if slot.value.is_some() {
-                slot.dirty = true;
+                if !slot.dirty {
+                    slot.dirty = true;
+                    table.dirty.push(key.into());
+                }
             } else {
                 table.map.remove(key);
                 table.deleted.push(key.into());
@@ -409,6 +444,7 @@ impl StateStore {
             let r = f(&mut value);
             if value.is_some() {
                 table.map.insert(key.into(), Slot { value, dirty: true });
+                table.dirty.push(key.into());
             }
             Ok(r)
         }
@@ -425,7 +461,10 @@ impl StateStore {
         match table.map.get_mut(key) {
             Some(slot) => {
                 slot.value = Some(value);
-                slot.dirty = true;
+                if !slot.dirty {
+                    slot.dirty = true;
+                    table.dirty.push(key.into());
+                }
             }
             None => {
                 table.map.insert(
@@ -435,6 +474,7 @@ impl StateStore {
                         dirty: true,
                     },
                 );
+                table.dirty.push(key.into());
             }
         }
         Ok(())
@@ -496,41 +536,43 @@ impl StateStore {
         self.len() == 0
     }
 
-    /// The state files of the last checkpoint (full snapshot first).
-    pub fn chain(&self) -> &[String] {
-        &self.chain
-    }
-
-    /// Total bytes of the current chain.
-    pub fn chain_bytes(&self) -> u64 {
-        self.chain_bytes
-    }
-
-    /// Serialises the changes of the epoch closed by checkpoint `id`, or a full snapshot when
-    /// the delta chain is long enough. Returns `None` when nothing changed. Marks everything
-    /// clean, and updates the chain reported by [`StateStore::chain`].
+    /// Serialises the changes of the epoch closed by checkpoint `id`: a delta of the keys that
+    /// changed (its cost is what changed, not the size of the state), or a full snapshot when
+    /// there is no base snapshot yet. Returns `None` when nothing changed. Marks everything
+    /// clean.
+    ///
+    /// Chains are never folded here, on the worker thread: the checkpoint thread keeps the
+    /// chain of state files and compacts it into a new full snapshot in the background
+    /// ([`compact`]).
     pub fn snapshot(&mut self, id: u64) -> Result<Option<StateSnapshot>, StateError> {
         if !self.tables.iter().any(|t| t.has_changes()) {
             return Ok(None);
         }
-        let deltas = self.chain.len().saturating_sub(1);
-        let full =
-            self.chain.is_empty() || deltas >= self.policy.max_deltas || self.chain_bytes > 2 * self.full_bytes.max(1);
+        let full = !self.based;
         let kind = if full { Kind::Full } else { Kind::Delta };
         let mut w = StateFileWriter::new(kind, id);
         for (i, t) in self.tables.iter_mut().enumerate() {
             t.write(&mut w, full, &self.names[i])?;
         }
         let bytes = w.finish();
+        self.based = true;
         let name = format!("{id:020}.{}", kind.suffix());
-        if full {
-            self.chain.clear();
-            self.chain_bytes = 0;
-            self.full_bytes = bytes.len() as u64;
-        }
-        self.chain.push(name.clone());
-        self.chain_bytes += bytes.len() as u64;
         Ok(Some(StateSnapshot { name, bytes, kind }))
+    }
+
+    /// The snapshot policy (the checkpoint thread decides compactions with it).
+    pub fn policy(&self) -> SnapshotPolicy {
+        self.policy
+    }
+
+    /// The restored chain of state files with their sizes, in chain order (empty for a fresh
+    /// start). Later files are tracked by the checkpoint thread.
+    pub fn restored_chain(&self) -> Vec<(String, u64)> {
+        self.chain
+            .iter()
+            .cloned()
+            .zip(self.chain_sizes.iter().copied())
+            .collect()
     }
 
     /// Rebuilds the store from the files of a checkpoint, read through `read_file`.
@@ -543,7 +585,8 @@ impl StateStore {
         self.names.clear();
         self.by_name.clear();
         self.chain.clear();
-        self.chain_bytes = 0;
+        self.chain_sizes.clear();
+        self.based = !files.is_empty();
         for (n, name) in files.iter().enumerate() {
             let bytes = read_file(name).map_err(|e| RestoreError::Read(name.clone(), e))?;
             let mut err = None;
@@ -566,14 +609,61 @@ impl StateStore {
                     StateFileError::Malformed("chain must start with one full snapshot"),
                 ));
             }
-            if kind == Kind::Full {
-                self.full_bytes = bytes.len() as u64;
-            }
             self.chain.push(name.clone());
-            self.chain_bytes += bytes.len() as u64;
+            self.chain_sizes.push(bytes.len() as u64);
         }
         Ok(())
     }
+}
+
+/// Folds a chain of state files (a full snapshot, then deltas) into one full snapshot for
+/// checkpoint `id`, on raw bytes: no value is decoded, so it runs on any thread and needs no
+/// table types. The result describes exactly the state that restoring `files` gives.
+pub fn compact(
+    id: u64,
+    files: &[String],
+    mut read_file: impl FnMut(&str) -> std::io::Result<Vec<u8>>,
+) -> Result<StateSnapshot, RestoreError> {
+    let mut tables: Vec<(String, FxMap<Key, Box<[u8]>>)> = Vec::new();
+    for (n, name) in files.iter().enumerate() {
+        let bytes = read_file(name).map_err(|e| RestoreError::Read(name.clone(), e))?;
+        let (kind, _) = file::read(&bytes, |table, entry| {
+            let i = match tables.iter().position(|(t, _)| t == table) {
+                Some(i) => i,
+                None => {
+                    tables.push((table.to_owned(), FxMap::default()));
+                    tables.len() - 1
+                }
+            };
+            match entry {
+                Entry::Put(k, v) => {
+                    tables[i].1.insert(k.into(), v.into());
+                }
+                Entry::Delete(k) => {
+                    tables[i].1.remove(k);
+                }
+            }
+        })
+        .map_err(|e| RestoreError::File(name.clone(), e))?;
+        if (n == 0) != (kind == Kind::Full) {
+            return Err(RestoreError::File(
+                name.clone(),
+                StateFileError::Malformed("chain must start with one full snapshot"),
+            ));
+        }
+    }
+    let mut w = StateFileWriter::new(Kind::Full, id);
+    for (table, map) in &tables {
+        w.table(table);
+        for (k, v) in map {
+            w.put(k, v);
+        }
+    }
+    Ok(StateSnapshot {
+        name: format!("{id:020}.{}", Kind::Full.suffix()),
+        bytes: w.finish(),
+        kind: Kind::Full,
+    })
 }
 
 /// Why restoring state failed.

@@ -1,5 +1,7 @@
 //! Pipelines end to end on in-memory sources and sinks with a file checkpoint store.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use keel::testing::{MemorySink, VecSource};
@@ -415,17 +417,16 @@ fn a_corrupt_state_file_falls_back_to_the_previous_checkpoint() {
     });
     let first = p.run().unwrap();
     assert_eq!(first.outcome, Outcome::Stopped);
-    // corrupt the newest state file: that checkpoint becomes unusable
-    let state_dir = dir.path().join("state");
-    let mut files: Vec<_> = std::fs::read_dir(&state_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    let newest = files.last().unwrap();
-    let mut bytes = std::fs::read(newest).unwrap();
+    // corrupt the newest state file of the newest checkpoint: that checkpoint becomes unusable
+    let store = FileCheckpointStore::new(dir.path());
+    let id = keel::CheckpointStore::list(&store).unwrap().into_iter().max().unwrap();
+    let keel::checkpoint::ManifestRead::Valid(m) = keel::CheckpointStore::read(&store, id).unwrap() else {
+        panic!("checkpoint {id} unreadable")
+    };
+    let newest = dir.path().join("state").join(m.state.files.last().unwrap());
+    let mut bytes = std::fs::read(&newest).unwrap();
     bytes[20] ^= 0xff;
-    std::fs::write(newest, bytes).unwrap();
+    std::fs::write(&newest, bytes).unwrap();
     // the output of the lost checkpoint's epoch is rolled back and produced again
     let second = build(Slow(VecSource::new(input.clone()), Duration::ZERO))
         .run()
@@ -437,5 +438,75 @@ fn a_corrupt_state_file_falls_back_to_the_previous_checkpoint() {
         second.restored_from,
         first.last_checkpoint
     );
+    assert_exactly_once(&input, &parse(out.committed_lines()));
+}
+
+/// Long delta chains are folded into a full snapshot by the checkpoint thread, in the
+/// background (issue 9.12): manifests keep short chains, and a run resumed from one restores
+/// exactly the state it had. The stop comes from the flow itself after 150 records.
+#[test]
+fn background_compaction_keeps_chains_short_and_state_exact() {
+    use keel::CheckpointStore;
+    let dir = tempfile::tempdir().unwrap();
+    let input = orders(3, 60);
+    let out = MemorySink::new();
+    let dead = MemorySink::new();
+    let build = |src: Slow, stop_after: Option<u64>| {
+        let handle: Arc<OnceLock<keel::ShutdownHandle>> = Arc::default();
+        let seen = Arc::new(AtomicU64::new(0));
+        let h2 = handle.clone();
+        let flow = Flow::<Record>::new().then(totals_flow()).map(move |t: Total| {
+            if stop_after.is_some_and(|n| seen.fetch_add(1, Ordering::SeqCst) + 1 == n)
+                && let Some(h) = h2.get()
+            {
+                h.trigger();
+            }
+            t
+        });
+        let p = Pipeline::builder("t")
+            .source(src)
+            .flow(flow)
+            .sink(out.clone())
+            .dead_letters(dead.clone())
+            .checkpoints(FileCheckpointStore::new(dir.path()))
+            .configure(|o| {
+                o.checkpoint_interval = Some(Duration::from_millis(1));
+                o.snapshots = keel::state::SnapshotPolicy { max_deltas: 2 };
+                o.batch_size = 1;
+            })
+            .build()
+            .unwrap();
+        let _ = handle.set(p.shutdown_handle());
+        p
+    };
+    let first = build(Slow(VecSource::new(input.clone()), Duration::from_millis(3)), Some(150))
+        .run()
+        .unwrap();
+    assert_eq!(first.outcome, Outcome::Stopped);
+    // every checkpoint of this run wrote a delta: without compaction the chain would be as
+    // long as the number of checkpoints
+    assert!(first.checkpoints >= 10, "{} checkpoints", first.checkpoints);
+    let store = FileCheckpointStore::new(dir.path());
+    let newest = store.list().unwrap().into_iter().max().unwrap();
+    let keel::checkpoint::ManifestRead::Valid(m) = store.read(newest).unwrap() else {
+        panic!("newest manifest unreadable")
+    };
+    assert!(
+        m.state.files.len() < first.checkpoints as usize - 2,
+        "chain not compacted: {:?}",
+        m.state.files
+    );
+    assert!(m.state.files[0].ends_with(".full"));
+    assert_ne!(
+        m.state.files[0],
+        format!("{:020}.full", 1),
+        "the first snapshot was replaced"
+    );
+
+    let second = build(Slow(VecSource::new(input.clone()), Duration::ZERO), None)
+        .run()
+        .unwrap();
+    assert_eq!(second.outcome, Outcome::Finished);
+    assert_eq!(second.restored_from, first.last_checkpoint);
     assert_exactly_once(&input, &parse(out.committed_lines()));
 }
