@@ -171,7 +171,7 @@ pub fn run(target: Target, cmd: Cmd) -> Result<u8> {
     rt.block_on(async {
         let queue = keel_connectors::queue::open(&location, &target.name, retention)
             .await
-            .with_context(|| format!("opening the queue {location}"))?;
+            .with_context(|| format!("opening the queue {}", keel::util::redact_url(&location)))?;
         dispatch(cmd, queue).await
     })
 }
@@ -375,22 +375,46 @@ async fn run_command(exec: Arc<String>, job: Job) -> Result<(), keel::Failure> {
         .wait_with_output()
         .await
         .map_err(|e| keel::Failure::transient("wait_failed", e.to_string()))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail: String = stderr
-        .lines()
-        .rev()
-        .take(5)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
-    let tail = if tail.len() > 2000 {
-        tail[tail.len() - 2000..].to_owned()
-    } else {
-        tail
-    };
-    classify_exit(out.status.code(), &tail)
+    // exit 0 acks whatever the command printed
+    if out.status.success() {
+        return Ok(());
+    }
+    classify_exit(out.status.code(), &stderr_tail(&out.stderr))
+}
+
+/// The longest stderr message kept for a failed job, in bytes.
+const STDERR_TAIL_BYTES: usize = 2000;
+
+/// The last 5 lines of `stderr` (invalid UTF-8 replaced), at most [`STDERR_TAIL_BYTES`] of
+/// them, cut at a character boundary.
+fn stderr_tail(stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = stderr.lines().rev().take(5).collect();
+    let tail = lines.into_iter().rev().collect::<Vec<_>>().join("\n");
+    let mut start = tail.len().saturating_sub(STDERR_TAIL_BYTES);
+    while !tail.is_char_boundary(start) {
+        start += 1;
+    }
+    tail[start..].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{STDERR_TAIL_BYTES, stderr_tail};
+
+    #[test]
+    fn the_stderr_tail_is_cut_at_a_char_boundary() {
+        for prefix in ["", "x", "xx"] {
+            for ch in ["é", "€", "😀"] {
+                let text = format!("{prefix}{}", ch.repeat(3000));
+                let tail = stderr_tail(text.as_bytes());
+                assert!(tail.len() <= STDERR_TAIL_BYTES && tail.len() > STDERR_TAIL_BYTES - 4);
+                assert!(text.ends_with(&tail));
+            }
+        }
+        assert_eq!(stderr_tail(b"a\nb\nc\nd\ne\nf\n"), "b\nc\nd\ne\nf");
+        assert_eq!(stderr_tail(b""), "");
+    }
 }
 
 fn print_stats(s: &QueueStats) {

@@ -8,7 +8,7 @@ use keel::queue::Queue;
 use keel_connectors::queue::{RedisQueue, SqliteQueue};
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
-const RETENTION: Duration = Duration::from_secs(3600);
+pub const RETENTION: Duration = Duration::from_secs(3600);
 
 pub enum Kind {
     Sqlite(tempfile::TempDir),

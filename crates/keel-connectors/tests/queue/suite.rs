@@ -8,7 +8,10 @@ use std::time::Duration;
 use keel::Failure;
 use keel::policy::{Backoff, Jitter, RetryPolicy};
 use keel::queue::worker::{Worker, WorkerOptions};
-use keel::queue::{Disposition, Job, JobError, JobState, NewJob, Queue, QueueError, enqueue};
+use keel::ledger::BoxFuture;
+use keel::queue::{
+    Disposition, Enqueued, Job, JobError, JobId, JobState, NewJob, Queue, QueueError, QueueStats, enqueue,
+};
 use keel::util::now_ms;
 use serde_json::json;
 
@@ -157,21 +160,17 @@ pub async fn extended_leases_hold_and_stale_workers_are_fenced(b: &Backend) {
 pub async fn retries_follow_the_disposition_and_keep_every_error(b: &Backend) {
     let q = &*b.queue;
     let e = enqueue(q, NewJob::new("k", json!({ "n": 1 }))).await.unwrap();
-    for attempt in 1..=2 {
-        let jobs = loop {
-            let jobs = take_all(q, "w").await;
-            if !jobs.is_empty() {
-                break jobs;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+    // a retry due at once runs again at the next take; one an hour away does not
+    for (attempt, backoff) in [(1, Duration::ZERO), (2, LONG)] {
+        let jobs = take_all(q, "w").await;
+        assert_eq!(jobs.len(), 1, "attempt {attempt}: the job is ready");
         assert_eq!(jobs[0].attempts, attempt);
         assert_eq!(jobs[0].errors.len() as u32, attempt - 1);
-        let at = now_ms() + 300;
+        let at = now_ms() + keel::ledger::ms(backoff);
         q.fail(
             &e.id,
             "w",
-            attempt as u64,
+            jobs[0].lease,
             &error(attempt, "timeout"),
             Disposition::Retry { at_ms: at },
         )
@@ -179,11 +178,13 @@ pub async fn retries_follow_the_disposition_and_keep_every_error(b: &Backend) {
         .unwrap();
         let scheduled = q.list(Some(JobState::Scheduled), 10).await.unwrap();
         assert_eq!(scheduled.len(), 1);
-        assert_eq!(scheduled[0].run_at_ms, at);
+        // (on this machine's clock, which the backend's server shares; a minute of slack)
+        let run_at = scheduled[0].run_at_ms;
+        assert!((at..at + 60_000).contains(&run_at), "retry at {run_at}, asked for {at}");
         assert_eq!(scheduled[0].errors.len() as u32, attempt);
         assert_eq!(scheduled[0].errors.last().unwrap().reason, "timeout");
-        assert!(take_all(q, "w").await.is_empty(), "not before the backoff");
     }
+    assert!(take_all(q, "w").await.is_empty(), "not before the backoff");
 }
 
 pub async fn the_last_attempt_and_permanent_failures_go_to_the_dead_set(b: &Backend) {
@@ -528,4 +529,113 @@ pub async fn mixed_priorities_at_scale_never_start_a_lower_one_first(b: &Backend
         }
     }
     assert!(checked_delayed > 500, "{checked_delayed}");
+}
+
+/// A real backend whose `extend` always fails (as when the backend is unreachable from this
+/// worker): everything else goes through.
+#[derive(Debug)]
+struct ExtendFails(Arc<dyn Queue>);
+
+impl Queue for ExtendFails {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn enqueue_many<'a>(&'a self, jobs: &'a [NewJob]) -> BoxFuture<'a, Result<Vec<Enqueued>, QueueError>> {
+        self.0.enqueue_many(jobs)
+    }
+    fn take<'a>(&'a self, worker: &'a str, lease: Duration, max: usize) -> BoxFuture<'a, Result<Vec<Job>, QueueError>> {
+        self.0.take(worker, lease, max)
+    }
+    fn extend<'a>(&'a self, _: &'a str, _: &'a str, _: u64, _: Duration) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async { Err(QueueError::Backend("injected: the backend cannot be reached".into())) })
+    }
+    fn ack<'a>(&'a self, id: &'a str, worker: &'a str, lease: u64) -> BoxFuture<'a, Result<(), QueueError>> {
+        self.0.ack(id, worker, lease)
+    }
+    fn fail<'a>(
+        &'a self,
+        id: &'a str,
+        worker: &'a str,
+        lease: u64,
+        error: &'a JobError,
+        disposition: Disposition,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        self.0.fail(id, worker, lease, error, disposition)
+    }
+    fn release<'a>(&'a self, id: &'a str, worker: &'a str, lease: u64) -> BoxFuture<'a, Result<(), QueueError>> {
+        self.0.release(id, worker, lease)
+    }
+    fn list<'a>(&'a self, state: Option<JobState>, limit: usize) -> BoxFuture<'a, Result<Vec<Job>, QueueError>> {
+        self.0.list(state, limit)
+    }
+    fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
+        self.0.stats()
+    }
+    fn retry_dead<'a>(&'a self, ids: Option<&'a [JobId]>) -> BoxFuture<'a, Result<u64, QueueError>> {
+        self.0.retry_dead(ids)
+    }
+    fn purge(&self, state: JobState) -> BoxFuture<'_, Result<u64, QueueError>> {
+        self.0.purge(state)
+    }
+}
+
+/// Runs a closure when dropped (a handler future being cancelled drops it).
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+/// A worker whose lease extensions all fail cancels its handler before the lease runs out
+/// and never acks the job (another worker may have it by then).
+pub async fn a_worker_that_cannot_extend_its_lease_cancels_the_handler_in_time(b: &Backend) {
+    const LEASE: Duration = Duration::from_secs(3);
+    let q: Arc<dyn Queue> = Arc::new(ExtendFails(b.queue.clone()));
+    let e = enqueue(&*q, NewJob::new("k", json!({ "n": 1 }))).await.unwrap();
+    let mut opts = WorkerOptions::new("worker-1");
+    opts.concurrency = 1;
+    opts.lease = LEASE;
+    opts.poll = Duration::from_millis(20);
+    opts.grace = Duration::from_millis(50);
+    // (lease_until of the attempt, when its handler future was dropped, whether it finished)
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64, bool)>();
+    let worker = Worker::new(q.clone(), opts, move |job: Job| {
+        let tx = tx.clone();
+        async move {
+            if job.attempts > 1 {
+                // a later attempt (the lease expired meanwhile): waits for the shutdown
+                tokio::time::sleep(LONG).await;
+                return Ok(());
+            }
+            let until = job.lease_until_ms.unwrap_or(0);
+            let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let f = finished.clone();
+            let _guard = OnDrop(move || {
+                let _ = tx.send((until, now_ms(), f.load(Ordering::SeqCst)));
+            });
+            // longer than the lease: only a cancellation ends it early
+            tokio::time::sleep(LEASE * 2).await;
+            finished.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    let stop = worker.shutdown_handle();
+    let run = tokio::spawn(async move { worker.run().await });
+    let (until, dropped_at, finished) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("the handler neither finished nor was cancelled")
+        .expect("a handler ran");
+    stop.trigger();
+    let report = run.await.unwrap().unwrap();
+    assert!(!finished, "the handler ran to its end although its lease could not be extended");
+    assert!(
+        dropped_at < until,
+        "cancelled at {dropped_at}, after the lease ran out at {until}"
+    );
+    assert_eq!(report.acked, 0, "{report:?}");
+    assert!(report.lost >= 1, "{report:?}");
+    let left = b.queue.list(None, 10).await.unwrap();
+    assert!(left.iter().any(|j| j.id == e.id), "the job was not acked: {left:?}");
 }
