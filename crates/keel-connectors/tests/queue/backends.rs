@@ -30,6 +30,32 @@ impl Backend {
         }
     }
 
+    /// The backend's clock (ms): the Redis server's `TIME`, or this machine's for SQLite.
+    pub async fn now_ms(&self) -> u64 {
+        match &self.kind {
+            Kind::Sqlite(_) => keel::util::now_ms(),
+            Kind::Redis(_) => {
+                let client = redis::Client::open(REDIS_URL).unwrap();
+                let mut c = client.get_multiplexed_async_connection().await.unwrap();
+                let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+                s * 1000 + us / 1000
+            }
+        }
+    }
+
+    /// Waits until the backend's clock is past `ms` (a lease's end, a job's time): a
+    /// readiness condition instead of a sleep whose length is a guess. Bounded: fails after
+    /// 2,000 polls.
+    pub async fn wait_past(&self, ms: u64) {
+        for _ in 0..2000 {
+            if self.now_ms().await > ms {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the backend's clock never passed {ms}");
+    }
+
     pub async fn cleanup(self) {
         if let Kind::Redis(name) = &self.kind {
             let client = redis::Client::open(REDIS_URL).unwrap();
