@@ -398,25 +398,6 @@ fn stderr_tail(stderr: &[u8]) -> String {
     tail[start..].to_owned()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{STDERR_TAIL_BYTES, stderr_tail};
-
-    #[test]
-    fn the_stderr_tail_is_cut_at_a_char_boundary() {
-        for prefix in ["", "x", "xx"] {
-            for ch in ["é", "€", "😀"] {
-                let text = format!("{prefix}{}", ch.repeat(3000));
-                let tail = stderr_tail(text.as_bytes());
-                assert!(tail.len() <= STDERR_TAIL_BYTES && tail.len() > STDERR_TAIL_BYTES - 4);
-                assert!(text.ends_with(&tail));
-            }
-        }
-        assert_eq!(stderr_tail(b"a\nb\nc\nd\ne\nf\n"), "b\nc\nd\ne\nf");
-        assert_eq!(stderr_tail(b""), "");
-    }
-}
-
 fn print_stats(s: &QueueStats) {
     println!("ready      {:>10}", s.ready);
     for (p, n) in s.ready_by_priority.iter().rev() {
@@ -467,4 +448,23 @@ fn print_jobs(jobs: &[Job], json: bool, errors: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{STDERR_TAIL_BYTES, stderr_tail};
+
+    #[test]
+    fn the_stderr_tail_is_cut_at_a_char_boundary() {
+        for prefix in ["", "x", "xx"] {
+            for ch in ["é", "€", "😀"] {
+                let text = format!("{prefix}{}", ch.repeat(3000));
+                let tail = stderr_tail(text.as_bytes());
+                assert!(tail.len() <= STDERR_TAIL_BYTES && tail.len() > STDERR_TAIL_BYTES - 4);
+                assert!(text.ends_with(&tail));
+            }
+        }
+        assert_eq!(stderr_tail(b"a\nb\nc\nd\ne\nf\n"), "b\nc\nd\ne\nf");
+        assert_eq!(stderr_tail(b""), "");
+    }
 }

@@ -121,7 +121,11 @@ fn redact_settings(text: &str) -> String {
     let mut copied = 0;
     let mut i = 0;
     while i < bytes.len() {
-        let at_word_start = i == 0 || matches!(bytes[i - 1], b' ' | b'\t' | b'\n' | b'?' | b'&' | b';' | b',' | b'"' | b'\'');
+        let at_word_start = i == 0
+            || matches!(
+                bytes[i - 1],
+                b' ' | b'\t' | b'\n' | b'?' | b'&' | b';' | b',' | b'"' | b'\''
+            );
         let key = at_word_start
             .then(|| {
                 KEYS.iter().find(|k| {
@@ -179,17 +183,32 @@ mod redact_tests {
             ("redis://:s3cret@127.0.0.1:6379/", "redis://:***@127.0.0.1:6379/"),
             ("redis://user:s3cret@host:6379/0", "redis://user:***@host:6379/0"),
             ("rediss://default:s3cret@host", "rediss://default:***@host"),
-            ("postgres://keel:s3cret@db:5432/test", "postgres://keel:***@db:5432/test"),
+            (
+                "postgres://keel:s3cret@db:5432/test",
+                "postgres://keel:***@db:5432/test",
+            ),
             ("postgresql://keel:p@ss@db/test", "postgresql://keel:***@db/test"),
-            ("postgres://keel:s3cret@db?sslmode=disable", "postgres://keel:***@db?sslmode=disable"),
+            (
+                "postgres://keel:s3cret@db?sslmode=disable",
+                "postgres://keel:***@db?sslmode=disable",
+            ),
             ("postgres://keel@db:5432/test", "postgres://keel@db:5432/test"),
             ("postgres://db:5432/test", "postgres://db:5432/test"),
             ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/"),
             ("redis://:@host/", "redis://:***@host/"),
-            ("postgres://db/test?password=s3cret&user=k", "postgres://db/test?password=***&user=k"),
-            ("host=db user=keel password=s3cret dbname=test", "host=db user=keel password=*** dbname=test"),
+            (
+                "postgres://db/test?password=s3cret&user=k",
+                "postgres://db/test?password=***&user=k",
+            ),
+            (
+                "host=db user=keel password=s3cret dbname=test",
+                "host=db user=keel password=*** dbname=test",
+            ),
             ("host=db password = s3cret", "host=db password = ***"),
-            ("host=db password='s3 cret' dbname=test", "host=db password='***' dbname=test"),
+            (
+                "host=db password='s3 cret' dbname=test",
+                "host=db password='***' dbname=test",
+            ),
             ("host=db PASSWORD=s3cret", "host=db PASSWORD=***"),
             ("pwd=s3cret", "pwd=***"),
             ("passphrase=hello", "passphrase=hello"),
@@ -201,7 +220,10 @@ mod redact_tests {
                 "opening redis://:a@h/ failed, then postgres://u:b@h/x failed",
                 "opening redis://:***@h/ failed, then postgres://u:***@h/x failed",
             ),
-            ("connecting to redis://:s3cret@h:1/: refused", "connecting to redis://:***@h:1/: refused"),
+            (
+                "connecting to redis://:s3cret@h:1/: refused",
+                "connecting to redis://:***@h:1/: refused",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(redact_url(input), want, "{input}");
@@ -211,8 +233,17 @@ mod redact_tests {
     #[test]
     fn no_input_panics_or_leaks_the_secret() {
         for input in [
-            "://", "a://", "://@", "x://:@", "password=", "password", "password='", "password=\"a\\",
-            "pass=é", "é://é:é@é", "password==s3cret",
+            "://",
+            "a://",
+            "://@",
+            "x://:@",
+            "password=",
+            "password",
+            "password='",
+            "password=\"a\\",
+            "pass=é",
+            "é://é:é@é",
+            "password==s3cret",
         ] {
             let out = redact_url(input);
             assert!(!out.contains("s3cret"), "{input} -> {out}");

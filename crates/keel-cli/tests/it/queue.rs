@@ -235,7 +235,10 @@ fn exec_with_long_multibyte_stderr_acks_successes_once_and_cuts_failures_at_a_ch
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(left.len(), 1, "the successful job was acked: {left:?}");
-    assert_eq!((left[0]["kind"].as_str(), left[0]["state"].as_str()), (Some("fails"), Some("dead")));
+    assert_eq!(
+        (left[0]["kind"].as_str(), left[0]["state"].as_str()),
+        (Some("fails"), Some("dead"))
+    );
     let errors = left[0]["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["reason"], "exit_3");

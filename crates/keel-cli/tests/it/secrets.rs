@@ -57,11 +57,17 @@ fn queue_and_ledger_commands_never_print_a_password() {
         ),
     );
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("default:***@127.0.0.1:6379"), "the location is shown redacted: {text}");
+    assert!(
+        text.contains("default:***@127.0.0.1:6379"),
+        "the location is shown redacted: {text}"
+    );
     for (what, queue) in [("rejected", &rejected), ("refused", &refused)] {
         let (code, text) = assert_no_secret(what, keel(dir, &["queue", "stats", "--queue", queue, "--name", &name]));
         assert_ne!(code, Some(0), "{what}: {text}");
-        assert!(text.contains("***"), "{what}: the error names the redacted location: {text}");
+        assert!(
+            text.contains("***"),
+            "{what}: the error names the redacted location: {text}"
+        );
     }
 
     let pg_ok = format!("postgres://postgres:{SECRET}@127.0.0.1:5432/test");
@@ -112,5 +118,8 @@ lease = "10s"
     assert_eq!(code, Some(0), "{text}");
     let (code, text) = assert_no_secret("run", keel(dir, &["run", "p.toml"]));
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("postgres:***@127.0.0.1:5432"), "the ledger is shown redacted: {text}");
+    assert!(
+        text.contains("postgres:***@127.0.0.1:5432"),
+        "the ledger is shown redacted: {text}"
+    );
 }

@@ -322,8 +322,8 @@ impl RedisQueue {
     pub async fn connect(url: &str, name: &str, retention: Duration) -> Result<Self, QueueError> {
         // only the redacted location is ever shown (errors, `describe`, `Debug`)
         let shown = redact_url(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| QueueError::Config(redact_url(&format!("redis url {shown}: {e}"))))?;
+        let client =
+            redis::Client::open(url).map_err(|e| QueueError::Config(redact_url(&format!("redis url {shown}: {e}"))))?;
         let conn = ConnectionManager::new(client)
             .await
             .map_err(|e| QueueError::Config(redact_url(&format!("connecting to {shown}: {e}"))))?;
@@ -428,9 +428,7 @@ impl Queue for RedisQueue {
             for chunk in jobs.chunks(1000) {
                 let now = (self.clock)();
                 let mut inv = self.scripts.enqueue.prepare_invoke();
-                inv.arg(&self.prefix)
-                    .arg(ms(self.retention).max(1))
-                    .arg(chunk.len());
+                inv.arg(&self.prefix).arg(ms(self.retention).max(1)).arg(chunk.len());
                 for j in chunk {
                     inv.arg(&j.kind)
                         .arg(j.payload.to_string())

@@ -57,7 +57,9 @@ async fn a_worker_whose_clock_runs_ahead_takes_nothing_early() {
         ahead.take("w2", LONG, 10).await.unwrap().is_empty(),
         "the skewed worker took a held or delayed job"
     );
-    let extended = ahead.extend(&held.id, "w1", taken[0].lease, Duration::from_secs(120)).await;
+    let extended = ahead
+        .extend(&held.id, "w1", taken[0].lease, Duration::from_secs(120))
+        .await;
     assert!(extended.is_ok(), "{extended:?}");
 
     // the skewed worker's own delay and retry: 5 minutes from its now, not 15 from the server's
@@ -76,7 +78,15 @@ async fn a_worker_whose_clock_runs_ahead_takes_nothing_early() {
         at_ms: clock(),
     };
     ahead
-        .fail(&ready.id, "w2", got[0].lease, &error, Disposition::Retry { at_ms: clock() + 300_000 })
+        .fail(
+            &ready.id,
+            "w2",
+            got[0].lease,
+            &error,
+            Disposition::Retry {
+                at_ms: clock() + 300_000,
+            },
+        )
         .await
         .unwrap();
     let mut c = redis_conn().await;
@@ -112,10 +122,7 @@ async fn a_take_makes_a_bounded_number_of_due_jobs_ready_and_the_rest_follow_in_
     q.enqueue_many(&jobs).await.unwrap();
     let scheduled = q.list(Some(JobState::Scheduled), n).await.unwrap();
     assert_eq!(scheduled.len(), n, "every job waits for its time");
-    let mut want: Vec<(u64, u64)> = scheduled
-        .iter()
-        .map(|j| (j.run_at_ms, j.id.parse().unwrap()))
-        .collect();
+    let mut want: Vec<(u64, u64)> = scheduled.iter().map(|j| (j.run_at_ms, j.id.parse().unwrap())).collect();
     want.sort_unstable();
     let last_due = want.last().unwrap().0;
 

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use keel::Failure;
+use keel::ledger::BoxFuture;
 use keel::policy::{Backoff, Jitter, RetryPolicy};
 use keel::queue::worker::{Worker, WorkerOptions};
-use keel::ledger::BoxFuture;
 use keel::queue::{
     Disposition, Enqueued, Job, JobError, JobId, JobState, NewJob, Queue, QueueError, QueueStats, enqueue,
 };
@@ -58,12 +58,9 @@ pub async fn delayed_jobs_never_run_early(b: &Backend) {
     enqueue(q, far).await.unwrap();
     enqueue(q, NewJob::new("k", json!({ "n": 2 }))).await.unwrap();
     assert_eq!(ns(&take_all(q, "w").await), vec![2], "only the job whose time has come");
-    let soon = enqueue(
-        q,
-        NewJob::new("k", json!({ "n": 3 })).delay(Duration::from_millis(50)),
-    )
-    .await
-    .unwrap();
+    let soon = enqueue(q, NewJob::new("k", json!({ "n": 3 })).delay(Duration::from_millis(50)))
+        .await
+        .unwrap();
     let listed = q.list(Some(JobState::Scheduled), 10).await.unwrap();
     assert_eq!(listed.len(), 2);
     let run_at = listed.iter().find(|j| j.id == soon.id).expect("scheduled").run_at_ms;
@@ -413,9 +410,7 @@ pub async fn a_worker_acks_retries_and_buries_by_class(b: &Backend) {
 pub async fn a_worker_shuts_down_gracefully(b: &Backend) {
     let q = b.queue.clone();
     enqueue(&*q, NewJob::new("k", json!({ "quick": true }))).await.unwrap();
-    let slow = enqueue(&*q, NewJob::new("k", json!({ "quick": false })))
-        .await
-        .unwrap();
+    let slow = enqueue(&*q, NewJob::new("k", json!({ "quick": false }))).await.unwrap();
     let mut opts = WorkerOptions::new("worker-1");
     opts.poll = Duration::from_millis(10);
     opts.grace = Duration::from_secs(2);
@@ -637,7 +632,10 @@ pub async fn a_worker_that_cannot_extend_its_lease_cancels_the_handler_in_time(b
         .expect("a handler ran");
     stop.trigger();
     let report = run.await.unwrap().unwrap();
-    assert!(!finished, "the handler ran to its end although its lease could not be extended");
+    assert!(
+        !finished,
+        "the handler ran to its end although its lease could not be extended"
+    );
     assert!(
         dropped_at < until,
         "cancelled at {dropped_at}, after the lease ran out at {until}"
