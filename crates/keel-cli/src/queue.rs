@@ -8,6 +8,8 @@
 //! Exit 0 acks the job; exit 75 (`EX_TEMPFAIL`) or death by a signal is a transient failure
 //! (retried with backoff); any other exit code is permanent (the job goes to the dead set).
 //! The last lines of the command's stderr become the error message.
+//! The command runs in a process group of its own: when its job is cancelled (its lease lost
+//! or not extendable in time, or a shutdown's grace period over) the whole group is killed.
 
 use std::io::Read as _;
 use std::process::Stdio;
@@ -364,9 +366,14 @@ async fn run_command(exec: Arc<String>, job: Job) -> Result<(), keel::Failure> {
         .stdin(Stdio::piped())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| keel::Failure::fatal("spawn_failed", format!("cannot run `{exec}`: {e}")))?;
+    // cancelled before the command exits (its lease lost or not extendable, or the grace
+    // period of a shutdown over): this future is dropped and the command is killed with
+    // everything it started
+    let mut group = KillGroupOnDrop(child.id());
     if let Some(mut stdin) = child.stdin.take() {
         // a command that does not read its input closes the pipe: not an error
         let _ = stdin.write_all(job.payload.to_string().as_bytes()).await;
@@ -375,11 +382,27 @@ async fn run_command(exec: Arc<String>, job: Job) -> Result<(), keel::Failure> {
         .wait_with_output()
         .await
         .map_err(|e| keel::Failure::transient("wait_failed", e.to_string()))?;
+    group.0 = None;
     // exit 0 acks whatever the command printed
     if out.status.success() {
         return Ok(());
     }
     classify_exit(out.status.code(), &stderr_tail(&out.stderr))
+}
+
+/// Kills the process group of a job's command when dropped, unless disarmed (`.0 = None`)
+/// once the command exited. The command is its group's leader (`process_group(0)`), so the
+/// group is the command and every process it started that did not leave it.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        use rustix::process::{Pid, Signal, kill_process_group};
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()).and_then(Pid::from_raw) {
+            // (already gone: nothing to do)
+            let _ = kill_process_group(pid, Signal::KILL);
+        }
+    }
 }
 
 /// The longest stderr message kept for a failed job, in bytes.

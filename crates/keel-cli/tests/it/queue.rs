@@ -248,3 +248,55 @@ fn exec_with_long_multibyte_stderr_acks_successes_once_and_cuts_failures_at_a_ch
     assert!((1990..=2000).contains(&message.len()), "{} bytes", message.len());
     assert!(message.starts_with('é') && message.ends_with('x'));
 }
+
+/// True while process `pid` exists and is not a zombie.
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
+}
+
+/// A job cancelled (here by the end of a shutdown's grace period, as when its lease cannot be
+/// extended) kills its command with everything the command started, not only `sh`.
+#[test]
+fn a_cancelled_job_kills_its_command_and_what_it_started() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = format!("sqlite:{}", dir.join("queue.db").display());
+    let out = keel(dir, &db, "grp", &["enqueue", "slow", "{}"]).output().unwrap();
+    assert!(out.status.success());
+    let cmd = r#"sleep 300 & echo $! > child.pid.tmp; mv child.pid.tmp child.pid; wait"#;
+    let mut worker = keel(
+        dir,
+        &db,
+        "grp",
+        &["work", "--exec", cmd, "--grace", "100ms", "--poll", "20ms"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let started = Instant::now();
+    let pid = loop {
+        if let Ok(p) = std::fs::read_to_string(dir.join("child.pid")) {
+            break p.trim().to_owned();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(alive(&pid));
+    let kill = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(worker.wait().unwrap().success());
+    // (killed before keel exited; a moment for the kernel to finish it)
+    for _ in 0..500 {
+        if !alive(&pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    panic!("the command's own child {pid} outlived its cancelled job");
+}
