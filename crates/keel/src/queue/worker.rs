@@ -1,6 +1,10 @@
 //! Running handlers on a [`Queue`]: a concurrency limit, lease extension while a handler
 //! runs, retries with backoff or the dead set on failure, and graceful shutdown.
 //!
+//! A handler whose lease cannot be extended (the backend keeps failing) is cancelled, its
+//! future dropped, before the lease runs out, and its job is neither acked nor failed by
+//! this worker: it runs again once the lease expired, as after a crash.
+//!
 //! Shutdown (a [`ShutdownHandle`], or SIGINT/SIGTERM with [`WorkerOptions::handle_signals`]):
 //! no new job is taken; jobs in flight get [`WorkerOptions::grace`] to finish; the rest are
 //! released (ready again at once, their attempt not counted).
@@ -317,13 +321,13 @@ enum LeaseEnd {
 /// Extends the lease of `job` every third of it until the lease is lost or cannot be kept.
 ///
 /// Contract: returns [`LeaseEnd::Unrenewable`] before the lease, as last confirmed, runs out:
-/// each extension gets until `lease - lease/6` after the last confirmed one (measured
-/// from when that extension was sent, on this machine's monotonic clock), and a failure
-/// that leaves no room for another try gives up at once. The margin covers the time
-/// between the take on the backend and the start of this task.
+/// each extension gets until `lease - lease/6` after the last confirmed one was sent (on
+/// this machine's monotonic clock), and a failure that leaves no room for another try gives
+/// up at once. The margin covers the time between the take on the backend and the start of
+/// this task.
 async fn keep_lease(cx: &TaskContext, job: &Job) -> LeaseEnd {
     let every = (cx.lease / 3).max(Duration::from_millis(10));
-    let margin = every / 2;
+    let margin = cx.lease / 6;
     let mut renewed = tokio::time::Instant::now();
     let mut tick = tokio::time::interval_at(renewed + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
