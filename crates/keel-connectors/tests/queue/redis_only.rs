@@ -165,3 +165,22 @@ async fn a_take_makes_a_bounded_number_of_due_jobs_ready_and_the_rest_follow_in_
     assert!(order == want, "taken in the order of their time, then of their id");
     b.cleanup().await;
 }
+
+/// The password of a Redis location never shows in `describe`, `Debug` or errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_locations_are_shown_without_their_password() {
+    // the default user has no password: any is accepted with the user name
+    let q = RedisQueue::connect("redis://default:s3cretpw@127.0.0.1:6379/", "secrets", RETENTION)
+        .await
+        .unwrap();
+    for shown in [q.describe(), format!("{q:?}")] {
+        assert!(!shown.contains("s3cretpw") && shown.contains("default:***@"), "{shown}");
+    }
+    // rejected: a password without a user name, on a server that has none configured (a
+    // refused connection is checked through `keel`: the client retries it for seconds)
+    let err = RedisQueue::connect("redis://:s3cretpw@127.0.0.1:6379/", "secrets", RETENTION)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("s3cretpw") && err.contains("***"), "{err}");
+}
