@@ -174,7 +174,7 @@ pub fn run(cmd: Cmd) -> Result<u8> {
     rt.block_on(async {
         let ledger = keel_connectors::ledger::open(&location, &schema)
             .await
-            .with_context(|| format!("opening the ledger {location}"))?;
+            .with_context(|| format!("opening the ledger {}", keel::util::redact_url(&location)))?;
         dispatch(cmd, ledger, filter).await
     })
 }

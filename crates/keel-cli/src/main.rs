@@ -102,7 +102,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("keel: error: {e:#}");
+            // the chain may quote a location: never print its password
+            eprintln!("keel: error: {}", keel::util::redact_url(&format!("{e:#}")));
             ExitCode::from(EXIT_FAILED)
         }
     }

@@ -8,6 +8,8 @@
 //! Exit 0 acks the job; exit 75 (`EX_TEMPFAIL`) or death by a signal is a transient failure
 //! (retried with backoff); any other exit code is permanent (the job goes to the dead set).
 //! The last lines of the command's stderr become the error message.
+//! The command runs in a process group of its own: when its job is cancelled (its lease lost
+//! or not extendable in time, or a shutdown's grace period over) the whole group is killed.
 
 use std::io::Read as _;
 use std::process::Stdio;
@@ -171,7 +173,7 @@ pub fn run(target: Target, cmd: Cmd) -> Result<u8> {
     rt.block_on(async {
         let queue = keel_connectors::queue::open(&location, &target.name, retention)
             .await
-            .with_context(|| format!("opening the queue {location}"))?;
+            .with_context(|| format!("opening the queue {}", keel::util::redact_url(&location)))?;
         dispatch(cmd, queue).await
     })
 }
@@ -364,9 +366,14 @@ async fn run_command(exec: Arc<String>, job: Job) -> Result<(), keel::Failure> {
         .stdin(Stdio::piped())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| keel::Failure::fatal("spawn_failed", format!("cannot run `{exec}`: {e}")))?;
+    // cancelled before the command exits (its lease lost or not extendable, or the grace
+    // period of a shutdown over): this future is dropped and the command is killed with
+    // everything it started
+    let mut group = KillGroupOnDrop(child.id());
     if let Some(mut stdin) = child.stdin.take() {
         // a command that does not read its input closes the pipe: not an error
         let _ = stdin.write_all(job.payload.to_string().as_bytes()).await;
@@ -375,22 +382,43 @@ async fn run_command(exec: Arc<String>, job: Job) -> Result<(), keel::Failure> {
         .wait_with_output()
         .await
         .map_err(|e| keel::Failure::transient("wait_failed", e.to_string()))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail: String = stderr
-        .lines()
-        .rev()
-        .take(5)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
-    let tail = if tail.len() > 2000 {
-        tail[tail.len() - 2000..].to_owned()
-    } else {
-        tail
-    };
-    classify_exit(out.status.code(), &tail)
+    group.0 = None;
+    // exit 0 acks whatever the command printed
+    if out.status.success() {
+        return Ok(());
+    }
+    classify_exit(out.status.code(), &stderr_tail(&out.stderr))
+}
+
+/// Kills the process group of a job's command when dropped, unless disarmed (`.0 = None`)
+/// once the command exited. The command is its group's leader (`process_group(0)`), so the
+/// group is the command and every process it started that did not leave it.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        use rustix::process::{Pid, Signal, kill_process_group};
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()).and_then(Pid::from_raw) {
+            // (already gone: nothing to do)
+            let _ = kill_process_group(pid, Signal::KILL);
+        }
+    }
+}
+
+/// The longest stderr message kept for a failed job, in bytes.
+const STDERR_TAIL_BYTES: usize = 2000;
+
+/// The last 5 lines of `stderr` (invalid UTF-8 replaced), at most [`STDERR_TAIL_BYTES`] of
+/// them, cut at a character boundary.
+fn stderr_tail(stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = stderr.lines().rev().take(5).collect();
+    let tail = lines.into_iter().rev().collect::<Vec<_>>().join("\n");
+    let mut start = tail.len().saturating_sub(STDERR_TAIL_BYTES);
+    while !tail.is_char_boundary(start) {
+        start += 1;
+    }
+    tail[start..].to_owned()
 }
 
 fn print_stats(s: &QueueStats) {
@@ -443,4 +471,23 @@ fn print_jobs(jobs: &[Job], json: bool, errors: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{STDERR_TAIL_BYTES, stderr_tail};
+
+    #[test]
+    fn the_stderr_tail_is_cut_at_a_char_boundary() {
+        for prefix in ["", "x", "xx"] {
+            for ch in ["é", "€", "😀"] {
+                let text = format!("{prefix}{}", ch.repeat(3000));
+                let tail = stderr_tail(text.as_bytes());
+                assert!(tail.len() <= STDERR_TAIL_BYTES && tail.len() > STDERR_TAIL_BYTES - 4);
+                assert!(text.ends_with(&tail));
+            }
+        }
+        assert_eq!(stderr_tail(b"a\nb\nc\nd\ne\nf\n"), "b\nc\nd\ne\nf");
+        assert_eq!(stderr_tail(b""), "");
+    }
 }

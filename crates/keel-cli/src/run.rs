@@ -105,7 +105,8 @@ pub fn validate(path: &Path) -> Result<u8> {
             };
             println!(
                 "  ingest: one unit per file, ledger {} (worker {worker}, checksum {})",
-                plan.ledger, plan.settings.checksum
+                keel::util::redact_url(&plan.ledger),
+                plan.settings.checksum
             );
             for (name, dir) in &plan.outputs {
                 println!("    output {name}: {}/<file>/", dir.display());

@@ -722,7 +722,8 @@ pub struct BreakerConfigToml {
 /// Each input file is a unit recorded in the ledger; completed, unchanged files are skipped;
 /// each file's output is one transaction per file sink, committed to `<sink path>/<file>/`
 /// (its dead letters to `<dead_letter path>/<file>/`), replacing that file's earlier output.
-#[derive(Debug, Deserialize)]
+/// Its `Debug` shows the ledger location with the password redacted.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     /// The ledger: `sqlite:PATH`, a path (relative to the pipeline file), or
@@ -761,6 +762,24 @@ pub struct IngestConfig {
     /// Files processed at the same time (default 4).
     #[serde(default)]
     pub concurrency: Option<usize>,
+}
+
+impl std::fmt::Debug for IngestConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestConfig")
+            .field("ledger", &self.ledger.as_deref().map(keel::util::redact_url))
+            .field("schema", &self.schema)
+            .field("scope", &self.scope)
+            .field("checksum", &self.checksum)
+            .field("rehash", &self.rehash)
+            .field("lease", &self.lease)
+            .field("worker", &self.worker)
+            .field("min_records", &self.min_records)
+            .field("max_bad_ratio", &self.max_bad_ratio)
+            .field("validators", &self.validators)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
 }
 
 fn default_schema() -> String {

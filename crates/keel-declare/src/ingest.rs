@@ -25,8 +25,9 @@ use crate::source::AnySource;
 /// Validators accepted in `[ingest] validators`.
 pub const VALIDATORS: [&str; 2] = ["non_empty", "json_lines"];
 
-/// An `[ingest]` table, checked and resolved.
-#[derive(Clone, Debug)]
+/// An `[ingest]` table, checked and resolved. Its `Debug` shows the ledger location with
+/// the password redacted.
+#[derive(Clone)]
 pub struct IngestPlan {
     /// Settings of the ingestor.
     pub settings: IngestSettings,
@@ -40,6 +41,19 @@ pub struct IngestPlan {
     pub outputs: Vec<(String, PathBuf)>,
     /// Validators of the sinks' output.
     pub validators: Vec<String>,
+}
+
+impl std::fmt::Debug for IngestPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestPlan")
+            .field("settings", &self.settings)
+            .field("ledger", &keel::util::redact_url(&self.ledger))
+            .field("schema", &self.schema)
+            .field("input", &self.input)
+            .field("outputs", &self.outputs)
+            .field("validators", &self.validators)
+            .finish()
+    }
 }
 
 /// The plan of the `[ingest]` table of `loaded`, or `None` without one. Every problem is

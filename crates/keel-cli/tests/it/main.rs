@@ -5,3 +5,4 @@ mod crash;
 mod ingest;
 mod queue;
 mod refjob;
+mod secrets;

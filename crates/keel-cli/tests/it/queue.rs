@@ -204,3 +204,99 @@ fn sigterm_finishes_quick_jobs_and_releases_slow_ones_within_the_grace_period() 
     assert_eq!(left[0]["state"], "ready", "the slow job was released");
     assert_eq!(left[0]["attempts"], 0, "its attempt is not counted");
 }
+
+/// A command that succeeds after printing long multi-byte stderr is acked once (cutting its
+/// stderr used to panic inside a character, which made it a transient failure, re-run);
+/// a failing one records its stderr tail cut at a character boundary.
+#[test]
+fn exec_with_long_multibyte_stderr_acks_successes_once_and_cuts_failures_at_a_char_boundary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = format!("sqlite:{}", dir.join("queue.db").display());
+    for kind in ["ok", "fails"] {
+        let out = keel(dir, &db, "mb", &["enqueue", kind, "{}", "--max-attempts", "3"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    // 1500 'é' (2 bytes each) then one ASCII byte: the last 2000 bytes start inside an 'é'
+    let cmd = r#"echo "$KEEL_JOB_KIND" >> runs.log; i=0; while [ $i -lt 1500 ]; do printf 'é' >&2; i=$((i+1)); done; printf 'x\n' >&2; if [ "$KEEL_JOB_KIND" = ok ]; then exit 0; else exit 3; fi"#;
+    let out = keel(dir, &db, "mb", &["work", "--exec", cmd, "--poll", "20ms", "--drain"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let runs = std::fs::read_to_string(dir.join("runs.log")).unwrap();
+    let mut runs: Vec<&str> = runs.lines().collect();
+    runs.sort_unstable();
+    assert_eq!(runs, ["fails", "ok"], "each command ran once");
+    let out = keel(dir, &db, "mb", &["list", "--json"]).output().unwrap();
+    let left: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(left.len(), 1, "the successful job was acked: {left:?}");
+    assert_eq!(
+        (left[0]["kind"].as_str(), left[0]["state"].as_str()),
+        (Some("fails"), Some("dead"))
+    );
+    let errors = left[0]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["reason"], "exit_3");
+    let message = errors[0]["message"].as_str().unwrap();
+    let full = format!("{}x", "é".repeat(1500));
+    assert!(full.ends_with(message), "a suffix of the stderr");
+    assert!((1990..=2000).contains(&message.len()), "{} bytes", message.len());
+    assert!(message.starts_with('é') && message.ends_with('x'));
+}
+
+/// True while process `pid` exists and is not a zombie.
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
+}
+
+/// A job cancelled (here by the end of a shutdown's grace period, as when its lease cannot be
+/// extended) kills its command with everything the command started, not only `sh`.
+#[test]
+fn a_cancelled_job_kills_its_command_and_what_it_started() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = format!("sqlite:{}", dir.join("queue.db").display());
+    let out = keel(dir, &db, "grp", &["enqueue", "slow", "{}"]).output().unwrap();
+    assert!(out.status.success());
+    let cmd = r#"sleep 300 & echo $! > child.pid.tmp; mv child.pid.tmp child.pid; wait"#;
+    let mut worker = keel(
+        dir,
+        &db,
+        "grp",
+        &["work", "--exec", cmd, "--grace", "100ms", "--poll", "20ms"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let started = Instant::now();
+    let pid = loop {
+        if let Ok(p) = std::fs::read_to_string(dir.join("child.pid")) {
+            break p.trim().to_owned();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(alive(&pid));
+    let kill = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(worker.wait().unwrap().success());
+    // (killed before keel exited; a moment for the kernel to finish it)
+    for _ in 0..500 {
+        if !alive(&pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    panic!("the command's own child {pid} outlived its cancelled job");
+}

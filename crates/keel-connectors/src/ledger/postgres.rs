@@ -13,6 +13,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use keel::ledger::{
     BoxFuture, Claim, ClaimRequest, Filter, Fingerprint, Ledger, LedgerError, Stats, Status, Unit, UnitRef, decide, ms,
 };
+use keel::util::redact_url;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
@@ -46,6 +47,7 @@ const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 #[derive(Clone)]
 pub struct PostgresLedger {
     pool: Pool,
+    /// The location with its password redacted ([`redact_url`]): the pool keeps the real one.
     url: String,
     schema: String,
     table: String,
@@ -61,7 +63,7 @@ impl std::fmt::Debug for PostgresLedger {
 }
 
 fn backend(e: impl std::fmt::Display) -> LedgerError {
-    LedgerError::Backend(e.to_string())
+    LedgerError::Backend(redact_url(&e.to_string()))
 }
 
 /// True for a plain SQL identifier (`keel`, `ingest_2`), the only schema names accepted.
@@ -81,9 +83,11 @@ impl PostgresLedger {
                 "schema `{schema}`: use lowercase letters, digits and `_` (at most 63)"
             )));
         }
+        // only the redacted location is ever shown (errors, `describe`, `Debug`)
+        let shown = redact_url(url);
         let config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| LedgerError::Config(format!("ledger url `{url}`: {e}")))?;
+            .map_err(|e| LedgerError::Config(redact_url(&format!("ledger url `{shown}`: {e}"))))?;
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -97,10 +101,10 @@ impl PostgresLedger {
             .create_timeout(Some(Duration::from_secs(10)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
-            .map_err(|e| LedgerError::Config(format!("ledger url `{url}`: {e}")))?;
+            .map_err(|e| LedgerError::Config(redact_url(&format!("ledger url `{shown}`: {e}"))))?;
         let ledger = PostgresLedger {
             pool,
-            url: url.to_owned(),
+            url: shown,
             table: format!("{schema}.keel_units"),
             schema: schema.to_owned(),
         };
@@ -112,7 +116,7 @@ impl PostgresLedger {
         self.pool
             .get()
             .await
-            .map_err(|e| LedgerError::Backend(format!("connecting to {}: {e}", self.url)))
+            .map_err(|e| LedgerError::Backend(redact_url(&format!("connecting to {}: {e}", self.url))))
     }
 
     async fn migrate(&self) -> Result<(), LedgerError> {

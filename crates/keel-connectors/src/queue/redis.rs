@@ -19,19 +19,40 @@
 //!
 //! Scripts build key names from the prefix, so the queue is for a single Redis server (or
 //! one cluster slot: the prefix carries a hash tag).
+//!
+//! # Time
+//!
+//! Every lease, due and delay decision is taken inside the scripts on the server's clock
+//! (`TIME`), as the PostgreSQL ledger does with the database clock: a worker whose clock
+//! runs ahead never takes a job whose lease is still valid, nor a delayed job early. Times a
+//! caller passes (a job's `run_at_ms`, a retry's `at_ms`) are on the caller's clock: the
+//! client turns them into delays from its own now, and the server adds them to its own.
+//! Stored times (`run_at`, `lease_until`, `enqueued`, ...) are server times.
+//!
+//! # Bounded work
+//!
+//! A take puts back at most [`PROMOTE_LIMIT`] expired leases and makes at most
+//! [`PROMOTE_LIMIT`] due jobs ready, in the order of their time then id; the next takes go
+//! on with the rest. (A full batch leaves the jobs of its last time to the next call, so
+//! that order holds; only when more than [`PROMOTE_LIMIT`] jobs are due at the very same
+//! millisecond are they made ready in batches whose ids follow Redis's text order.)
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use keel::ledger::{BoxFuture, ms};
 use keel::queue::{Disposition, Enqueued, Job, JobError, JobId, JobState, NewJob, Queue, QueueError, QueueStats};
-use keel::util::now_ms;
+use keel::util::{Clock, redact_url, system_clock};
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
-/// Shared by the scripts: makes job `id` ready (score by priority then readiness order).
+/// Shared by the scripts: the server's clock (`now`, ms), and `make_ready`, which makes job
+/// `id` ready (score by priority then readiness order).
 const PRELUDE: &str = r#"
 local p = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_s = string.format('%.0f', now)
 local function make_ready(id, prio, at)
   local order = redis.call('INCR', p .. 'order')
   local score = string.format('%.0f', (1000 - prio) * 1099511627776 + (order % 1099511627776))
@@ -47,11 +68,12 @@ end
 "#;
 
 const ENQUEUE: &str = r#"
-local now, ret, n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ret, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 for i = 0, n - 1 do
-  local b = 5 + i * 6
-  local kind, payload, prio, run_at, key, maxa = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), ARGV[b + 4], ARGV[b + 5]
+  local b = 4 + i * 6
+  local kind, payload, prio, delay, key, maxa = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), ARGV[b + 4], ARGV[b + 5]
+  local run_at = now + delay
   local id = false
   if key ~= '' then id = redis.call('GET', p .. 'key:' .. key) end
   if id then
@@ -59,7 +81,6 @@ for i = 0, n - 1 do
     out[#out + 1] = 1
   else
     id = tostring(redis.call('INCR', p .. 'seq'))
-    if run_at < now then run_at = now end
     redis.call('HSET', p .. 'job:' .. id, 'kind', kind, 'payload', payload, 'priority', prio, 'attempts', 0,
       'max_attempts', maxa, 'enqueued', now, 'run_at', string.format('%.0f', run_at), 'key', key)
     if run_at <= now then
@@ -77,8 +98,9 @@ return out
 "#;
 
 const TAKE: &str = r#"
-local now, lease, worker, max = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
-local expired = redis.call('ZRANGEBYSCORE', p .. 'active', '-inf', '(' .. ARGV[2])
+local lease, worker, max, limit = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+-- at most `limit` expired leases per call, the oldest first
+local expired = redis.call('ZRANGEBYSCORE', p .. 'active', '-inf', '(' .. now_s, 'LIMIT', 0, limit)
 for _, id in ipairs(expired) do
   local k = p .. 'job:' .. id
   redis.call('ZREM', p .. 'active', id)
@@ -87,19 +109,25 @@ for _, id in ipairs(expired) do
   local att = tonumber(s[1])
   redis.call('RPUSH', p .. 'errors:' .. id, string.format(
     '{"attempt":%d,"class":"transient","reason":"lease_expired","message":"the worker\'s lease expired (it died or stalled)","at_ms":%s}',
-    att, ARGV[2]))
+    att, now_s))
   if att >= tonumber(s[2]) then
-    redis.call('HSET', k, 'state', 'dead', 'dead_at', ARGV[2])
-    redis.call('ZADD', p .. 'dead', ARGV[2], id)
+    redis.call('HSET', k, 'state', 'dead', 'dead_at', now_s)
+    redis.call('ZADD', p .. 'dead', now_s, id)
   else
-    redis.call('HSET', k, 'run_at', ARGV[2])
+    redis.call('HSET', k, 'run_at', now_s)
     make_ready(id, tonumber(s[3]), now)
   end
 end
--- due jobs become ready in the order of their time, then of their id
-local due = redis.call('ZRANGEBYSCORE', p .. 'scheduled', '-inf', ARGV[2], 'WITHSCORES')
+-- at most `limit` due jobs become ready per call, in the order of their time, then of their id
+local due = redis.call('ZRANGEBYSCORE', p .. 'scheduled', '-inf', now_s, 'WITHSCORES', 'LIMIT', 0, limit)
 local pending = {}
 for i = 1, #due, 2 do pending[#pending + 1] = {due[i], tonumber(due[i + 1])} end
+if #pending >= limit and pending[1][2] ~= pending[#pending][2] then
+  -- a full batch: more jobs of its last time may follow, and Redis orders equal times by
+  -- the text of the id, not its number: that time is left whole to the next call
+  local last = pending[#pending][2]
+  while pending[#pending][2] == last do pending[#pending] = nil end
+end
 table.sort(pending, function(a, b)
   if a[2] ~= b[2] then return a[2] < b[2] end
   return tonumber(a[1]) < tonumber(b[1])
@@ -129,7 +157,8 @@ return out
 "#;
 
 const EXTEND: &str = r#"
-local id, worker, lease, until_ = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local id, worker, lease = ARGV[2], ARGV[3], ARGV[4]
+local until_ = string.format('%.0f', now + tonumber(ARGV[5]))
 if not held(id, worker, lease) then return 0 end
 redis.call('HSET', p .. 'job:' .. id, 'lease_until', until_)
 redis.call('ZADD', p .. 'active', until_, id)
@@ -145,7 +174,8 @@ return 1
 "#;
 
 const FAIL: &str = r#"
-local id, worker, lease, err, mode, at = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local id, worker, lease, err, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local at = string.format('%.0f', now + tonumber(ARGV[7]))
 if not held(id, worker, lease) then return 0 end
 local k = p .. 'job:' .. id
 redis.call('RPUSH', p .. 'errors:' .. id, err)
@@ -162,22 +192,21 @@ return 1
 "#;
 
 const RELEASE: &str = r#"
-local id, worker, lease, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local id, worker, lease = ARGV[2], ARGV[3], ARGV[4]
 if not held(id, worker, lease) then return 0 end
 local k = p .. 'job:' .. id
 redis.call('ZREM', p .. 'active', id)
 redis.call('HDEL', k, 'worker', 'lease_until')
 redis.call('HINCRBY', k, 'attempts', -1)
-redis.call('HSET', k, 'run_at', ARGV[5])
+redis.call('HSET', k, 'run_at', now_s)
 make_ready(id, tonumber(redis.call('HGET', k, 'priority')), now)
 return 1
 "#;
 
 const RETRY_DEAD: &str = r#"
-local now = tonumber(ARGV[2])
 local ids = {}
-if #ARGV > 2 then
-  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+if #ARGV > 1 then
+  for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
 else
   ids = redis.call('ZRANGE', p .. 'dead', 0, -1)
 end
@@ -185,7 +214,7 @@ local n = 0
 for _, id in ipairs(ids) do
   if redis.call('ZREM', p .. 'dead', id) == 1 then
     local k = p .. 'job:' .. id
-    redis.call('HSET', k, 'attempts', 0, 'run_at', ARGV[2])
+    redis.call('HSET', k, 'attempts', 0, 'run_at', now_s)
     redis.call('HDEL', k, 'dead_at')
     make_ready(id, tonumber(redis.call('HGET', k, 'priority')), now)
     n = n + 1
@@ -209,13 +238,12 @@ return #ids
 "#;
 
 const STATS: &str = r#"
-local now = ARGV[2]
 local out = {redis.call('ZCARD', p .. 'ready'), redis.call('ZCARD', p .. 'scheduled'),
   redis.call('ZCARD', p .. 'active'), redis.call('ZCARD', p .. 'dead')}
 local oldest = redis.call('ZRANGE', p .. 'ready_at', 0, 0, 'WITHSCORES')
 out[5] = oldest[2] or ''
--- (priorities of at most 10,000 due jobs; the take moves all of them)
-local due = redis.call('ZRANGEBYSCORE', p .. 'scheduled', '-inf', now, 'WITHSCORES', 'LIMIT', 0, 10000)
+-- (priorities of at most 10,000 due jobs, which takes make ready)
+local due = redis.call('ZRANGEBYSCORE', p .. 'scheduled', '-inf', now_s, 'WITHSCORES', 'LIMIT', 0, 10000)
 local prio = redis.call('HGETALL', p .. 'prio')
 local extra = {}
 for i = 1, #due, 2 do
@@ -260,12 +288,20 @@ impl Scripts {
 /// A queue on a Redis server.
 #[derive(Clone)]
 pub struct RedisQueue {
+    /// The location with its password redacted ([`redact_url`]): the connection keeps the
+    /// real one.
     url: String,
     prefix: String,
     retention: Duration,
     conn: ConnectionManager,
     scripts: std::sync::Arc<Scripts>,
+    clock: Clock,
 }
+
+/// The most expired leases, and the most due scheduled jobs, that one take puts back or
+/// makes ready: a take never blocks the server for long however many jobs are due at once
+/// (the next takes go on with the rest, in the same order).
+pub const PROMOTE_LIMIT: usize = 1000;
 
 impl std::fmt::Debug for RedisQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -277,24 +313,37 @@ impl std::fmt::Debug for RedisQueue {
 }
 
 fn backend(e: redis::RedisError) -> QueueError {
-    QueueError::Backend(e.to_string())
+    QueueError::Backend(redact_url(&e.to_string()))
 }
 
 impl RedisQueue {
     /// Connects to `url` (`redis://127.0.0.1:6379/`) for queue `name`; idempotency keys are
     /// kept for `retention`.
     pub async fn connect(url: &str, name: &str, retention: Duration) -> Result<Self, QueueError> {
-        let client = redis::Client::open(url).map_err(|e| QueueError::Config(format!("redis url {url}: {e}")))?;
+        // only the redacted location is ever shown (errors, `describe`, `Debug`)
+        let shown = redact_url(url);
+        let client =
+            redis::Client::open(url).map_err(|e| QueueError::Config(redact_url(&format!("redis url {shown}: {e}"))))?;
         let conn = ConnectionManager::new(client)
             .await
-            .map_err(|e| QueueError::Config(format!("connecting to {url}: {e}")))?;
+            .map_err(|e| QueueError::Config(redact_url(&format!("connecting to {shown}: {e}"))))?;
         Ok(RedisQueue {
-            url: url.to_owned(),
+            url: shown,
             prefix: format!("keel:q:{{{name}}}:"),
             retention,
             conn,
             scripts: std::sync::Arc::new(Scripts::new()),
+            clock: system_clock(),
         })
+    }
+
+    /// With `clock` as this client's clock (tests inject a skewed one). It is used only to
+    /// turn the times a caller passes ([`NewJob::run_at_ms`], [`Disposition::Retry`]) into
+    /// delays from its own now; every lease, due and delay decision is taken on the server's
+    /// clock, so workers whose clocks disagree still agree on leases.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     async fn held(&self, script: &Script, args: &[String], id: &str) -> Result<(), QueueError> {
@@ -377,17 +426,14 @@ impl Queue for RedisQueue {
             let mut out = Vec::with_capacity(jobs.len());
             // one script per 1,000 jobs: atomic per chunk, without blocking the server long
             for chunk in jobs.chunks(1000) {
-                let now = now_ms();
+                let now = (self.clock)();
                 let mut inv = self.scripts.enqueue.prepare_invoke();
-                inv.arg(&self.prefix)
-                    .arg(now)
-                    .arg(ms(self.retention).max(1))
-                    .arg(chunk.len());
+                inv.arg(&self.prefix).arg(ms(self.retention).max(1)).arg(chunk.len());
                 for j in chunk {
                     inv.arg(&j.kind)
                         .arg(j.payload.to_string())
                         .arg(j.priority)
-                        .arg(j.run_at_ms.unwrap_or(now))
+                        .arg(j.run_at_ms.map_or(0, |at| at.saturating_sub(now)))
                         .arg(j.idempotency_key.as_deref().unwrap_or(""))
                         .arg(j.max_attempts);
                 }
@@ -409,10 +455,10 @@ impl Queue for RedisQueue {
                 .take
                 .prepare_invoke()
                 .arg(&self.prefix)
-                .arg(now_ms())
                 .arg(ms(lease))
                 .arg(worker)
                 .arg(max)
+                .arg(PROMOTE_LIMIT)
                 .invoke_async(&mut self.conn.clone())
                 .await
                 .map_err(backend)?;
@@ -428,8 +474,12 @@ impl Queue for RedisQueue {
         duration: Duration,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let until = now_ms() + ms(duration);
-            let args = [id.to_owned(), worker.to_owned(), lease.to_string(), until.to_string()];
+            let args = [
+                id.to_owned(),
+                worker.to_owned(),
+                lease.to_string(),
+                ms(duration).to_string(),
+            ];
             self.held(&self.scripts.extend, &args, id).await
         })
     }
@@ -451,9 +501,10 @@ impl Queue for RedisQueue {
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
             let json = serde_json::to_string(error).map_err(|e| QueueError::Backend(e.to_string()))?;
-            let (mode, at) = match disposition {
-                Disposition::Retry { at_ms } => ("retry", at_ms),
-                Disposition::Dead => ("dead", now_ms()),
+            // the retry time is on this client's clock: the server adds the delay to its own
+            let (mode, delay) = match disposition {
+                Disposition::Retry { at_ms } => ("retry", at_ms.saturating_sub((self.clock)())),
+                Disposition::Dead => ("dead", 0),
             };
             let args = [
                 id.to_owned(),
@@ -461,7 +512,7 @@ impl Queue for RedisQueue {
                 lease.to_string(),
                 json,
                 mode.to_owned(),
-                at.to_string(),
+                delay.to_string(),
             ];
             self.held(&self.scripts.fail, &args, id).await
         })
@@ -469,12 +520,7 @@ impl Queue for RedisQueue {
 
     fn release<'a>(&'a self, id: &'a str, worker: &'a str, lease: u64) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let args = [
-                id.to_owned(),
-                worker.to_owned(),
-                lease.to_string(),
-                now_ms().to_string(),
-            ];
+            let args = [id.to_owned(), worker.to_owned(), lease.to_string()];
             self.held(&self.scripts.release, &args, id).await
         })
     }
@@ -506,14 +552,12 @@ impl Queue for RedisQueue {
 
     fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
         Box::pin(async move {
-            let now = now_ms();
             type Reply = (u64, u64, u64, u64, String, Vec<String>, Vec<String>);
             let (ready, scheduled, active, dead, oldest, prio, due): Reply = self
                 .scripts
                 .stats
                 .prepare_invoke()
                 .arg(&self.prefix)
-                .arg(now)
                 .invoke_async(&mut self.conn.clone())
                 .await
                 .map_err(backend)?;
@@ -557,7 +601,7 @@ impl Queue for RedisQueue {
                 return Ok(0);
             }
             let mut inv = self.scripts.retry_dead.prepare_invoke();
-            inv.arg(&self.prefix).arg(now_ms());
+            inv.arg(&self.prefix);
             for id in ids.unwrap_or_default() {
                 inv.arg(id);
             }

@@ -38,3 +38,27 @@ macro_rules! cases {
 }
 
 cases!(sqlite, postgres);
+
+/// The password of a PostgreSQL location never shows in `describe`, `Debug` or errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_locations_are_shown_without_their_password() {
+    use keel::ledger::Ledger as _;
+    use keel_connectors::ledger::PostgresLedger;
+    // trust authentication: the password is sent and ignored
+    let ledger = PostgresLedger::connect("postgres://postgres:s3cretpw@127.0.0.1:5432/test", "keel")
+        .await
+        .unwrap();
+    for shown in [ledger.describe(), format!("{ledger:?}")] {
+        assert!(
+            !shown.contains("s3cretpw") && shown.contains("postgres:***@"),
+            "{shown}"
+        );
+    }
+    for url in [
+        "postgres://postgres:s3cretpw@127.0.0.1:1/test",
+        "host=127.0.0.1 port=1 user=postgres password=s3cretpw dbname=test",
+    ] {
+        let err = PostgresLedger::connect(url, "keel").await.unwrap_err().to_string();
+        assert!(!err.contains("s3cretpw"), "{err}");
+    }
+}

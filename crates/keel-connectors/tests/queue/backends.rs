@@ -8,7 +8,7 @@ use keel::queue::Queue;
 use keel_connectors::queue::{RedisQueue, SqliteQueue};
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
-const RETENTION: Duration = Duration::from_secs(3600);
+pub const RETENTION: Duration = Duration::from_secs(3600);
 
 pub enum Kind {
     Sqlite(tempfile::TempDir),
@@ -28,6 +28,32 @@ impl Backend {
             Kind::Sqlite(dir) => Arc::new(SqliteQueue::open(dir.path().join("queue.db"), "test", RETENTION).unwrap()),
             Kind::Redis(name) => Arc::new(RedisQueue::connect(REDIS_URL, name, RETENTION).await.unwrap()),
         }
+    }
+
+    /// The backend's clock (ms): the Redis server's `TIME`, or this machine's for SQLite.
+    pub async fn now_ms(&self) -> u64 {
+        match &self.kind {
+            Kind::Sqlite(_) => keel::util::now_ms(),
+            Kind::Redis(_) => {
+                let client = redis::Client::open(REDIS_URL).unwrap();
+                let mut c = client.get_multiplexed_async_connection().await.unwrap();
+                let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+                s * 1000 + us / 1000
+            }
+        }
+    }
+
+    /// Waits until the backend's clock is past `ms` (a lease's end, a job's time): a
+    /// readiness condition instead of a sleep whose length is a guess. Bounded: fails after
+    /// 2,000 polls.
+    pub async fn wait_past(&self, ms: u64) {
+        for _ in 0..2000 {
+            if self.now_ms().await > ms {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the backend's clock never passed {ms}");
     }
 
     pub async fn cleanup(self) {

@@ -1,6 +1,7 @@
 //! One behaviour, two backends: every case of `suite` runs against SQLite and Redis.
 
 mod backends;
+mod redis_only;
 mod suite;
 
 macro_rules! suite_for {
@@ -36,6 +37,7 @@ macro_rules! cases {
             a_worker_acks_retries_and_buries_by_class,
             a_worker_shuts_down_gracefully,
             mixed_priorities_at_scale_never_start_a_lower_one_first,
+            a_worker_that_cannot_extend_its_lease_cancels_the_handler_in_time,
         );)*
     };
 }

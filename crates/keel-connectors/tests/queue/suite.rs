@@ -6,9 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use keel::Failure;
+use keel::ledger::BoxFuture;
 use keel::policy::{Backoff, Jitter, RetryPolicy};
 use keel::queue::worker::{Worker, WorkerOptions};
-use keel::queue::{Disposition, Job, JobError, JobState, NewJob, Queue, QueueError, enqueue};
+use keel::queue::{
+    Disposition, Enqueued, Job, JobError, JobId, JobState, NewJob, Queue, QueueError, QueueStats, enqueue,
+};
 use keel::util::now_ms;
 use serde_json::json;
 
@@ -51,32 +54,21 @@ pub async fn higher_priority_first_then_fifo(b: &Backend) {
 
 pub async fn delayed_jobs_never_run_early(b: &Backend) {
     let q = &*b.queue;
-    let delayed = enqueue(
-        q,
-        NewJob::new("k", json!({ "n": 1 }))
-            .priority(100)
-            .delay(Duration::from_millis(400)),
-    )
-    .await
-    .unwrap();
+    let far = NewJob::new("k", json!({ "n": 1 })).priority(100).delay(LONG);
+    enqueue(q, far).await.unwrap();
     enqueue(q, NewJob::new("k", json!({ "n": 2 }))).await.unwrap();
     assert_eq!(ns(&take_all(q, "w").await), vec![2], "only the job whose time has come");
+    let soon = enqueue(q, NewJob::new("k", json!({ "n": 3 })).delay(Duration::from_millis(50)))
+        .await
+        .unwrap();
     let listed = q.list(Some(JobState::Scheduled), 10).await.unwrap();
-    assert_eq!(listed.len(), 1);
-    let run_at = listed[0].run_at_ms;
-    loop {
-        let got = take_all(q, "w").await;
-        let after = now_ms();
-        if let Some(j) = got.first() {
-            assert_eq!(j.id, delayed.id);
-            assert!(after >= run_at, "taken at {after}, before its time {run_at}");
-            break;
-        }
-        assert!(after < run_at + 5_000, "the delayed job never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(listed.len(), 2);
+    let run_at = listed.iter().find(|j| j.id == soon.id).expect("scheduled").run_at_ms;
+    b.wait_past(run_at).await;
+    let got = take_all(q, "w").await;
+    assert_eq!(ns(&got), vec![3], "the due job, not the one an hour away");
+    assert!(got[0].run_at_ms <= b.now_ms().await);
 }
-
 pub async fn idempotency_keys_return_the_first_job(b: &Backend) {
     let q = &*b.queue;
     let a = enqueue(q, NewJob::new("k", json!({ "n": 1 })).key("order-17"))
@@ -113,13 +105,16 @@ pub async fn expired_leases_put_jobs_back_and_count_the_attempt(b: &Backend) {
     let q = &*b.queue;
     let other = b.another().await;
     let e = enqueue(q, NewJob::new("k", json!({ "n": 1 }))).await.unwrap();
-    let taken = q.take("dies", Duration::from_millis(100), 1).await.unwrap();
+    let taken = q.take("dies", LONG, 1).await.unwrap();
     assert_eq!(taken.len(), 1);
     assert!(
         other.take("w2", LONG, 1).await.unwrap().is_empty(),
         "held while the lease runs"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // the lease is cut short, then the worker "dies": nothing extends it again
+    q.extend(&e.id, "dies", 1, Duration::from_millis(20)).await.unwrap();
+    let active = q.list(Some(JobState::Active), 10).await.unwrap();
+    b.wait_past(active[0].lease_until_ms.expect("a lease")).await;
     let again = other.take("w2", LONG, 1).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].id.as_str(), again[0].attempts), (e.id.as_str(), 2));
@@ -127,14 +122,14 @@ pub async fn expired_leases_put_jobs_back_and_count_the_attempt(b: &Backend) {
     other.ack(&e.id, "w2", 2).await.unwrap();
     assert!(q.list(None, 10).await.unwrap().is_empty());
 }
-
 pub async fn extended_leases_hold_and_stale_workers_are_fenced(b: &Backend) {
     let q = &*b.queue;
     let other = b.another().await;
     let e = enqueue(q, NewJob::new("k", json!({ "n": 1 }))).await.unwrap();
-    q.take("w1", Duration::from_millis(200), 1).await.unwrap();
-    q.extend(&e.id, "w1", 1, Duration::from_secs(5)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let taken = q.take("w1", Duration::from_millis(50), 1).await.unwrap();
+    q.extend(&e.id, "w1", 1, LONG).await.unwrap();
+    // past the first lease: only the extension holds the job now
+    b.wait_past(taken[0].lease_until_ms.expect("a lease")).await;
     assert!(
         other.take("w2", LONG, 1).await.unwrap().is_empty(),
         "the extended lease holds"
@@ -157,21 +152,17 @@ pub async fn extended_leases_hold_and_stale_workers_are_fenced(b: &Backend) {
 pub async fn retries_follow_the_disposition_and_keep_every_error(b: &Backend) {
     let q = &*b.queue;
     let e = enqueue(q, NewJob::new("k", json!({ "n": 1 }))).await.unwrap();
-    for attempt in 1..=2 {
-        let jobs = loop {
-            let jobs = take_all(q, "w").await;
-            if !jobs.is_empty() {
-                break jobs;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+    // a retry due at once runs again at the next take; one an hour away does not
+    for (attempt, backoff) in [(1, Duration::ZERO), (2, LONG)] {
+        let jobs = take_all(q, "w").await;
+        assert_eq!(jobs.len(), 1, "attempt {attempt}: the job is ready");
         assert_eq!(jobs[0].attempts, attempt);
         assert_eq!(jobs[0].errors.len() as u32, attempt - 1);
-        let at = now_ms() + 300;
+        let at = now_ms() + keel::ledger::ms(backoff);
         q.fail(
             &e.id,
             "w",
-            attempt as u64,
+            jobs[0].lease,
             &error(attempt, "timeout"),
             Disposition::Retry { at_ms: at },
         )
@@ -179,11 +170,13 @@ pub async fn retries_follow_the_disposition_and_keep_every_error(b: &Backend) {
         .unwrap();
         let scheduled = q.list(Some(JobState::Scheduled), 10).await.unwrap();
         assert_eq!(scheduled.len(), 1);
-        assert_eq!(scheduled[0].run_at_ms, at);
+        // (on this machine's clock, which the backend's server shares; a minute of slack)
+        let run_at = scheduled[0].run_at_ms;
+        assert!((at..at + 60_000).contains(&run_at), "retry at {run_at}, asked for {at}");
         assert_eq!(scheduled[0].errors.len() as u32, attempt);
         assert_eq!(scheduled[0].errors.last().unwrap().reason, "timeout");
-        assert!(take_all(q, "w").await.is_empty(), "not before the backoff");
     }
+    assert!(take_all(q, "w").await.is_empty(), "not before the backoff");
 }
 
 pub async fn the_last_attempt_and_permanent_failures_go_to_the_dead_set(b: &Backend) {
@@ -226,7 +219,7 @@ pub async fn the_last_attempt_and_permanent_failures_go_to_the_dead_set(b: &Back
         .unwrap();
     let got = q.take("dies", Duration::from_millis(50), 1).await.unwrap();
     assert_eq!(got[0].id, last.id);
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    b.wait_past(got[0].lease_until_ms.expect("a lease")).await;
     assert!(q.take("w", LONG, 10).await.unwrap().is_empty());
     let dead = q.list(Some(JobState::Dead), 10).await.unwrap();
     let buried = dead.iter().find(|j| j.id == last.id).expect("buried");
@@ -275,7 +268,7 @@ pub async fn lease_tokens_are_never_reused(b: &Backend) {
         .unwrap();
     let first = q.take("w1", Duration::from_millis(50), 1).await.unwrap();
     assert_eq!(first[0].lease, 1);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.wait_past(first[0].lease_until_ms.expect("a lease")).await;
     assert!(
         take_all(q, "w2").await.is_empty(),
         "buried: its only attempt's lease expired"
@@ -319,16 +312,18 @@ pub async fn concurrent_workers_never_share_a_job(b: &Backend) {
         handles.push(tokio::spawn(async move {
             let worker = format!("w{w}");
             let mut seen = Vec::new();
-            loop {
+            // (300 jobs: a worker that takes at least one per call is done in 300 calls)
+            for _ in 0..=300 {
                 let got = q.take(&worker, LONG, 5).await.unwrap();
                 if got.is_empty() {
-                    break seen;
+                    return seen;
                 }
                 for j in got {
                     q.ack(&j.id, &worker, j.lease).await.unwrap();
                     seen.push(j.payload["n"].as_i64().unwrap());
                 }
             }
+            panic!("{worker} kept taking jobs after 300 takes");
         }));
     }
     let mut all = Vec::new();
@@ -414,29 +409,38 @@ pub async fn a_worker_acks_retries_and_buries_by_class(b: &Backend) {
 
 pub async fn a_worker_shuts_down_gracefully(b: &Backend) {
     let q = b.queue.clone();
-    enqueue(&*q, NewJob::new("k", json!({ "sleep_ms": 10 }))).await.unwrap();
-    let slow = enqueue(&*q, NewJob::new("k", json!({ "sleep_ms": 30_000 })))
-        .await
-        .unwrap();
+    enqueue(&*q, NewJob::new("k", json!({ "quick": true }))).await.unwrap();
+    let slow = enqueue(&*q, NewJob::new("k", json!({ "quick": false }))).await.unwrap();
     let mut opts = WorkerOptions::new("worker-1");
     opts.poll = Duration::from_millis(10);
-    opts.grace = Duration::from_millis(300);
-    let started = Arc::new(AtomicU64::new(0));
-    let s = started.clone();
+    opts.grace = Duration::from_secs(2);
+    // the quick job finishes once the shutdown has begun (within the grace period); the
+    // slow one never does and is released when the grace period ends
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
     let worker = Worker::new(q.clone(), opts, move |job: Job| {
-        let s = s.clone();
+        let started = started_tx.clone();
+        let mut go = go_rx.clone();
         async move {
-            s.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(job.payload["sleep_ms"].as_u64().unwrap_or(0))).await;
+            let _ = started.send(());
+            if job.payload["quick"] == true {
+                let _ = go.wait_for(|go| *go).await;
+            } else {
+                tokio::time::sleep(LONG).await;
+            }
             Ok(())
         }
     });
     let stop = worker.shutdown_handle();
     let run = tokio::spawn(async move { worker.run().await });
-    while started.load(Ordering::SeqCst) < 2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(60), started_rx.recv())
+            .await
+            .expect("both jobs start")
+            .expect("a handler ran");
     }
     stop.trigger();
+    go_tx.send(true).unwrap();
     let report = run.await.unwrap().unwrap();
     assert_eq!((report.acked, report.released), (1, 1), "{report:?}");
     let ready = q.list(Some(JobState::Ready), 10).await.unwrap();
@@ -528,4 +532,116 @@ pub async fn mixed_priorities_at_scale_never_start_a_lower_one_first(b: &Backend
         }
     }
     assert!(checked_delayed > 500, "{checked_delayed}");
+}
+
+/// A real backend whose `extend` always fails (as when the backend is unreachable from this
+/// worker): everything else goes through.
+#[derive(Debug)]
+struct ExtendFails(Arc<dyn Queue>);
+
+impl Queue for ExtendFails {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn enqueue_many<'a>(&'a self, jobs: &'a [NewJob]) -> BoxFuture<'a, Result<Vec<Enqueued>, QueueError>> {
+        self.0.enqueue_many(jobs)
+    }
+    fn take<'a>(&'a self, worker: &'a str, lease: Duration, max: usize) -> BoxFuture<'a, Result<Vec<Job>, QueueError>> {
+        self.0.take(worker, lease, max)
+    }
+    fn extend<'a>(&'a self, _: &'a str, _: &'a str, _: u64, _: Duration) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async { Err(QueueError::Backend("injected: the backend cannot be reached".into())) })
+    }
+    fn ack<'a>(&'a self, id: &'a str, worker: &'a str, lease: u64) -> BoxFuture<'a, Result<(), QueueError>> {
+        self.0.ack(id, worker, lease)
+    }
+    fn fail<'a>(
+        &'a self,
+        id: &'a str,
+        worker: &'a str,
+        lease: u64,
+        error: &'a JobError,
+        disposition: Disposition,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        self.0.fail(id, worker, lease, error, disposition)
+    }
+    fn release<'a>(&'a self, id: &'a str, worker: &'a str, lease: u64) -> BoxFuture<'a, Result<(), QueueError>> {
+        self.0.release(id, worker, lease)
+    }
+    fn list<'a>(&'a self, state: Option<JobState>, limit: usize) -> BoxFuture<'a, Result<Vec<Job>, QueueError>> {
+        self.0.list(state, limit)
+    }
+    fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
+        self.0.stats()
+    }
+    fn retry_dead<'a>(&'a self, ids: Option<&'a [JobId]>) -> BoxFuture<'a, Result<u64, QueueError>> {
+        self.0.retry_dead(ids)
+    }
+    fn purge(&self, state: JobState) -> BoxFuture<'_, Result<u64, QueueError>> {
+        self.0.purge(state)
+    }
+}
+
+/// Runs a closure when dropped (a handler future being cancelled drops it).
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+/// A worker whose lease extensions all fail cancels its handler before the lease runs out
+/// and never acks the job (another worker may have it by then).
+pub async fn a_worker_that_cannot_extend_its_lease_cancels_the_handler_in_time(b: &Backend) {
+    const LEASE: Duration = Duration::from_secs(3);
+    let q: Arc<dyn Queue> = Arc::new(ExtendFails(b.queue.clone()));
+    let e = enqueue(&*q, NewJob::new("k", json!({ "n": 1 }))).await.unwrap();
+    let mut opts = WorkerOptions::new("worker-1");
+    opts.concurrency = 1;
+    opts.lease = LEASE;
+    opts.poll = Duration::from_millis(20);
+    opts.grace = Duration::from_millis(50);
+    // (lease_until of the attempt, when its handler future was dropped, whether it finished)
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64, bool)>();
+    let worker = Worker::new(q.clone(), opts, move |job: Job| {
+        let tx = tx.clone();
+        async move {
+            if job.attempts > 1 {
+                // a later attempt (the lease expired meanwhile): waits for the shutdown
+                tokio::time::sleep(LONG).await;
+                return Ok(());
+            }
+            let until = job.lease_until_ms.unwrap_or(0);
+            let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let f = finished.clone();
+            let _guard = OnDrop(move || {
+                let _ = tx.send((until, now_ms(), f.load(Ordering::SeqCst)));
+            });
+            // longer than the lease: only a cancellation ends it early
+            tokio::time::sleep(LEASE * 2).await;
+            finished.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    let stop = worker.shutdown_handle();
+    let run = tokio::spawn(async move { worker.run().await });
+    let (until, dropped_at, finished) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("the handler neither finished nor was cancelled")
+        .expect("a handler ran");
+    stop.trigger();
+    let report = run.await.unwrap().unwrap();
+    assert!(
+        !finished,
+        "the handler ran to its end although its lease could not be extended"
+    );
+    assert!(
+        dropped_at < until,
+        "cancelled at {dropped_at}, after the lease ran out at {until}"
+    );
+    assert_eq!(report.acked, 0, "{report:?}");
+    assert!(report.lost >= 1, "{report:?}");
+    let left = b.queue.list(None, 10).await.unwrap();
+    assert!(left.iter().any(|j| j.id == e.id), "the job was not acked: {left:?}");
 }

@@ -55,7 +55,9 @@ pub struct NewJob {
     pub payload: serde_json::Value,
     /// Higher runs first; [`MIN_PRIORITY`]..=[`MAX_PRIORITY`] (default 0).
     pub priority: i32,
-    /// Not before this time (ms since the Unix epoch); `None` is now.
+    /// Not before this time (ms since the Unix epoch, on the enqueuer's clock); `None` is
+    /// now. A backend shared by several machines (Redis) keeps it as a delay from the
+    /// enqueuer's now and decides on its own clock.
     pub run_at_ms: Option<u64>,
     /// Enqueueing the same key again within the retention window returns this job.
     pub idempotency_key: Option<String>,
@@ -226,7 +228,8 @@ pub struct Job {
 /// What happens to a failed job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
-    /// Run again, not before this time (ms).
+    /// Run again, not before this time (ms, on the worker's clock: a backend shared by
+    /// several machines keeps it as a delay from the worker's now and decides on its own clock).
     Retry {
         /// The time.
         at_ms: u64,

@@ -1,6 +1,10 @@
 //! Running handlers on a [`Queue`]: a concurrency limit, lease extension while a handler
 //! runs, retries with backoff or the dead set on failure, and graceful shutdown.
 //!
+//! A handler whose lease cannot be extended (the backend keeps failing) is cancelled, its
+//! future dropped, before the lease runs out, and its job is neither acked nor failed by
+//! this worker: it runs again once the lease expired, as after a crash.
+//!
 //! Shutdown (a [`ShutdownHandle`], or SIGINT/SIGTERM with [`WorkerOptions::handle_signals`]):
 //! no new job is taken; jobs in flight get [`WorkerOptions::grace`] to finish; the rest are
 //! released (ready again at once, their attempt not counted).
@@ -31,7 +35,9 @@ pub struct WorkerOptions {
     pub id: String,
     /// Jobs run at the same time.
     pub concurrency: usize,
-    /// The lease of a taken job; extended every third of it while the handler runs.
+    /// The lease of a taken job; extended every third of it while the handler runs. A
+    /// handler whose lease cannot be extended is cancelled (its future dropped) before the
+    /// lease runs out.
     pub lease: Duration,
     /// How long to wait before asking an empty queue again.
     pub poll: Duration,
@@ -69,7 +75,8 @@ pub struct WorkerReport {
     pub dead: u64,
     /// Jobs released unfinished at shutdown.
     pub released: u64,
-    /// Attempts whose lease was lost (another worker has the job).
+    /// Attempts stopped because their lease was lost (another worker has the job) or could
+    /// not be extended before it ran out (the handler was cancelled; the job runs again).
     pub lost: u64,
 }
 
@@ -302,31 +309,69 @@ async fn settle_failure(cx: &TaskContext, job: &Job, failure: Failure) -> TaskEn
     }
 }
 
-/// Runs the handler on `job` while a second future extends its lease every third of it,
-/// then acks or fails the job. Stops the handler (dropping its future) if the lease is lost,
-/// or releases the job if `cancel` fires first. A panicking handler is a transient failure.
+/// Why a job's lease keeper stopped the handler.
+enum LeaseEnd {
+    /// Another worker has the job (or it was released): the backend said so.
+    Lost,
+    /// The lease could not be extended (the backend kept failing) and would run out before
+    /// the next try: this worker must stop before another one may take the job.
+    Unrenewable,
+}
+
+/// Extends the lease of `job` every third of it until the lease is lost or cannot be kept.
+///
+/// Contract: returns [`LeaseEnd::Unrenewable`] before the lease, as last confirmed, runs out:
+/// each extension gets until `lease - lease/6` after the last confirmed one was sent (on
+/// this machine's monotonic clock), and a failure that leaves no room for another try gives
+/// up at once. The margin covers the time between the take on the backend and the start of
+/// this task.
+async fn keep_lease(cx: &TaskContext, job: &Job) -> LeaseEnd {
+    let every = (cx.lease / 3).max(Duration::from_millis(10));
+    let margin = cx.lease / 6;
+    let mut renewed = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(renewed + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let give_up_at = renewed + cx.lease.saturating_sub(margin);
+        let sent = tokio::time::Instant::now();
+        let attempt = cx.queue.extend(&job.id, &cx.worker, job.lease, cx.lease);
+        let error = match tokio::time::timeout_at(give_up_at, attempt).await {
+            Ok(Ok(())) => {
+                renewed = sent;
+                continue;
+            }
+            Ok(Err(QueueError::LostLease(_))) => return LeaseEnd::Lost,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "the extension did not answer in time".to_owned(),
+        };
+        if tokio::time::Instant::now() + every < give_up_at {
+            tracing::warn!(job = %job.id, error = %error, "extending the lease failed; trying again");
+        } else {
+            tracing::error!(job = %job.id, error = %error, "the lease could not be extended before it runs out; stopping the job");
+            return LeaseEnd::Unrenewable;
+        }
+    }
+}
+
+/// Runs the handler on `job` while a second future keeps its lease ([`keep_lease`]), then
+/// acks or fails the job. Stops the handler (dropping its future) if the lease is lost or
+/// cannot be extended before it runs out (the job is then neither acked nor failed by this
+/// worker: it runs again after the lease expired), or releases the job if `cancel` fires
+/// first. A panicking handler is a transient failure.
 async fn run_one(cx: TaskContext, job: Job, cancel: ShutdownHandle) -> TaskEnd {
     use futures_util::FutureExt as _;
     let work = std::panic::AssertUnwindSafe((cx.handler)(job.clone())).catch_unwind();
-    let extend = async {
-        let every = (cx.lease / 3).max(Duration::from_millis(10));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        loop {
-            tick.tick().await;
-            match cx.queue.extend(&job.id, &cx.worker, job.lease, cx.lease).await {
-                Ok(()) => {}
-                Err(QueueError::LostLease(_)) => return,
-                Err(e) => tracing::warn!(job = %job.id, error = %e, "extending the lease failed; trying again"),
-            }
-        }
-    };
     let result = tokio::select! {
         r = work => match r {
             Ok(r) => r,
             Err(_) => Err(Failure::transient("handler_panicked", "the handler panicked")),
         },
-        () = extend => {
-            tracing::warn!(job = %job.id, "lease lost: another worker has the job; abandoning this attempt");
+        end = keep_lease(&cx, &job) => {
+            match end {
+                LeaseEnd::Lost => tracing::warn!(job = %job.id, "lease lost: another worker has the job; abandoning this attempt"),
+                LeaseEnd::Unrenewable => tracing::warn!(job = %job.id, "the handler was stopped: the job runs again once its lease expired"),
+            }
             return TaskEnd::LostLease;
         }
         () = cancel.wait() => {
