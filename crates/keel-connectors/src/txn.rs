@@ -231,7 +231,11 @@ impl ObjectTxnStore {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        match self.store.put_opts(&p, PutPayload::from_static(want.as_bytes()), opts).await {
+        match self
+            .store
+            .put_opts(&p, PutPayload::from_static(want.as_bytes()), opts)
+            .await
+        {
             Ok(_) => Ok(want.to_owned()),
             Err(object_store::Error::AlreadyExists { .. }) => match self.get_bytes(&p).await? {
                 Some(b) => Ok(String::from_utf8_lossy(&b).into_owned()),

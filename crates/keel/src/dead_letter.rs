@@ -73,7 +73,11 @@ pub struct Envelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_b64: Option<String>,
     /// The record's headers, in order, repeated names kept, values byte for byte.
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "headers_v1_or_v2")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "headers_v1_or_v2"
+    )]
     pub headers: Vec<Header>,
     /// The original value, when it is UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]

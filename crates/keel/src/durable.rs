@@ -324,10 +324,18 @@ mod tests {
         assert!(deep.is_dir());
         let synced = ops.synced_dirs();
         for d in [base.clone(), base.join("a"), base.join("a/b"), deep.clone()] {
-            assert_eq!(synced.iter().filter(|s| **s == d).count(), 1, "{} in {synced:?}", d.display());
+            assert_eq!(
+                synced.iter().filter(|s| **s == d).count(),
+                1,
+                "{} in {synced:?}",
+                d.display()
+            );
         }
         assert_eq!(synced.len(), 4, "{synced:?}");
-        assert!(!synced.contains(&root.path().to_path_buf()), "existing levels are not fsynced");
+        assert!(
+            !synced.contains(&root.path().to_path_buf()),
+            "existing levels are not fsynced"
+        );
         // nothing to create: nothing to fsync
         let again = FailingOps::new(usize::MAX);
         create_dir_durable(&again, &deep).unwrap();

@@ -359,7 +359,15 @@ fn dlq_replay_resumed_after_a_purge_marks_the_right_envelopes() {
 
     // interrupted after the replay ran, before it marked anything
     let o = keel(
-        &["dlq", "replay", ps, "--reason", "negative_amount", "--to-sink", "records"],
+        &[
+            "dlq",
+            "replay",
+            ps,
+            "--reason",
+            "negative_amount",
+            "--to-sink",
+            "records",
+        ],
         &[("KEEL_CRASH_AT", Path::new("replay_before_mark:1"))],
     );
     assert!(!o.status.success(), "{}", text(&o));
@@ -372,19 +380,41 @@ fn dlq_replay_resumed_after_a_purge_marks_the_right_envelopes() {
 
     // resumed: the same envelopes are marked, and nothing is replayed twice
     let o = keel(
-        &["dlq", "replay", ps, "--reason", "negative_amount", "--to-sink", "records"],
+        &[
+            "dlq",
+            "replay",
+            ps,
+            "--reason",
+            "negative_amount",
+            "--to-sink",
+            "records",
+        ],
         &[],
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("resumed"), "{}", text(&o));
     let replayed = list(&["--replayed"]);
-    let key = |e: &serde_json::Value| (e["raw"].to_string(), e["position"].to_string(), e["partition"].to_string());
+    let key = |e: &serde_json::Value| {
+        (
+            e["raw"].to_string(),
+            e["position"].to_string(),
+            e["partition"].to_string(),
+        )
+    };
     let mut want: Vec<_> = negative.iter().map(key).collect();
     let mut got: Vec<_> = replayed.iter().map(key).collect();
     want.sort();
     got.sort();
     assert_eq!(got, want, "exactly the selected envelopes are marked");
-    assert!(replayed.iter().all(|e| e["replays"].as_array().map(Vec::len) == Some(1)));
+    assert!(
+        replayed
+            .iter()
+            .all(|e| e["replays"].as_array().map(Vec::len) == Some(1))
+    );
     let after = refjob::visible_lines(&dir.join("out/records"));
-    assert_eq!(after.len(), before + negative.len(), "each selected record replayed once");
+    assert_eq!(
+        after.len(),
+        before + negative.len(),
+        "each selected record replayed once"
+    );
 }

@@ -402,7 +402,13 @@ mod tests {
     fn marking_after_a_purge_finds_envelopes_by_identity() {
         let dir = tempfile::tempdir().unwrap();
         let mut seg = Vec::new();
-        for (reason, at) in [("malformed", 1), ("late", 2), ("malformed", 3), ("late", 4), ("late", 5)] {
+        for (reason, at) in [
+            ("malformed", 1),
+            ("late", 2),
+            ("malformed", 3),
+            ("late", 4),
+            ("late", 5),
+        ] {
             seg.extend(envelope(reason, "a", at));
         }
         fs::write(dir.path().join("dead-000000000001-000.jsonl"), seg).unwrap();

@@ -263,7 +263,10 @@ fn lines_sink_writes_values_without_their_keys() {
     });
     let files = visible(&out);
     assert_eq!(files.len(), 1, "{files:?}");
-    assert_eq!(fs::read_to_string(out.join(&files[0])).unwrap(), "first\nsecond\nthird\n");
+    assert_eq!(
+        fs::read_to_string(out.join(&files[0])).unwrap(),
+        "first\nsecond\nthird\n"
+    );
     // the keys are still there for sinks that send messages
     let keys: Vec<_> = b.records().map(|r| r.key).collect();
     assert_eq!(keys, vec![Some(&b"key-1"[..]), None, Some(&b"key-3"[..])]);

@@ -373,7 +373,10 @@ pub async fn nested_dataset_names_never_touch_each_other(s: &Store) {
     assert_eq!(read_all(st, &lookalike).await, Some((1, look)));
     // and the other way round
     write(st, "a/b", &files(&[("z.jsonl", "{}\n")])).await.unwrap();
-    assert_eq!(read_all(st, "a").await.unwrap().1, files(&[("x.jsonl", "{\"d\":\"a\",\"v\":5}\n")]));
+    assert_eq!(
+        read_all(st, "a").await.unwrap().1,
+        files(&[("x.jsonl", "{\"d\":\"a\",\"v\":5}\n")])
+    );
     st.recover(Duration::ZERO).await.unwrap();
     assert_eq!(read_all(st, "a/b").await.unwrap().0, 2);
     no_staged_leftovers(s).await;
