@@ -8,9 +8,14 @@
 //!
 //! ```text
 //! <dataset>/data/<txid>/_keel.json              the transaction's staging marker
+//! <dataset>/data/<txid>/_decision               `commit` or `rollback`, written put-if-absent
 //! <dataset>/data/<txid>/<file>                  its files
 //! <dataset>/_manifests/<version, 20 digits>.json  one per commit: version, txid, files
 //! ```
+//!
+//! `<dataset>` is one path segment, the name with `/` escaped
+//! ([`keel::txn::dataset_segment`]): datasets are never nested, so the pruning or rollback
+//! of `a` cannot delete objects of `a/b` (or of a dataset named `a/data/<txid>`).
 //!
 //! Readers go through the newest manifest ([`TxnStore::current`]) and read only the files it
 //! lists, so staged and rolled-back data is never seen.
@@ -19,7 +24,11 @@
 //!
 //! The manifest of version `v + 1` is written with put-if-absent (`PutMode::Create`): of two
 //! writers, exactly one wins `v + 1`; the other finds the new manifest, checks it is not its
-//! own, and tries `v + 2`. A commit that already happened (the newest manifests name the
+//! own, and tries `v + 2`. Before that, the commit writes the transaction's `_decision` with
+//! put-if-absent, and so does a rollback before it deletes anything: of a commit and a
+//! rollback racing on one transaction exactly one wins; the commit lists the files for its
+//! manifest only after winning, and a rollback deletes only after winning (its decision
+//! object last), so a rollback never deletes data that a manifest lists. A commit that already happened (the newest manifests name the
 //! transaction) returns that version: committing twice is a no-op. After a commit, the
 //! manifests and data of versions older than the last `keep_versions` are deleted.
 //!
@@ -28,6 +37,10 @@
 //! - Before the manifest write: nothing is visible; the staged objects stay until a repeated
 //!   commit publishes them or [`TxnStore::recover`] rolls them back once abandoned.
 //! - After it: the version is visible and complete (its data was written before).
+//! - After the decision `commit`, before the manifest: a repeated commit finishes it;
+//!   [`TxnStore::recover`] rolls it forward (commits it) instead of rolling it back.
+//! - During a rollback (decision `rollback`): a repeated rollback or recovery finishes it;
+//!   a commit is refused ([`TxnError::NotStaged`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,13 +49,15 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use keel::ledger::BoxFuture;
 use keel::txn::{
-    Committed, StagedFile, Txn, TxnError, TxnRecovery, TxnStore, Version, check_dataset, check_file, is_id,
+    Committed, StagedFile, Txn, TxnError, TxnRecovery, TxnStore, Version, check_dataset, check_file,
+    dataset_of_segment, dataset_segment, is_id,
 };
 use keel::util::now_ms;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 const MARKER: &str = "_keel.json";
+const DECISION: &str = "_decision";
 const MANIFESTS: &str = "_manifests";
 const DATA: &str = "data";
 
@@ -128,11 +143,11 @@ impl ObjectTxnStore {
     }
 
     fn data_dir(&self, txn: &Txn) -> Result<Path, TxnError> {
-        self.path(&[&txn.dataset, DATA, &txn.id])
+        self.path(&[&dataset_segment(&txn.dataset), DATA, &txn.id])
     }
 
     fn manifest_path(&self, dataset: &str, version: u64) -> Result<Path, TxnError> {
-        self.path(&[dataset, MANIFESTS, &format!("{version:020}.json")])
+        self.path(&[&dataset_segment(dataset), MANIFESTS, &format!("{version:020}.json")])
     }
 
     async fn get_bytes(&self, p: &Path) -> Result<Option<Bytes>, TxnError> {
@@ -149,7 +164,7 @@ impl ObjectTxnStore {
 
     /// The versions of `dataset` that have a manifest, newest first.
     async fn versions(&self, dataset: &str) -> Result<Vec<u64>, TxnError> {
-        let dir = self.path(&[dataset, MANIFESTS])?;
+        let dir = self.path(&[&dataset_segment(dataset), MANIFESTS])?;
         let mut v: Vec<u64> = self
             .list(&dir)
             .await?
@@ -208,7 +223,31 @@ impl ObjectTxnStore {
         Ok(objects.len())
     }
 
+    /// Writes `want` as the decision of `txn` unless it has one; returns the decision that
+    /// holds (ours, or the one written before).
+    async fn decide(&self, txn: &Txn, want: &'static str) -> Result<String, TxnError> {
+        let p = self.data_dir(txn)?.join(DECISION);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&p, PutPayload::from_static(want.as_bytes()), opts)
+            .await
+        {
+            Ok(_) => Ok(want.to_owned()),
+            Err(object_store::Error::AlreadyExists { .. }) => match self.get_bytes(&p).await? {
+                Some(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+                // deleted meanwhile: the last step of a finished rollback
+                None => Ok("rollback".to_owned()),
+            },
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
     async fn commit_txn(&self, txn: &Txn) -> Result<Committed, TxnError> {
+        let mut decided = false;
         loop {
             let versions = self.versions(&txn.dataset).await?;
             if let Some(v) = self.committed(txn, &versions).await? {
@@ -220,6 +259,17 @@ impl ObjectTxnStore {
             if !self.staged_marker(txn).await? {
                 return Err(TxnError::NotStaged(txn.id.clone()));
             }
+            if !decided {
+                if self.decide(txn, "commit").await? != "commit" {
+                    return Err(TxnError::NotStaged(txn.id.clone()));
+                }
+                decided = true;
+                // a rollback that finished before our decision removed the marker
+                if !self.staged_marker(txn).await? {
+                    return Err(TxnError::NotStaged(txn.id.clone()));
+                }
+            }
+            // listed after winning the decision: no rollback deletes any of it from now on
             let files = self.staged_files(txn).await?;
             let next = versions.first().map_or(1, |v| v + 1);
             let version = Version {
@@ -259,7 +309,7 @@ impl ObjectTxnStore {
         let versions = self.versions(dataset).await?;
         for &v in versions.iter().skip(self.keep_versions).rev() {
             if let Some(m) = self.manifest(dataset, v).await? {
-                let dir = self.path(&[dataset, DATA, &m.txid])?;
+                let dir = self.path(&[&dataset_segment(dataset), DATA, &m.txid])?;
                 self.delete_all(&dir).await?;
             }
             match self.store.delete(&self.manifest_path(dataset, v)?).await {
@@ -291,12 +341,35 @@ impl ObjectTxnStore {
             return Err(TxnError::Committed(txn.id.clone()));
         }
         let dir = self.data_dir(txn)?;
-        // the marker goes first: a commit racing with this rollback then fails cleanly
-        match self.store.delete(&dir.clone().join(MARKER)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(store_err(e)),
+        if self.list(&dir).await?.is_empty() {
+            return Ok(());
         }
-        self.delete_all(&dir).await.map(|_| ())
+        // a commit that decided first owns the data: it is finished, never deleted
+        if self.decide(txn, "rollback").await? == "commit" {
+            return Err(TxnError::Committed(txn.id.clone()));
+        }
+        // the marker goes first (a repeated commit then fails cleanly), the decision last
+        // (until then, no commit can start publishing this transaction)
+        let decision = dir.clone().join(DECISION);
+        for p in [dir.clone().join(MARKER)] {
+            match self.store.delete(&p).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        for o in self.list(&dir).await? {
+            if o.location == decision {
+                continue;
+            }
+            match self.store.delete(&o.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        match self.store.delete(&decision).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_err(e)),
+        }
     }
 
     async fn recover_all(&self, abandoned_after: Duration) -> Result<TxnRecovery, TxnError> {
@@ -317,11 +390,12 @@ impl ObjectTxnStore {
         for o in &objects {
             let parts: Vec<String> = o.location.parts().skip(skip).map(|p| p.as_ref().to_owned()).collect();
             let n = parts.len();
-            if n >= 4 && parts[n - 3] == DATA && is_id(&parts[n - 2]) {
-                staged
-                    .entry(parts[..n - 3].join("/"))
-                    .or_default()
-                    .insert(parts[n - 2].clone());
+            if n == 4
+                && parts[1] == DATA
+                && is_id(&parts[2])
+                && let Some(dataset) = dataset_of_segment(&parts[0])
+            {
+                staged.entry(dataset).or_default().insert(parts[2].clone());
             }
         }
         let mut report = TxnRecovery::default();
@@ -339,8 +413,15 @@ impl ObjectTxnStore {
                     id: id.clone(),
                 };
                 if txn.created_ms().is_some_and(|t| t <= cutoff) {
-                    self.rollback_txn(&txn).await?;
-                    report.rolled_back.push(txn.id);
+                    match self.rollback_txn(&txn).await {
+                        Ok(()) => report.rolled_back.push(txn.id),
+                        // decided to commit before its writer went away: finish the commit
+                        Err(TxnError::Committed(_)) => {
+                            self.commit_txn(&txn).await?;
+                            report.cleaned += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }
@@ -412,7 +493,7 @@ impl TxnStore for ObjectTxnStore {
     fn read<'a>(&'a self, version: &'a Version, name: &'a str) -> BoxFuture<'a, Result<Bytes, TxnError>> {
         Box::pin(async move {
             check_file(name)?;
-            let p = self.path(&[&version.dataset, DATA, &version.txid, name])?;
+            let p = self.path(&[&dataset_segment(&version.dataset), DATA, &version.txid, name])?;
             self.get_bytes(&p)
                 .await?
                 .ok_or_else(|| TxnError::Store(format!("{p}: missing (version {} was pruned?)", version.version)))

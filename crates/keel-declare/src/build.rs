@@ -317,6 +317,11 @@ pub fn build_variant(
                     lateness: e.lateness.unwrap_or(watermarks.lateness),
                     idle_timeout: e.idle_timeout.unwrap_or(watermarks.idle_timeout),
                     late: e.late,
+                    max_future_skew: match e.max_future_skew {
+                        Some(d) if d.is_zero() => None,
+                        Some(d) => Some(d),
+                        None => watermarks.max_future_skew,
+                    },
                 };
                 field(&mut errors, &at.k("field"), &e.field)
                     .map(|f| Box::new(EventTimeStep::new(f, e.unit)) as Box<dyn DocStep>)

@@ -357,6 +357,11 @@ pub struct EventTimeConfig {
     /// `dead_letter` (default), `drop` or `keep`.
     #[serde(default)]
     pub late: LatePolicy,
+    /// How far ahead of the wall clock an event time may be (default 1h; `"0s"` accepts any).
+    /// A record further ahead fails with reason `future_event_time` (dead-lettered by
+    /// default) and does not move the watermark.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub max_future_skew: Option<Duration>,
 }
 
 /// `type = "aggregate"`.

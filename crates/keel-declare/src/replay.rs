@@ -6,7 +6,9 @@
 //! checkpoints, and `done` once the envelopes are marked. Its output files carry the prefix
 //! `<sink prefix>-replay-<id>` and its new dead letters `dead-replay-<id>`, so they never mix
 //! with the epochs of the pipeline itself. A replay interrupted by a crash is resumed by the
-//! next `keel dlq replay` before anything new is selected.
+//! next `keel dlq replay` before anything new is selected: its records are not replayed
+//! again (the run resumes from its checkpoints), and the envelopes it marks are found by
+//! their identity ([`Envelope::identity`]), so a purge in between cannot make it mark others.
 
 use std::path::{Path, PathBuf};
 
@@ -110,11 +112,7 @@ fn record_of(env: &Envelope) -> Record {
     Record {
         key: env.original_key().map(Into::into),
         value: env.original_value().unwrap_or_default().into(),
-        headers: env
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().into_bytes().into()))
-            .collect(),
+        headers: env.original_headers(),
         event_time: None,
     }
 }
@@ -162,9 +160,10 @@ pub fn replay(
     };
     let pipeline = build_variant(loaded, variant, options)?;
     let summary = pipeline.run()?;
-    let locations: Vec<Location> = selection.iter().map(|(l, _)| l.clone()).collect();
+    keel::crash::crash_point("replay_before_mark");
+    // by identity, not line: a purge since the selection may have moved the lines
     let marked = dlq.mark_replayed(
-        &locations,
+        &selection,
         &Replay {
             at_ms: now_ms(),
             id: id.clone(),

@@ -193,8 +193,17 @@ impl<'a> Context<'a> {
     /// Records the event time of the current record and checks it against the watermark.
     ///
     /// Returns `Ok(true)` to keep the record, `Ok(false)` when it is late and the late policy
-    /// drops it, or a `late` failure when the policy dead-letters it.
+    /// drops it, or a `late` failure when the policy dead-letters it. An event time more than
+    /// `max_future_skew` ahead of the wall clock is a `future_event_time` failure and is not
+    /// recorded: it moves neither the partition's highest event time nor the watermark.
     pub fn observe_event_time(&mut self, ts: i64) -> Result<bool, Failure> {
+        let now = i64::try_from(crate::util::now_ms()).unwrap_or(i64::MAX);
+        if let Some(ahead) = self.shared.time.too_far_ahead(ts, now) {
+            return Err(Failure::permanent(
+                reason::FUTURE_EVENT_TIME,
+                format!("event time {ts} is {ahead} ms beyond the allowed skew ahead of the clock ({now})"),
+            ));
+        }
         self.local.event_time = Some(ts);
         if let Some(wm) = self.shared.watermark.get()
             && ts < wm

@@ -5,7 +5,8 @@
 //! environment variable `KEEL_CRASH_AT` is `<point>:<n>`, the process aborts (no destructors,
 //! no flushing: the same as `kill -9` for everything on disk) the `n`-th time it reaches
 //! `<point>`. Points: `after_prepare`, `after_state`, `after_manifest`, `mid_commit`,
-//! `after_commit`, and in staged transactions `txn_before_publish`, `txn_after_publish`. Unset, a crash point costs one relaxed atomic load.
+//! `after_commit`, in staged transactions `txn_before_publish`, `txn_after_publish`, and in
+//! dead-letter replays `replay_before_mark`. Unset, a crash point costs one relaxed atomic load.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

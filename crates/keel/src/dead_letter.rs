@@ -4,15 +4,20 @@
 //! it failed. Dead letters are written through a sink like any output, so they are scoped to
 //! epochs: after any crash each bad record is in the dead-letter output exactly once (I5).
 //!
-//! # Envelope (version 1), one JSON object per line
+//! # Envelope (version 2), one JSON object per line
 //!
-//! `v` (1), `id` (the record's correlation id or null), `reason`, `field`, `class`, `stage`,
+//! `v` (2), `id` (the record's correlation id or null), `reason`, `field`, `class`, `stage`,
 //! `message`, `chain`, `pipeline`, `partition`, `position`, `epoch`, `attempts`,
-//! `first_failed_ms`, `last_failed_ms`, `key` / `key_b64`, `headers`, and `raw` (the original
+//! `first_failed_ms`, `last_failed_ms`, `key` / `key_b64`, `headers` (a list, in the record's
+//! order, repeated names kept: `{"name": .., "value": ..}` for a UTF-8 value,
+//! `{"name": .., "value_b64": ..}` otherwise), and `raw` (the original
 //! value when it is UTF-8) or `raw_b64` (base64 otherwise), `replays` (what replays did with
 //! it), and last `crc32c`: the CRC-32C, as 8 hex digits, of the line up to that field with
 //! `}` in place of `,"crc32c":"..."}`. A line whose checksum does not match is reported as
 //! corrupt by every reader ([`Envelope::decode`]).
+//!
+//! Version 1 stored `headers` as an object of names to (lossily converted) UTF-8 values; such
+//! envelopes are still read, their headers in name order.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +29,7 @@ use crate::failure::{Class, Failure};
 use crate::record::Record;
 
 /// The envelope format version.
-pub const ENVELOPE_VERSION: u32 = 1;
+pub const ENVELOPE_VERSION: u32 = 2;
 
 /// A dead letter as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,9 +72,13 @@ pub struct Envelope {
     /// The record key as base64, when it is not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_b64: Option<String>,
-    /// Headers; values as UTF-8 (lossy).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
+    /// The record's headers, in order, repeated names kept, values byte for byte.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "headers_v1_or_v2"
+    )]
+    pub headers: Vec<Header>,
     /// The original value, when it is UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<String>,
@@ -82,6 +91,74 @@ pub struct Envelope {
     /// Replays of this dead letter, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replays: Vec<Replay>,
+}
+
+/// One header of a dead-lettered record, its value byte for byte.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The name.
+    pub name: String,
+    /// The value, exactly as the record had it.
+    pub value: Vec<u8>,
+}
+
+/// A header as stored: a UTF-8 value as is, any other in base64 under `value_b64`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredHeader {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value_b64: Option<String>,
+}
+
+impl Serialize for Header {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (value, value_b64) = match std::str::from_utf8(&self.value) {
+            Ok(v) => (Some(v.to_owned()), None),
+            Err(_) => (None, Some(B64.encode(&self.value))),
+        };
+        StoredHeader {
+            name: self.name.clone(),
+            value,
+            value_b64,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Header {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let h = StoredHeader::deserialize(d)?;
+        let value = match (h.value, h.value_b64) {
+            (Some(v), None) => v.into_bytes(),
+            (None, Some(b)) => B64.decode(b).map_err(D::Error::custom)?,
+            _ => return Err(D::Error::custom("a header needs exactly one of `value`, `value_b64`")),
+        };
+        Ok(Header { name: h.name, value })
+    }
+}
+
+/// Reads `headers` of version 2 (a list) or version 1 (an object of UTF-8 values).
+fn headers_v1_or_v2<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Header>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        V2(Vec<Header>),
+        V1(BTreeMap<String, String>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::V2(h) => h,
+        Either::V1(m) => m
+            .into_iter()
+            .map(|(name, v)| Header {
+                name,
+                value: v.into_bytes(),
+            })
+            .collect(),
+    })
 }
 
 /// One replay of a dead letter.
@@ -170,7 +247,10 @@ impl Envelope {
             headers: record
                 .headers
                 .iter()
-                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .map(|(k, v)| Header {
+                    name: k.clone(),
+                    value: v.to_vec(),
+                })
                 .collect(),
             raw,
             raw_b64,
@@ -188,6 +268,14 @@ impl Envelope {
         }
     }
 
+    /// The original record headers, in order, byte for byte.
+    pub fn original_headers(&self) -> Vec<(String, bytes::Bytes)> {
+        self.headers
+            .iter()
+            .map(|h| (h.name.clone(), bytes::Bytes::from(h.value.clone())))
+            .collect()
+    }
+
     /// The original record key.
     pub fn original_key(&self) -> Option<Vec<u8>> {
         match (&self.key, &self.key_b64) {
@@ -195,6 +283,18 @@ impl Envelope {
             (None, Some(b)) => B64.decode(b).ok(),
             (None, None) => None,
         }
+    }
+
+    /// The identity of this dead letter: a BLAKE3 hash (hex) of the envelope without its
+    /// replays, so that recording a replay (or moving the line, as a purge does) does not
+    /// change it. Two envelopes with the same identity are the same failure of the same
+    /// record at the same position and time.
+    pub fn identity(&self) -> String {
+        let mut bare = self.clone();
+        bare.replays.clear();
+        let mut buf = Vec::new();
+        bare.encode(&mut buf);
+        blake3::hash(&buf).to_hex().to_string()
     }
 
     /// Appends the envelope as compact JSON, checksum last.
@@ -264,5 +364,56 @@ mod tests {
         let bin = Envelope::new(&Record::from_value(vec![0xc3, 0x28]), &f, at);
         assert_eq!(bin.raw, None);
         assert_eq!(bin.original_value().unwrap(), vec![0xc3, 0x28]);
+    }
+
+    /// Headers keep their order, their repeated names and their non-UTF-8 bytes through an
+    /// envelope and back; version 1 envelopes (headers as an object) are still read.
+    #[test]
+    fn headers_round_trip_byte_for_byte_in_order() {
+        let f = Failure::permanent("malformed", "bad").with_stage("parse");
+        let pos = serde_json::json!(1);
+        let at = Provenance {
+            pipeline: "p",
+            partition: "a",
+            position: &pos,
+            epoch: 1,
+            attempts: 1,
+            first_failed_ms: 5,
+            last_failed_ms: 5,
+        };
+        let mut r = Record::from_value(&b"x"[..]);
+        r.headers = vec![
+            ("trace".to_owned(), bytes::Bytes::from_static(b"t-1")),
+            ("bin".to_owned(), bytes::Bytes::from_static(&[0xff, 0xfe, 0x00])),
+            ("trace".to_owned(), bytes::Bytes::from_static(b"t-2")),
+            ("a".to_owned(), bytes::Bytes::from_static(b"")),
+        ];
+        let e = Envelope::new(&r, &f, at);
+        let mut buf = Vec::new();
+        e.encode(&mut buf);
+        let back = Envelope::decode(&buf).unwrap();
+        assert_eq!(back.original_headers(), r.headers);
+        let plain: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(plain["headers"][1]["value_b64"], "//4A");
+        assert_eq!(plain["headers"][2]["value"], "t-2");
+
+        // a version 1 line
+        let mut v1: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        let obj = v1.as_object_mut().unwrap();
+        obj.remove("crc32c");
+        obj.insert("v".into(), 1.into());
+        obj.insert("headers".into(), serde_json::json!({"b": "2", "a": "1"}));
+        let mut line = serde_json::to_vec(&v1).unwrap();
+        let crc = crc32c::crc32c(&line);
+        line.pop();
+        line.extend_from_slice(format!("{CRC_FIELD}{crc:08x}\"}}").as_bytes());
+        let old = Envelope::decode(&line).unwrap();
+        assert_eq!(
+            old.original_headers(),
+            vec![
+                ("a".to_owned(), bytes::Bytes::from_static(b"1")),
+                ("b".to_owned(), bytes::Bytes::from_static(b"2"))
+            ]
+        );
     }
 }

@@ -154,13 +154,32 @@ pub fn remove_temp_files(ops: &dyn FileOps, dir: &Path) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Creates `dir` and its parents, and fsyncs the parent so the new directory survives a crash.
+/// Creates `dir` and its missing parents so that all of them survive a crash: every
+/// directory it creates is fsynced (its own entries), and so is each created directory's
+/// parent (the entry naming it), from the deepest up to the parent of the topmost one
+/// created. An existing `dir` costs nothing.
 pub fn create_dir_durable(ops: &dyn FileOps, dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
+    // the directories that do not exist yet, deepest first
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        if d.as_os_str().is_empty() || d.is_dir() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        at = d.parent();
+    }
     fs::create_dir_all(dir)?;
-    ops.sync_dir(&parent_dir(dir))
+    for d in &missing {
+        ops.sync_dir(d)?;
+    }
+    match missing.last() {
+        Some(top) => ops.sync_dir(&parent_dir(top)),
+        None => Ok(()),
+    }
 }
 
 fn parent_dir(path: &Path) -> PathBuf {
@@ -179,6 +198,7 @@ pub struct FailingOps {
     inner: LocalOps,
     fail_from: usize,
     calls: AtomicUsize,
+    synced_dirs: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl FailingOps {
@@ -188,7 +208,13 @@ impl FailingOps {
             inner: LocalOps,
             fail_from,
             calls: AtomicUsize::new(0),
+            synced_dirs: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The directories fsynced so far (successfully), in order.
+    pub fn synced_dirs(&self) -> Vec<PathBuf> {
+        self.synced_dirs.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// How many calls were made (including failed ones).
@@ -221,7 +247,11 @@ impl FileOps for FailingOps {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.gate()?;
-        self.inner.sync_dir(dir)
+        self.inner.sync_dir(dir)?;
+        if let Ok(mut v) = self.synced_dirs.lock() {
+            v.push(dir.to_path_buf());
+        }
+        Ok(())
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.gate()?;
@@ -289,6 +319,39 @@ mod tests {
                 .collect();
             assert_eq!(names, vec!["m.json".to_string()], "fail_at={fail_at}");
         }
+    }
+
+    /// Every level that `create_dir_durable` creates is fsynced once, and so is the parent
+    /// of the topmost one; existing levels are not touched.
+    #[test]
+    fn creating_nested_directories_fsyncs_every_created_level_and_its_parent() {
+        let root = tempfile::tempdir().unwrap();
+        let base = root.path().join("base");
+        fs::create_dir(&base).unwrap();
+        let deep = base.join("a").join("b").join("c");
+        let ops = FailingOps::new(usize::MAX);
+        create_dir_durable(&ops, &deep).unwrap();
+        assert!(deep.is_dir());
+        let synced = ops.synced_dirs();
+        for d in [base.clone(), base.join("a"), base.join("a/b"), deep.clone()] {
+            assert_eq!(
+                synced.iter().filter(|s| **s == d).count(),
+                1,
+                "{} in {synced:?}",
+                d.display()
+            );
+        }
+        assert_eq!(synced.len(), 4, "{synced:?}");
+        assert!(
+            !synced.contains(&root.path().to_path_buf()),
+            "existing levels are not fsynced"
+        );
+        // nothing to create: nothing to fsync
+        let again = FailingOps::new(usize::MAX);
+        create_dir_durable(&again, &deep).unwrap();
+        assert!(again.synced_dirs().is_empty());
+        // a failing fsync is reported
+        assert!(create_dir_durable(&FailingOps::new(0), &base.join("x/y")).is_err());
     }
 
     #[test]

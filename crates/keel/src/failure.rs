@@ -69,6 +69,8 @@ pub mod reason {
     pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
     /// The record's event time is behind the watermark.
     pub const LATE: &str = "late";
+    /// The record's event time is further ahead of the wall clock than the allowed skew.
+    pub const FUTURE_EVENT_TIME: &str = "future_event_time";
     /// A key was seen before within the dedupe window.
     pub const DUPLICATE: &str = "duplicate";
     /// A jq program failed at run time.

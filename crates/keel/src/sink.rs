@@ -89,16 +89,20 @@ impl SinkError {
 #[derive(Debug)]
 pub struct OutBatch {
     framing: Framing,
+    /// The values (with their `\n` for [`Framing::Lines`]): what a file sink writes.
     data: Vec<u8>,
+    /// The keys, apart from the values, so that they never end up in the written data.
+    keys: Vec<u8>,
     spans: Vec<Span>,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Span {
-    key_start: u32,
+    /// Where the key starts in `keys`, if the record has one (it ends at the next key).
+    key_start: Option<u32>,
+    key_end: u32,
     value_start: u32,
     end: u32,
-    has_key: bool,
 }
 
 /// One record of an [`OutBatch`].
@@ -116,35 +120,38 @@ impl OutBatch {
         OutBatch {
             framing,
             data: Vec::new(),
+            keys: Vec::new(),
             spans: Vec::new(),
         }
     }
 
     /// Appends a record whose value `encode` writes into the buffer it is given; `key`, if
-    /// any, is written first. If `encode` fails, the batch is left unchanged.
+    /// any, is kept beside it (never in [`data`](OutBatch::data)). If `encode` fails, the
+    /// batch is left unchanged.
     pub fn push_with<E>(
         &mut self,
         key: Option<&[u8]>,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let key_start = self.data.len();
-        if let Some(k) = key {
-            self.data.extend_from_slice(k);
-        }
         let value_start = self.data.len();
         if let Err(e) = encode(&mut self.data) {
-            self.data.truncate(key_start);
+            self.data.truncate(value_start);
             return Err(e);
         }
         let end = self.data.len();
         if self.framing == Framing::Lines {
             self.data.push(b'\n');
         }
+        let key_start = key.map(|k| {
+            let at = self.keys.len() as u32;
+            self.keys.extend_from_slice(k);
+            at
+        });
         self.spans.push(Span {
-            key_start: key_start as u32,
+            key_start,
+            key_end: self.keys.len() as u32,
             value_start: value_start as u32,
             end: end as u32,
-            has_key: key.is_some(),
         });
         Ok(())
     }
@@ -162,8 +169,9 @@ impl OutBatch {
         self.framing
     }
 
-    /// The raw data: for [`Framing::Lines`] the records, each followed by `\n`. For
-    /// [`Framing::Messages`] keys and values are concatenated; use [`OutBatch::records`].
+    /// The encoded values, without keys: for [`Framing::Lines`] each followed by `\n` (the
+    /// data can be written out as is). For [`Framing::Messages`] the values are concatenated;
+    /// use [`OutBatch::records`] for records with their keys.
     pub fn data(&self) -> &[u8] {
         &self.data
     }
@@ -171,9 +179,7 @@ impl OutBatch {
     /// The records, in order.
     pub fn records(&self) -> impl ExactSizeIterator<Item = OutRecord<'_>> + '_ {
         self.spans.iter().map(|s| OutRecord {
-            key: s
-                .has_key
-                .then(|| &self.data[s.key_start as usize..s.value_start as usize]),
+            key: s.key_start.map(|k| &self.keys[k as usize..s.key_end as usize]),
             value: &self.data[s.value_start as usize..s.end as usize],
         })
     }
@@ -188,23 +194,25 @@ impl OutBatch {
         self.spans.is_empty()
     }
 
-    /// Bytes held.
+    /// Bytes held (values and keys).
     pub fn bytes(&self) -> usize {
-        self.data.len()
+        self.data.len() + self.keys.len()
     }
 
     /// Removes all records, keeping the allocation.
     pub fn clear(&mut self) {
         self.data.clear();
+        self.keys.clear();
         self.spans.clear();
     }
 
     /// Keeps only the first `n` records (used to drop outputs of a record that failed).
     pub fn truncate(&mut self, n: usize) {
         if n < self.spans.len() {
-            let cut = self.spans[n].key_start as usize;
+            let s = self.spans[n];
+            self.data.truncate(s.value_start as usize);
+            self.keys.truncate(s.key_start.unwrap_or(s.key_end) as usize);
             self.spans.truncate(n);
-            self.data.truncate(cut);
         }
     }
 }
@@ -350,7 +358,7 @@ mod tests {
         let mut b = OutBatch::new(Framing::Lines);
         b.push(None, b"a");
         b.push(Some(b"k"), b"bb");
-        assert_eq!(b.data(), b"a\nkbb\n");
+        assert_eq!(b.data(), b"a\nbb\n", "a key is never glued onto the value");
         let recs: Vec<_> = b.records().collect();
         assert_eq!(
             recs[1],

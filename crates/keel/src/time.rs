@@ -4,7 +4,11 @@
 //! minus the allowed lateness; the pipeline watermark is the minimum over partitions that are
 //! neither finished nor idle (no record for `idle_timeout`), so one quiet partition does not
 //! hold event time back forever. The watermark never goes backwards. A record whose event
-//! time is below the pipeline watermark is *late* and goes to the [`LatePolicy`].
+//! time is below the pipeline watermark is *late* and goes to the [`LatePolicy`]. A record
+//! whose event time is more than [`WatermarkConfig::max_future_skew`] ahead of the wall clock
+//! fails with reason `future_event_time` (and is dead-lettered by default) without touching
+//! event time: otherwise one wrong timestamp would raise the watermark for ever and make
+//! every later record late.
 //! Watermarks are saved in checkpoints and restored with them.
 
 use std::time::Duration;
@@ -33,6 +37,10 @@ pub struct WatermarkConfig {
     pub idle_timeout: Duration,
     /// What to do with late records.
     pub late: LatePolicy,
+    /// How far ahead of the wall clock an event time may be (default 1 h); a record further
+    /// ahead fails with `future_event_time` and does not move the watermark. `None` accepts
+    /// any event time.
+    pub max_future_skew: Option<Duration>,
 }
 
 impl Default for WatermarkConfig {
@@ -41,11 +49,20 @@ impl Default for WatermarkConfig {
             lateness: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             late: LatePolicy::DeadLetter,
+            max_future_skew: Some(Duration::from_secs(3600)),
         }
     }
 }
 
 impl WatermarkConfig {
+    /// By how many ms `event_time` is beyond the allowed skew ahead of `now_ms` (the wall
+    /// clock), or `None` when it is acceptable.
+    pub fn too_far_ahead(&self, event_time: i64, now_ms: i64) -> Option<i64> {
+        let skew = self.max_future_skew?.as_millis().min(i64::MAX as u128) as i64;
+        let limit = now_ms.saturating_add(skew);
+        (event_time > limit).then(|| event_time - limit)
+    }
+
     /// The watermark of a partition whose highest event time is `max_event_time`.
     pub fn partition_watermark(&self, max_event_time: i64) -> i64 {
         max_event_time.saturating_sub(self.lateness.as_millis().min(i64::MAX as u128) as i64)
@@ -117,6 +134,20 @@ mod tests {
             Some(200)
         );
         assert_eq!(pipeline_watermark(&cfg(), [p(None, false)], None), None);
+    }
+
+    #[test]
+    fn event_times_too_far_ahead_of_the_clock_are_refused() {
+        let c = WatermarkConfig::default();
+        let now = 1_000_000_000;
+        assert_eq!(c.too_far_ahead(now + 3_600_000, now), None);
+        assert_eq!(c.too_far_ahead(now + 3_600_001, now), Some(1));
+        assert_eq!(c.too_far_ahead(i64::MAX, now), Some(i64::MAX - now - 3_600_000));
+        let off = WatermarkConfig {
+            max_future_skew: None,
+            ..c
+        };
+        assert_eq!(off.too_far_ahead(i64::MAX, now), None);
     }
 
     #[test]

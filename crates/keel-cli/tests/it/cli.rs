@@ -377,3 +377,88 @@ fn dlq_commands_list_show_stats_replay_and_purge() {
     let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(stats["corrupt"], 1);
 }
+
+/// A replay interrupted between its run and the marking of its envelopes, then a purge that
+/// moves lines, then the resumed replay: exactly the selected envelopes that are left are
+/// marked (each once), and every selected record was replayed once.
+#[test]
+fn dlq_replay_resumed_after_a_purge_marks_the_right_envelopes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = example(tmp.path());
+    let p = dir.join("pipeline.toml");
+    let ps = p.to_str().unwrap();
+    assert_eq!(keel(&["run", ps, "--quiet"], &[]).status.code(), Some(1));
+    let list = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut a = vec!["dlq", "list", ps, "--json"];
+        a.extend_from_slice(args);
+        let o = keel(&a, &[]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let negative = list(&["--reason", "negative_amount"]);
+    assert!(!negative.is_empty());
+    let before = refjob::visible_lines(&dir.join("out/records")).len();
+
+    // interrupted after the replay ran, before it marked anything
+    let o = keel(
+        &[
+            "dlq",
+            "replay",
+            ps,
+            "--reason",
+            "negative_amount",
+            "--to-sink",
+            "records",
+        ],
+        &[("KEEL_CRASH_AT", Path::new("replay_before_mark:1"))],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(list(&["--replayed"]).is_empty());
+
+    // a purge moves the lines of the selected envelopes
+    let o = keel(&["dlq", "purge", ps, "--reason", "malformed", "--confirm"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(list(&["--reason", "malformed"]).is_empty());
+
+    // resumed: the same envelopes are marked, and nothing is replayed twice
+    let o = keel(
+        &[
+            "dlq",
+            "replay",
+            ps,
+            "--reason",
+            "negative_amount",
+            "--to-sink",
+            "records",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resumed"), "{}", text(&o));
+    let replayed = list(&["--replayed"]);
+    let key = |e: &serde_json::Value| {
+        (
+            e["raw"].to_string(),
+            e["position"].to_string(),
+            e["partition"].to_string(),
+        )
+    };
+    let mut want: Vec<_> = negative.iter().map(key).collect();
+    let mut got: Vec<_> = replayed.iter().map(key).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "exactly the selected envelopes are marked");
+    assert!(
+        replayed
+            .iter()
+            .all(|e| e["replays"].as_array().map(Vec::len) == Some(1))
+    );
+    let after = refjob::visible_lines(&dir.join("out/records"));
+    assert_eq!(
+        after.len(),
+        before + negative.len(),
+        "each selected record replayed once"
+    );
+}

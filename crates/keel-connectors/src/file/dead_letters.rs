@@ -218,35 +218,73 @@ impl DeadLetterDir {
         Ok(purged)
     }
 
-    /// Records `replay` in the envelopes at `locations`; returns how many were marked.
-    pub fn mark_replayed(&self, locations: &[Location], replay: &Replay) -> io::Result<usize> {
-        let mut by_file: std::collections::BTreeMap<&str, std::collections::BTreeSet<usize>> = Default::default();
-        for l in locations {
-            by_file.entry(&l.file).or_default().insert(l.line);
+    /// Records `replay` in the dead letters of `selection`; returns how many were marked.
+    ///
+    /// Envelopes are found by their [identity](Envelope::identity), not their line: a purge
+    /// between the selection and the marking moves lines, and then the line number of a
+    /// selected envelope names another one (or none). A selected envelope is looked for in
+    /// its segment, at its line first, and is marked at most once; one that is gone (purged)
+    /// is not marked, and one that already records this replay is left as is.
+    pub fn mark_replayed(&self, selection: &[(Location, Envelope)], replay: &Replay) -> io::Result<usize> {
+        use std::collections::{BTreeMap, HashMap};
+        // per segment: identity -> preferred lines, one per selected envelope
+        let mut by_file: BTreeMap<&str, HashMap<String, Vec<usize>>> = BTreeMap::new();
+        for (loc, env) in selection {
+            by_file
+                .entry(&loc.file)
+                .or_default()
+                .entry(env.identity())
+                .or_default()
+                .push(loc.line);
         }
         let mut marked = 0;
-        for (file, lines_to_mark) in by_file {
+        for (file, mut wanted) in by_file {
             if !self.path.join(file).exists() {
                 continue;
             }
             self.rewrite(file, |lines| {
+                let decoded: Vec<Option<(String, Envelope)>> = lines
+                    .iter()
+                    .map(|l| Envelope::decode(l.as_bytes()).ok().map(|e| (e.identity(), e)))
+                    .collect();
+                // which lines to mark: a selected line that still holds its envelope first,
+                // then the first other lines with a wanted identity
+                let mut mark = vec![false; lines.len()];
+                for (id, preferred) in wanted.iter_mut() {
+                    preferred.retain(|&line| {
+                        let hit = line >= 1
+                            && decoded
+                                .get(line - 1)
+                                .is_some_and(|d| d.as_ref().is_some_and(|(i, _)| i == id))
+                            && !mark[line - 1];
+                        if hit {
+                            mark[line - 1] = true;
+                        }
+                        !hit
+                    });
+                }
+                for (i, d) in decoded.iter().enumerate() {
+                    if let Some((id, _)) = d
+                        && !mark[i]
+                        && let Some(left) = wanted.get_mut(id)
+                        && left.pop().is_some()
+                    {
+                        mark[i] = true;
+                    }
+                }
                 lines
                     .into_iter()
-                    .enumerate()
-                    .map(|(i, l)| {
-                        if !lines_to_mark.contains(&(i + 1)) {
-                            return l;
+                    .zip(decoded)
+                    .zip(mark)
+                    .map(|((l, d), m)| match d {
+                        Some((_, mut env)) if m && !env.replays.iter().any(|r| r.id == replay.id) => {
+                            env.replays.push(replay.clone());
+                            marked += 1;
+                            let mut buf = Vec::new();
+                            env.encode(&mut buf);
+                            String::from_utf8(buf).unwrap_or(l)
                         }
-                        match Envelope::decode(l.as_bytes()) {
-                            Ok(mut env) if !env.replays.iter().any(|r| r.id == replay.id) => {
-                                env.replays.push(replay.clone());
-                                marked += 1;
-                                let mut buf = Vec::new();
-                                env.encode(&mut buf);
-                                String::from_utf8(buf).unwrap_or(l)
-                            }
-                            _ => l,
-                        }
+                        _ => l,
                     })
                     .collect()
             })?;
@@ -337,8 +375,8 @@ mod tests {
             to: "pipeline".into(),
         };
         let locs: Vec<Location> = sel.iter().map(|(l, _)| l.clone()).collect();
-        assert_eq!(d.mark_replayed(&locs, &replay).unwrap(), 2);
-        assert_eq!(d.mark_replayed(&locs, &replay).unwrap(), 0, "marking twice is a no-op");
+        assert_eq!(d.mark_replayed(&sel, &replay).unwrap(), 2);
+        assert_eq!(d.mark_replayed(&sel, &replay).unwrap(), 0, "marking twice is a no-op");
         let unreplayed = Filter {
             replayed: Some(false),
             ..Default::default()
@@ -356,6 +394,58 @@ mod tests {
         );
         let left = d.read().unwrap();
         assert_eq!(left.len(), 2, "the corrupt line is kept");
+    }
+
+    /// A purge between selecting and marking moves lines: the selected envelopes are still
+    /// the ones marked, each once, and purged ones are not marked.
+    #[test]
+    fn marking_after_a_purge_finds_envelopes_by_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Vec::new();
+        for (reason, at) in [
+            ("malformed", 1),
+            ("late", 2),
+            ("malformed", 3),
+            ("late", 4),
+            ("late", 5),
+        ] {
+            seg.extend(envelope(reason, "a", at));
+        }
+        fs::write(dir.path().join("dead-000000000001-000.jsonl"), seg).unwrap();
+        let d = DeadLetterDir::new(dir.path());
+        let late = Filter {
+            reason: Some("late".into()),
+            ..Default::default()
+        };
+        let sel = d.select(&late).unwrap();
+        assert_eq!(sel.len(), 3);
+        // purge the malformed ones and one selected envelope
+        let purge = Filter {
+            reason: Some("malformed".into()),
+            ..Default::default()
+        };
+        assert_eq!(d.purge(&purge).unwrap(), 2);
+        let gone = Filter {
+            since_ms: Some(4),
+            until_ms: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(d.purge(&gone).unwrap(), 1);
+        let replay = Replay {
+            at_ms: 9,
+            id: "r".into(),
+            to: "pipeline".into(),
+        };
+        assert_eq!(d.mark_replayed(&sel, &replay).unwrap(), 2);
+        let left: Vec<(String, u64, usize)> = d
+            .read()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.envelope.unwrap())
+            .map(|e| (e.reason, e.last_failed_ms, e.replays.len()))
+            .collect();
+        assert_eq!(left, vec![("late".into(), 2, 1), ("late".into(), 5, 1)]);
+        assert_eq!(d.mark_replayed(&sel, &replay).unwrap(), 0, "marked once");
     }
 
     #[test]

@@ -592,3 +592,34 @@ fn follow_mode_reads_more_files_than_open_partitions() {
     want.sort();
     assert_eq!(got, want, "every line of every followed file exactly once");
 }
+
+/// A keyed record written with `lines` framing: the file holds the value only, never the
+/// key glued onto it.
+#[test]
+fn lines_sink_writes_values_without_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut sink = FileSink::new(FileSinkConfig::new(&out, FileFormat::Lines));
+    let mut b = OutBatch::new(Framing::Lines);
+    b.push(Some(b"key-1"), b"first");
+    b.push(None, b"second");
+    b.push(Some(b"key-3"), b"third");
+    block_on(async {
+        sink.write(1, &b).await.unwrap();
+        let mut s = sink.seal(1).await.unwrap();
+        s.prepare().unwrap();
+        s.commit().unwrap();
+    });
+    let files = visible(&out);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(
+        fs::read_to_string(out.join(&files[0])).unwrap(),
+        "first\nsecond\nthird\n"
+    );
+    // the keys are still there for sinks that send messages
+    let keys: Vec<_> = b.records().map(|r| r.key).collect();
+    assert_eq!(keys, vec![Some(&b"key-1"[..]), None, Some(&b"key-3"[..])]);
+    b.truncate(2);
+    assert_eq!(b.data(), b"first\nsecond\n");
+    assert_eq!(b.records().last().unwrap().key, None);
+}

@@ -1,6 +1,7 @@
 //! One behaviour, two backends: every case of `suite` runs against SQLite and PostgreSQL.
 
 mod backends;
+mod fence;
 mod suite;
 
 macro_rules! suite_for {

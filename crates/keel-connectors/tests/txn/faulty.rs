@@ -152,3 +152,69 @@ impl ObjectStore for Racing {
         self.inner.copy_opts(from, to, options).await
     }
 }
+
+/// Runs a rollback of `txn` through `other` (another store on the same place) just before
+/// the first manifest write it sees, as a rollback racing with the commit would; the
+/// rollback's result is kept for the test to inspect.
+#[derive(Debug)]
+pub struct RollbackRacing {
+    inner: Arc<dyn ObjectStore>,
+    other: Arc<dyn keel::txn::TxnStore>,
+    txn: keel::txn::Txn,
+    pub result: tokio::sync::Mutex<Option<std::result::Result<(), String>>>,
+}
+
+impl RollbackRacing {
+    pub fn new(inner: Arc<dyn ObjectStore>, other: Arc<dyn keel::txn::TxnStore>, txn: keel::txn::Txn) -> Self {
+        RollbackRacing {
+            inner,
+            other,
+            txn,
+            result: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl fmt::Display for RollbackRacing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rollback-racing({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for RollbackRacing {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+        let manifest = location.as_ref().contains("/_manifests/") && opts.mode == object_store::PutMode::Create;
+        if manifest {
+            let mut r = self.result.lock().await;
+            if r.is_none() {
+                *r = Some(self.other.rollback(&self.txn).await.map_err(|e| e.to_string()));
+            }
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}

@@ -36,6 +36,8 @@ macro_rules! cases {
             recovery_rolls_back_abandoned_transactions,
             death_mid_commit_leaves_old_or_new,
             kill_9_at_random_instants_leaves_old_or_new,
+            nested_dataset_names_never_touch_each_other,
+            a_rollback_racing_a_commit_never_deletes_published_data,
         );)*
     };
 }

@@ -347,3 +347,79 @@ pub async fn kill_9_at_random_instants_leaves_old_or_new(s: &Store) {
     }
     assert!(last > 1, "the child committed something in ten rounds");
 }
+
+/// Datasets whose names nest (`a`, `a/b`, and names that look like the store's own layout)
+/// are independent: committing or rolling back one never deletes another.
+pub async fn nested_dataset_names_never_touch_each_other(s: &Store) {
+    let st = &*s.store;
+    let a_b = files(&[("x.jsonl", "{\"d\":\"a/b\"}\n")]);
+    write(st, "a/b", &a_b).await.unwrap();
+    let a1 = files(&[("x.jsonl", "{\"d\":\"a\",\"v\":1}\n")]);
+    let c = write(st, "a", &a1).await.unwrap();
+    // a dataset named like the data directory of `a`'s transaction
+    let lookalike = format!("a/data/{}", c.version.txid);
+    let look = files(&[("x.jsonl", "{\"d\":\"lookalike\"}\n")]);
+    write(st, &lookalike, &look).await.unwrap();
+    // replacing `a` (twice: the first version is displaced, then pruned on object stores)
+    for v in 2..=5 {
+        let next = files(&[("x.jsonl", &format!("{{\"d\":\"a\",\"v\":{v}}}\n"))]);
+        write(st, "a", &next).await.unwrap();
+        let t = st.begin("a").await.unwrap();
+        st.stage(&t, "y.jsonl", Bytes::from_static(b"{}\n")).await.unwrap();
+        st.rollback(&t).await.unwrap();
+    }
+    assert_eq!(read_all(st, "a").await.unwrap().0, 5);
+    assert_eq!(read_all(st, "a/b").await, Some((1, a_b.clone())));
+    assert_eq!(read_all(st, &lookalike).await, Some((1, look)));
+    // and the other way round
+    write(st, "a/b", &files(&[("z.jsonl", "{}\n")])).await.unwrap();
+    assert_eq!(
+        read_all(st, "a").await.unwrap().1,
+        files(&[("x.jsonl", "{\"d\":\"a\",\"v\":5}\n")])
+    );
+    st.recover(Duration::ZERO).await.unwrap();
+    assert_eq!(read_all(st, "a/b").await.unwrap().0, 2);
+    no_staged_leftovers(s).await;
+}
+
+/// A rollback of a transaction racing with its commit (recovery of a writer thought gone,
+/// or a second process): either the commit wins and the rollback is refused, or the rollback
+/// wins and the commit fails; a published version never lists deleted data.
+pub async fn a_rollback_racing_a_commit_never_deletes_published_data(s: &Store) {
+    let content = generation(1);
+    let (committed, rolled_back) = match &s.place {
+        Place::S3 { prefix, raw } => {
+            // the rollback runs exactly when the commit is about to write its manifest
+            let other = crate::stores::open(&s.spec());
+            let t = other.begin("race").await.unwrap();
+            for (n, d) in &content {
+                other.stage(&t, n, Bytes::from(d.clone())).await.unwrap();
+            }
+            let racing = std::sync::Arc::new(crate::faulty::RollbackRacing::new(raw.clone(), other, t.clone()));
+            let ours = keel_connectors::txn::ObjectTxnStore::new(racing.clone(), prefix, "racing s3");
+            let committed = ours.commit(&t).await.map_err(|e| e.to_string());
+            let rolled_back = racing.result.lock().await.clone().expect("the rollback ran");
+            (committed.map(|_| ()), rolled_back)
+        }
+        Place::Dir(_) => {
+            let t = s.store.begin("race").await.unwrap();
+            for (n, d) in &content {
+                s.store.stage(&t, n, Bytes::from(d.clone())).await.unwrap();
+            }
+            let (c, r) = tokio::join!(s.store.commit(&t), s.store.rollback(&t));
+            (c.map(|_| ()).map_err(|e| e.to_string()), r.map_err(|e| e.to_string()))
+        }
+    };
+    assert!(
+        committed.is_ok() != rolled_back.is_ok(),
+        "exactly one wins: commit {committed:?}, rollback {rolled_back:?}"
+    );
+    let seen = read_all(&*s.store, "race").await;
+    if committed.is_ok() {
+        assert_eq!(seen, Some((1, content)), "the published version is whole");
+    } else {
+        assert_eq!(seen, None);
+    }
+    s.store.recover(Duration::ZERO).await.unwrap();
+    no_staged_leftovers(s).await;
+}

@@ -57,6 +57,7 @@ unit = "ms"
 lateness = "2s"
 idle_timeout = "30s"
 late = "drop"
+max_future_skew = "1h"
 
 [[steps]]
 type = "dedupe"

@@ -249,3 +249,41 @@ fn raw_lines_pass_through_without_a_parse_step() {
     c.run();
     assert_eq!(c.lines("out"), vec!["hello".to_string(), "world".to_string()]);
 }
+
+#[test]
+fn event_time_dead_letters_records_too_far_ahead_of_the_clock() {
+    let steps = |skew: &str| {
+        format!(
+            r#"
+[[steps]]
+type = "parse"
+
+[[steps]]
+type = "event_time"
+field = "ts"
+lateness = "1s"
+{skew}
+"#
+        )
+    };
+    let now = keel::util::now_ms() as i64;
+    let far = now + 10 * 24 * 3_600_000;
+    let mut input = vec![format!(r#"{{"id": 0, "ts": {far}}}"#)];
+    input.extend((1..=200).map(|i| format!(r#"{{"id": {i}, "ts": {}}}"#, now - 60_000 + i * 10)));
+    let input = input.join("\n");
+    for skew in ["", "max_future_skew = \"2h\""] {
+        let c = Case::new(&pipeline("json_lines", &steps(skew), ""), &[("a.jsonl", &input)]);
+        let s = c.run();
+        assert_eq!((s.records_out, s.dead_letters), (200, 1), "{skew}");
+        let dead = c.json("dead");
+        assert_eq!(dead[0]["reason"], "future_event_time");
+        assert_eq!(dead[0]["raw"].as_str().unwrap(), format!(r#"{{"id": 0, "ts": {far}}}"#));
+    }
+    // "0s" accepts any event time
+    let c = Case::new(
+        &pipeline("json_lines", &steps("max_future_skew = \"0s\""), ""),
+        &[("a.jsonl", &input)],
+    );
+    c.run();
+    assert!(c.json("out").iter().any(|r| r["id"] == 0));
+}

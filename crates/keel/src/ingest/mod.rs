@@ -15,7 +15,13 @@
 //! 4. **Check.** Unit checks (`min_records`, `max_bad_ratio`) and the stores' validators run.
 //! 5. **Commit.** Every store commits (an atomic rename per store, replacing the unit's
 //!    previous output: a changed file's old output is replaced, never duplicated); then the
-//!    ledger marks the unit completed. Any failure before rolls every store back and marks
+//!    ledger marks the unit completed. Each commit is fenced: right before it the lease is
+//!    renewed (a worker that lost it stops there), and the store publishes under a fencing
+//!    token, the wall-clock time of the claim (ms), refusing it if the unit's output was
+//!    published under a newer claim ([`FsTxnStore::commit_fenced`]). A take-over claims only
+//!    after the previous lease ran out, so its token is newer as long as the workers' clocks
+//!    agree within a lease; the token survives `keel ledger clear`, unlike a claim count. So a worker stalled past its lease (a
+//!    pause, a swapped-out process) never replaces the output of the worker that took over. Any failure before rolls every store back and marks
 //!    the unit failed with its reason; the batch goes on with the next unit.
 //!
 //! # Crash cases
@@ -224,6 +230,18 @@ pub fn list_inputs(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<InputF
     Ok(out)
 }
 
+/// A test hook: awaited at named points of a unit's processing (`before_commit`: the lease
+/// was just checked, the store commit comes next), so that tests can stall a worker there.
+pub type PauseHook = Arc<dyn Fn(&'static str, &UnitRef) -> crate::ledger::BoxFuture<'static, ()> + Send + Sync>;
+
+struct Hook(Option<PauseHook>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(hook)" } else { "None" })
+    }
+}
+
 /// Runs batches of units: see the module docs.
 #[derive(Debug)]
 pub struct Ingestor {
@@ -233,6 +251,7 @@ pub struct Ingestor {
     shutdown: ShutdownHandle,
     /// This worker's unit checkpoints: `<state_dir>/<namespace>/<txid>/`.
     unit_states: PathBuf,
+    pause: Hook,
 }
 
 /// How a unit's run and commits ended.
@@ -274,7 +293,14 @@ impl Ingestor {
             settings,
             shutdown: ShutdownHandle::default(),
             unit_states,
+            pause: Hook(None),
         }
+    }
+
+    /// Installs a [`PauseHook`] (tests).
+    pub fn with_pause_hook(mut self, hook: PauseHook) -> Self {
+        self.pause = Hook(Some(hook));
+        self
     }
 
     /// A handle that stops the batch gracefully: the running unit checkpoints and stays in
@@ -394,7 +420,8 @@ impl Ingestor {
                 // resume only an attempt on the same content: a file changed while its worker
                 // was down starts over (its partial output is rolled back)
                 let resumable = why == Why::ResumeOwn && before.is_some_and(|b| b.same_content(&fp_now));
-                let outcome = self.process(&unit, &input, resumable, runner).await?;
+                let token = crate::util::now_ms();
+                let outcome = self.process(&unit, &input, resumable, token, runner).await?;
                 Done::Processed {
                     key: input.key,
                     attempt,
@@ -477,6 +504,7 @@ impl Ingestor {
         unit: &UnitRef,
         input: &InputFile,
         resumable: bool,
+        token: u64,
         runner: &F,
     ) -> Result<Outcome, IngestError>
     where
@@ -519,10 +547,33 @@ impl Ingestor {
                     // stores committed before keep this version; the new holder replaces it
                     return Body::Lost;
                 }
+                // fenced publish, part 1: the lease is checked (and extended) right before
+                match self
+                    .ledger
+                    .renew(std::slice::from_ref(unit), &self.settings.worker, self.settings.lease)
+                    .await
+                {
+                    Ok(gone) if gone.is_empty() => {}
+                    Ok(_) => {
+                        lost.store(true, Ordering::SeqCst);
+                        return Body::Lost;
+                    }
+                    Err(e) => return Body::Failed(format!("checking the lease before committing `{}`: {e}", s.name)),
+                }
+                if let Some(hook) = &self.pause.0 {
+                    hook("before_commit", unit).await;
+                }
+                // part 2: however long this worker stalled since, the store refuses to replace
+                // output published under a newer claim of the unit
                 let (store, t) = (s.store.clone(), txn.clone());
-                if let Err(e) = off_thread(move || store.commit_txn(&t)).await {
+                match off_thread(move || store.commit_fenced(&t, Some(token))).await {
+                    Ok(_) => {}
+                    Err(TxnError::Fenced { .. }) => {
+                        lost.store(true, Ordering::SeqCst);
+                        return Body::Lost;
+                    }
                     // stores committed before this one keep the new version; a retry replaces it
-                    return Body::Failed(format!("committing output `{}`: {e}", s.name));
+                    Err(e) => return Body::Failed(format!("committing output `{}`: {e}", s.name)),
                 }
             }
             Body::Committed(run)

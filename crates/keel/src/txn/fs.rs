@@ -3,10 +3,13 @@
 //! # Layout
 //!
 //! ```text
-//! ROOT/<dataset>/                       the current version: its files and `_keel.json`
+//! ROOT/<dataset segment>/               the current version: its files and `_keel.json`
 //! ROOT/_staging/<namespace>/<txid>/     a staged transaction: its files and `_keel.json`
 //! ROOT/_staging/.locks/<hh>.lock        serialises commits of a dataset (256 stripes by hash)
 //! ```
+//!
+//! The dataset segment is the name with `/` escaped ([`super::dataset_segment`]), so datasets
+//! are never nested: replacing `a` cannot delete `a/b`.
 //!
 //! `_keel.json` holds a [`Version`]: in a staging directory, version 0 until the commit writes
 //! the real one; in a dataset directory, the version readers see.
@@ -26,6 +29,14 @@
 //! - After the publish: the dataset is the new version; the staging directory, if still there,
 //!   holds the displaced old version, recognisable because its `_keel.json` names another
 //!   transaction. Repeating the commit reports it committed and removes the leftover.
+//!
+//! # Fencing
+//!
+//! [`FsTxnStore::commit_fenced`] takes a token (batch ingestion passes the time of its claim,
+//! which grows with every claim of a unit). The current version's marker keeps the
+//! token it was published under, and under the dataset's lock a commit with an older token
+//! is refused ([`TxnError::Fenced`]): a writer that lost its claim while stalled can never
+//! replace what the new owner published.
 //!
 //! Readers see either the old or the new directory, never a mix of the two by name; a reader
 //! that lists a directory while a commit replaces it should go through
@@ -59,6 +70,9 @@ struct Marker {
     /// Earlier versions, newest first (dataset markers only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     previous: Vec<Version>,
+    /// The fencing token the version was published under, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fence: Option<u64>,
 }
 
 impl Marker {
@@ -121,9 +135,10 @@ impl FsTxnStore {
         self.staging_root().join(&txn.id)
     }
 
-    /// The directory of `dataset`'s current version.
+    /// The directory of `dataset`'s current version: `ROOT/<dataset segment>`, one level
+    /// below the root whatever `/` the name has ([`super::dataset_segment`]).
     pub fn dataset_dir(&self, dataset: &str) -> PathBuf {
-        self.inner.root.join(dataset)
+        self.inner.root.join(super::dataset_segment(dataset))
     }
 
     fn io(&self, what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> TxnError {
@@ -156,6 +171,7 @@ impl FsTxnStore {
                 files: Vec::new(),
             },
             previous: Vec::new(),
+            fence: None,
         };
         let path = dir.join(MARKER);
         let tmp = durable::temp_path(&path);
@@ -216,6 +232,13 @@ impl FsTxnStore {
 
     /// Commits `txn`; see the module docs. Idempotent.
     pub fn commit_txn(&self, txn: &Txn) -> Result<Committed, TxnError> {
+        self.commit_fenced(txn, None)
+    }
+
+    /// Commits `txn` under the fencing token `fence` (see the module docs): refused with
+    /// [`TxnError::Fenced`] when the dataset's current version was published under a newer
+    /// token. The check and the publish happen under the dataset's lock. Idempotent.
+    pub fn commit_fenced(&self, txn: &Txn, fence: Option<u64>) -> Result<Committed, TxnError> {
         let _lock = self.lock(&txn.dataset)?;
         let target = self.dataset_dir(&txn.dataset);
         let staged = self.stage_dir(txn);
@@ -225,6 +248,15 @@ impl FsTxnStore {
             let version = done.clone();
             self.remove_displaced(&staged, &txn.id)?;
             return Ok(Committed { version, already: true });
+        }
+        if let (Some(token), Some(current)) = (fence, current.as_ref().and_then(|c| c.fence))
+            && current > token
+        {
+            return Err(TxnError::Fenced {
+                txid: txn.id.clone(),
+                token,
+                current,
+            });
         }
         if target.exists() && current.is_none() {
             return Err(TxnError::InvalidName {
@@ -254,6 +286,7 @@ impl FsTxnStore {
         let marker = Marker {
             version: version.clone(),
             previous,
+            fence,
         };
         write_marker(self.ops(), &dir, &marker)?;
         crash_point("txn_before_publish");

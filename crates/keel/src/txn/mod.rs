@@ -59,6 +59,17 @@ pub enum TxnError {
     /// A rollback of a transaction that is already committed.
     #[error("transaction {0} is committed; it cannot be rolled back")]
     Committed(String),
+    /// A fenced commit was refused: the dataset's current version was published under a newer
+    /// fencing token (another writer took the work over and published first).
+    #[error("transaction {txid} is fenced off: the dataset was published under token {current}, newer than {token}")]
+    Fenced {
+        /// The refused transaction.
+        txid: String,
+        /// Its token.
+        token: u64,
+        /// The token of the current version.
+        current: u64,
+    },
     /// A dataset or file name that cannot be used.
     #[error("invalid name `{name}`: {reason}")]
     InvalidName {
@@ -132,7 +143,8 @@ pub fn is_id(s: &str) -> bool {
 }
 
 /// Checks a dataset name: `/`-separated segments, none empty, `.`, `..`, or starting with `.`
-/// or `_` (those names are reserved for staging and manifests).
+/// or `_` (those names are reserved for staging and manifests). A `/` does not nest datasets
+/// in storage: see [`dataset_segment`].
 pub fn check_dataset(name: &str) -> Result<(), TxnError> {
     let bad = |reason| {
         Err(TxnError::InvalidName {
@@ -155,6 +167,40 @@ pub fn check_dataset(name: &str) -> Result<(), TxnError> {
         }
     }
     Ok(())
+}
+
+/// The one path segment under which a store keeps `dataset`: the name with `!` written as
+/// `!21` and `/` as `!2F`. Datasets are never nested in storage, so committing (replacing) a
+/// dataset `a` cannot touch a dataset `a/b`, whose segment `a!2Fb` is a sibling of `a`. The
+/// mapping is injective and leaves names without `!` or `/` unchanged.
+pub fn dataset_segment(dataset: &str) -> String {
+    let mut out = String::with_capacity(dataset.len());
+    for c in dataset.chars() {
+        match c {
+            '!' => out.push_str("!21"),
+            '/' => out.push_str("!2F"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The dataset whose segment is `segment` ([`dataset_segment`] backwards); `None` when
+/// `segment` is not one.
+pub fn dataset_of_segment(segment: &str) -> Option<String> {
+    let mut out = String::with_capacity(segment.len());
+    let mut rest = segment;
+    while let Some(i) = rest.find('!') {
+        out.push_str(&rest[..i]);
+        match rest.get(i + 1..i + 3) {
+            Some("21") => out.push('!'),
+            Some("2F") => out.push('/'),
+            _ => return None,
+        }
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// Checks a file name within a transaction: one segment, not reserved.
@@ -385,5 +431,21 @@ mod tests {
         }
         assert!(check_file("a/b").is_err());
         assert!(check_file("part-0.jsonl").is_ok());
+    }
+
+    #[test]
+    fn dataset_segments_are_flat_and_injective() {
+        for (name, seg) in [
+            ("a", "a"),
+            ("daily/2026-11-23", "daily!2F2026-11-23"),
+            ("a!2Fb", "a!212Fb"),
+            ("a/b!", "a!2Fb!21"),
+        ] {
+            assert_eq!(dataset_segment(name), seg);
+            assert_eq!(dataset_of_segment(seg).as_deref(), Some(name));
+            assert!(!seg.contains('/'));
+        }
+        assert_ne!(dataset_segment("a/b"), dataset_segment("a!2Fb"));
+        assert_eq!(dataset_of_segment("a!zz"), None);
     }
 }

@@ -510,3 +510,45 @@ fn background_compaction_keeps_chains_short_and_state_exact() {
     assert_eq!(second.restored_from, first.last_checkpoint);
     assert_exactly_once(&input, &parse(out.committed_lines()));
 }
+
+/// One record far ahead of the wall clock is dead-lettered as `future_event_time` and does
+/// not raise the watermark: the records after it are not late.
+#[test]
+fn a_far_future_event_time_is_dead_lettered_and_does_not_move_the_watermark() {
+    #[derive(Deserialize)]
+    struct Ev {
+        ts: i64,
+    }
+    let now = keel::util::now_ms() as i64;
+    let far = now + 10 * 24 * 3_600_000;
+    let mut lines = vec![format!(r#"{{"ts": {far}}}"#)];
+    lines.extend((0..300).map(|i| format!(r#"{{"ts": {}}}"#, now - 60_000 + i * 10)));
+    let out = MemorySink::new();
+    let dead = MemorySink::new();
+    let s = Pipeline::builder("future")
+        .source(Slow(VecSource::new(vec![lines]), Duration::from_millis(1)))
+        .flow(
+            Flow::<Record>::new()
+                .parse_json::<Ev>()
+                .event_time(|e| e.ts)
+                .map(|e| e.ts),
+        )
+        .sink(out.clone())
+        .dead_letters(dead.clone())
+        .configure(|o| {
+            o.watermarks = WatermarkConfig {
+                lateness: Duration::from_millis(100),
+                ..Default::default()
+            }
+        })
+        .build()
+        .unwrap()
+        .run()
+        .unwrap();
+    let dead = dead.committed_lines();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].contains("\"reason\":\"future_event_time\""), "{}", dead[0]);
+    assert_eq!(out.committed_lines().len(), 300, "no record after it is late");
+    assert_eq!(s.dead_letters, 1);
+    assert_eq!(s.late_dropped, 0);
+}
