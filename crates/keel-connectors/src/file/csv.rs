@@ -51,7 +51,7 @@ impl CsvDialect {
 }
 
 /// Finds where CSV records end in a stream given piece by piece.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct Framer {
     reader: Reader,
     fresh: bool,
@@ -146,17 +146,24 @@ pub enum CsvParseError {
 }
 
 /// Parses single records into fields.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct CsvParser {
-    quote: u8,
+    dialect: CsvDialect,
     reader: Reader,
+}
+
+/// A new reader: csv-core's `Clone` of a reader does not copy its transition tables.
+impl Clone for CsvParser {
+    fn clone(&self) -> Self {
+        CsvParser::new(&self.dialect)
+    }
 }
 
 impl CsvParser {
     /// A parser of `dialect`.
     pub fn new(dialect: &CsvDialect) -> Self {
         CsvParser {
-            quote: dialect.quote,
+            dialect: *dialect,
             reader: dialect.reader(),
         }
     }
@@ -200,7 +207,7 @@ impl CsvParser {
             match res {
                 ReadFieldResult::InputEmpty | ReadFieldResult::OutputFull => {}
                 ReadFieldResult::Field { record_end } => {
-                    fields.fields.push((nout_total, raw.get(field_start) == Some(&self.quote)));
+                    fields.fields.push((nout_total, raw.get(field_start) == Some(&self.dialect.quote)));
                     field_start = at;
                     if record_end || synthetic {
                         break match raw[at..].iter().position(|&b| b != b'\n' && b != b'\r') {
@@ -235,7 +242,8 @@ mod tests {
     }
 
     fn parse(raw: &str) -> Result<Vec<(String, bool)>, CsvParseError> {
-        let mut p = CsvParser::new(&CsvDialect::default());
+        // a clone must work as well as the original
+        let mut p = CsvParser::new(&CsvDialect::default()).clone();
         let mut f = CsvFields::default();
         p.parse(raw.as_bytes(), &mut f)?;
         Ok((0..f.len())
