@@ -143,12 +143,21 @@ fn check_dialect(p: &ParseConfig) -> Result<(), (&'static str, String)> {
         if let Some(c) = c
             && (!c.is_ascii() || c == '\n' || c == '\r')
         {
-            return Err((key, format!("`{}` must be one ASCII character other than a line break", c.escape_default())));
+            return Err((
+                key,
+                format!(
+                    "`{}` must be one ASCII character other than a line break",
+                    c.escape_default()
+                ),
+            ));
         }
     }
     let d = csv_dialect(p);
     if d.delimiter == d.quote || d.escape == Some(d.delimiter) || d.escape == Some(d.quote) {
-        return Err(("delimiter", "the delimiter, the quote and the escape must differ".into()));
+        return Err((
+            "delimiter",
+            "the delimiter, the quote and the escape must differ".into(),
+        ));
     }
     Ok(())
 }
@@ -377,9 +386,7 @@ pub fn build_variant(
 
     // source
     let source = match &cfg.source {
-        SourceConfig::Files(f) => {
-            AnySource::Files(FileSource::new(files_source(loaded, f)))
-        }
+        SourceConfig::Files(f) => AnySource::Files(FileSource::new(files_source(loaded, f))),
         SourceConfig::Generator(g) => {
             let gc = GeneratorConfig {
                 partitions: g.partitions,

@@ -62,9 +62,7 @@ fn write_csv_cell(doc: &Doc, v: &Value, neutralize_formulas: bool, out: &mut Vec
             String::from_utf8_lossy(&b).into_owned()
         }
     };
-    let formula = neutralize_formulas
-        && kind == Kind::String
-        && text.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let formula = neutralize_formulas && kind == Kind::String && text.starts_with(['=', '+', '-', '@', '\t', '\r']);
     write_csv_text(&text, formula, out);
 }
 

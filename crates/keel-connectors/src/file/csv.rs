@@ -207,7 +207,9 @@ impl CsvParser {
             match res {
                 ReadFieldResult::InputEmpty | ReadFieldResult::OutputFull => {}
                 ReadFieldResult::Field { record_end } => {
-                    fields.fields.push((nout_total, raw.get(field_start) == Some(&self.dialect.quote)));
+                    fields
+                        .fields
+                        .push((nout_total, raw.get(field_start) == Some(&self.dialect.quote)));
                     field_start = at;
                     if record_end || synthetic {
                         break match raw[at..].iter().position(|&b| b != b'\n' && b != b'\r') {
@@ -259,7 +261,13 @@ mod tests {
         let s = |v: &str, q| (v.to_owned(), q);
         assert_eq!(
             parse("1,\"a, \"\"b\"\"\",,\"\",\"x\ny\"").unwrap(),
-            vec![s("1", false), s("a, \"b\"", true), s("", false), s("", true), s("x\ny", true)]
+            vec![
+                s("1", false),
+                s("a, \"b\"", true),
+                s("", false),
+                s("", true),
+                s("x\ny", true)
+            ]
         );
         assert_eq!(parse("a,\r\n").unwrap(), vec![s("a", false), s("", false)]);
         assert_eq!(parse("a,").unwrap(), vec![s("a", false), s("", false)]);

@@ -363,7 +363,14 @@ impl FileReader {
     }
 
     /// Pushes a record that failed to frame: `value` is its first line (or prefix).
-    fn push_failed(&mut self, batch: &mut SourceBatch<u64>, mut value: Bytes, reason: &'static str, message: &str, end: u64) {
+    fn push_failed(
+        &mut self,
+        batch: &mut SourceBatch<u64>,
+        mut value: Bytes,
+        reason: &'static str,
+        message: &str,
+        end: u64,
+    ) {
         while matches!(value.last(), Some(b'\n' | b'\r')) {
             value.truncate(value.len() - 1);
         }

@@ -91,7 +91,12 @@ fn csv_header_is_attached_and_skipped_on_resume() {
 }
 
 /// Every record of `part` read from `from` in batches of `max`: (value, failure reason, position).
-fn read_full(src: &mut FileSource, part: &str, from: Option<u64>, max: usize) -> (Vec<(Vec<u8>, Option<String>, u64)>, ReadStats) {
+fn read_full(
+    src: &mut FileSource,
+    part: &str,
+    from: Option<u64>,
+    max: usize,
+) -> (Vec<(Vec<u8>, Option<String>, u64)>, ReadStats) {
     block_on(async {
         let mut r = src.open(part, from).await.unwrap();
         let mut out = Vec::new();
@@ -160,7 +165,10 @@ fn csv_quoted_newlines_are_one_record_lf_and_crlf() {
 
 #[test]
 fn csv_bom_blank_lines_unicode_and_a_missing_final_line_break() {
-    let got = csv_records("\u{feff}id,name\r\n\r\n1,\"Zoë\nß\"\r\n\n2,日本\r\n3,\"x\"".as_bytes(), 1 << 20);
+    let got = csv_records(
+        "\u{feff}id,name\r\n\r\n1,\"Zoë\nß\"\r\n\n2,日本\r\n3,\"x\"".as_bytes(),
+        1 << 20,
+    );
     assert_eq!(got, vec![ok("1,\"Zoë\nß\""), ok("2,日本"), ok("3,\"x\"")]);
     // the header is the first record after the BOM
     let dir = tempfile::tempdir().unwrap();
@@ -215,7 +223,10 @@ fn csv_a_quote_never_closed_within_the_limit_is_oversized_and_reading_resumes_at
     let got = csv_records(b"h\n1,\"aaaa\naaaaaaaa\"\r\n2,b\n", 16);
     assert_eq!(
         got,
-        vec![("1,\"aaaa\naaaaaaaa".to_owned(), Some("oversized".to_owned())), ok("2,b")]
+        vec![
+            ("1,\"aaaa\naaaaaaaa".to_owned(), Some("oversized".to_owned())),
+            ok("2,b")
+        ]
     );
 }
 

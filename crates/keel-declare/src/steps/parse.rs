@@ -135,10 +135,7 @@ impl DocStep for ParseCsv {
         for (i, name) in header.iter().enumerate() {
             let (bytes, quoted) = fields.get(i).unwrap_or_default();
             let cell = std::str::from_utf8(bytes).map_err(|e| {
-                Failure::permanent(
-                    reason::INVALID_UTF8,
-                    format!("CSV field `{name}` is not UTF-8: {e}"),
-                )
+                Failure::permanent(reason::INVALID_UTF8, format!("CSV field `{name}` is not UTF-8: {e}"))
             })?;
             let v = if cell.is_empty() {
                 match (empty, quoted) {

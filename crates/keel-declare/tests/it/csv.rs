@@ -157,7 +157,11 @@ fn round_trip_of_random_fields_through_the_csv_sink_and_source() {
         c.write("read.toml", &read);
         let loaded = keel_declare::load(&c.dir.path().join("read.toml")).unwrap();
         let s = keel_declare::build(&loaded, |_| {}).unwrap().run().unwrap();
-        assert_eq!((s.records_in, s.records_out, s.dead_letters), (1500, 1500, 0), "seed {seed}");
+        assert_eq!(
+            (s.records_in, s.records_out, s.dead_letters),
+            (1500, 1500, 0),
+            "seed {seed}"
+        );
         let back = c.json("back");
         assert_eq!(back.len(), 1500);
         for doc in back {
