@@ -187,7 +187,7 @@ pub struct FileReader {
     /// The record in progress is too long: skipping to the end of its line.
     skipping: bool,
     /// CSV only: where records end.
-    framer: Option<Framer>,
+    framer: Option<Box<Framer>>,
     /// Bytes read but not yet scanned, to scan after `chunk` (which then holds bytes to
     /// scan again, after a record that did not end).
     stash: Option<Bytes>,
@@ -225,7 +225,7 @@ impl FileReader {
         // a fresh CSV partition starts after its header line
         let offset = if offset == 0 { header_end } else { offset };
         file.seek(SeekFrom::Start(offset)).map_err(|e| io("seeking in", e))?;
-        let framer = csv.then(|| Framer::new(&config.csv));
+        let framer = csv.then(|| Box::new(Framer::new(&config.csv)));
         Ok(FileReader {
             config,
             path,

@@ -90,13 +90,11 @@ fn csv_header_is_attached_and_skipped_on_resume() {
     });
 }
 
+/// A record read: value, failure reason, position.
+type Read = (Vec<u8>, Option<String>, u64);
+
 /// Every record of `part` read from `from` in batches of `max`: (value, failure reason, position).
-fn read_full(
-    src: &mut FileSource,
-    part: &str,
-    from: Option<u64>,
-    max: usize,
-) -> (Vec<(Vec<u8>, Option<String>, u64)>, ReadStats) {
+fn read_full(src: &mut FileSource, part: &str, from: Option<u64>, max: usize) -> (Vec<Read>, ReadStats) {
     block_on(async {
         let mut r = src.open(part, from).await.unwrap();
         let mut out = Vec::new();

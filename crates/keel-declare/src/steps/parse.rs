@@ -143,7 +143,7 @@ impl DocStep for ParseCsv {
                     _ => Value::Str("".into()),
                 }
             } else if self.infer_types {
-                infer(cell.to_owned())
+                infer(cell)
             } else {
                 Value::Str(cell.into())
             };
@@ -157,14 +157,16 @@ impl DocStep for ParseCsv {
     }
 }
 
-fn infer(cell: String) -> Value {
-    if cell.is_empty() {
+fn infer(cell: &str) -> Value {
+    let Some(&first) = cell.as_bytes().first() else {
         return Value::Null;
-    }
-    if let Ok(i) = cell.parse::<i64>() {
+    };
+    let numeric = first.is_ascii_digit() || matches!(first, b'-' | b'+' | b'.');
+    if numeric && let Ok(i) = cell.parse::<i64>() {
         return Value::Int(i);
     }
-    if let Ok(f) = cell.parse::<f64>()
+    if numeric
+        && let Ok(f) = cell.parse::<f64>()
         && f.is_finite()
         && cell
             .bytes()
@@ -172,7 +174,7 @@ fn infer(cell: String) -> Value {
     {
         return Value::Float(f);
     }
-    match cell.as_str() {
+    match cell {
         "true" => Value::Bool(true),
         "false" => Value::Bool(false),
         _ => Value::Str(cell.into()),
@@ -185,11 +187,11 @@ mod tests {
 
     #[test]
     fn inference() {
-        assert_eq!(infer("12".into()), Value::Int(12));
-        assert_eq!(infer("-1.5".into()), Value::Float(-1.5));
-        assert_eq!(infer("true".into()), Value::Bool(true));
-        assert_eq!(infer("".into()), Value::Null);
-        assert_eq!(infer("inf".into()), Value::Str("inf".into()));
-        assert_eq!(infer("12a".into()), Value::Str("12a".into()));
+        assert_eq!(infer("12"), Value::Int(12));
+        assert_eq!(infer("-1.5"), Value::Float(-1.5));
+        assert_eq!(infer("true"), Value::Bool(true));
+        assert_eq!(infer(""), Value::Null);
+        assert_eq!(infer("inf"), Value::Str("inf".into()));
+        assert_eq!(infer("12a"), Value::Str("12a".into()));
     }
 }
