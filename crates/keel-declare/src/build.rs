@@ -13,13 +13,13 @@ use keel::policy::{
     Policies, RetryBudget, RetryPolicy,
 };
 use keel::{Class, FileCheckpointStore, Options, Pipeline, PipelineBuilder, WatermarkConfig};
-use keel_connectors::file::{FileFormat, FileSink, FileSinkConfig, FileSource, FileSourceConfig};
+use keel_connectors::file::{CsvDialect, FileFormat, FileSink, FileSinkConfig, FileSource, FileSourceConfig};
 use keel_connectors::generator::{GeneratorConfig, GeneratorSource};
 use keel_connectors::stdout::StdoutSink;
 
 use crate::config::*;
 use crate::doc::FieldPath;
-use crate::encode::{DocEncoder, csv_header};
+use crate::encode::{CsvOut, DocEncoder, csv_header};
 use crate::error::{ConfigError, ConfigErrors, Errors, KeyPath};
 use crate::interpolate::interpolate;
 use crate::source::AnySource;
@@ -154,10 +154,73 @@ fn sink_format(cfg: &SinkConfig) -> (DocEncoder, Option<String>) {
         SinkConfig::Files(f) if f.format == FileFormat::Csv => {
             let cols: Vec<String> = f.columns.clone().unwrap_or_default();
             let header = csv_header(&cols);
-            (DocEncoder::Csv(cols.into()), Some(header))
+            let out = CsvOut {
+                columns: cols.into(),
+                neutralize_formulas: f.neutralize_formulas,
+            };
+            (DocEncoder::Csv(out), Some(header))
         }
         _ => (DocEncoder::Json, None),
     }
+}
+
+/// The CSV dialect of a parse step (unchecked: see [`check_dialect`]).
+fn csv_dialect(p: &ParseConfig) -> CsvDialect {
+    let d = CsvDialect::default();
+    let byte = |c: Option<char>, default: u8| c.map_or(default, |c| if c.is_ascii() { c as u8 } else { default });
+    CsvDialect {
+        delimiter: byte(p.delimiter, d.delimiter),
+        quote: byte(p.quote, d.quote),
+        escape: p.escape.map(|c| byte(Some(c), b'\\')),
+        header: p.header.unwrap_or(p.columns.is_none()),
+    }
+}
+
+/// Delimiter, quote and escape: single ASCII characters, no line breaks, all different.
+fn check_dialect(p: &ParseConfig) -> Result<(), (&'static str, String)> {
+    let chars = [("delimiter", p.delimiter), ("quote", p.quote), ("escape", p.escape)];
+    for (key, c) in chars {
+        if let Some(c) = c
+            && (!c.is_ascii() || c == '\n' || c == '\r')
+        {
+            return Err((
+                key,
+                format!(
+                    "`{}` must be one ASCII character other than a line break",
+                    c.escape_default()
+                ),
+            ));
+        }
+    }
+    let d = csv_dialect(p);
+    if d.delimiter == d.quote || d.escape == Some(d.delimiter) || d.escape == Some(d.quote) {
+        return Err((
+            "delimiter",
+            "the delimiter, the quote and the escape must differ".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The file source of a pipeline file: its CSV framing follows the first CSV `parse` step,
+/// and `[errors] max_record_bytes` bounds its records.
+pub(crate) fn files_source(loaded: &Loaded, f: &FilesSourceConfig) -> FileSourceConfig {
+    let mut sc = FileSourceConfig::new(loaded.resolve(&f.path), f.format);
+    sc.pattern = f.pattern.clone();
+    sc.follow = f.follow;
+    if let Some(p) = f.poll_interval {
+        sc.poll_interval = p;
+    }
+    if let Some(p) = loaded.config.steps.iter().find_map(|s| match s {
+        StepConfig::Parse(p) if p.format == ParseFormat::Csv => Some(p),
+        _ => None,
+    }) {
+        sc.csv = csv_dialect(p);
+    }
+    if let Some(m) = loaded.config.errors.max_record_bytes {
+        sc.max_record_bytes = m;
+    }
+    sc
 }
 
 /// Checks the whole file and builds the steps. Returns every problem found.
@@ -220,6 +283,9 @@ pub fn build_variant(
                 (FileFormat::Csv, None) => errors.add(&at.k("columns"), "a CSV sink needs `columns`"),
                 (FileFormat::Lines, _) => errors.add(&at.k("format"), "sinks write `json_lines` or `csv`"),
                 (FileFormat::JsonLines, Some(_)) => errors.add(&at.k("columns"), "`columns` is for CSV sinks"),
+                (FileFormat::JsonLines, None) if f.neutralize_formulas => {
+                    errors.add(&at.k("neutralize_formulas"), "`neutralize_formulas` is for CSV sinks")
+                }
                 _ => {}
             }
             if f.max_file_bytes.is_some_and(|m| m < MIN_FILE_BYTES) {
@@ -266,23 +332,40 @@ pub fn build_variant(
                 parsed = true;
                 match p.format {
                     ParseFormat::Json => {
-                        if p.delimiter.is_some() || p.infer_types || p.columns.is_some() {
+                        if p.delimiter.is_some()
+                            || p.quote.is_some()
+                            || p.escape.is_some()
+                            || p.infer_types
+                            || p.columns.is_some()
+                            || p.header.is_some()
+                            || p.empty_fields.is_some()
+                        {
                             errors.add(
                                 &at,
-                                "`delimiter`, `infer_types` and `columns` are for `format = \"csv\"`",
+                                "`delimiter`, `quote`, `escape`, `infer_types`, `columns`, `header` and \
+                                 `empty_fields` are for `format = \"csv\"`",
                             );
                         }
                         Some(Box::new(ParseJson))
                     }
                     ParseFormat::Csv => {
-                        let d = p.delimiter.unwrap_or(',');
-                        if !d.is_ascii() || d == '"' || d == '\n' {
-                            errors.add(
-                                &at.k("delimiter"),
-                                "the delimiter must be one ASCII character other than a quote",
-                            );
+                        if let Err((key, m)) = check_dialect(p) {
+                            errors.add(&at.k(key), m);
                         }
-                        Some(Box::new(ParseCsv::new(d as u8, p.infer_types, p.columns.clone())))
+                        if p.header == Some(false) && p.columns.is_none() {
+                            errors.add(&at.k("columns"), "files without a header line need `columns`");
+                        }
+                        let empty = p.empty_fields.unwrap_or(if p.infer_types {
+                            EmptyFields::Null
+                        } else {
+                            EmptyFields::String
+                        });
+                        Some(Box::new(ParseCsv::new(
+                            csv_dialect(p),
+                            p.infer_types,
+                            empty,
+                            p.columns.clone(),
+                        )))
                     }
                 }
             }
@@ -365,15 +448,7 @@ pub fn build_variant(
 
     // source
     let source = match &cfg.source {
-        SourceConfig::Files(f) => {
-            let mut sc = FileSourceConfig::new(loaded.resolve(&f.path), f.format);
-            sc.pattern = f.pattern.clone();
-            sc.follow = f.follow;
-            if let Some(p) = f.poll_interval {
-                sc.poll_interval = p;
-            }
-            AnySource::Files(FileSource::new(sc))
-        }
+        SourceConfig::Files(f) => AnySource::Files(FileSource::new(files_source(loaded, f))),
         SourceConfig::Generator(g) => {
             let gc = GeneratorConfig {
                 partitions: g.partitions,

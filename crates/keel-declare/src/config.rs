@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use keel::LatePolicy;
 use keel_connectors::file::FileFormat;
+
+pub use crate::steps::EmptyFields;
 use serde::{Deserialize, Deserializer};
 
 /// A whole pipeline file.
@@ -61,7 +63,9 @@ pub enum SourceConfig {
 pub struct FilesSourceConfig {
     /// Directory to read (relative to the pipeline file).
     pub path: String,
-    /// `json_lines` (default), `csv` or `lines`.
+    /// `json_lines` (default), `csv` or `lines`. CSV files are split into records as RFC
+    /// 4180 says (a quoted field may hold line breaks), with the delimiter, quote, escape
+    /// and header of the `parse` step; a UTF-8 BOM at the start of a file is skipped.
     #[serde(default)]
     pub format: FileFormat,
     /// File name pattern; default `*.jsonl`, `*.csv` or `*.txt` by format.
@@ -194,12 +198,29 @@ pub struct ParseConfig {
     /// CSV: field delimiter (default `,`).
     #[serde(default)]
     pub delimiter: Option<char>,
+    /// CSV: quote character (default `"`); doubled inside quotes it is a quote.
+    #[serde(default)]
+    pub quote: Option<char>,
+    /// CSV: an escape character for quotes inside quoted fields, such as `\\` (default
+    /// none: only doubled quotes).
+    #[serde(default)]
+    pub escape: Option<char>,
     /// CSV: turn values that look like integers, floats and booleans into those types.
     #[serde(default)]
     pub infer_types: bool,
-    /// CSV: column names when the files have no header line.
+    /// CSV: column names; without `header = true` they replace a header line (the files
+    /// have none).
     #[serde(default)]
     pub columns: Option<Vec<String>>,
+    /// CSV: the first record of each file is a header line (default: true unless
+    /// `columns` is set). With `columns` too, the header line is skipped and `columns` used.
+    #[serde(default)]
+    pub header: Option<bool>,
+    /// CSV: what empty fields become: `string` (`""` and nothing are both the empty
+    /// string; the default), `null` (both null; the default with `infer_types`) or
+    /// `null_unless_quoted` (`""` is the empty string, nothing is null).
+    #[serde(default)]
+    pub empty_fields: Option<EmptyFields>,
 }
 
 /// JSON types a field can be required to have.
@@ -460,6 +481,11 @@ pub struct FilesSinkConfig {
     /// CSV: the columns, in order (also the header line).
     #[serde(default)]
     pub columns: Option<Vec<String>>,
+    /// CSV: for files meant for spreadsheets, text fields starting with `=`, `+`, `-`, `@`,
+    /// a tab or a carriage return get a leading `'`, so that no spreadsheet runs them as a
+    /// formula (CSV injection). Numbers are left alone. Default false.
+    #[serde(default)]
+    pub neutralize_formulas: bool,
     /// File name prefix (default `part`).
     #[serde(default)]
     pub prefix: Option<String>,
@@ -501,7 +527,9 @@ pub struct ErrorsConfig {
     /// Exit code of `keel run` when records were dead-lettered (default 1; 0 to ignore).
     #[serde(default)]
     pub exit_code_on_dead_letters: Option<u8>,
-    /// Records larger than this many bytes fail with `oversized`.
+    /// Records larger than this many bytes fail with `oversized`. File sources enforce it
+    /// while reading (default 1 MiB there): a longer line or CSV record is dead-lettered
+    /// with its first 64 KiB and reading goes on after it.
     #[serde(default)]
     pub max_record_bytes: Option<usize>,
     /// Most dead letters written per second; above it input slows down, nothing is dropped.

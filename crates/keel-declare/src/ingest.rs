@@ -73,9 +73,7 @@ pub fn plan(loaded: &Loaded) -> Result<Option<IngestPlan>, ConfigErrors> {
                     "batch ingestion reads a directory once: `follow` cannot be used with [ingest]",
                 );
             }
-            let mut c = FileSourceConfig::new(loaded.resolve(&f.path), f.format);
-            c.pattern = f.pattern.clone();
-            c
+            crate::build::files_source(loaded, f)
         }
         SourceConfig::Generator(_) => {
             errors.add(

@@ -57,6 +57,8 @@ pub mod reason {
     pub const BAD_TYPE: &str = "bad_type";
     /// A JSON Schema rejected the record.
     pub const SCHEMA_VIOLATION: &str = "schema_violation";
+    /// A CSV row has more or fewer fields than its header (or configured columns).
+    pub const COLUMN_COUNT: &str = "column_count";
     /// A record is larger than the configured maximum.
     pub const OVERSIZED: &str = "oversized";
     /// A user step returned an error.

@@ -31,6 +31,27 @@ impl Record {
     }
 }
 
+/// A header a source sets on a record it could not frame (a line longer than the
+/// maximum, a CSV quote never closed). Its value is `reason: message`; the runtime fails the
+/// record with that reason at stage `source`, without running the steps, so it is handled
+/// by the policies (dead-lettered by default) like any other failure.
+pub const SOURCE_FAILURE: &str = "keel.source_failure";
+
+impl Record {
+    /// The failure a source recorded on this record (see [`SOURCE_FAILURE`]), if any.
+    pub fn source_failure(&self) -> Option<crate::Failure> {
+        let (_, v) = self.headers.iter().find(|(k, _)| k == SOURCE_FAILURE)?;
+        let text = String::from_utf8_lossy(v);
+        let (reason, message) = text.split_once(": ").unwrap_or((&text, ""));
+        let reason: std::borrow::Cow<'static, str> = match reason {
+            crate::failure::reason::OVERSIZED => crate::failure::reason::OVERSIZED.into(),
+            crate::failure::reason::MALFORMED => crate::failure::reason::MALFORMED.into(),
+            other => other.to_owned().into(),
+        };
+        Some(crate::Failure::permanent(reason, message.to_owned()).with_stage("source"))
+    }
+}
+
 /// Records read from one partition, with the position *after* each record.
 ///
 /// Sources fill a batch that the runtime reuses; `records[i]` is followed by `positions[i]`.

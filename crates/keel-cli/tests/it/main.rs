@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod csv;
 mod ingest;
 mod queue;
 mod refjob;

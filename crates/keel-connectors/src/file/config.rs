@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::csv::CsvDialect;
+
 /// How records are laid out in a file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -13,7 +15,8 @@ pub enum FileFormat {
     #[default]
     #[serde(alias = "jsonl", alias = "ndjson")]
     JsonLines,
-    /// Comma-separated values with a header line (`.csv`); one record per line.
+    /// Comma-separated values as RFC 4180 defines them (`.csv`): a record ends at a line
+    /// break outside quotes, so a quoted field may hold line breaks.
     Csv,
     /// Plain text lines (`.txt`, `.log`).
     Lines,
@@ -55,7 +58,19 @@ pub struct FileSourceConfig {
     /// Read only the file of this name (batch ingestion runs one pipeline per file); the
     /// pattern is ignored.
     pub only: Option<String>,
+    /// CSV: the dialect used to find where records end (and whether files have a header).
+    pub csv: CsvDialect,
+    /// Records longer than this many bytes are not buffered whole: they are dead-lettered
+    /// as `oversized` with their first [`OVERSIZED_PREFIX`] bytes (or fewer) and reading
+    /// goes on after them (see the module doc of the source for where). Default 1 MiB.
+    pub max_record_bytes: usize,
 }
+
+/// The default of [`FileSourceConfig::max_record_bytes`].
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// At most this many bytes of an oversized record are kept in its dead letter.
+pub const OVERSIZED_PREFIX: usize = 64 << 10;
 
 impl FileSourceConfig {
     /// Reads `*.jsonl` files in `path` once.
@@ -67,6 +82,8 @@ impl FileSourceConfig {
             follow: false,
             poll_interval: Duration::from_millis(500),
             only: None,
+            csv: CsvDialect::default(),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
         }
     }
 

@@ -4,6 +4,7 @@ use keel::checkpoint::recovery::SinkRecovery;
 use keel::sink::{Framing, OutBatch, Sink};
 use keel::{PartitionReader, ReadStatus, Source, SourceBatch};
 
+use super::source::ReadStats;
 use super::*;
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -64,7 +65,9 @@ fn lines_longer_than_a_chunk_are_whole() {
     let dir = tempfile::tempdir().unwrap();
     let long = "x".repeat(3 << 20);
     fs::write(dir.path().join("a.txt"), format!("{long}\nshort\n")).unwrap();
-    let mut src = FileSource::new(FileSourceConfig::new(dir.path(), FileFormat::Lines));
+    let mut cfg = FileSourceConfig::new(dir.path(), FileFormat::Lines);
+    cfg.max_record_bytes = 4 << 20;
+    let mut src = FileSource::new(cfg);
     let all = read_all(&mut src, "a.txt", None, 10);
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].0.len(), 3 << 20);
@@ -85,6 +88,202 @@ fn csv_header_is_attached_and_skipped_on_resume() {
         r.next_batch(&mut b, 10).await.unwrap();
         assert_eq!(b.records[0].headers[0].1.as_ref(), b"id,name");
     });
+}
+
+/// A record read: value, failure reason, position.
+type Read = (Vec<u8>, Option<String>, u64);
+
+/// Every record of `part` read from `from` in batches of `max`: (value, failure reason, position).
+fn read_full(src: &mut FileSource, part: &str, from: Option<u64>, max: usize) -> (Vec<Read>, ReadStats) {
+    block_on(async {
+        let mut r = src.open(part, from).await.unwrap();
+        let mut out = Vec::new();
+        loop {
+            let mut b = SourceBatch::default();
+            match r.next_batch(&mut b, max).await.unwrap() {
+                ReadStatus::End | ReadStatus::Idle => return (out, r.stats()),
+                ReadStatus::Records => {
+                    for (rec, pos) in b.records.iter().zip(&b.positions) {
+                        let reason = rec.source_failure().map(|f| f.reason.to_string());
+                        out.push((rec.value.to_vec(), reason, *pos));
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn csv_source(dir: &std::path::Path, max_record_bytes: usize) -> FileSource {
+    let mut cfg = FileSourceConfig::new(dir, FileFormat::Csv);
+    cfg.max_record_bytes = max_record_bytes;
+    FileSource::new(cfg)
+}
+
+/// Reads `text` as a CSV file: every record (value as text, failure reason), and checks
+/// that resuming at every position, in batches of one and of many, gives exactly the rest.
+fn csv_records(text: &[u8], max_record_bytes: usize) -> Vec<(String, Option<String>)> {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("a.csv"), text).unwrap();
+    let mut src = csv_source(dir.path(), max_record_bytes);
+    let (all, _) = read_full(&mut src, "a.csv", None, 3);
+    for (i, (_, _, pos)) in all.iter().enumerate() {
+        let (rest, _) = read_full(&mut src, "a.csv", Some(*pos), 1);
+        assert_eq!(rest, all[i + 1..].to_vec(), "resuming at {pos}");
+    }
+    let mut last = 0;
+    for (_, _, pos) in &all {
+        assert!(*pos > last, "positions grow");
+        last = *pos;
+    }
+    all.into_iter()
+        .map(|(v, r, _)| (String::from_utf8(v).unwrap(), r))
+        .collect()
+}
+
+fn ok(v: &str) -> (String, Option<String>) {
+    (v.to_owned(), None)
+}
+
+#[test]
+fn csv_quoted_newlines_are_one_record_lf_and_crlf() {
+    let got = csv_records(
+        b"id,note\n1,\"two\nlines\"\r\n2,\"crlf\r\ninside\"\r\n3,\"a, \"\"quoted\"\" word\"\n4,plain\n",
+        1 << 20,
+    );
+    assert_eq!(
+        got,
+        vec![
+            ok("1,\"two\nlines\""),
+            ok("2,\"crlf\r\ninside\""),
+            ok("3,\"a, \"\"quoted\"\" word\""),
+            ok("4,plain"),
+        ]
+    );
+}
+
+#[test]
+fn csv_bom_blank_lines_unicode_and_a_missing_final_line_break() {
+    let got = csv_records(
+        "\u{feff}id,name\r\n\r\n1,\"Zoë\nß\"\r\n\n2,日本\r\n3,\"x\"".as_bytes(),
+        1 << 20,
+    );
+    assert_eq!(got, vec![ok("1,\"Zoë\nß\""), ok("2,日本"), ok("3,\"x\"")]);
+    // the header is the first record after the BOM
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("a.csv"), "\u{feff}\"i\nd\",n\r\n1,2\r\n").unwrap();
+    let mut src = csv_source(dir.path(), 1 << 20);
+    block_on(async {
+        let mut r = src.open("a.csv", None).await.unwrap();
+        let mut b = SourceBatch::default();
+        r.next_batch(&mut b, 10).await.unwrap();
+        assert_eq!(b.records[0].headers[0].1.as_ref(), b"\"i\nd\",n");
+        assert_eq!(b.records[0].value.as_ref(), b"1,2");
+    });
+}
+
+#[test]
+fn csv_without_header_reads_the_first_line_and_skips_a_bom() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("a.csv"), "\u{feff}1,a\n2,b\n").unwrap();
+    let mut cfg = FileSourceConfig::new(dir.path(), FileFormat::Csv);
+    cfg.csv.header = false;
+    let mut src = FileSource::new(cfg);
+    let (all, _) = read_full(&mut src, "a.csv", None, 10);
+    assert_eq!(all, vec![(b"1,a".to_vec(), None, 7), (b"2,b".to_vec(), None, 11)]);
+}
+
+#[test]
+fn csv_an_unclosed_quote_at_the_end_dead_letters_one_line_and_reads_on() {
+    let got = csv_records(b"h\n1,\"open\n2,x\n3,y\n", 1 << 20);
+    assert_eq!(
+        got,
+        vec![
+            ("1,\"open".to_owned(), Some("malformed".to_owned())),
+            ok("2,x"),
+            ok("3,y"),
+        ]
+    );
+}
+
+#[test]
+fn csv_a_quote_never_closed_within_the_limit_is_oversized_and_reading_resumes_at_the_next_line() {
+    let mut text = b"h\n1,\"stray\n".to_vec();
+    let mut want = vec![("1,\"stray".to_owned(), Some("oversized".to_owned()))];
+    for i in 0..50 {
+        text.extend_from_slice(format!("{i},row\n").as_bytes());
+        want.push(ok(&format!("{i},row")));
+    }
+    // a closing quote far later: that line is then read as a record of its own
+    text.extend_from_slice(b"\"x\n");
+    let got = csv_records(&text, 64);
+    assert_eq!(got[..51], want[..]);
+    // a record that ends but is too long: dead-lettered, reading resumes after it
+    let got = csv_records(b"h\n1,\"aaaa\naaaaaaaa\"\r\n2,b\n", 16);
+    assert_eq!(
+        got,
+        vec![
+            ("1,\"aaaa\naaaaaaaa".to_owned(), Some("oversized".to_owned())),
+            ok("2,b")
+        ]
+    );
+}
+
+#[test]
+fn an_oversized_line_is_dead_lettered_with_a_prefix_in_linear_time_and_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = 24usize << 20;
+    let mut text = Vec::with_capacity(long + 100);
+    text.extend_from_slice(b"first\n");
+    text.resize(6 + long, b'x');
+    text.extend_from_slice(b"\nnext\nlast");
+    fs::write(dir.path().join("a.txt"), &text).unwrap();
+    let mut cfg = FileSourceConfig::new(dir.path(), FileFormat::Lines);
+    cfg.max_record_bytes = 4096;
+    let mut src = FileSource::new(cfg);
+    let (all, stats) = read_full(&mut src, "a.txt", None, 100);
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0], (b"first".to_vec(), None, 6));
+    assert_eq!(all[1].0, vec![b'x'; 4096], "a bounded prefix");
+    assert_eq!(all[1].1.as_deref(), Some("oversized"));
+    assert_eq!(all[1].2, 6 + long as u64 + 1);
+    assert_eq!(all[2], (b"next".to_vec(), None, 6 + long as u64 + 6));
+    assert_eq!(all[3], (b"last".to_vec(), None, text.len() as u64));
+    // linear: each byte read and scanned once; only the allowed record length copied
+    let n = text.len() as u64;
+    assert_eq!(stats.read, n);
+    assert!(stats.scanned <= n, "{stats:?}");
+    assert!(stats.copied <= 4096 + 2 + 16, "{stats:?}");
+    assert!(stats.max_pending <= 4096 + 2, "{stats:?}");
+
+    // the same as CSV: an unquoted line without a line break for 24 MiB
+    fs::write(dir.path().join("a.csv"), [b"h\n".as_slice(), &text].concat()).unwrap();
+    let mut src = csv_source(dir.path(), 4096);
+    let (all, stats) = read_full(&mut src, "a.csv", None, 100);
+    let reasons: Vec<_> = all.iter().map(|r| r.1.as_deref()).collect();
+    assert_eq!(reasons, vec![None, Some("oversized"), None, None]);
+    assert!(stats.scanned <= n + 2 && stats.copied <= 4096 + 2 + 16, "{stats:?}");
+}
+
+#[test]
+fn csv_runaway_quotes_cost_linear_time() {
+    // every 100 lines a quote that is never closed: each is rescanned once at most
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = b"h\n".to_vec();
+    for i in 0..20_000 {
+        if i % 100 == 0 {
+            text.extend_from_slice(b"\"open\n");
+        } else {
+            text.extend_from_slice(format!("{i},row,\"\"\n").as_bytes());
+        }
+    }
+    fs::write(dir.path().join("a.csv"), &text).unwrap();
+    let mut src = csv_source(dir.path(), 256);
+    let (all, stats) = read_full(&mut src, "a.csv", None, 1000);
+    assert_eq!(all.len(), 20_000);
+    assert_eq!(all.iter().filter(|r| r.1.is_some()).count(), 200);
+    let n = text.len() as u64;
+    assert!(stats.scanned <= 2 * n, "{stats:?} for {n} bytes");
+    assert_eq!(stats.read, n - 2, "read once (the header is read apart)");
 }
 
 #[test]

@@ -18,7 +18,7 @@ pub use aggregate::{Aggregate, AggregateSpec, AggregateState, FinalOutput, Func,
 pub use dedupe::Dedupe;
 pub use event_time::{EventTimeStep, format_ms, parse_rfc3339};
 pub use jq::{JqFilter, JqProgram, JqTransform};
-pub use parse::{ParseCsv, ParseJson};
+pub use parse::{EmptyFields, ParseCsv, ParseJson};
 pub use shape::{DropFields, Rename, Select};
 pub use validate::{Rule, Validate};
 

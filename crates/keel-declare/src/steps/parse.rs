@@ -6,6 +6,8 @@ use bytes::Bytes;
 use keel::failure::reason;
 use keel::{Context, Failure};
 
+use keel_connectors::file::{CsvDialect, CsvFields, CsvParser};
+
 use super::{DocStep, Next};
 use crate::doc::{Doc, Value};
 
@@ -27,26 +29,44 @@ impl DocStep for ParseJson {
     }
 }
 
-/// Parses a CSV row per record into fields named by the file's header line (or by the
-/// configured columns).
+/// What an empty CSV field becomes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmptyFields {
+    /// Both `""` and nothing are the empty string (the default without `infer_types`).
+    #[default]
+    String,
+    /// Both are null (the default with `infer_types`).
+    Null,
+    /// `""` is the empty string, nothing is null.
+    NullUnlessQuoted,
+}
+
+/// Parses a CSV record per record (RFC 4180, with `csv-core`: quoted fields may hold
+/// delimiters, quotes as `""` and line breaks) into fields named by the file's header
+/// record (or by the configured columns). A record with more or fewer fields than the
+/// header fails with `column_count`; a quoted field that is not closed, or text holding
+/// two records, with `malformed`; text that is not UTF-8 with `invalid_utf8`.
 #[derive(Clone)]
 pub struct ParseCsv {
-    delimiter: u8,
+    parser: CsvParser,
     infer_types: bool,
+    empty: EmptyFields,
     columns: Option<Arc<Vec<String>>>,
     cached: Option<(Bytes, Arc<Vec<String>>)>,
-    cells: Vec<String>,
+    fields: CsvFields,
 }
 
 impl ParseCsv {
-    /// A parser; `columns` replaces the header line when given.
-    pub fn new(delimiter: u8, infer_types: bool, columns: Option<Vec<String>>) -> Self {
+    /// A parser of `dialect`; `columns` replaces the header record when given.
+    pub fn new(dialect: CsvDialect, infer_types: bool, empty: EmptyFields, columns: Option<Vec<String>>) -> Self {
         ParseCsv {
-            delimiter,
+            parser: CsvParser::new(&dialect),
             infer_types,
+            empty,
             columns: columns.map(Arc::new),
             cached: None,
-            cells: Vec::new(),
+            fields: CsvFields::default(),
         }
     }
 
@@ -73,12 +93,18 @@ impl ParseCsv {
         {
             return Ok(cols.clone());
         }
-        let text = std::str::from_utf8(&raw)
-            .map_err(|_| Failure::permanent(reason::INVALID_UTF8, "CSV header is not UTF-8"))?;
-        let mut cells = Vec::new();
-        split_csv(text, self.delimiter, &mut cells)
-            .map_err(|m| Failure::permanent(reason::MALFORMED, format!("CSV header: {m}")))?;
-        let cols = Arc::new(cells);
+        let mut fields = CsvFields::default();
+        self.parser
+            .parse(&raw, &mut fields)
+            .map_err(|e| Failure::permanent(reason::MALFORMED, format!("CSV header: {e}")))?;
+        let mut cols = Vec::with_capacity(fields.len());
+        for i in 0..fields.len() {
+            let (b, _) = fields.get(i).unwrap_or_default();
+            let name = std::str::from_utf8(b)
+                .map_err(|_| Failure::permanent(reason::INVALID_UTF8, "CSV header is not UTF-8"))?;
+            cols.push(name.to_owned());
+        }
+        let cols = Arc::new(cols);
         self.cached = Some((raw, cols.clone()));
         Ok(cols)
     }
@@ -87,22 +113,36 @@ impl ParseCsv {
 impl DocStep for ParseCsv {
     fn apply(&mut self, doc: &mut Doc, cx: &mut Context<'_>, _more: &mut Vec<Doc>) -> Result<Next, Failure> {
         let header = self.header(cx)?;
-        let text = std::str::from_utf8(doc.source())
-            .map_err(|e| Failure::permanent(reason::INVALID_UTF8, format!("CSV row is not UTF-8: {e}")))?;
-        split_csv(text, self.delimiter, &mut self.cells).map_err(|m| Failure::permanent(reason::MALFORMED, m))?;
-        if self.cells.len() != header.len() {
+        let fields = &mut self.fields;
+        self.parser
+            .parse(doc.source(), fields)
+            .map_err(|e| Failure::permanent(reason::MALFORMED, format!("CSV record: {e}")))?;
+        if fields.len() != header.len() {
             return Err(Failure::permanent(
-                reason::MALFORMED,
+                reason::COLUMN_COUNT,
                 format!(
-                    "CSV row has {} fields but the header has {}",
-                    self.cells.len(),
+                    "CSV record has {} fields but the header has {}",
+                    fields.len(),
                     header.len()
                 ),
             ));
         }
+        let empty = match self.empty {
+            EmptyFields::String if self.infer_types => EmptyFields::Null,
+            e => e,
+        };
         let mut d = Doc::object();
-        for (name, cell) in header.iter().zip(self.cells.drain(..)) {
-            let v = if self.infer_types {
+        for (i, name) in header.iter().enumerate() {
+            let (bytes, quoted) = fields.get(i).unwrap_or_default();
+            let cell = std::str::from_utf8(bytes).map_err(|e| {
+                Failure::permanent(reason::INVALID_UTF8, format!("CSV field `{name}` is not UTF-8: {e}"))
+            })?;
+            let v = if cell.is_empty() {
+                match (empty, quoted) {
+                    (EmptyFields::Null, _) | (EmptyFields::NullUnlessQuoted, false) => Value::Null,
+                    _ => Value::Str("".into()),
+                }
+            } else if self.infer_types {
                 infer(cell)
             } else {
                 Value::Str(cell.into())
@@ -117,14 +157,16 @@ impl DocStep for ParseCsv {
     }
 }
 
-fn infer(cell: String) -> Value {
-    if cell.is_empty() {
+fn infer(cell: &str) -> Value {
+    let Some(&first) = cell.as_bytes().first() else {
         return Value::Null;
-    }
-    if let Ok(i) = cell.parse::<i64>() {
+    };
+    let numeric = first.is_ascii_digit() || matches!(first, b'-' | b'+' | b'.');
+    if numeric && let Ok(i) = cell.parse::<i64>() {
         return Value::Int(i);
     }
-    if let Ok(f) = cell.parse::<f64>()
+    if numeric
+        && let Ok(f) = cell.parse::<f64>()
         && f.is_finite()
         && cell
             .bytes()
@@ -132,64 +174,10 @@ fn infer(cell: String) -> Value {
     {
         return Value::Float(f);
     }
-    match cell.as_str() {
+    match cell {
         "true" => Value::Bool(true),
         "false" => Value::Bool(false),
         _ => Value::Str(cell.into()),
-    }
-}
-
-/// Splits one CSV row (RFC 4180: quoted fields, `""` for a quote inside quotes).
-pub fn split_csv(line: &str, delimiter: u8, cells: &mut Vec<String>) -> Result<(), String> {
-    cells.clear();
-    let b = line.as_bytes();
-    let mut i = 0;
-    loop {
-        let mut cell = String::new();
-        if b.get(i) == Some(&b'"') {
-            i += 1;
-            let mut start = i;
-            loop {
-                match b[i..].iter().position(|&c| c == b'"') {
-                    None => return Err(format!("unterminated quoted field at byte {}", start - 1)),
-                    Some(q) => {
-                        cell.push_str(&line[start..i + q]);
-                        i += q + 1;
-                        if b.get(i) == Some(&b'"') {
-                            cell.push('"');
-                            i += 1;
-                            start = i;
-                        } else {
-                            break;
-                        }
-                    }
-                }
-            }
-            match b.get(i) {
-                None => {
-                    cells.push(cell);
-                    return Ok(());
-                }
-                Some(&c) if c == delimiter => i += 1,
-                Some(_) => {
-                    return Err(format!("unexpected character after a quoted field at byte {i}"));
-                }
-            }
-            cells.push(cell);
-        } else {
-            let end = b[i..].iter().position(|&c| c == delimiter).map(|p| i + p);
-            let stop = end.unwrap_or(b.len());
-            let raw = &line[i..stop];
-            if raw.contains('"') {
-                return Err(format!("a quote inside an unquoted field at byte {i}"));
-            }
-            cell.push_str(raw);
-            cells.push(cell);
-            match end {
-                Some(e) => i = e + 1,
-                None => return Ok(()),
-            }
-        }
     }
 }
 
@@ -198,26 +186,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn csv_rows() {
-        let mut c = Vec::new();
-        split_csv(r#"1,"a, ""b""",,x"#, b',', &mut c).unwrap();
-        assert_eq!(c, vec!["1", "a, \"b\"", "", "x"]);
-        split_csv("", b',', &mut c).unwrap();
-        assert_eq!(c, vec![""]);
-        split_csv("a;b;", b';', &mut c).unwrap();
-        assert_eq!(c, vec!["a", "b", ""]);
-        assert!(split_csv(r#""open"#, b',', &mut c).is_err());
-        assert!(split_csv(r#"a"b"#, b',', &mut c).is_err());
-        assert!(split_csv(r#""a"b"#, b',', &mut c).is_err());
-    }
-
-    #[test]
     fn inference() {
-        assert_eq!(infer("12".into()), Value::Int(12));
-        assert_eq!(infer("-1.5".into()), Value::Float(-1.5));
-        assert_eq!(infer("true".into()), Value::Bool(true));
-        assert_eq!(infer("".into()), Value::Null);
-        assert_eq!(infer("inf".into()), Value::Str("inf".into()));
-        assert_eq!(infer("12a".into()), Value::Str("12a".into()));
+        assert_eq!(infer("12"), Value::Int(12));
+        assert_eq!(infer("-1.5"), Value::Float(-1.5));
+        assert_eq!(infer("true"), Value::Bool(true));
+        assert_eq!(infer(""), Value::Null);
+        assert_eq!(infer("inf"), Value::Str("inf".into()));
+        assert_eq!(infer("12a"), Value::Str("12a".into()));
     }
 }

@@ -45,7 +45,11 @@ fn every_kind_of_bad_record_gets_its_reason_and_stage() {
         let original = all[line - 1];
         let found: Vec<_> = dead
             .iter()
-            .filter(|d| d.original_value().as_deref() == Some(original))
+            .filter(|d| match d.original_value() {
+                // an oversized record keeps a prefix of its bytes
+                Some(v) if d.reason == "oversized" => !v.is_empty() && original.starts_with(&v),
+                v => v.as_deref() == Some(original),
+            })
             .collect();
         assert_eq!(found.len(), 1, "line {line} ({what}) dead-lettered once");
         assert_eq!(

@@ -2,6 +2,7 @@
 
 mod config;
 mod corpus;
+mod csv;
 mod steps;
 
 use std::path::{Path, PathBuf};

@@ -106,7 +106,7 @@ types = { qty = "integer" }
         .iter()
         .map(|d| d["reason"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(reasons, vec!["bad_type", "malformed"]);
+    assert_eq!(reasons, vec!["bad_type", "column_count"]);
 }
 
 #[test]

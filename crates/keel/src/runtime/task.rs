@@ -430,6 +430,11 @@ where
     /// outboxes are as before.
     async fn attempt(&mut self, rec: &Record) -> Result<u64, Failure> {
         let rt = self.rt.clone();
+        if !rec.headers.is_empty()
+            && let Some(f) = rec.source_failure()
+        {
+            return Err(f);
+        }
         if let Some(max) = rt.policies.max_record_bytes
             && rec.value.len() > max
         {
