@@ -517,6 +517,7 @@ where
                 outputs: Vec::new(),
                 marks: Vec::new(),
                 scratch_key: Vec::new(),
+                tally: Default::default(),
             };
             slot.running.set(true);
             self.rt.barrier.task_started();

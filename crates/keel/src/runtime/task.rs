@@ -213,6 +213,16 @@ pub(crate) struct PartitionTask<R: PartitionReader, S: Step<Record>, E> {
     pub(crate) outputs: Vec<S::Out>,
     pub(crate) marks: Vec<usize>,
     pub(crate) scratch_key: Vec<u8>,
+    /// Records handled since the counters were last updated.
+    pub(crate) tally: Tally,
+}
+
+/// Records a task handled and has not added to the run's counters yet.
+#[derive(Default)]
+pub(crate) struct Tally {
+    handled: u64,
+    out: u64,
+    dead: u64,
 }
 
 impl<R, S, E> PartitionTask<R, S, E>
@@ -274,16 +284,11 @@ where
                 }
             }
             let n = batch.len();
-            let (mut handled, mut out, mut dead) = (0u64, 0u64, 0u64);
             for i in 0..n {
                 if i > 0 {
                     // a record boundary: checkpoints and pauses are served here too
                     if (rt.barrier.requested() || rt.pause.active_until().is_some() || rt.fatal.is_set())
-                        && let Next::Stop = {
-                            self.count(handled, out, dead);
-                            (handled, out, dead) = (0, 0, 0);
-                            self.boundary(&batch, i).await?
-                        }
+                        && let Next::Stop = self.boundary(&batch, i).await?
                     {
                         return Ok(());
                     }
@@ -294,20 +299,20 @@ where
                     rt.failures.handled(1, rt.now());
                 }
                 match outcome {
-                    Outcome::Out(o) => out += o,
-                    Outcome::Dead => dead += 1,
+                    Outcome::Out(o) => self.tally.out += o,
+                    Outcome::Dead => self.tally.dead += 1,
                     Outcome::Skipped => {}
                     Outcome::Stop => {
-                        self.count(handled, out, dead);
+                        self.count();
                         return Ok(());
                     }
                 }
-                handled += 1;
+                self.tally.handled += 1;
             }
             if let Some(p) = batch.positions.last() {
                 *self.slot.position.borrow_mut() = Some(p.clone());
             }
-            self.count(handled, out, dead);
+            self.count();
             self.publish_time();
             if self.out.bytes(&self.local) >= rt.flush_bytes {
                 self.out.flush(&rt, &mut self.local).await?;
@@ -615,7 +620,11 @@ where
         });
     }
 
-    fn count(&mut self, handled: u64, out: u64, dead: u64) {
+    /// Adds the records handled since the last call to the run's counters. Called before a
+    /// task reaches a barrier (wherever that happens: a record boundary, a retry's wait), so a
+    /// checkpoint's counts describe exactly the records its positions cover (I3).
+    fn count(&mut self) {
+        let Tally { handled, out, dead } = std::mem::take(&mut self.tally);
         let rt = &self.rt;
         let c = &rt.counters;
         c.records_in.set(c.records_in.get() + handled);
@@ -647,6 +656,7 @@ where
 
     /// Stops at the barrier: flush, publish, wait for the release.
     async fn arrive(&mut self) -> Result<(), PipelineError> {
+        self.count();
         self.out.flush(&self.rt, &mut self.local).await?;
         self.publish_time();
         let mut release = self.rt.barrier.arrive();
