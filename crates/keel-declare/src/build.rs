@@ -250,7 +250,7 @@ pub struct Variant {
 type Outputs = std::collections::HashMap<String, PathBuf>;
 
 /// The smallest `max_file_bytes` a declared file sink accepts.
-const MIN_FILE_BYTES: u64 = 64 << 10;
+const MIN_FILE_BYTES: u64 = 4 << 10;
 
 /// Builds a [`Variant`] of the pipeline of `loaded`.
 pub fn build_variant(
@@ -291,7 +291,7 @@ pub fn build_variant(
             if f.max_file_bytes.is_some_and(|m| m < MIN_FILE_BYTES) {
                 errors.add(
                     &at.k("max_file_bytes"),
-                    format!("must be at least {MIN_FILE_BYTES} (64 KiB): each file of an epoch costs a rename and an fsync at its commit"),
+                    format!("must be at least {MIN_FILE_BYTES} (4 KiB): each file of an epoch costs a rename and an fsync at its commit"),
                 );
             }
         }
@@ -301,7 +301,7 @@ pub fn build_variant(
     {
         errors.add(
             &KeyPath::key("dead_letter").k("max_segment_bytes"),
-            format!("must be at least {MIN_FILE_BYTES} (64 KiB)"),
+            format!("must be at least {MIN_FILE_BYTES} (4 KiB)"),
         );
     }
     let main_sink = cfg.sinks.first().map(|s| s.name().to_owned()).unwrap_or_default();

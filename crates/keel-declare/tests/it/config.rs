@@ -289,3 +289,17 @@ window = "1m"
         assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
     }
 }
+
+/// A file sink that would start a file every few bytes is refused (issue 9.3: thousands of
+/// files per epoch, each a rename and an fsync at the commit).
+#[test]
+fn tiny_file_sizes_are_refused() {
+    let toml = crate::pipeline("json_lines", "[[steps]]\ntype = \"parse\"\n", "max_file_bytes = 10\n")
+        .replace("id_field = \"id\"", "id_field = \"id\"\nmax_segment_bytes = 100");
+    let e = Case::new(&toml, &[]).errors();
+    assert!(e.contains("sinks[0].max_file_bytes: must be at least 4096"), "{e}");
+    assert!(
+        e.contains("dead_letter.max_segment_bytes: must be at least 4096"),
+        "{e}"
+    );
+}
