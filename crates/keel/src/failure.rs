@@ -262,6 +262,16 @@ pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> Failure {
     failure
 }
 
+/// `context`, prefixed with `disk full: ` when `err` says the disk (or a quota) is full, so
+/// that an operator reads the cause first.
+pub fn name_io_cause(context: String, err: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match err.kind() {
+        K::StorageFull | K::QuotaExceeded => format!("disk full: {context}"),
+        _ => context,
+    }
+}
+
 /// Classifies an I/O error by its kind.
 pub fn classify_io(err: &std::io::Error) -> Failure {
     use std::io::ErrorKind as K;

@@ -79,7 +79,7 @@ impl SinkError {
     /// An I/O error with context.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         SinkError::Io {
-            context: context.into(),
+            context: crate::failure::name_io_cause(context.into(), &source),
             source,
         }
     }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod fault;
 mod csv;
 mod ingest;
 mod queue;

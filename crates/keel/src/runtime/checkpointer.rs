@@ -124,9 +124,9 @@ fn finish(
         crash_point("after_prepare");
         if let Some(store) = store {
             if let Some(state) = &job.state {
-                store
-                    .write_state(&state.name, &state.bytes)
-                    .map_err(|e| format!("checkpoint {id}: writing state file {}: {e}", state.name))?;
+                store.write_state(&state.name, &state.bytes).map_err(|e| {
+                    crate::failure::name_io_cause(format!("checkpoint {id}: writing state file {}: {e}", state.name), &e)
+                })?;
             }
             crash_point("after_state");
             if let Some(c) = compactor.as_deref_mut() {
@@ -135,7 +135,7 @@ fn finish(
             }
             store
                 .write_manifest(&job.manifest)
-                .map_err(|e| format!("checkpoint {id}: writing manifest: {e}"))?;
+                .map_err(|e| crate::failure::name_io_cause(format!("checkpoint {id}: writing manifest: {e}"), &e))?;
             crash_point("after_manifest");
         }
         for (name, sealed) in &mut job.sealed {
