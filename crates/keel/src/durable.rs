@@ -265,6 +265,10 @@ impl FileOps for FailingOps {
         self.gate()?;
         self.inner.remove_dir_all(path)
     }
+    fn write_at(&self, file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+        self.gate()?;
+        self.inner.write_at(file, bytes, offset)
+    }
 }
 
 #[cfg(test)]

@@ -54,7 +54,10 @@ fn run(dir: &Path, disk: &Path) -> std::process::Output {
 
 #[test]
 fn a_full_disk_stops_the_run_naming_it_and_a_rerun_after_freeing_space_is_exactly_once() {
-    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let disk = dir.join("disk");

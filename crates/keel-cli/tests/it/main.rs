@@ -2,8 +2,8 @@
 
 mod cli;
 mod crash;
-mod fault;
 mod csv;
+mod fault;
 mod ingest;
 mod queue;
 mod refjob;

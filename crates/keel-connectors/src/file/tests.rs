@@ -822,3 +822,126 @@ fn lines_sink_writes_values_without_their_keys() {
     assert_eq!(b.data(), b"first\nsecond\n");
     assert_eq!(b.records().last().unwrap().key, None);
 }
+
+/// File operations that fail from the `n`-th call on with ENOSPC, like a disk that filled up
+/// at that instant (nothing after it reaches the disk).
+#[derive(Debug)]
+struct FullFrom {
+    n: usize,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl FullFrom {
+    fn gate(&self) -> std::io::Result<()> {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= self.n {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        Ok(())
+    }
+}
+
+impl keel::durable::FileOps for FullFrom {
+    fn write_synced(&self, path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+        self.gate()?;
+        keel::durable::LocalOps.write_synced(path, bytes)
+    }
+    fn sync_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.gate()?;
+        keel::durable::LocalOps.sync_file(path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.gate()?;
+        keel::durable::LocalOps.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.gate()?;
+        keel::durable::LocalOps.sync_dir(dir)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.gate()?;
+        keel::durable::LocalOps.remove(path)
+    }
+    fn exchange(&self, a: &std::path::Path, b: &std::path::Path) -> std::io::Result<()> {
+        self.gate()?;
+        keel::durable::LocalOps.exchange(a, b)
+    }
+    fn remove_dir_all(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.gate()?;
+        keel::durable::LocalOps.remove_dir_all(path)
+    }
+    fn write_at(&self, file: &std::fs::File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+        self.gate()?;
+        keel::durable::LocalOps.write_at(file, bytes, offset)
+    }
+}
+
+/// Storage faults at every file operation of a run (issue 9, fault injection): the disk
+/// fills up at the n-th operation of the sinks and the checkpoint store, for every n until a
+/// run needs fewer. Each faulty run stops with `disk full` named (never a panic or a hang),
+/// and a restart on a healthy disk produces every record exactly once.
+#[test]
+fn a_fault_at_every_file_operation_then_a_restart_is_exactly_once() {
+    use keel::testing::VecSource;
+    use keel::{FileCheckpointStore, Flow, Pipeline, RawEncoder, Record};
+    let input: Vec<Vec<String>> = (0..3).map(|p| (0..150).map(|i| format!("{p}-{i}")).collect()).collect();
+    let mut want: Vec<String> = input.iter().flatten().cloned().collect();
+    want.sort();
+    let mut faults = 0;
+    for n in 0.. {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+        let run = |ops: keel::durable::Ops| {
+            let mut cfg = FileSinkConfig::new(&out, FileFormat::Lines);
+            cfg.max_file_bytes = 512;
+            Pipeline::builder("faults")
+                .source(VecSource::new(input.clone()))
+                .flow(Flow::<Record>::new().map(|r: Record| r.value.to_vec()))
+                .sink_with("main", FileSink::with_ops(cfg, ops.clone()), RawEncoder)
+                .checkpoints(FileCheckpointStore::with_ops(&state, ops))
+                .configure(|o| {
+                    o.batch_size = 20;
+                    o.checkpoint_interval = Some(std::time::Duration::from_millis(1));
+                })
+                .build()
+                .unwrap()
+                .run()
+        };
+        let ops = std::sync::Arc::new(FullFrom { n, calls: 0.into() });
+        let first = run(ops.clone());
+        let injected = ops.calls.load(std::sync::atomic::Ordering::SeqCst) > n;
+        match (&first, injected) {
+            (Ok(_), false) => break, // the run needs fewer than n operations: every n was tried
+            (Ok(s), true) => panic!("n={n}: the fault was swallowed: {s:?}"),
+            (Err(e), _) => {
+                assert!(e.to_string().contains("disk full"), "n={n}: {e}");
+                faults += 1;
+            }
+        }
+        let again = run(keel::durable::local()).unwrap_or_else(|e| panic!("n={n}: restart failed: {e}"));
+        assert!(matches!(
+            again.outcome,
+            keel::Outcome::Finished | keel::Outcome::AlreadyFinished
+        ));
+        let mut got: Vec<String> = walk(&out)
+            .into_iter()
+            .filter(|(p, _)| {
+                !std::path::Path::new(p)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
+            .flat_map(|(_, b)| {
+                String::from_utf8(b)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "n={n}: output after the restart");
+    }
+    // one epoch at least: the owner file, the staged writes, the manifest, the renames
+    assert!(faults >= 10, "faults injected at {faults} operations");
+}

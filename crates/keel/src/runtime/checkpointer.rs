@@ -125,7 +125,10 @@ fn finish(
         if let Some(store) = store {
             if let Some(state) = &job.state {
                 store.write_state(&state.name, &state.bytes).map_err(|e| {
-                    crate::failure::name_io_cause(format!("checkpoint {id}: writing state file {}: {e}", state.name), &e)
+                    crate::failure::name_io_cause(
+                        format!("checkpoint {id}: writing state file {}: {e}", state.name),
+                        &e,
+                    )
                 })?;
             }
             crash_point("after_state");
