@@ -65,6 +65,8 @@ pub mod reason {
     pub const STEP_ERROR: &str = "step_error";
     /// A sink refused the record.
     pub const SINK_REJECTED: &str = "sink_rejected";
+    /// Code of a step, a sink or a source panicked (fatal: the run stops).
+    pub const PANIC: &str = "panic";
     /// A sink's staged data is in an unknown state after a failed write (fatal).
     pub const SINK_BROKEN: &str = "sink_broken";
     /// Retries did not succeed within the policy's limits.

@@ -114,8 +114,8 @@ fn finish(
     (|| {
         let id = job.manifest.id;
         for (name, sealed) in &mut job.sealed {
-            let precommit = sealed
-                .prepare()
+            let precommit = catch(|| sealed.prepare())
+                .map_err(|p| format!("checkpoint {id}: panic while preparing sink `{name}`: {p}"))?
                 .map_err(|e| format!("checkpoint {id}: preparing sink `{name}`: {e}"))?;
             if !precommit.is_null() {
                 job.manifest.sinks.insert(name.clone(), precommit);
@@ -142,8 +142,8 @@ fn finish(
             crash_point("after_manifest");
         }
         for (name, sealed) in &mut job.sealed {
-            sealed
-                .commit()
+            catch(|| sealed.commit())
+                .map_err(|p| format!("checkpoint {id}: panic while committing sink `{name}`: {p}"))?
                 .map_err(|e| format!("checkpoint {id}: committing sink `{name}`: {e}"))?;
             crash_point("mid_commit");
         }
@@ -159,6 +159,11 @@ fn finish(
         }
         Ok(())
     })()
+}
+
+/// Runs `f`, turning a panic into its message.
+fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| super::panic_message(&*p))
 }
 
 /// Owns the chain of state files and compacts it in the background (see the module docs).

@@ -463,10 +463,12 @@ where
 
     /// Looks for partitions and queues the ones not seen before.
     async fn discover(&mut self, source: &mut Src) -> Result<(), PipelineError> {
-        let found = source.discover().await.map_err(|e| PipelineError::Source {
-            partition: String::new(),
-            source: e,
-        })?;
+        let found = super::catch_panic(|| "source".into(), source.discover())
+            .await?
+            .map_err(|e| PipelineError::Source {
+                partition: String::new(),
+                source: e,
+            })?;
         for pid in found {
             let known = self.slots.get(&pid);
             let skip = known.is_some_and(|s| s.done.get() || s.running.get()) || self.pending.contains(&pid);
@@ -502,10 +504,12 @@ where
                 continue;
             }
             let from = slot.position.borrow().clone();
-            let reader = source.open(&pid, from).await.map_err(|e| PipelineError::Source {
-                partition: pid.clone(),
-                source: e,
-            })?;
+            let reader = super::catch_panic(|| "source".into(), source.open(&pid, from))
+                .await?
+                .map_err(|e| PipelineError::Source {
+                    partition: pid.clone(),
+                    source: e,
+                })?;
             let task = PartitionTask {
                 rt: self.rt.clone(),
                 slot: slot.clone(),
@@ -630,10 +634,13 @@ where
         }
         let mut sealed = Vec::with_capacity(rt.sinks.len());
         for h in &rt.sinks {
-            let s = h.sink.lock().await.seal(epoch).await.map_err(|e| PipelineError::Sink {
-                sink: h.name.clone(),
-                source: e,
-            })?;
+            let mut sink = h.sink.lock().await;
+            let s = super::catch_panic(|| h.name.clone(), sink.seal(epoch))
+                .await?
+                .map_err(|e| PipelineError::Sink {
+                    sink: h.name.clone(),
+                    source: e,
+                })?;
             sealed.push((h.name.clone(), s));
         }
         let (snapshot, files) = {

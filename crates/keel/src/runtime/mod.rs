@@ -78,6 +78,40 @@ pub enum PipelineError {
     /// The runtime itself failed.
     #[error("runtime: {0}")]
     Runtime(String),
+    /// Code of a step, a sink or a source panicked. The run stopped at its last durable
+    /// checkpoint (the panicking code may have left its own state half-changed, so nothing
+    /// after the panic is trusted); a new run resumes from there.
+    #[error("panic in {stage}: {message}")]
+    Panic {
+        /// Where: `flow` (a step), `source`, or the sink's name.
+        stage: String,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    match (p.downcast_ref::<&str>(), p.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_owned(),
+        (_, Some(s)) => s.clone(),
+        _ => "(a panic without a message)".to_owned(),
+    }
+}
+
+/// Runs `f` to its end, turning a panic inside it into [`PipelineError::Panic`] at `stage`.
+pub(crate) async fn catch_panic<T>(
+    stage: impl FnOnce() -> String,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, PipelineError> {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(f)
+        .catch_unwind()
+        .await
+        .map_err(|p| PipelineError::Panic {
+            stage: stage(),
+            message: panic_message(&*p),
+        })
 }
 
 /// How a run ended.
@@ -536,6 +570,8 @@ where
 
     /// Runs the pipeline inside the current `LocalSet` (see [`tokio::task::LocalSet`]).
     pub async fn run_local(self) -> Result<RunSummary, PipelineError> {
-        coordinator::run(self).await
+        // a panic that escaped every narrower catch (in the runtime itself) still ends the run
+        // with an error instead of unwinding through the caller
+        catch_panic(|| "runtime".into(), coordinator::run(self)).await?
     }
 }

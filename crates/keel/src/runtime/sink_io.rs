@@ -59,7 +59,7 @@ pub(crate) async fn write(
         let started = Instant::now();
         let result = {
             let mut sink = handle.sink.lock().await;
-            sink.write(epoch, batch).await
+            super::catch_panic(|| handle.name.clone(), sink.write(epoch, batch)).await?
         };
         let now = rt.now();
         let e = match result {

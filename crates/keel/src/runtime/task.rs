@@ -235,7 +235,10 @@ where
     /// The coordinator has counted this task as running (`Barrier::task_started`) and set
     /// `slot.running` before spawning it.
     pub(crate) async fn run(mut self) {
-        let result = self.read_all().await;
+        let partition = self.local.partition.to_string();
+        let result = super::catch_panic(|| format!("partition {partition}"), self.read_all())
+            .await
+            .and_then(|r| r);
         self.slot.running.set(false);
         if let Err(e) = result {
             self.rt.fatal.set(e, false);
@@ -340,7 +343,8 @@ where
         let rt = self.rt.clone();
         let mut schedule: Option<RetryState> = None;
         loop {
-            let err = match self.reader.next_batch(batch, rt.batch_size).await {
+            let next = super::catch_panic(|| "source".into(), self.reader.next_batch(batch, rt.batch_size)).await?;
+            let err = match next {
                 Ok(s) => return Ok(Some(s)),
                 Err(e) => e,
             };
@@ -457,7 +461,19 @@ where
         self.local.side_marks(&mut self.marks);
         self.outputs.clear();
         let mut cx = Context::new(&rt.step, &mut self.local, Some(rec));
-        let mut result = self.flow.process(rec.clone(), &mut cx, &mut self.outputs).await;
+        let mut result = match super::catch_panic(
+            || "flow".into(),
+            self.flow.process(rec.clone(), &mut cx, &mut self.outputs),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(super::PipelineError::Panic { message, .. }) => {
+                // not a record failure to route by policy: the step may be broken now
+                return Err(Failure::fatal(reason::PANIC, message).with_stage("flow"));
+            }
+            Err(e) => return Err(Failure::fatal(reason::PANIC, e.to_string()).with_stage("flow")),
+        };
         if result.is_ok() {
             for o in self.outputs.drain(..) {
                 if let Err(f) = encode_main(&mut self.out.main, &mut self.encoder, &o, &mut self.scratch_key) {
@@ -494,6 +510,13 @@ where
                 Ok(out) => return Ok(Outcome::Out(out)),
                 Err(f) => f,
             };
+            if failure.reason == reason::PANIC {
+                // whatever the policies say: the step's own state can no longer be trusted
+                return Err(PipelineError::Panic {
+                    stage: failure.stage.clone(),
+                    message: failure.message.clone(),
+                });
+            }
             if first_failed_ms == 0 {
                 first_failed_ms = now_ms();
             }

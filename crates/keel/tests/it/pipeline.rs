@@ -1,5 +1,6 @@
 //! Pipelines end to end on in-memory sources and sinks with a file checkpoint store.
 
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -551,4 +552,144 @@ fn a_far_future_event_time_is_dead_lettered_and_does_not_move_the_watermark() {
     assert_eq!(out.committed_lines().len(), 300, "no record after it is late");
     assert_eq!(s.dead_letters, 1);
     assert_eq!(s.late_dropped, 0);
+}
+
+/// A sink that panics on a write holding `poison` while armed.
+#[derive(Clone)]
+struct PanickySink(MemorySink, Arc<std::sync::atomic::AtomicBool>);
+
+impl keel::Sink for PanickySink {
+    fn describe(&self) -> String {
+        "panicky".into()
+    }
+    fn guarantee(&self) -> keel::Guarantee {
+        keel::Guarantee::ExactlyOnce
+    }
+    async fn recover(
+        &mut self,
+        r: &keel::checkpoint::recovery::SinkRecovery,
+    ) -> Result<keel::sink::RecoveryReport, keel::SinkError> {
+        self.0.recover(r).await
+    }
+    async fn write(&mut self, epoch: u64, batch: &keel::OutBatch) -> Result<(), keel::SinkError> {
+        if self.1.load(Ordering::SeqCst) && String::from_utf8_lossy(batch.data()).contains("1-50\n") {
+            panic!("sink exploded");
+        }
+        self.0.write(epoch, batch).await
+    }
+    async fn seal(&mut self, epoch: u64) -> Result<Box<dyn keel::SealedEpoch>, keel::SinkError> {
+        self.0.seal(epoch).await
+    }
+}
+
+/// A source whose partition p1 panics at its 50th record while armed.
+#[derive(Clone)]
+struct PanickySource(VecSource, Arc<std::sync::atomic::AtomicBool>);
+struct PanickyReader(<VecSource as Source>::Reader, bool, u64);
+
+impl Source for PanickySource {
+    type Position = u64;
+    type Reader = PanickyReader;
+    fn describe(&self) -> String {
+        "panicky".into()
+    }
+    fn is_bounded(&self) -> bool {
+        true
+    }
+    async fn discover(&mut self) -> Result<Vec<String>, SourceError> {
+        self.0.discover().await
+    }
+    async fn open(&mut self, p: &str, from: Option<u64>) -> Result<PanickyReader, SourceError> {
+        let armed = self.1.load(Ordering::SeqCst) && p == "p1";
+        Ok(PanickyReader(self.0.open(p, from).await?, armed, from.unwrap_or(0)))
+    }
+}
+
+impl PartitionReader for PanickyReader {
+    type Position = u64;
+    async fn next_batch(&mut self, batch: &mut SourceBatch<u64>, _max: usize) -> Result<ReadStatus, SourceError> {
+        if self.1 && self.2 >= 50 {
+            panic!("source exploded");
+        }
+        self.2 += 1;
+        self.0.next_batch(batch, 1).await
+    }
+}
+
+/// A flag that is set when `on` and `armed` are.
+fn only(on: bool, armed: &std::sync::atomic::AtomicBool) -> Arc<std::sync::atomic::AtomicBool> {
+    Arc::new(std::sync::atomic::AtomicBool::new(on && armed.load(Ordering::SeqCst)))
+}
+
+/// A panic in a sync step, an async step (a `RefCell` borrowed across an `.await`), a sink or
+/// a source ends the run with `PipelineError::Panic` naming where (issue 10.1: the run hung);
+/// once the code is fixed, a rerun resumes from the last durable checkpoint, exactly once.
+#[test]
+fn a_panic_anywhere_ends_the_run_and_a_rerun_resumes_exactly_once() {
+    for place in ["sync step", "async step", "sink", "source"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = MemorySink::new();
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let input: Vec<Vec<String>> = (0..3).map(|p| (0..100).map(|i| format!("{p}-{i}")).collect()).collect();
+        let run = || {
+            let (dir, out, armed, input) = (dir.path().to_path_buf(), out.clone(), armed.clone(), input.clone());
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let cell = Rc::new(std::cell::RefCell::new(()));
+                let (a1, a2) = (armed.clone(), armed.clone());
+                let flow = Flow::<Record>::new()
+                    .map(move |r: Record| {
+                        if place == "sync step" && a1.load(Ordering::SeqCst) && &r.value[..] == b"1-50" {
+                            panic!("step exploded");
+                        }
+                        r
+                    })
+                    .map_async(move |r: Record| {
+                        let (cell, armed) = (cell.clone(), a2.clone());
+                        async move {
+                            if place == "async step" && armed.load(Ordering::SeqCst) {
+                                let _held = cell.borrow_mut(); // another partition's borrow panics
+                                tokio::task::yield_now().await;
+                            }
+                            Ok::<_, Failure>(r.value.to_vec())
+                        }
+                    });
+                let result = Pipeline::builder("panics")
+                    .source(PanickySource(VecSource::new(input), only(place == "source", &armed)))
+                    .flow(flow)
+                    .sink_with(
+                        "main",
+                        PanickySink(out, only(place == "sink", &armed)),
+                        keel::RawEncoder,
+                    )
+                    .checkpoints(FileCheckpointStore::new(&dir))
+                    .configure(|o| {
+                        o.batch_size = 1;
+                        o.checkpoint_interval = Some(Duration::from_millis(2));
+                        o.flush_bytes = 1;
+                    })
+                    .build()
+                    .unwrap()
+                    .run();
+                let _ = tx.send(result.map_err(|e| e.to_string()));
+            });
+            // a hang shows up as this bound, not as a test that never ends
+            rx.recv_timeout(Duration::from_secs(120))
+                .unwrap_or_else(|_| panic!("{place}: the run did not end after a panic"))
+        };
+        let err = run().expect_err(place);
+        let stage = match place {
+            "sync step" | "async step" => "flow",
+            "sink" => "main",
+            _ => "source",
+        };
+        assert!(err.starts_with(&format!("panic in {stage}")), "{place}: {err}");
+        armed.store(false, Ordering::SeqCst);
+        let summary = run().unwrap_or_else(|e| panic!("{place}: rerun: {e}"));
+        let mut got = out.committed_lines();
+        got.sort();
+        let mut want: Vec<String> = input.iter().flatten().cloned().collect();
+        want.sort();
+        assert_eq!(got, want, "{place}: exactly once after the rerun ({summary:?})");
+    }
 }
