@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use keel::checkpoint::{CheckpointStore, FileCheckpointStore, Manifest, ManifestRead};
 use keel::state::StateStore;
 use keel::util::now_ms;
@@ -63,7 +63,7 @@ fn store(t: &Target) -> Result<FileCheckpointStore> {
             let loaded = keel_declare::load(p).map_err(|e| anyhow::anyhow!("{e}"))?;
             Ok(FileCheckpointStore::new(loaded.state_dir()))
         }
-        (None, None) => bail!("name a pipeline file or --state DIR"),
+        (None, None) => Err(crate::UsageError("name a pipeline file or --state DIR".into()).into()),
     }
 }
 

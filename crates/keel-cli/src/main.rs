@@ -81,7 +81,38 @@ enum Command {
     },
 }
 
+/// A mistake in how keel was called (exit code 2), found after argument parsing.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Exits quietly when stdout is a closed pipe (`keel dlq list | head -1`), as Unix tools do,
+/// instead of printing a panic; every other panic is reported as before.
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(EXIT_OK.into());
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_broken_pipe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -90,7 +121,11 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    logging::init(&cli.log_level, cli.log_format);
+    let level = match &cli.command {
+        Command::Run(a) if a.quiet => "error",
+        _ => cli.log_level.as_str(),
+    };
+    logging::init(level, cli.log_format);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Validate { pipeline } => run::validate(&pipeline),
@@ -101,6 +136,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("keel: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(e) => {
             // the chain may quote a location: never print its password
             eprintln!("keel: error: {}", keel::util::redact_url(&format!("{e:#}")));

@@ -24,9 +24,9 @@ pub struct RunArgs {
     /// Override the checkpoint interval (`500ms`, `1s`, `off`).
     #[arg(long)]
     checkpoint_interval: Option<String>,
-    /// No progress line or progress logs.
+    /// No progress line, and no log lines below errors.
     #[arg(long, short)]
-    quiet: bool,
+    pub(crate) quiet: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -232,7 +232,7 @@ fn report(s: &RunSummary, json: bool, dead_code: u8) {
     }
     if s.outcome == Outcome::AlreadyFinished {
         eprintln!(
-            "keel: nothing to do: checkpoint {} says this input was fully processed ({} records in, {} out, {} dead-lettered). Use --from-scratch to run again.",
+            "keel: nothing to do: checkpoint {} says this input was fully processed ({} records in, {} out, {} dead-lettered). Use --from-scratch --confirm to run again.",
             s.last_checkpoint.unwrap_or(0),
             s.totals.records_in,
             s.totals.records_out,
@@ -281,6 +281,12 @@ fn report(s: &RunSummary, json: bool, dead_code: u8) {
             "keel: {} records were dead-lettered (exit code {dead_code}); see `keel dlq list`",
             s.dead_letters
         );
+    }
+    if s.outcome == Outcome::Stopped {
+        match s.last_checkpoint {
+            Some(c) => eprintln!("keel: stopped at checkpoint {c}; run the same command again to resume"),
+            None => eprintln!("keel: stopped before the first checkpoint; run the same command again to start over"),
+        }
     }
 }
 

@@ -462,3 +462,53 @@ fn dlq_replay_resumed_after_a_purge_marks_the_right_envelopes() {
         "each selected record replayed once"
     );
 }
+
+/// CLI details a new user met (issue 10.7): a closed pipe ends `keel dlq list` quietly; a
+/// checkpoints command without a target is a usage error (2); `--quiet` leaves only errors
+/// on stderr (RUST_LOG unset); a stop says how to resume.
+#[test]
+fn pipes_usage_quiet_and_resume_hints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    refjob::generate(&dir.join("in"), 20_000, 2, 100, 100, 5);
+    std::fs::write(dir.join("job.toml"), refjob::JOB).unwrap();
+    let envs = [
+        ("IN", dir.join("in")),
+        ("OUT", dir.join("out")),
+        ("STATE", dir.join("state")),
+    ];
+    let mut run = Command::new(env!("CARGO_BIN_EXE_keel"));
+    run.args(["run", dir.join("job.toml").to_str().unwrap(), "--quiet"])
+        .env_remove("RUST_LOG");
+    for (k, v) in &envs {
+        run.env(k, v);
+    }
+    let o = run.output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !err.contains("INFO") && !err.contains("WARN"),
+        "--quiet printed logs: {err}"
+    );
+
+    // about 2,000 dead letters: far more than a pipe buffer
+    let mut list = Command::new(env!("CARGO_BIN_EXE_keel"));
+    list.args(["dlq", "list", dir.join("job.toml").to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in &envs {
+        list.env(k, v);
+    }
+    let mut child = list.spawn().unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
+    assert!(!first.is_empty());
+    let out = child.wait_with_output().unwrap(); // stdout was closed after one line
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let o = keel(&["checkpoints", "list"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("name a pipeline file or --state DIR"), "{}", text(&o));
+}
