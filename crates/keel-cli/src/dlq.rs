@@ -10,11 +10,38 @@ use keel_declare::replay::{self, ReplayError};
 
 use crate::{EXIT_DEAD_LETTERS, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 
+/// Where the dead letters are: a pipeline file, or a dead-letter directory (of a Rust
+/// pipeline, say) with `--dir`.
+#[derive(clap::Args, Clone)]
+pub struct Source {
+    /// The pipeline file (its `[dead_letter] path` is used).
+    #[arg(required_unless_present = "dir")]
+    pipeline: Option<PathBuf>,
+    /// A dead-letter directory, instead of a pipeline file (replay needs the pipeline file).
+    #[arg(long, conflicts_with = "pipeline")]
+    dir: Option<PathBuf>,
+}
+
+impl Source {
+    /// The pipeline (when given by file) and its dead-letter directory.
+    fn open(&self) -> Result<(Option<keel_declare::Loaded>, DeadLetterDir)> {
+        match (&self.pipeline, &self.dir) {
+            (_, Some(d)) => Ok((None, DeadLetterDir::new(d))),
+            (Some(p), None) => {
+                let l = loaded(p)?;
+                let d = dir(&l)?;
+                Ok((Some(l), d))
+            }
+            (None, None) => Err(crate::UsageError("name a pipeline file or --dir DIR".into()).into()),
+        }
+    }
+}
+
 /// Which dead letters a command concerns.
 #[derive(clap::Args, Clone)]
 pub struct Select {
-    /// The pipeline file (its `[dead_letter] path` is used).
-    pipeline: PathBuf,
+    #[command(flatten)]
+    source: Source,
     /// Only this reason.
     #[arg(long)]
     reason: Option<String>,
@@ -52,12 +79,15 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show one dead letter in full.
+    /// Show one dead letter in full: `show PIPELINE LOCATION` or `show --dir DIR LOCATION`.
     Show {
-        /// The pipeline file.
-        pipeline: PathBuf,
-        /// Its location, FILE:LINE, as `list` prints it.
-        location: String,
+        /// The pipeline file, then the location (FILE:LINE, as `list` prints it); with
+        /// `--dir`, the location only.
+        #[arg(num_args = 1..=2, required = true, value_name = "[PIPELINE] LOCATION")]
+        args: Vec<String>,
+        /// A dead-letter directory, instead of a pipeline file.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Count dead letters by reason, stage and partition.
     Stats {
@@ -124,9 +154,8 @@ fn dir(loaded: &keel_declare::Loaded) -> Result<DeadLetterDir> {
     replay::dead_letter_dir(loaded).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn selected(select: &Select) -> Result<(keel_declare::Loaded, DeadLetterDir, replay::Selection)> {
-    let l = loaded(&select.pipeline)?;
-    let d = dir(&l)?;
+fn selected(select: &Select) -> Result<(Option<keel_declare::Loaded>, DeadLetterDir, replay::Selection)> {
+    let (l, d) = select.source.open()?;
     let mut v = d
         .select(&select.filter()?)
         .with_context(|| format!("reading {}", d.path().display()))?;
@@ -181,9 +210,30 @@ pub fn run(cmd: Cmd) -> Result<u8> {
             }
             Ok(EXIT_OK)
         }
-        Cmd::Show { pipeline, location } => {
-            let l = loaded(&pipeline)?;
-            let d = dir(&l)?;
+        Cmd::Show { args, dir } => {
+            let (source, location) = match (args.as_slice(), dir) {
+                ([loc], Some(dir)) => (
+                    Source {
+                        pipeline: None,
+                        dir: Some(dir),
+                    },
+                    loc.clone(),
+                ),
+                ([pipeline, loc], None) => (
+                    Source {
+                        pipeline: Some(pipeline.into()),
+                        dir: None,
+                    },
+                    loc.clone(),
+                ),
+                _ => {
+                    return Err(crate::UsageError(
+                        "usage: keel dlq show PIPELINE LOCATION, or keel dlq show --dir DIR LOCATION".into(),
+                    )
+                    .into());
+                }
+            };
+            let (_, d) = source.open()?;
             let at: Location = location.parse().map_err(|e: String| anyhow::anyhow!(e))?;
             match d.get(&at)? {
                 None => {
@@ -252,6 +302,11 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                 select.not_replayed = true;
             }
             let (l, _, sel) = selected(&select)?;
+            let Some(l) = l else {
+                return Err(
+                    crate::UsageError("replay needs the pipeline file: it runs the records through it".into()).into(),
+                );
+            };
             if dry_run {
                 for (loc, e) in &sel {
                     println!("{}", one_line(loc, e));
@@ -298,8 +353,7 @@ pub fn run(cmd: Cmd) -> Result<u8> {
             }
         }
         Cmd::Purge { select, confirm } => {
-            let l = loaded(&select.pipeline)?;
-            let d = dir(&l)?;
+            let (_, d) = select.source.open()?;
             let filter = select.filter()?;
             if select.limit.is_some() {
                 bail!("--limit does not apply to purge");
