@@ -416,4 +416,52 @@ mod tests {
             ]
         );
     }
+
+    /// Every cut of a line and every single-bit flip of every byte is refused, except the
+    /// case bit (0x20) of a letter `a`-`f` of the stored hex CRC (`A`-`F` parses to the same
+    /// checksum; the envelope read is then exactly the one written).
+    #[test]
+    fn every_truncation_and_single_bit_flip_is_detected() {
+        let f = Failure::permanent("malformed", "bad")
+            .with_stage("parse")
+            .with_field("amount");
+        let pos = serde_json::json!({"offset": 12});
+        let at = Provenance {
+            pipeline: "p",
+            partition: "a",
+            position: &pos,
+            epoch: 2,
+            attempts: 1,
+            first_failed_ms: 5,
+            last_failed_ms: 6,
+        };
+        let mut r = Record::from_value(&b"{\"id\": 1,"[..]);
+        r.key = Some(bytes::Bytes::from_static(&[0xff, 0x00]));
+        r.headers = vec![("h".to_owned(), bytes::Bytes::from_static(b"v"))];
+        let e = Envelope::new(&r, &f, at);
+        let mut line = Vec::new();
+        e.encode(&mut line);
+        assert_eq!(Envelope::decode(&line).unwrap(), e);
+        for cut in 0..line.len() {
+            assert!(Envelope::decode(&line[..cut]).is_err(), "cut at {cut} accepted");
+        }
+        let crc_at = line.len() - "\"}".len() - 8..line.len() - "\"}".len();
+        let mut harmless = 0;
+        for i in 0..line.len() {
+            for bit in 0..8 {
+                let mut b = line.clone();
+                b[i] ^= 1 << bit;
+                if let Ok(got) = Envelope::decode(&b) {
+                    assert!(
+                        crc_at.contains(&i) && bit == 5 && line[i].is_ascii_lowercase(),
+                        "flip of bit {bit} at {i} ({:?}) accepted",
+                        line[i] as char
+                    );
+                    assert_eq!(got, e);
+                    harmless += 1;
+                }
+            }
+        }
+        assert_eq!(harmless, line[crc_at].iter().filter(|b| b.is_ascii_lowercase()).count());
+    }
 }

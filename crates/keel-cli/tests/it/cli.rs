@@ -159,13 +159,39 @@ fn usage_errors_exit_2() {
     assert!(text(&o).contains("cannot read the pipeline file"), "{}", text(&o));
 }
 
+/// The visible output of the orders example: sorted record ids (duplicates kept), sorted raw
+/// lines of the dead letters, sorted final totals.
+fn complete_output(dir: &Path) -> (Vec<i64>, Vec<String>, Vec<String>) {
+    let json = |l: &String| serde_json::from_str::<serde_json::Value>(l).unwrap();
+    let mut ids: Vec<i64> = refjob::visible_lines(&dir.join("out/records"))
+        .iter()
+        .map(|l| json(l)["id"].as_i64().unwrap())
+        .collect();
+    ids.sort();
+    let mut dead: Vec<String> = refjob::visible_lines(&dir.join("out/dead"))
+        .iter()
+        .map(|l| json(l)["raw"].as_str().unwrap().to_owned())
+        .collect();
+    dead.sort();
+    let mut totals = refjob::visible_lines(&dir.join("out/final"));
+    totals.sort();
+    (ids, dead, totals)
+}
+
 #[test]
 fn checkpoints_commands_and_fallback_from_a_corrupt_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = example(tmp.path());
     let p = dir.join("pipeline.toml");
     let ps = p.to_str().unwrap();
-    keel(&["run", ps, "--quiet"], &[]);
+    let o = keel(&["run", ps, "--quiet"], &[]);
+    assert_eq!(o.status.code(), Some(1), "dead letters give exit code 1: {}", text(&o));
+    let complete = complete_output(&dir);
+    assert_eq!(
+        complete.0.len() + complete.1.len(),
+        2000,
+        "every input line is a record or a dead letter"
+    );
     let o = keel(&["checkpoints", "list", ps], &[]);
     assert_eq!(o.status.code(), Some(0));
     assert!(text(&o).contains("finished"), "{}", text(&o));
@@ -188,26 +214,69 @@ fn checkpoints_commands_and_fallback_from_a_corrupt_checkpoint() {
     let o = keel(&["checkpoints", "verify", ps], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("CORRUPT"), "{}", text(&o));
+    // the only checkpoint is corrupt: there is no previous one to fall back to, and the run
+    // refuses to delete output that no usable checkpoint accounts for (exit 3), unchanged
     let o = keel(&["run", ps, "--quiet"], &[]);
+    assert!(
+        text(&o).contains("unusable"),
+        "a warning names the skipped checkpoint: {}",
+        text(&o)
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("has no checkpoint"), "{}", text(&o));
+    assert_eq!(complete_output(&dir), complete, "the output after the refusal");
+
+    // two checkpoints, the newest corrupt: the run falls back to the previous one, rolls back
+    // the output of the newer epoch, produces it again and completes, every record once
+    let job = tmp.path().join("refjob");
+    let input = refjob::generate(&job.join("in"), 60_000, 2, 500, 50, 5);
+    std::fs::write(job.join("job.toml"), refjob::JOB).unwrap();
+    let run = |crash_at: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+        cmd.args(["run", job.join("job.toml").to_str().unwrap(), "--quiet"])
+            .env("IN", job.join("in"))
+            .env("OUT", job.join("out"))
+            .env("STATE", job.join("state"))
+            .env("KEEL_CHECKPOINT_INTERVAL", "20ms")
+            .env("RUST_LOG", "warn");
+        if let Some(c) = crash_at {
+            cmd.env("KEEL_CRASH_AT", c);
+        }
+        cmd.output().unwrap()
+    };
+    // each run aborts right after committing its first checkpoint: checkpoints 1 and 2
+    for _ in 0..2 {
+        let o = run(Some("after_commit:1"));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&o.status),
+            Some(6),
+            "{}",
+            text(&o)
+        );
+    }
+    let mut names: Vec<_> = std::fs::read_dir(job.join("state/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    // (ids skip the epochs that were pending at each abort, I4)
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names[0], "ckpt-00000000000000000001.json");
+    let newest = job.join("state/checkpoints").join(&names[1]);
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x01;
+    std::fs::write(&newest, bytes).unwrap();
+    let o = run(None);
     assert!(
         text(&o).contains("unusable"),
         "a warning names the fallback: {}",
         text(&o)
     );
-    // the single epoch was committed under the corrupt manifest: rolled back and redone
-    let records = refjob::visible_lines(&dir.join("out/records"));
-    let mut ids: Vec<i64> = records
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
-    let n = ids.len();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), n, "no duplicates after the fallback");
+    assert!(text(&o).contains("resumed from checkpoint 1"), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "dead letters give exit code 1: {}", text(&o));
+    let problems = refjob::check(&input, &job.join("out"), true);
+    assert!(problems.is_empty(), "after the fallback: {problems:?}");
 
     let o = keel(&["checkpoints", "prune", ps, "--keep", "1"], &[]);
     assert_eq!(o.status.code(), Some(2), "prune needs --confirm");
@@ -226,11 +295,22 @@ fn sigterm_stops_gracefully_and_a_rerun_completes_exactly_once() {
         .env("IN", dir.join("in"))
         .env("OUT", dir.join("out"))
         .env("STATE", dir.join("state"))
+        .env("KEEL_CHECKPOINT_INTERVAL", "100ms")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // readiness: the run has committed a checkpoint, so it is processing (bounded wait)
+    let ckpts = dir.join("state/checkpoints");
+    for i in 0.. {
+        let ready = std::fs::read_dir(&ckpts)
+            .is_ok_and(|mut d| d.any(|e| e.unwrap().file_name().to_string_lossy().starts_with("ckpt-")));
+        if ready {
+            break;
+        }
+        assert!(i < 60_000, "no checkpoint after 60,000 polls");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -41,11 +41,22 @@ fn newest_checkpoint(state: &Path) -> Option<u64> {
         .max()
 }
 
-/// What must hold right after a crash.
-fn check_after_crash(input: &Input, dir: &Path, what: &str) {
+/// The name of the newest checkpoint manifest file (`ckpt-<id>.json`, fixed width), if any.
+fn newest_manifest_name(state: &Path) -> Option<String> {
+    std::fs::read_dir(state.join("checkpoints"))
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("ckpt-") && n.ends_with(".json"))
+        .max()
+}
+
+/// What must hold right after a crash; returns how many visible dead-letter files it checked.
+fn check_after_crash(input: &Input, dir: &Path, what: &str) -> usize {
     let newest = newest_checkpoint(&dir.join("state")).unwrap_or(0);
+    let mut dead_files = 0;
     for sink in ["records", "final", "dead"] {
         for e in refjob::visible_epochs(&dir.join("out").join(sink)) {
+            dead_files += usize::from(sink == "dead");
             assert!(
                 e <= newest,
                 "{what}: {sink} shows epoch {e} but the newest durable checkpoint is {newest}"
@@ -57,6 +68,7 @@ fn check_after_crash(input: &Input, dir: &Path, what: &str) {
         problems.is_empty(),
         "{what}: visible output after the crash: {problems:?}"
     );
+    dead_files
 }
 
 fn run_to_end(dir: &Path) {
@@ -71,6 +83,8 @@ fn kill_9_at_random_instants_and_crash_points_then_exactly_once() {
     let input = refjob::generate(&dir.join("in"), 600_000, 4, 3_000, 50, 7);
     std::fs::write(dir.join("job.toml"), refjob::JOB).unwrap();
 
+    // visible dead-letter files whose epoch was checked against the newest checkpoint
+    let mut dead_checked = 0;
     // deterministic crash points first: each aborts the process at a precise instant
     for (i, point) in [
         "after_prepare:2",
@@ -89,36 +103,63 @@ fn kill_9_at_random_instants_and_crash_points_then_exactly_once() {
             Some(6),
             "{point} (#{i}): the process was expected to abort there: {status:?}"
         );
-        check_after_crash(&input, dir, point);
+        dead_checked += check_after_crash(&input, dir, point);
     }
 
-    // then kill -9 at random instants
+    // then kill -9 at random instants, each chosen after a readiness signal: the run has
+    // committed a checkpoint of its own (a manifest newer than any before it exists), so
+    // the kill lands while the job is processing, not during its startup or after its end
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut interrupted = 0;
     for k in 0..20 {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let delay = Duration::from_millis(15 + rng % 200);
+        let delay = Duration::from_millis(rng % 80);
+        let before = newest_manifest_name(&dir.join("state"));
         let mut child = spawn(dir, None);
-        let started = Instant::now();
-        while started.elapsed() < delay {
-            if child.try_wait().unwrap().is_some() {
+        let mut exited = None;
+        // bounded: a run that neither checkpoints nor exits in 120 s is a failure
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                exited = Some(status);
                 break;
             }
+            if newest_manifest_name(&dir.join("state")) > before {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kill {k}: the run neither checkpointed nor exited"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            interrupted += 1;
+        if exited.is_none() {
+            std::thread::sleep(delay);
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+            }
         }
-        child.wait().unwrap();
-        check_after_crash(&input, dir, &format!("kill {k} after {delay:?}"));
+        let status = match exited {
+            Some(s) => s,
+            None => child.wait().unwrap(),
+        };
+        match (status.signal(), status.code()) {
+            // SIGKILL: only the test sends it
+            (Some(9), _) => interrupted += 1,
+            // the run finished before its kill: it must have finished well
+            (None, Some(0 | 1)) => {}
+            _ => panic!("kill {k}: the run ended on its own with {status:?}"),
+        }
+        dead_checked += check_after_crash(&input, dir, &format!("kill {k} ({delay:?} after its first checkpoint)"));
     }
     assert!(
-        interrupted >= 10,
-        "only {interrupted} kills hit a running job; the input is too small"
+        interrupted >= 18,
+        "only {interrupted} of 20 kills hit a running job; the input is too small"
     );
+
+    assert!(dead_checked > 0, "no dead-letter file was visible after any crash");
 
     run_to_end(dir);
     let problems = refjob::check(&input, &dir.join("out"), true);

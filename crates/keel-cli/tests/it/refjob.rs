@@ -84,18 +84,29 @@ pub fn visible_lines(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Epochs of the visible files of a file sink directory.
+/// Epochs of the visible files of a file sink directory: record files are named
+/// `part-<epoch>-<seq>.<ext>`, dead-letter files `dead-<epoch>-<seq>.<ext>`. Any other visible
+/// file is a failure, so that no output escapes the epoch check.
 pub fn visible_epochs(dir: &Path) -> Vec<u64> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
     entries
         .filter_map(|e| {
-            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
                 return None;
             }
-            name.strip_prefix("part-")?.split('-').next()?.parse().ok()
+            let epoch = name
+                .strip_prefix("part-")
+                .or_else(|| name.strip_prefix("dead-"))
+                .and_then(|rest| rest.split('-').next()?.parse().ok());
+            assert!(
+                epoch.is_some(),
+                "visible file {name:?} in {} has no epoch in its name",
+                dir.display()
+            );
+            epoch
         })
         .collect()
 }

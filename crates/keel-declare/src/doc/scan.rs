@@ -591,6 +591,57 @@ mod tests {
         }
     }
 
+    /// The kind serde_json gives a value, in the scanner's terms.
+    fn serde_kind(v: &serde_json::Value) -> Kind {
+        use serde_json::Value as V;
+        match v {
+            V::Null => Kind::Null,
+            V::Bool(_) => Kind::Bool,
+            V::Number(n) if n.is_i64() || n.is_u64() => Kind::Integer,
+            V::Number(_) => Kind::Float,
+            V::String(_) => Kind::String,
+            V::Array(_) => Kind::Array,
+            V::Object(_) => Kind::Object,
+        }
+    }
+
+    /// The scanner's members of `s` are serde_json's object `want`: the same keys (decoded),
+    /// each with serde_json's kind, and its value span decodes to serde_json's value (the
+    /// last of repeated keys wins, as in serde_json).
+    fn same_members(
+        s: &[u8],
+        members: &[Member],
+        want: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        let mut got = serde_json::Map::new();
+        for m in members {
+            // the key span is between the quotes: decode it with them
+            let quoted = &s[m.key.0 as usize - 1..m.key.1 as usize + 1];
+            let key: String = serde_json::from_slice(quoted).map_err(|e| format!("key span {quoted:?}: {e}"))?;
+            if !m.key_escaped && quoted[1..quoted.len() - 1] != *key.as_bytes() {
+                return Err(format!("key {key:?} has escapes but is not marked escaped"));
+            }
+            let span = &s[m.value.0 as usize..m.value.1 as usize];
+            let value: serde_json::Value = serde_json::from_slice(span)
+                .map_err(|e| format!("value span {:?} of {key:?}: {e}", String::from_utf8_lossy(span)))?;
+            // serde_json reads `-0` as the float -0.0 (to keep its sign); the scanner's kinds
+            // are syntactic: no fraction nor exponent and in 64 bits is an integer
+            let theirs = if span == b"-0" {
+                Kind::Integer
+            } else {
+                serde_kind(&value)
+            };
+            if theirs != m.kind {
+                return Err(format!("{key:?}: kind {:?}, serde_json says {theirs:?}", m.kind));
+            }
+            got.insert(key, value);
+        }
+        if &got != want {
+            return Err(format!("members {got:?}, serde_json {want:?}"));
+        }
+        Ok(())
+    }
+
     /// Differential test: thousands of mutations of valid records must be judged the same as
     /// by serde_json (numbers are kept in range, where serde_json adds its own limits).
     #[test]
@@ -610,6 +661,7 @@ mod tests {
             rng
         };
         let mut disagreements = Vec::new();
+        let mut compared = 0;
         for round in 0..40_000 {
             let mut s = seeds[round % seeds.len()].to_vec();
             for _ in 0..(1 + next() % 3) {
@@ -623,7 +675,8 @@ mod tests {
                     _ => {}
                 }
             }
-            let ours = scan_object(&s, &mut Vec::new()).is_ok();
+            let mut members = Vec::new();
+            let ours = scan_object(&s, &mut members).is_ok();
             let theirs = serde_json::from_slice::<serde_json::Value>(&s);
             // serde_json limits the range of numbers; JSON itself does not
             if theirs
@@ -634,8 +687,15 @@ mod tests {
             }
             if ours != serde_ok(&s) {
                 disagreements.push(String::from_utf8_lossy(&s).into_owned());
+            } else if let (true, Ok(serde_json::Value::Object(want))) = (ours, &theirs) {
+                compared += 1;
+                if let Err(why) = same_members(&s, &members, want) {
+                    disagreements.push(format!("{why} in {}", String::from_utf8_lossy(&s)));
+                }
             }
         }
+        // most mutations break the record; enough of them must still be compared by value
+        assert!(compared > 4_000, "only {compared} records compared by value");
         assert!(
             disagreements.is_empty(),
             "{} disagreements, e.g. {:?}",

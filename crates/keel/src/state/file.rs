@@ -310,16 +310,48 @@ mod tests {
         );
     }
 
+    /// Small files of both kinds with every kind of entry, so that every cut and every
+    /// single-bit flip of every byte (header, tables, entries, trailer) can be tried.
+    fn small_samples() -> Vec<Vec<u8>> {
+        let mut d = StateFileWriter::new(Kind::Delta, 9);
+        d.table("totals");
+        d.put(b"c1", &[1, 2, 3]);
+        d.delete(b"c2");
+        d.table("seen");
+        d.put(b"", &[]);
+        d.put(&[7u8; 130], &[9u8; 200]);
+        let mut f = StateFileWriter::new(Kind::Full, 0x0102_0304_0506_0708);
+        f.table("t");
+        f.put(b"k", b"v");
+        vec![d.finish(), f.finish()]
+    }
+
     #[test]
-    fn truncation_and_corruption_are_detected() {
-        let bytes = sample();
-        for cut in (0..bytes.len()).step_by(97) {
-            assert!(read(&bytes[..cut], |_, _| {}).is_err());
+    fn every_truncation_is_detected() {
+        for bytes in small_samples().into_iter().chain([sample()]) {
+            assert!(read(&bytes, |_, _| {}).is_ok());
+            for cut in 0..bytes.len() {
+                assert!(
+                    read(&bytes[..cut], |_, _| {}).is_err(),
+                    "cut at {cut} of {} accepted",
+                    bytes.len()
+                );
+            }
         }
-        for i in (0..bytes.len()).step_by(101) {
-            let mut b = bytes.clone();
-            b[i] ^= 1;
-            assert!(read(&b, |_, _| {}).is_err(), "flip at {i}");
+    }
+
+    /// Every byte is covered by the CRC-32C of the trailer (or is that CRC), and a CRC-32C
+    /// detects every single-bit error, so no flip may be accepted, in the header either.
+    #[test]
+    fn every_single_bit_flip_of_every_byte_is_detected() {
+        for bytes in small_samples() {
+            for i in 0..bytes.len() {
+                for bit in 0..8 {
+                    let mut b = bytes.clone();
+                    b[i] ^= 1 << bit;
+                    assert!(read(&b, |_, _| {}).is_err(), "flip of bit {bit} at {i} accepted");
+                }
+            }
         }
     }
 
