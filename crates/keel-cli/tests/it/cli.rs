@@ -591,4 +591,26 @@ fn pipes_usage_quiet_and_resume_hints() {
     let o = keel(&["checkpoints", "list"], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("name a pipeline file or --state DIR"), "{}", text(&o));
+
+    // `--dir`: the same dead letters without the pipeline file (issue 10.9)
+    let dead = dir.join("out/dead");
+    let by_pipeline = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["dlq", "stats", dir.join("job.toml").to_str().unwrap(), "--json"])
+        .envs(envs.iter().map(|(k, v)| (*k, v)))
+        .output()
+        .unwrap();
+    let by_dir = keel(&["dlq", "stats", "--dir", dead.to_str().unwrap(), "--json"], &[]);
+    assert_eq!(by_dir.status.code(), Some(0), "{}", text(&by_dir));
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_slice(&by_pipeline.stdout).unwrap(),
+        serde_json::from_slice(&by_dir.stdout).unwrap(),
+    );
+    assert!(a["total"].as_u64().unwrap() > 1000);
+    assert_eq!(a, b);
+    let first_loc = first.split_whitespace().next().unwrap();
+    let o = keel(&["dlq", "show", "--dir", dead.to_str().unwrap(), first_loc], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = keel(&["dlq", "replay", "--dir", dead.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("replay needs the pipeline file"), "{}", text(&o));
 }
