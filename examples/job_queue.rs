@@ -20,6 +20,7 @@ async fn handle(job: Job) -> Result<(), Failure> {
     match job.kind.as_str() {
         "flaky" if job.attempts < 3 => Err(Failure::transient("timeout", "the upstream timed out")),
         "rate_limited" if job.attempts < 2 => Err(Failure::throttled(
+            "rate_limited",
             "429 Too Many Requests",
             Some(Duration::from_millis(300)),
         )),

@@ -34,7 +34,9 @@ impl Api {
         if self.calls >= self.per_second {
             self.throttled += 1;
             let retry_after = Duration::from_secs(1).saturating_sub(self.window.elapsed());
-            return Err(Failure::throttled("429 Too Many Requests", Some(retry_after)).with_status(429));
+            return Err(
+                Failure::throttled("rate_limited", "429 Too Many Requests", Some(retry_after)).with_status(429),
+            );
         }
         self.calls += 1;
         let mut v: serde_json::Value =

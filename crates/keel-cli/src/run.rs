@@ -179,7 +179,18 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     "failed"
                 }
             );
-            eprintln!("keel: the last checkpoint is intact; run the same command again to resume");
+            let refused_at_start = matches!(
+                &e,
+                keel::PipelineError::Sink {
+                    source: keel::SinkError::Fatal(_),
+                    ..
+                }
+            ) || matches!(&e, keel::PipelineError::Checkpoint(m) if m.contains("nothing was changed"));
+            if refused_at_start {
+                eprintln!("keel: nothing was changed; fix the cause above, then run the same command again");
+            } else {
+                eprintln!("keel: the last checkpoint is intact; run the same command again to resume");
+            }
             Ok(EXIT_FAILED)
         }
         Ok(summary) => {

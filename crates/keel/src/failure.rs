@@ -155,9 +155,14 @@ impl Failure {
         Self::new(Class::Transient, reason, message)
     }
 
-    /// A throttled failure, optionally with the delay the other side asked for.
-    pub fn throttled(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
-        let mut f = Self::new(Class::Throttled, "throttled", message);
+    /// A throttled failure (reason like `rate_limited`), optionally with the delay the other
+    /// side asked for.
+    pub fn throttled(
+        reason: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let mut f = Self::new(Class::Throttled, reason, message);
         f.retry_after = retry_after;
         f
     }

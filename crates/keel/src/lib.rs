@@ -85,9 +85,30 @@ pub mod time;
 pub mod txn;
 pub mod util;
 
+/// What most pipelines need, in one import: `use keel::prelude::*;`.
+pub mod prelude {
+    pub use crate::checkpoint::{CheckpointStore, FileCheckpointStore};
+    pub use crate::context::Context;
+    pub use crate::failure::{Class, Failure, classify_status, reason};
+    pub use crate::policy::{
+        Action, Backoff, BreakerConfig, BudgetAction, ClassActions, ErrorBudget, Jitter, Policies, RetryBudget,
+        RetryPolicy,
+    };
+    pub use crate::record::{Record, SourceBatch};
+    pub use crate::runtime::{Options, Outcome, Pipeline, PipelineError, RunSummary, ShutdownHandle};
+    pub use crate::sink::{Guarantee, JsonEncoder, RawEncoder, Sink, SinkError};
+    pub use crate::source::{PartitionReader, ReadStatus, Source, SourceError};
+    pub use crate::state::StateSpec;
+    pub use crate::step::{Flow, Step};
+    pub use crate::testing::{MemorySink, VecSource};
+    pub use crate::time::{LatePolicy, WatermarkConfig};
+}
+
 pub use checkpoint::{CheckpointStore, FileCheckpointStore, Manifest};
 pub use context::{Context, KeyedState};
+pub use failure::classify_status;
 pub use failure::{Class, Failure};
+pub use policy::{Action, Backoff, ClassActions, Jitter, Policies, RetryPolicy};
 pub use record::{Record, SourceBatch};
 pub use runtime::{
     FailureCount, Options, Outcome, Pipeline, PipelineBuilder, PipelineError, Progress, ProgressSnapshot, RunSummary,

@@ -375,7 +375,11 @@ pub async fn a_worker_acks_retries_and_buries_by_class(b: &Backend) {
             "permanent" => Err(Failure::permanent("bad_payload", "cannot be processed")),
             // fails twice, succeeds on the third attempt
             "flaky" if job.attempts < 3 => Err(Failure::transient("timeout", "upstream timed out")),
-            "throttled" => Err(Failure::throttled("slow down", Some(Duration::from_millis(30)))),
+            "throttled" => Err(Failure::throttled(
+                "rate_limited",
+                "slow down",
+                Some(Duration::from_millis(30)),
+            )),
             _ => Ok(()),
         }
     })

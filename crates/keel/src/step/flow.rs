@@ -47,6 +47,17 @@ impl<In: 'static> Flow<In, Identity> {
     }
 }
 
+impl<In: 'static, A, B, M> Flow<In, Chain<A, B, M>> {
+    /// Names the step added last (`.map_async(fetch).named("fetch")`): its failures report
+    /// `name` as their stage, so that the per-stage policies of `name` apply to them.
+    pub fn named(self, name: &str) -> Flow<In, Chain<A, Named<B>, M>> {
+        Flow {
+            step: self.step.name_second(name),
+            _in: PhantomData,
+        }
+    }
+}
+
 impl<In: 'static> Default for Flow<In, Identity> {
     fn default() -> Self {
         Self::new()

@@ -65,6 +65,19 @@ impl<A, B, Mid> Chain<A, B, Mid> {
     }
 }
 
+impl<A, B, Mid> Chain<A, B, Mid> {
+    /// The same chain with its second step named (see [`Flow::named`]).
+    pub(crate) fn name_second(self, name: &str) -> Chain<A, ops::Named<B>, Mid> {
+        Chain::new(
+            self.first,
+            ops::Named {
+                inner: self.second,
+                name: name.into(),
+            },
+        )
+    }
+}
+
 impl<A: Clone, B: Clone, Mid> Clone for Chain<A, B, Mid> {
     fn clone(&self) -> Self {
         Chain::new(self.first.clone(), self.second.clone())

@@ -74,7 +74,8 @@ fn flaky_flow(
                         *n -= 1;
                         Err(match class {
                             Class::Throttled => {
-                                Failure::throttled("429 too many requests", Some(ms(5000))).with_status(429)
+                                Failure::throttled("rate_limited", "429 too many requests", Some(ms(5000)))
+                                    .with_status(429)
                             }
                             c => Failure::new(c, "io", "connection reset"),
                         })
@@ -513,6 +514,8 @@ struct Outage {
     inner: MemorySink,
     down_until: Arc<Mutex<Option<Instant>>>,
     calls: Arc<AtomicU64>,
+    /// Calls made while down (the test double's own count, not keel's).
+    failed: Arc<AtomicU64>,
 }
 
 impl Sink for Outage {
@@ -529,6 +532,7 @@ impl Sink for Outage {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let down = self.down_until.lock().unwrap().is_some_and(|u| Instant::now() < u);
         if down {
+            self.failed.fetch_add(1, Ordering::SeqCst);
             return Err(SinkError::io(
                 "writing",
                 std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "down"),
@@ -552,6 +556,7 @@ fn a_30_second_sink_outage_pauses_input_and_loses_nothing() {
         inner: MemorySink::new(),
         down_until: Arc::new(Mutex::new(None)),
         calls: Arc::new(AtomicU64::new(0)),
+        failed: Arc::new(AtomicU64::new(0)),
     };
     let dead = MemorySink::new();
     let lines: Vec<Vec<String>> = (0..2)
@@ -592,7 +597,14 @@ fn a_30_second_sink_outage_pauses_input_and_loses_nothing() {
     let s = summary.unwrap();
     assert_eq!(s.dead_letters, 0, "no healthy record is dead-lettered");
     assert_eq!(dead.committed_lines().len(), 0);
-    assert_eq!(sink.inner.committed_lines().len(), 6000, "nothing lost");
+    // nothing lost, nothing doubled: the committed records are exactly the input
+    let mut committed = sink.inner.committed_lines();
+    committed.sort();
+    let mut want: Vec<String> = (0..2)
+        .flat_map(|p| (0..3000).map(move |i| format!("{p}-{i}")))
+        .collect();
+    want.sort();
+    assert_eq!(committed, want, "nothing lost");
     let (_, breaker) = s.breakers.iter().find(|(n, _)| n == "main").unwrap();
     assert_eq!(
         (breaker.opened, breaker.closed),
@@ -604,8 +616,11 @@ fn a_30_second_sink_outage_pauses_input_and_loses_nothing() {
         "probes every 5 s failed during the outage: {breaker:?}"
     );
     assert!(s.pauses >= 1);
-    let failed_calls = s.sink_failures.0;
-    // 3 failures open the breaker, then one probe per 5 s: a handful of calls, not a storm
+    // the test double's own count: the 3 failures that open the breaker, then one failed
+    // probe per open period (each reopens it), and nothing else reaches the sink while down
+    let failed_calls = sink.failed.load(Ordering::SeqCst);
+    assert_eq!(failed_calls, 3 + breaker.reopened, "{breaker:?}");
+    assert_eq!(failed_calls, s.sink_failures.0, "keel counts what the sink saw");
     assert!(
         failed_calls <= 3 + 7,
         "{failed_calls} failed writes during a 30 s outage"
@@ -618,6 +633,7 @@ fn a_rejecting_dead_letter_output_falls_back() {
         inner: MemorySink::new(),
         down_until: Arc::new(Mutex::new(None)),
         calls: Arc::new(AtomicU64::new(0)),
+        failed: Arc::new(AtomicU64::new(0)),
     };
     *primary.down_until.lock().unwrap() = Some(Instant::now() + Duration::from_secs(3600));
     let fallback = MemorySink::new();
@@ -686,6 +702,7 @@ fn a_stop_while_a_sink_is_down_ends_at_the_last_checkpoint() {
             inner: MemorySink::new(),
             down_until: Arc::new(Mutex::new(None)),
             calls: Arc::new(AtomicU64::new(0)),
+            failed: Arc::new(AtomicU64::new(0)),
         };
         let lines: Vec<Vec<String>> = (0..2)
             .map(|p| (0..3000).map(|i| format!("{p}-{i}")).collect())
@@ -788,4 +805,54 @@ fn checkpoint_counts_match_positions_while_a_record_retries_mid_batch() {
         }
     }
     assert!(mid_batch >= 2, "checkpoints during the 3 s of retries: {mid_batch}");
+}
+
+/// Any built-in step can be named for per-stage policies (issue 10.5): the failures of
+/// `.map_async(..).named("fetch")` report stage `fetch`, and the `fetch` actions apply to
+/// them while other stages keep the defaults. Written with the prelude only.
+#[test]
+fn named_built_in_steps_get_their_own_policies() {
+    use keel::prelude::*;
+    let mut p = Policies::default();
+    p.stages.insert("fetch".into(), {
+        let mut a = ClassActions::default();
+        a.set(Class::Throttled, Action::Skip);
+        a
+    });
+    let flow = Flow::<Record>::new()
+        .map_async(|r: Record| async move {
+            if r.value.starts_with(b"slow") {
+                Err(Failure::throttled("rate_limited", "429", None))
+            } else {
+                Ok(r)
+            }
+        })
+        .named("fetch")
+        .try_map(|r: Record| {
+            if r.value.starts_with(b"bad") {
+                Err(Failure::permanent("bad_input", "no"))
+            } else {
+                Ok(r.value.to_vec())
+            }
+        });
+    let (out, dead) = (MemorySink::new(), MemorySink::new());
+    let s = Pipeline::builder("named")
+        .source(VecSource::new(vec![vec!["ok", "slow1", "bad1", "slow2"]]))
+        .flow(flow)
+        .sink_with("main", out.clone(), RawEncoder)
+        .dead_letters(dead.clone())
+        .policies(p)
+        .build()
+        .unwrap()
+        .run()
+        .unwrap();
+    assert_eq!((s.skipped, s.dead_letters), (2, 1));
+    assert_eq!(out.committed_lines(), vec!["ok"]);
+    let stages: Vec<(String, String)> = s.failures.iter().map(|f| (f.stage.clone(), f.reason.clone())).collect();
+    assert!(stages.contains(&("fetch".into(), "rate_limited".into())), "{stages:?}");
+    assert!(
+        stages.contains(&("try_map".into(), "bad_input".into()))
+            || stages.iter().any(|(st, r)| r == "bad_input" && st != "fetch"),
+        "{stages:?}"
+    );
 }
