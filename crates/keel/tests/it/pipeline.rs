@@ -646,6 +646,7 @@ fn a_panic_anywhere_ends_the_run_and_a_rerun_resumes_exactly_once() {
                     })
                     .map_async(move |r: Record| {
                         let (cell, armed) = (cell.clone(), a2.clone());
+                        #[allow(clippy::await_holding_refcell_ref)] // the user's bug this test is about
                         async move {
                             if place == "async step" && armed.load(Ordering::SeqCst) {
                                 let _held = cell.borrow_mut(); // another partition's borrow panics
