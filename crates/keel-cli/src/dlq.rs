@@ -345,6 +345,10 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                     eprintln!("keel: config error: {e}");
                     Ok(EXIT_USAGE)
                 }
+                Err(e @ ReplayError::Stateful { .. }) => {
+                    eprintln!("keel: {e}");
+                    Ok(EXIT_USAGE)
+                }
                 Err(e) => {
                     eprintln!("keel: {e}");
                     eprintln!("keel: run the same command again to resume the replay");

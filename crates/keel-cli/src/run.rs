@@ -151,6 +151,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
         if !targets.is_empty() {
             eprintln!("keel: starting from scratch: deleting {}", targets.join(", "));
         }
+        keel_declare::replay::remove_replays(&loaded)
+            .map_err(|e| anyhow::anyhow!("removing the output of earlier replays: {e}"))?;
     }
     let pipeline = match keel_declare::build(&loaded, |o| {
         o.from_scratch = args.from_scratch;

@@ -66,6 +66,9 @@ impl Loaded {
         if manifests > 0 {
             out.push(format!("{manifests} checkpoints in {}", self.state_dir().display()));
         }
+        if self.state_dir().join("replays").exists() {
+            out.push(format!("the replays in {}", self.state_dir().join("replays").display()));
+        }
         let mut dirs: Vec<PathBuf> = self
             .config
             .sinks

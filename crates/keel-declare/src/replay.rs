@@ -36,6 +36,76 @@ pub enum ReplayError {
     /// The pipeline has no dead-letter output.
     #[error("the pipeline file has no [dead_letter] output")]
     NoDeadLetters,
+    /// Replaying through the steps of a pipeline with keyed state would run outside that
+    /// state (a replay has its own checkpoints) and corrupt its results.
+    #[error(
+        "pipeline `{pipeline}` keeps keyed state (steps {steps}): a replay through its steps would run outside that state \
+         and corrupt its results (a second total per key, say). Replay the originals straight to a sink with \
+         `--to-sink NAME`, or fix the input and run the pipeline again with `--from-scratch --confirm`"
+    )]
+    Stateful {
+        /// The pipeline.
+        pipeline: String,
+        /// Its stateful steps, named.
+        steps: String,
+    },
+}
+
+/// The stateful steps of a pipeline (`aggregate`, `dedupe`), by name.
+fn stateful_steps(loaded: &Loaded) -> Vec<String> {
+    use crate::config::StepConfig;
+    loaded
+        .config
+        .steps
+        .iter()
+        .filter(|s| matches!(s, StepConfig::Aggregate(_) | StepConfig::Dedupe(_)))
+        .map(|s| format!("`{}`", s.given_name().unwrap_or(s.kind())))
+        .collect()
+}
+
+/// Removes what replays left (their checkpoints and selections, and their output and dead
+/// letters in the pipeline's directories): a run from scratch starts over without them, so
+/// that no replayed record is both output and dead-lettered again. Returns the files removed.
+pub fn remove_replays(loaded: &Loaded) -> std::io::Result<usize> {
+    use crate::config::SinkConfig;
+    let mut removed = 0;
+    let dir = replays_dir(loaded);
+    if dir.exists() {
+        keel::durable::FileOps::remove_dir_all(&keel::durable::LocalOps, &dir)?;
+        removed += 1;
+    }
+    let mut outputs: Vec<(PathBuf, String)> = loaded
+        .config
+        .sinks
+        .iter()
+        .filter_map(|s| match s {
+            SinkConfig::Files(f) => Some((
+                loaded.resolve(&f.path),
+                format!("{}-replay-", f.prefix.as_deref().unwrap_or("part")),
+            )),
+            SinkConfig::Stdout(_) => None,
+        })
+        .collect();
+    if let Some(d) = &loaded.config.dead_letter {
+        outputs.push((loaded.resolve(&d.path), "dead-replay-".into()));
+    }
+    for (dir, prefix) in outputs {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for e in entries {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.trim_start_matches('.').starts_with(&prefix) {
+                keel::durable::FileOps::remove(&keel::durable::LocalOps, &e.path())?;
+                removed += 1;
+            }
+        }
+        keel::durable::FileOps::sync_dir(&keel::durable::LocalOps, &dir)?;
+    }
+    Ok(removed)
 }
 
 /// What a replay did.
@@ -134,6 +204,13 @@ pub fn replay(
             }
             let id = format!("r{}", now_ms());
             let to = to_sink.unwrap_or("pipeline").to_owned();
+            let stateful = stateful_steps(loaded);
+            if to == "pipeline" && !stateful.is_empty() {
+                return Err(ReplayError::Stateful {
+                    pipeline: loaded.config.name.clone(),
+                    steps: stateful.join(", "),
+                });
+            }
             let dir = replays_dir(loaded).join(&id);
             keel::durable::create_dir_durable(&keel::durable::LocalOps, &dir)?;
             let mut text = format!("to {to}\n");

@@ -36,6 +36,22 @@ fn example(tmp: &Path) -> PathBuf {
     dir
 }
 
+/// The orders example without its keyed state (no running totals): replays may go through
+/// its steps.
+fn stateless_example(tmp: &Path) -> PathBuf {
+    let dir = example(tmp);
+    let p = dir.join("pipeline.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let start = text.find("[[steps]]\ntype = \"aggregate\"").unwrap();
+    let end = start + text[start..].find("\n\n").unwrap() + 2;
+    let text = format!("{}{}", &text[..start], &text[end..]).replace(
+        "fields = [\"id\", \"customer\", \"running_total\"]",
+        "fields = [\"id\", \"customer\", \"amount\"]",
+    );
+    std::fs::write(&p, text).unwrap();
+    dir
+}
+
 #[test]
 fn run_then_rerun_then_from_scratch() {
     let tmp = tempfile::tempdir().unwrap();
@@ -343,7 +359,7 @@ fn sigterm_stops_gracefully_and_a_rerun_completes_exactly_once() {
 #[test]
 fn dlq_commands_list_show_stats_replay_and_purge() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = example(tmp.path());
+    let dir = stateless_example(tmp.path());
     let p = dir.join("pipeline.toml");
     let ps = p.to_str().unwrap();
     assert_eq!(keel(&["run", ps, "--quiet"], &[]).status.code(), Some(1));
@@ -613,4 +629,54 @@ fn pipes_usage_quiet_and_resume_hints() {
     let o = keel(&["dlq", "replay", "--dir", dead.to_str().unwrap()], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("replay needs the pipeline file"), "{}", text(&o));
+}
+
+/// A replay through a pipeline with keyed state is refused with what to do instead (issue
+/// 10.2: it ran outside the state and wrote a second, wrong total); `--to-sink` works, and a
+/// run from scratch removes the replays' output and checkpoints, so no replayed record is
+/// both output and dead-lettered again.
+#[test]
+fn replays_of_stateful_pipelines_are_refused_and_from_scratch_removes_replays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = example(tmp.path());
+    let p = dir.join("pipeline.toml");
+    let ps = p.to_str().unwrap();
+    assert_eq!(keel(&["run", ps, "--quiet"], &[]).status.code(), Some(1));
+    let records = refjob::visible_lines(&dir.join("out/records")).len();
+    let dead = refjob::visible_lines(&dir.join("out/dead")).len();
+    let o = keel(&["dlq", "replay", ps], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("keeps keyed state (steps `totals`)") && text(&o).contains("--to-sink"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        refjob::visible_lines(&dir.join("out/records")).len(),
+        records,
+        "nothing was replayed"
+    );
+
+    let o = keel(
+        &["dlq", "replay", ps, "--reason", "malformed", "--to-sink", "records"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(refjob::visible_lines(&dir.join("out/records")).len() > records);
+    assert!(dir.join("state/replays").exists());
+
+    let o = keel(&["run", ps, "--quiet", "--from-scratch", "--confirm"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(!dir.join("state/replays").exists());
+    let names: Vec<String> = std::fs::read_dir(dir.join("out/records"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("replay")), "{names:?}");
+    assert_eq!(refjob::visible_lines(&dir.join("out/records")).len(), records);
+    assert_eq!(refjob::visible_lines(&dir.join("out/dead")).len(), dead);
+    assert!(
+        keel(&["dlq", "list", ps, "--replayed"], &[]).stdout.is_empty(),
+        "no replayed envelope is left"
+    );
 }
