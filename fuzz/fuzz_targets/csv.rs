@@ -62,7 +62,9 @@ fn parse(p: &mut CsvParser, raw: &[u8]) -> Result<(), CsvParseError> {
             total += fields.get(i).expect("a counted field").0.len();
         }
         assert!(fields.get(fields.len()).is_none());
-        assert_eq!(total, fields.data.len());
+        if r.is_ok() {
+            assert_eq!(total, fields.data.len());
+        }
         r
     })
 }
@@ -116,7 +118,12 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(r.is_ok(), complete, "rest {:?}: {r:?}", String::from_utf8_lossy(rest));
 
     // the file source
-    let format = [FileFormat::Csv, FileFormat::Lines, FileFormat::JsonLines, FileFormat::Csv][usize::from(c >> 6)];
+    let format = [
+        FileFormat::Csv,
+        FileFormat::Lines,
+        FileFormat::JsonLines,
+        FileFormat::Csv,
+    ][usize::from(c >> 6)];
     let dir: PathBuf = DIR.with(|d| d.path().to_owned());
     let name = format!("f.{}", format.extension());
     std::fs::write(dir.join(&name), data).unwrap();

@@ -15,7 +15,12 @@ fuzz_target!(|data: &[u8]| {
     let bytes = if mode & 1 == 0 {
         data.to_vec()
     } else {
-        let mut b = format!("keel-checkpoint v1 len={} crc32c={:08x}\n", rest.len(), crc32c::crc32c(rest)).into_bytes();
+        let mut b = format!(
+            "keel-checkpoint v1 len={} crc32c={:08x}\n",
+            rest.len(),
+            crc32c::crc32c(rest)
+        )
+        .into_bytes();
         b.extend_from_slice(rest);
         b
     };

@@ -13,7 +13,6 @@ use keel::state::file::{self, Entry, Kind, StateFileWriter};
 use keel::state::{SnapshotPolicy, StateSpec, StateStore, compact};
 use libfuzzer_sys::fuzz_target;
 
-
 fn read_all(bytes: &[u8]) -> Result<(Kind, u64, Vec<(String, Vec<u8>, Option<Vec<u8>>)>), file::StateFileError> {
     let mut out = Vec::new();
     let (kind, id) = file::read(bytes, |t, e| match e {
@@ -100,7 +99,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!((kind, id), (Kind::Full, 99));
         let mut got: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
         for (t, k, v) in entries {
-            got.entry(t).or_default().insert(k, v.expect("a full snapshot holds puts only"));
+            got.entry(t)
+                .or_default()
+                .insert(k, v.expect("a full snapshot holds puts only"));
         }
         model.retain(|_, t| !t.is_empty());
         got.retain(|_, t| !t.is_empty());

@@ -672,6 +672,9 @@ impl StateStore {
     }
 }
 
+/// The entries of one table as stored: key to encoded value.
+type RawEntries = FxMap<Key, Box<[u8]>>;
+
 /// Folds a chain of state files (a full snapshot, then deltas) into one full snapshot for
 /// checkpoint `id`, on raw bytes: no value is decoded, so it runs on any thread and needs no
 /// table types. The result describes exactly the state that restoring `files` gives.
@@ -680,7 +683,7 @@ pub fn compact(
     files: &[String],
     mut read_file: impl FnMut(&str) -> std::io::Result<Vec<u8>>,
 ) -> Result<StateSnapshot, RestoreError> {
-    let mut tables: Vec<(String, FxMap<Key, Box<[u8]>>)> = Vec::new();
+    let mut tables: Vec<(String, RawEntries)> = Vec::new();
     for (n, name) in files.iter().enumerate() {
         let bytes = read_file(name).map_err(|e| RestoreError::Read(name.clone(), e))?;
         let (kind, _) = file::read(&bytes, |table, entry| {
