@@ -51,8 +51,12 @@ impl CsvDialect {
 }
 
 /// Finds where CSV records end in a stream given piece by piece.
+///
+/// Public only so that the fuzz targets (`fuzz/fuzz_targets/csv.rs`) can drive it; the file
+/// source is its one user.
+#[doc(hidden)]
 #[derive(Debug)]
-pub(crate) struct Framer {
+pub struct Framer {
     reader: Reader,
     fresh: bool,
     out: Vec<u8>,
@@ -60,7 +64,7 @@ pub(crate) struct Framer {
 }
 
 impl Framer {
-    pub(crate) fn new(dialect: &CsvDialect) -> Self {
+    pub fn new(dialect: &CsvDialect) -> Self {
         Framer {
             reader: dialect.reader(),
             fresh: true,
@@ -70,7 +74,7 @@ impl Framer {
     }
 
     /// Forgets any record in progress: the next byte given starts a record.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.reader.reset();
         self.fresh = true;
     }
@@ -79,7 +83,7 @@ impl Framer {
     /// up to and including the terminator of the record in progress when it ends within
     /// `input`, or `None` when all of `input` belongs to it. Leading line breaks (empty lines)
     /// belong to the record that follows them.
-    pub(crate) fn scan(&mut self, input: &[u8]) -> Option<usize> {
+    pub fn scan(&mut self, input: &[u8]) -> Option<usize> {
         let mut at = 0;
         while at < input.len() {
             // the first call of a fresh reader gets one byte, so that csv-core never takes a
@@ -97,7 +101,7 @@ impl Framer {
 
     /// At the end of the input: true when the record in progress is complete (it did not
     /// stop inside a quoted field). The framer is then ready for a new record.
-    pub(crate) fn finish(&mut self) -> bool {
+    pub fn finish(&mut self) -> bool {
         // a line break ends the record unless a quoted field is open (csv-core's `Clone`
         // of a reader does not copy its tables, so the probe runs on the reader itself)
         let (res, ..) = self.reader.read_record(b"\n", &mut self.out, &mut self.ends);

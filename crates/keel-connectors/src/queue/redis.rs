@@ -389,7 +389,11 @@ impl RedisQueue {
     }
 }
 
-fn job_of(id: &str, h: &HashMap<String, String>, errors: &[String]) -> Job {
+/// Decodes a job from what Redis stores for it: the fields of its hash `job:<id>` and the
+/// entries of its list `errors:<id>`. Never fails: a field that is missing or unreadable gets
+/// its default. Public only for the fuzz target `queue_row`.
+#[doc(hidden)]
+pub fn job_of(id: &str, h: &HashMap<String, String>, errors: &[String]) -> Job {
     let num = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok());
     let payload = h.get("payload").cloned().unwrap_or_default();
     Job {

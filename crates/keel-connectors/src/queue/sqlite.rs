@@ -46,7 +46,9 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE keel_jobs (
     ) WITHOUT ROWID;
     CREATE TABLE keel_queue_seq (queue TEXT PRIMARY KEY, next INTEGER NOT NULL) WITHOUT ROWID;"];
 
-const COLUMNS: &str = "id, kind, payload, priority, state, attempts, max_attempts, enqueued, run_at, lease_until, worker, errors, idem_key, leases";
+#[doc(hidden)]
+/// The columns [`job_of`] reads, in order.
+pub const COLUMNS: &str = "id, kind, payload, priority, state, attempts, max_attempts, enqueued, run_at, lease_until, worker, errors, idem_key, leases";
 
 /// A queue in a SQLite file.
 #[derive(Clone)]
@@ -161,7 +163,10 @@ fn next_orders(tx: &Transaction<'_>, queue: &str, n: u64) -> Result<u64, QueueEr
     Ok(first as u64)
 }
 
-fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
+/// Decodes a job from a row of `keel_jobs` selected as [`COLUMNS`] (in that order). Public only for the fuzz target
+/// `queue_row`.
+#[doc(hidden)]
+pub fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
     let state: String = r.get(4)?;
     let payload: String = r.get(2)?;
     let errors: String = r.get(11)?;

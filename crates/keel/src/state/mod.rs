@@ -427,17 +427,27 @@ impl StateStore {
                 return Err(StateError::TypeClash(name.to_string()));
             }
             let raw = slot.into_raw(&name)?;
+            // decode every value before taking the table apart: a value that does not
+            // decode leaves the raw table in place, so the error repeats on every access
+            // and nothing restored is lost (iteration order is the same without mutation)
+            let decoded: Result<Vec<T>, _> = raw.map.values().map(|s| postcard::from_bytes(&s.value)).collect();
+            let values = match decoded {
+                Ok(values) => values,
+                Err(source) => {
+                    self.tables[i] = Box::new(raw);
+                    return Err(StateError::Decode {
+                        table: name.to_string(),
+                        source,
+                    });
+                }
+            };
             let mut typed: Table<T> = Table {
                 map: FxMap::default(),
                 deleted: raw.deleted,
                 dirty: raw.dirty,
             };
             typed.map.reserve(raw.map.len());
-            for (k, s) in raw.map {
-                let value = postcard::from_bytes(&s.value).map_err(|source| StateError::Decode {
-                    table: name.to_string(),
-                    source,
-                })?;
+            for ((k, s), value) in raw.map.into_iter().zip(values) {
                 typed.map.insert(
                     k,
                     Slot {

@@ -136,6 +136,27 @@ fn type_clash_is_an_error_not_a_panic() {
     assert!(matches!(err, StateError::TypeClash(_)));
 }
 
+/// Found by the `state_file` fuzz target: a restored value that does not decode as the
+/// requested type failed the first access but emptied the table, so the next access saw no
+/// keys at all and a later snapshot could build on the loss.
+#[test]
+fn a_value_that_does_not_decode_fails_every_access_and_loses_nothing() {
+    let mut w = StateFileWriter::new(Kind::Full, 1);
+    w.table("totals");
+    w.put(b"good", &postcard::to_allocvec(&7i64).unwrap());
+    w.put(b"bad", &[0xff; 12]); // not a varint: no i64 decodes from it
+    let files = HashMap::from([("1.full".to_string(), w.finish())]);
+    let chain = vec!["1.full".to_string()];
+    let mut s = restore(&chain, &files);
+    for _ in 0..3 {
+        let err = s.get(&totals(), b"good").unwrap_err();
+        assert!(matches!(err, StateError::Decode { .. }), "{err}");
+    }
+    // nothing was dropped: the table still has both keys
+    s.put(&StateSpec::<u8>::new("other"), b"k", 1).unwrap();
+    assert_eq!(s.len(), 3);
+}
+
 #[test]
 fn a_corrupt_state_file_fails_restore() {
     let mut files = HashMap::new();
