@@ -465,11 +465,10 @@ impl FileReader {
         };
         self.stats.scanned += found.unwrap_or(take) as u64;
         match found {
-            Some(mut n) => {
-                // after a CR terminator, take the LF of a CRLF too
-                if self.framer.is_some() && self.chunk[n - 1] == b'\r' && self.chunk.get(n) == Some(&b'\n') {
-                    n += 1;
-                }
+            Some(n) => {
+                // A record ended by CR ends there, whether or not the LF of a CRLF is already
+                // in the buffer: its position must not depend on how the file was read. The
+                // LF is skipped before the next record, like an empty line.
                 let value = if self.pending.is_empty() {
                     self.chunk.slice(..n)
                 } else {

@@ -80,8 +80,12 @@ fn csv_header_is_attached_and_skipped_on_resume() {
     fs::write(dir.path().join("a.csv"), "id,name\r\n1,x\r\n2,y\r\n").unwrap();
     let mut src = FileSource::new(FileSourceConfig::new(dir.path(), FileFormat::Csv));
     let all = read_all(&mut src, "a.csv", None, 10);
-    assert_eq!(all, vec![("1,x".into(), 14), ("2,y".into(), 19)]);
-    assert_eq!(read_all(&mut src, "a.csv", Some(14), 10), vec![("2,y".into(), 19)]);
+    // a record ended by CR ends there: positions never depend on whether the LF of its CRLF
+    // was already read (found by the csv fuzz target); the LF is skipped before the next one
+    assert_eq!(all, vec![("1,x".into(), 13), ("2,y".into(), 18)]);
+    assert_eq!(read_all(&mut src, "a.csv", Some(13), 10), vec![("2,y".into(), 18)]);
+    // a position written by an earlier keel (after the LF) resumes the same way
+    assert_eq!(read_all(&mut src, "a.csv", Some(14), 10), vec![("2,y".into(), 18)]);
     block_on(async {
         let mut r = src.open("a.csv", None).await.unwrap();
         let mut b = SourceBatch::default();
