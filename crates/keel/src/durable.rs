@@ -197,6 +197,8 @@ fn parent_dir(path: &Path) -> PathBuf {
 pub struct FailingOps {
     inner: LocalOps,
     fail_from: usize,
+    /// The OS error to fail with (`None`: a generic injected error).
+    os_error: Option<i32>,
     calls: AtomicUsize,
     synced_dirs: std::sync::Mutex<Vec<PathBuf>>,
 }
@@ -207,8 +209,18 @@ impl FailingOps {
         FailingOps {
             inner: LocalOps,
             fail_from,
+            os_error: None,
             calls: AtomicUsize::new(0),
             synced_dirs: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Fails every call from the `fail_from`-th on with OS error `errno` (28, ENOSPC: a disk
+    /// that fills up at that instant).
+    pub fn with_os_error(fail_from: usize, errno: i32) -> Self {
+        FailingOps {
+            os_error: Some(errno),
+            ..Self::new(fail_from)
         }
     }
 
@@ -225,7 +237,10 @@ impl FailingOps {
     fn gate(&self) -> io::Result<()> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         if n >= self.fail_from {
-            Err(io::Error::other(format!("injected failure at file operation {n}")))
+            Err(match self.os_error {
+                Some(errno) => io::Error::from_raw_os_error(errno),
+                None => io::Error::other(format!("injected failure at file operation {n}")),
+            })
         } else {
             Ok(())
         }

@@ -827,58 +827,6 @@ fn lines_sink_writes_values_without_their_keys() {
     assert_eq!(b.records().last().unwrap().key, None);
 }
 
-/// File operations that fail from the `n`-th call on with ENOSPC, like a disk that filled up
-/// at that instant (nothing after it reaches the disk).
-#[derive(Debug)]
-struct FullFrom {
-    n: usize,
-    calls: std::sync::atomic::AtomicUsize,
-}
-
-impl FullFrom {
-    fn gate(&self) -> std::io::Result<()> {
-        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= self.n {
-            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
-        }
-        Ok(())
-    }
-}
-
-impl keel::durable::FileOps for FullFrom {
-    fn write_synced(&self, path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-        self.gate()?;
-        keel::durable::LocalOps.write_synced(path, bytes)
-    }
-    fn sync_file(&self, path: &std::path::Path) -> std::io::Result<()> {
-        self.gate()?;
-        keel::durable::LocalOps.sync_file(path)
-    }
-    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-        self.gate()?;
-        keel::durable::LocalOps.rename(from, to)
-    }
-    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        self.gate()?;
-        keel::durable::LocalOps.sync_dir(dir)
-    }
-    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
-        self.gate()?;
-        keel::durable::LocalOps.remove(path)
-    }
-    fn exchange(&self, a: &std::path::Path, b: &std::path::Path) -> std::io::Result<()> {
-        self.gate()?;
-        keel::durable::LocalOps.exchange(a, b)
-    }
-    fn remove_dir_all(&self, path: &std::path::Path) -> std::io::Result<()> {
-        self.gate()?;
-        keel::durable::LocalOps.remove_dir_all(path)
-    }
-    fn write_at(&self, file: &std::fs::File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
-        self.gate()?;
-        keel::durable::LocalOps.write_at(file, bytes, offset)
-    }
-}
-
 /// Storage faults at every file operation of a run (issue 9, fault injection): the disk
 /// fills up at the n-th operation of the sinks and the checkpoint store, for every n until a
 /// run needs fewer. Each faulty run stops with `disk full` named (never a panic or a hang),
@@ -910,9 +858,9 @@ fn a_fault_at_every_file_operation_then_a_restart_is_exactly_once() {
                 .unwrap()
                 .run()
         };
-        let ops = std::sync::Arc::new(FullFrom { n, calls: 0.into() });
+        let ops = std::sync::Arc::new(keel::durable::FailingOps::with_os_error(n, 28)); // ENOSPC
         let first = run(ops.clone());
-        let injected = ops.calls.load(std::sync::atomic::Ordering::SeqCst) > n;
+        let injected = ops.calls() > n;
         match (&first, injected) {
             (Ok(_), false) => break, // the run needs fewer than n operations: every n was tried
             (Ok(s), true) => panic!("n={n}: the fault was swallowed: {s:?}"),
