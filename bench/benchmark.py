@@ -10,6 +10,11 @@ usage: benchmark.py [--size large] [--repeat 5] [--peers bytewax,flink-udf] [--n
 Runs are interleaved (limit, keel 1s, keel off, ...) so that machine noise hits all of
 them alike; the report gives the median and the best of the repeats. Wall time covers the
 whole process: start-up, reading, processing, the final checkpoint and commit.
+
+A benchmark of wrong output is no benchmark: every keel output measured (the last round of
+each variant, and the recovered output after the kill) goes through check.py, and the run
+fails unless it says exactly-once and OK; a run that exits with an error, a kill that does
+not land mid-run, or a recovery that never logs its first commit fails it too.
 """
 import argparse
 import json
@@ -66,6 +71,16 @@ def run_keel(inp, interval, tag):
     return wall, rss, out
 
 
+def check(inp, out, what):
+    """Runs check.py on an output; exits (failing the benchmark) unless it says exactly-once and OK."""
+    c = subprocess.run([sys.executable, os.path.join(SHARED, "check.py"), "-q", inp, out], capture_output=True,
+                       text=True)
+    verdict = " ".join(l for l in c.stdout.splitlines() if l.startswith("VERDICT") or l in ("OK", "FAIL"))
+    if c.returncode != 0 or "VERDICT: exactly-once" not in c.stdout:
+        sys.exit(f"{what}: check.py did not confirm exactly-once ({verdict}):\n{c.stdout[-3000:]}")
+    return verdict
+
+
 def fmt_rate(n, s):
     return f"{n / s / 1e6:.2f}M"
 
@@ -80,7 +95,7 @@ def recovery(keys=1_000_000, records=4_000_000):
     sh(["rm", "-rf", out, state])
     env = keel_env(d, out, state, "1s")
     p = subprocess.Popen([KEEL, "run", os.path.join(HERE, "keel", "job.toml"), "--quiet"], env=env,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.DEVNULL)
     # wait for the second checkpoint, so that state holds (nearly) every key
     seen = 0
     deadline = time.time() + 120
@@ -90,7 +105,8 @@ def recovery(keys=1_000_000, records=4_000_000):
             break
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
-    p.wait()
+    if p.wait() != -signal.SIGKILL:
+        sys.exit(f"recovery: the first run ended by itself (exit code {p.returncode}) before the kill")
     newest = max(int(f[5:25]) for f in os.listdir(os.path.join(state, "checkpoints")) if f.startswith("ckpt-"))
     manifest = open(os.path.join(state, "checkpoints", f"ckpt-{newest:020}.json")).read().split("\n", 1)[1]
     m = json.loads(manifest)
@@ -100,6 +116,7 @@ def recovery(keys=1_000_000, records=4_000_000):
     p = subprocess.Popen(["/usr/bin/time", "-f", "@@%M", KEEL, "run", os.path.join(HERE, "keel", "job.toml"), "--quiet",
                           "--log-format", "json"], env=env, stderr=subprocess.PIPE, text=True)
     startup = first = None
+    rss = float("nan")
     for line in p.stderr:
         if line.startswith("@@"):
             rss = int(line[2:]) / 1024
@@ -113,8 +130,12 @@ def recovery(keys=1_000_000, records=4_000_000):
         if ev.get("message") == "first checkpoint of this run committed" and first is None:
             first = ev.get("since_start_ms")
             first_wall = time.time() - t0
-    p.wait()
-    return dict(keys=keys_in_state, state_mb=state_mb, restore_ms=startup, first_commit_ms=first,
+    if p.wait() not in (0, 1):
+        sys.exit(f"recovery: the recovering run failed with exit code {p.returncode}")
+    if startup is None or first is None:
+        sys.exit("recovery: the recovering run did not log its start-up and first commit")
+    verdict = check(d, out, "recovery")
+    return dict(verdict=verdict, keys=keys_in_state, state_mb=state_mb, restore_ms=startup, first_commit_ms=first,
                 first_commit_wall_ms=round(first_wall * 1000), rss=rss, checkpoint=newest)
 
 
@@ -124,7 +145,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--peers", default="", help="comma-separated peers of ../shared/bench to run once (slow)")
     ap.add_argument("--no-recovery", action="store_true")
-    ap.add_argument("--no-check", action="store_true", help="skip check.py on keel's output")
+    ap.add_argument("--no-check", action="store_true", help="skip check.py on keel's output (the recovery is always checked)")
     a = ap.parse_args()
 
     sh(["cargo", "build", "--release", "-q", "-p", "keel-cli"], cwd=ROOT)
@@ -146,16 +167,16 @@ def main():
         w, m, out1s = run_keel(inp, "1s", "1s")
         res["keel-1s"].append(w)
         rss["keel-1s"] = max(rss["keel-1s"], m)
-        w, m, _ = run_keel(inp, "off", "off")
+        w, m, out_off = run_keel(inp, "off", "off")
         res["keel-off"].append(w)
         rss["keel-off"] = max(rss["keel-off"], m)
         print(f"[bench] round {r + 1}: " + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in res.items()), file=sys.stderr)
 
     verdict = "not checked"
     if not a.no_check:
-        c = subprocess.run([sys.executable, os.path.join(SHARED, "check.py"), "-q", inp, out1s], capture_output=True,
-                           text=True)
-        verdict = " ".join(l for l in c.stdout.splitlines() if l.startswith("VERDICT") or l in ("OK", "FAIL"))
+        # the last round's outputs of both keel runs; a wrong output fails the benchmark
+        verdict = check(inp, out1s, "keel, 1 s checkpoints")
+        check(inp, out_off, "keel, checkpoints off")
 
     peers = []
     for peer in [p for p in a.peers.split(",") if p]:
@@ -196,6 +217,7 @@ def main():
         print(f"- start of the process to the first new commit: {rec['first_commit_ms']} ms "
               f"({rec['first_commit_wall_ms']} ms measured from outside, process start-up included)")
         print(f"- peak RSS of the recovering run: {rec['rss']:.0f} MiB")
+        print(f"- check.py on the recovered output (killed run + recovering run): {rec['verdict']}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@
 usage: failures.py [--base REV] [-n RECORDS] [--rounds 7]
 
 Runs are interleaved round by round so that machine noise hits every variant alike; the
-report gives medians and bests. Wall time covers the whole process.
+report gives medians and bests. Wall time covers the whole process. The last round's output
+of every variant goes through check.py (exactly-once, every bad line dead-lettered once) and
+keel's dead-letter count is compared with the generator's; any mismatch fails the run.
 """
 import argparse
 import json
@@ -35,6 +37,19 @@ def data(n, bad):
         sh([sys.executable, os.path.join(SHARED, "gen.py"), "-n", str(n), "--bad-frac", str(bad), "-o", d, "--force"],
            stdout=subprocess.DEVNULL)
     return d
+
+
+def check(inp, out, summary, what):
+    """check.py on an output, and keel's own counts against the generator's: a benchmark of
+    wrong output fails instead of printing figures."""
+    c = subprocess.run([sys.executable, os.path.join(SHARED, "check.py"), "-q", inp, out], capture_output=True,
+                       text=True)
+    if c.returncode != 0 or "VERDICT: exactly-once" not in c.stdout:
+        sys.exit(f"{what}: check.py did not confirm exactly-once:\n{c.stdout[-3000:]}")
+    counts = json.load(open(os.path.join(inp, "_MANIFEST.json")))["counts"]
+    bad = sum(v for k, v in counts.items() if k != "good")
+    if summary["dead_letters"] != bad:
+        sys.exit(f"{what}: keel reports {summary['dead_letters']} dead letters, the input holds {bad} bad lines")
 
 
 def run(binary, inp, tag):
@@ -83,6 +98,9 @@ def main():
             last[name] = s
         print(f"[failures] round {r + 1}: " + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in runs.items() if v),
               file=sys.stderr)
+    for name, inp in [("base", clean), ("clean", clean), ("bad5", bad5), ("bad100", bad100)]:
+        if name in last:  # the last round's output of each variant
+            check(inp, f"/tmp/bench-out/fail-{name}", last[name], name)
     n = a.records
     med = {k: statistics.median(v) for k, v in runs.items() if v}
     best = {k: min(v) for k, v in runs.items() if v}

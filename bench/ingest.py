@@ -14,6 +14,10 @@ usage: ingest.py [--files 2000] [--records 100] [--skip-files 100000] [--rounds 
 
 Wall time covers the whole process. The pipelines are bench/ingest/steps.toml (parse,
 validate, select, one file sink, dead letters) with and without an [ingest] table.
+
+keel's own counts are not trusted: the committed output of the last round of each pipeline,
+of the first ingestion and after the reruns is read back, and the run fails unless every good
+record is there exactly once and every bad one is dead-lettered exactly once.
 """
 import argparse
 import json
@@ -23,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -60,6 +65,30 @@ def make_files(d, files, records):
             f.writelines(lines)
     open(marker, "w").close()
     return d
+
+
+def verify(out, files, records, what):
+    """Reads the committed output (files not starting with '.' or '_') and fails the benchmark
+    unless every good record (id not a multiple of 50) is in orders/ exactly once and every bad
+    one in dead/ exactly once: keel's own counts are not evidence."""
+    seen = {"orders": Counter(), "dead": Counter()}
+    for sink in seen:
+        for root, dirs, names in os.walk(os.path.join(out, sink)):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+            for name in names:
+                if name.startswith((".", "_")):
+                    continue
+                for line in open(os.path.join(root, name)):
+                    rec = json.loads(line)
+                    seen[sink][rec["id"] if sink == "orders" else json.loads(rec["raw"])["id"]] += 1
+    n = files * records
+    want = {"orders": {i for i in range(1, n + 1) if i % 50}, "dead": set(range(50, n + 1, 50))}
+    for sink, ids in seen.items():
+        dup = [i for i, c in ids.items() if c > 1]
+        missing, extra = want[sink] - ids.keys(), ids.keys() - want[sink]
+        if dup or missing or extra:
+            sys.exit(f"{what}: {sink}/ is wrong: {len(dup)} ids twice (e.g. {dup[:3]}), {len(missing)} missing "
+                     f"(e.g. {sorted(missing)[:3]}), {len(extra)} unexpected (e.g. {sorted(extra)[:3]})")
 
 
 def run(binary, pipeline, inp, tag, ledger, fresh=True, rehash=False, schema="keel_bench"):
@@ -100,6 +129,9 @@ def main():
         w, rep = run(keel, ingest, inp, "ingest", a.ledger)
         assert rep["completed"] == a.files, rep
         walls["ingest"].append(w)
+        if r == a.rounds - 1:
+            verify(os.path.join(WORK, "out-plain"), a.files, a.records, "without [ingest]")
+            verify(os.path.join(WORK, "out-ingest"), a.files, a.records, "with [ingest]")
         print(f"[ingest] round {r + 1}: plain {walls['plain'][-1]:.2f}s ingest {w:.2f}s", file=sys.stderr)
     mp, mi = statistics.median(walls["plain"]), statistics.median(walls["ingest"])
     n = a.files * a.records
@@ -117,6 +149,7 @@ def main():
         sinp = make_files(os.path.join(WORK, f"in-{a.skip_files}x1"), a.skip_files, 1)
         w0, rep = run(keel, ingest, sinp, "skip", a.ledger)
         assert rep["completed"] == a.skip_files, rep
+        verify(os.path.join(WORK, "out-skip"), a.skip_files, 1, "first ingestion")
         print(f"[ingest] first ingestion of {a.skip_files:,} files: {w0:.1f}s", file=sys.stderr)
         reruns, rehash = [], []
         for _ in range(a.rounds):
@@ -126,6 +159,7 @@ def main():
             w, rep = run(keel, ingest, sinp, "skip", a.ledger, fresh=False, rehash=True)
             assert rep["skipped"] == a.skip_files, rep
             rehash.append(w)
+        verify(os.path.join(WORK, "out-skip"), a.skip_files, 1, "after the reruns")
         print(f"\n### Skip speed: {a.skip_files:,} completed one-record files, {a.ledger} ledger\n")
         print("| run | median wall | best wall | files/s (median) |")
         print("|---|---|---|---|")

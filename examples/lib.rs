@@ -9,6 +9,7 @@
 //! cargo run -p keel-examples --example poison_record     # dead-lettered, the partition goes on
 //! cargo run -p keel-examples --example ledger_txn        # the ledger and staged transactions
 //! cargo run -p keel-examples --example job_queue         # a worker: retries, backoff, dead set
+//! cargo run -p keel-examples --example crawler           # 429 pause, retries, skip, 401 abort and resume
 //! ```
 
 use std::path::PathBuf;

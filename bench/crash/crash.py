@@ -5,8 +5,11 @@ Runs bench/keel/job.toml on N records (default 2M, made by ../shared/bench/gen.p
 with SIGKILL at K random instants (default 25) and at every deterministic crash point
 (KEEL_CRASH_AT: after prepare, after the state write, after the manifest, between commits,
 between the renames of one commit), restarting each time. After every kill it checks that
-the visible output holds only epochs covered by a durable checkpoint and has no duplicate
-id or dead letter; at the end it runs check.py, which must say exactly-once and OK.
+the visible output holds only epochs covered by a durable checkpoint (a manifest whose
+length and CRC-32C verify) and has no duplicate id or dead letter; at the end it runs
+check.py, which must say exactly-once and OK. Fails loudly when a crash point is never
+reached (each runs on a fresh segment), when a run exits with anything but 0/1 or the
+signal it was sent, or when fewer than 20 crashes hit a running job.
 
 usage: crash.py [-n RECORDS] [-k KILLS] [--seed S] [--work DIR] [--interval 50ms] [--bad-frac 0.05]
 """
@@ -26,26 +29,48 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "bench")
 POINTS = ["after_prepare", "after_state", "after_manifest", "mid_commit", "mid_rename", "after_commit"]
 
 
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data):
+    """CRC-32C (Castagnoli), as keel's `crc32c` crate computes it (not in Python's stdlib)."""
+    c = 0xFFFFFFFF
+    for b in data:
+        c = CRC32C_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+assert crc32c(b"123456789") == 0xE3069283  # the standard check value
+
+
 def newest_checkpoint(state):
-    """Id of the newest manifest whose header and checksum verify (as keel reads them)."""
+    """Id of the newest manifest whose header, length and CRC-32C verify (as keel reads them).
+
+    A manifest that fails its checks is one keel would skip: it does not count as durable."""
     d = os.path.join(state, "checkpoints")
     best = 0
     if not os.path.isdir(d):
         return 0
-    import zlib  # noqa: F401  (crc32c is not in the stdlib: trust length + JSON instead)
     for fn in os.listdir(d):
         m = re.fullmatch(r"ckpt-(\d+)\.json", fn)
         if not m:
             continue
         data = open(os.path.join(d, fn), "rb").read()
         head, _, body = data.partition(b"\n")
-        hm = re.fullmatch(rb"keel-checkpoint v1 len=(\d+) crc32c=[0-9a-f]{8}", head)
-        if hm and int(hm.group(1)) == len(body):
-            try:
-                json.loads(body)
-                best = max(best, int(m.group(1)))
-            except ValueError:
-                pass
+        hm = re.fullmatch(rb"keel-checkpoint v1 len=(\d+) crc32c=([0-9a-f]{8})", head)
+        if hm and int(hm.group(1)) == len(body) and int(hm.group(2), 16) == crc32c(body):
+            json.loads(body)  # a body that passes its CRC but does not decode is a keel bug: fail loudly
+            best = max(best, int(m.group(1)))
     return best
 
 
@@ -108,8 +133,9 @@ def main():
 
     # a clean run measures how long the job takes, so kills land inside it
     t0 = time.time()
-    p = start()
-    p.wait()
+    rc = start().wait()
+    if rc not in (0, 1):
+        sys.exit(f"the clean run failed with exit code {rc}")
     full = time.time() - t0
     subprocess.run(["rm", "-rf", out, state], check=True)
     print(f"[crash] {a.records} records; a full run takes {full:.2f}s; {a.kills} random kills + {len(POINTS)} crash points")
@@ -130,21 +156,39 @@ def main():
 
     for n, (kind, arg) in enumerate(plan):
         if kind == "point":
+            # a crash point runs on a fresh segment, so it is reached within its first checkpoints
+            if newest_checkpoint(state) or visible(os.path.join(out, "records")):
+                rc = start().wait()
+                if rc not in (0, 1):
+                    sys.exit(f"#{n}: finishing the segment before crash point {arg} failed with exit code {rc}")
+                final_check(f"segment {segments} complete")
+                segments += 1
+                subprocess.run(["rm", "-rf", out, state], check=True)
             p = start(arg)
             rc = p.wait()
-            crashed = rc == -signal.SIGABRT
-            what = f"#{n} crash point {arg} (rc={rc})"
+            if rc != -signal.SIGABRT:
+                sys.exit(f"#{n}: crash point {arg} was never reached (exit code {rc}, expected SIGABRT)")
+            crashed = True
+            what = f"#{n} crash point {arg}"
         else:
             p = start()
             try:
                 rc = p.wait(timeout=arg)
+                if rc not in (0, 1):
+                    sys.exit(f"#{n}: the run ended by itself with exit code {rc} before the kill at {arg:.3f}s")
                 crashed = False
                 what = f"#{n} finished before the kill at {arg:.3f}s"
             except subprocess.TimeoutExpired:
                 p.send_signal(signal.SIGKILL)
-                p.wait()
-                crashed = True
-                what = f"#{n} kill -9 after {arg:.3f}s"
+                rc = p.wait()
+                if rc == -signal.SIGKILL:
+                    crashed = True
+                    what = f"#{n} kill -9 after {arg:.3f}s"
+                elif rc in (0, 1):  # it ended on its own between the timeout and the signal
+                    crashed = False
+                    what = f"#{n} finished just before the kill at {arg:.3f}s"
+                else:
+                    sys.exit(f"#{n}: the run ended with exit code {rc} around the kill at {arg:.3f}s")
         newest, nrec = check_after_kill(out, state, what)
         print(f"[crash] {what}: ok (newest checkpoint {newest}, {nrec} records visible)")
         hits += crashed

@@ -110,6 +110,23 @@ pub enum Cmd {
         /// Print what would be replayed, replay nothing.
         #[arg(long)]
         dry_run: bool,
+        /// A jq program that fixes each original record before it is replayed (`'.amount |=
+        /// fabs'`); it must give one output per record, or nothing is replayed.
+        #[arg(long, value_name = "JQ")]
+        transform: Option<String>,
+        /// Replay the records of a file written by `keel dlq export` and fixed by hand, in
+        /// place of the originals (the filters do not apply; the file names its dead letters).
+        #[arg(long, value_name = "FILE", conflicts_with = "transform")]
+        from: Option<PathBuf>,
+    },
+    /// Write the original records as JSON lines to fix by hand (`record`, or `text` when the
+    /// original is not JSON), then replay them with `keel dlq replay --from FILE`.
+    Export {
+        #[command(flatten)]
+        select: Select,
+        /// Write here instead of stdout.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Delete dead letters.
     Purge {
@@ -159,6 +176,8 @@ fn selected(select: &Select) -> Result<(Option<keel_declare::Loaded>, DeadLetter
     let mut v = d
         .select(&select.filter()?)
         .with_context(|| format!("reading {}", d.path().display()))?;
+    // oldest first (by the time of the last failure, then by place), before `--limit`
+    v.sort_by(|a, b| (a.1.last_failed_ms, &a.0).cmp(&(b.1.last_failed_ms, &b.0)));
     if let Some(n) = select.limit {
         v.truncate(n);
     }
@@ -178,13 +197,22 @@ fn one_line(loc: &Location, e: &Envelope) -> String {
         format!(" replayed×{}", e.replays.len())
     };
     format!(
-        "{loc}  {}  {}@{}  {}:{}{id}{replayed}  {raw:?}",
+        "{loc}  {}  {} in {}  {} {}{id}{replayed}  {raw:?}",
         keel_declare::steps::format_ms(e.last_failed_ms),
         e.reason,
         e.stage,
         e.partition,
-        e.position
+        position(&e.position)
     )
+}
+
+/// A source position as `list` shows it: `@1460` for a number (in files, the byte offset
+/// just after the record), the JSON text otherwise.
+fn position(p: &serde_json::Value) -> String {
+    match p {
+        serde_json::Value::Number(n) => format!("@{n}"),
+        other => format!("@{other}"),
+    }
 }
 
 /// Runs a subcommand.
@@ -291,21 +319,62 @@ pub fn run(cmd: Cmd) -> Result<u8> {
             }
             Ok(EXIT_OK)
         }
+        Cmd::Export { select, output } => {
+            let (_, _, sel) = selected(&select)?;
+            match output {
+                Some(path) => {
+                    let mut buf = Vec::new();
+                    replay::export(&sel, &mut buf)?;
+                    keel::durable::write_atomic(&keel::durable::LocalOps, &path, &buf)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!(
+                        "wrote {} dead letters to {}; fix `record` (or `text`), then `keel dlq replay PIPELINE --from {}`",
+                        sel.len(),
+                        path.display(),
+                        path.display()
+                    );
+                }
+                None => replay::export(&sel, &mut std::io::stdout().lock())?,
+            }
+            Ok(EXIT_OK)
+        }
         Cmd::Replay {
             select,
             to_sink,
             force,
             dry_run,
+            transform,
+            from,
         } => {
             let mut select = select;
             if !force && !select.replayed {
                 select.not_replayed = true;
             }
-            let (l, _, sel) = selected(&select)?;
+            let (l, d, sel) = selected(&select)?;
             let Some(l) = l else {
                 return Err(
                     crate::UsageError("replay needs the pipeline file: it runs the records through it".into()).into(),
                 );
+            };
+            let fixed = match (&transform, &from) {
+                (Some(code), _) => replay::transform(&sel, code).map(|v| (sel, Some(v))),
+                (None, Some(file)) => replay::read_export(&d, file).map(|(sel, v)| {
+                    // already replayed ones stay out unless --force, as with filters
+                    let (sel, v): (Vec<_>, Vec<_>) = sel
+                        .into_iter()
+                        .zip(v)
+                        .filter(|((_, e), _)| force || e.replays.is_empty())
+                        .unzip();
+                    (sel, Some(v))
+                }),
+                (None, None) => Ok((sel, None)),
+            };
+            let (sel, replacements) = match fixed {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("keel: {e}");
+                    return Ok(EXIT_USAGE);
+                }
             };
             if dry_run {
                 for (loc, e) in &sel {
@@ -318,7 +387,7 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                 );
                 return Ok(EXIT_OK);
             }
-            match replay::replay(&l, sel, to_sink.as_deref(), |o| o.handle_signals = true) {
+            match replay::replay(&l, sel, replacements, to_sink.as_deref(), |o| o.handle_signals = true) {
                 Ok(None) => {
                     println!("nothing to replay (already replayed ones need --force)");
                     Ok(EXIT_OK)

@@ -18,7 +18,7 @@ pub fn init(level: &str, format: Format) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::term::Stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {

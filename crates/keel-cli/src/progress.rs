@@ -1,6 +1,6 @@
 //! The progress line on a terminal, and periodic progress logs otherwise.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -63,16 +63,15 @@ impl Reporter {
                         format!("#{} {age:.1}s ago", p.last_checkpoint)
                     };
                     if tty {
-                        eprint!(
-                            "\r\x1b[K{:>6.1}s  in {}  ({}/s)  out {}  dead {}  checkpoint {}",
+                        crate::term::draw_progress(&format!(
+                            "{:>6.1}s  in {}  ({}/s)  out {}  dead {}  checkpoint {}",
                             started.elapsed().as_secs_f64(),
                             human(p.records_in as f64),
                             human(rate),
                             human(p.records_out as f64),
                             p.dead_letters,
                             ckpt
-                        );
-                        let _ = std::io::stderr().flush();
+                        ));
                     } else if last_log.elapsed() >= Duration::from_secs(10) {
                         last_log = Instant::now();
                         tracing::info!(
@@ -95,7 +94,7 @@ impl Reporter {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
             if self.tty {
-                eprint!("\r\x1b[K");
+                crate::term::clear_progress();
             }
         }
     }

@@ -175,7 +175,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         Err(e) => {
             eprintln!(
                 "keel: pipeline {}: {e}",
-                if matches!(e, keel::PipelineError::Aborted(_)) {
+                if matches!(e, keel::PipelineError::Aborted { .. }) {
                     "aborted"
                 } else {
                     "failed"
@@ -218,6 +218,7 @@ fn report(s: &RunSummary, json: bool, dead_code: u8) {
         Outcome::Finished => "finished",
         Outcome::Stopped => "stopped",
         Outcome::AlreadyFinished => "already_finished",
+        Outcome::Aborted => "aborted",
     };
     if json {
         let v = serde_json::json!({

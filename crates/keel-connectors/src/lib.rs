@@ -1,10 +1,16 @@
 //! Sources and sinks for keel.
 //!
 //! - [`file`]: local files (always built): the embedded default.
-//! - [`ledger`]: ledger backends (SQLite, PostgreSQL).
+//! - [`ledger`]: ledger backends (SQLite with the `sqlite` feature, PostgreSQL with
+//!   `postgres`).
+//! - [`queue`]: job queue backends (SQLite with `sqlite`, Redis with `redis`).
 //! - [`generator`]: deterministic synthetic records for demos and benchmarks.
 //! - [`stdout`]: print committed records.
-//! - [`txn`]: staged transactions on object storage (S3).
+//! - [`txn`]: staged transactions on object storage (S3; the `s3` feature).
+//!
+//! Every backend that needs a client library is a cargo feature (none by default), so a
+//! program that only reads and writes files compiles none of them; `keel` enables them all.
+//! A location naming a backend that was not built is refused with the feature to enable.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -13,4 +19,5 @@ pub mod generator;
 pub mod ledger;
 pub mod queue;
 pub mod stdout;
+#[cfg(feature = "s3")]
 pub mod txn;

@@ -9,6 +9,12 @@
 //! next `keel dlq replay` before anything new is selected: its records are not replayed
 //! again (the run resumes from its checkpoints), and the envelopes it marks are found by
 //! their identity ([`Envelope::identity`]), so a purge in between cannot make it mark others.
+//!
+//! Fixing before replaying: a replay may send *replacements* instead of the originals, made
+//! by a jq program ([`transform`]) or by hand in an exported file ([`export`], then
+//! [`read_export`]). Replacements are written into the replay's selection with the envelopes
+//! they replace, so a resumed replay sends the same bytes; the envelopes marked are still the
+//! originals (the dead-letter files are never edited, which their checksums would refuse).
 
 use std::path::{Path, PathBuf};
 
@@ -48,6 +54,20 @@ pub enum ReplayError {
         pipeline: String,
         /// Its stateful steps, named.
         steps: String,
+    },
+    /// A jq program given to `--transform` does not compile or fails on a dead letter;
+    /// nothing was replayed.
+    #[error("--transform: {0}")]
+    Transform(String),
+    /// A line of a file given to `--from` is not usable; nothing was replayed.
+    #[error("{file}:{line}: {message}")]
+    Import {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
     },
 }
 
@@ -139,7 +159,7 @@ pub fn dead_letter_dir(loaded: &Loaded) -> Result<DeadLetterDir, ReplayError> {
 pub type Selection = Vec<(Location, Envelope)>;
 
 /// An interrupted replay: its id, target, and selection.
-fn unfinished(loaded: &Loaded) -> Result<Option<(String, String, Selection)>, ReplayError> {
+fn unfinished(loaded: &Loaded) -> Result<Option<(String, String, Persisted)>, ReplayError> {
     let dir = replays_dir(loaded);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(None);
@@ -159,39 +179,145 @@ fn unfinished(loaded: &Loaded) -> Result<Option<(String, String, Selection)>, Re
     Ok(None)
 }
 
-fn read_selection(path: &Path) -> Result<(String, Selection), ReplayError> {
+/// A persisted selection: the dead letters, each with its replacement if it has one.
+type Persisted = Vec<(Location, Envelope, Option<String>)>;
+
+fn read_selection(path: &Path) -> Result<(String, Persisted), ReplayError> {
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()));
     let text = std::fs::read_to_string(path)?;
     let mut lines = text.lines();
     let to = lines.next().unwrap_or("pipeline").trim_start_matches("to ").to_owned();
     let mut out = Vec::new();
     for line in lines {
-        let Some((loc, env)) = line.split_once('\t') else {
+        let mut cols = line.splitn(3, '\t');
+        let (Some(loc), Some(env)) = (cols.next(), cols.next()) else {
             continue;
         };
-        let loc: Location = loc
-            .parse()
-            .map_err(|e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        let env = Envelope::decode(env.as_bytes())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
-        out.push((loc, env));
+        let loc: Location = loc.parse().map_err(invalid)?;
+        let env = Envelope::decode(env.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+        let value = match cols.next() {
+            Some(v) => Some(serde_json::from_str::<String>(v).map_err(|e| invalid(e.to_string()))?),
+            None => None,
+        };
+        out.push((loc, env, value));
     }
     Ok((to, out))
 }
 
-fn record_of(env: &Envelope) -> Record {
+fn record_of(env: &Envelope, replacement: Option<&str>) -> Record {
     Record {
         key: env.original_key().map(Into::into),
-        value: env.original_value().unwrap_or_default().into(),
+        value: match replacement {
+            Some(v) => v.as_bytes().to_vec().into(),
+            None => env.original_value().unwrap_or_default().into(),
+        },
         headers: env.original_headers(),
         event_time: None,
     }
 }
 
+/// The original record of a dead letter as JSON, if it is JSON.
+fn original_json(env: &Envelope) -> Option<serde_json::Value> {
+    serde_json::from_slice(&env.original_value()?).ok()
+}
+
+/// Runs the jq program `code` over the original record of each dead letter: the
+/// replacements to replay, one per dead letter. Every dead letter must be JSON and give
+/// exactly one output; otherwise nothing is replayed and the error names the dead letter.
+pub fn transform(selection: &Selection, code: &str) -> Result<Vec<String>, ReplayError> {
+    let program = crate::steps::JqProgram::compile(code).map_err(ReplayError::Transform)?;
+    selection
+        .iter()
+        .map(|(loc, env)| {
+            let fail = |what: String| ReplayError::Transform(format!("dead letter {loc}: {what}"));
+            let json = original_json(env).ok_or_else(|| {
+                fail("the original record is not JSON (fix it by hand: `keel dlq export`, then `replay --from`)".into())
+            })?;
+            let doc = crate::doc::Doc::from_json(json)
+                .map_err(|v| fail(format!("the original record is {v}, not an object")))?;
+            let mut out = program.run(&doc).map_err(|f| fail(f.message.clone()))?;
+            match out.len() {
+                1 => Ok(out.remove(0).to_string()),
+                n => Err(fail(format!("the program gave {n} outputs; it must give exactly one"))),
+            }
+        })
+        .collect()
+}
+
+/// Writes the dead letters of `selection` as JSON lines to fix by hand: `dead_letter` (the
+/// location), `identity`, `reason`, `stage`, `message`, and the original as `record` (when
+/// it is JSON) or `text`. Edit `record` or `text` only; [`read_export`] reads the file back.
+pub fn export(selection: &Selection, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    for (loc, env) in selection {
+        let mut line = serde_json::json!({
+            "dead_letter": loc.to_string(),
+            "identity": env.identity(),
+            "reason": env.reason,
+            "stage": env.stage,
+            "message": env.message,
+        });
+        match original_json(env) {
+            Some(v) => line["record"] = v,
+            None => {
+                let raw = env.original_value().unwrap_or_default();
+                line["text"] = String::from_utf8_lossy(&raw).into_owned().into();
+            }
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// Reads a file written by [`export`] (and fixed by hand): the dead letters it names, found
+/// by identity in `dlq`, and their replacements. A line that does not parse, names a dead
+/// letter that is not there, or has neither `record` nor `text` is an error naming the line;
+/// nothing is replayed then.
+pub fn read_export(dlq: &DeadLetterDir, path: &Path) -> Result<(Selection, Vec<String>), ReplayError> {
+    use std::collections::HashMap;
+    let text = std::fs::read_to_string(path)?;
+    let mut by_identity: HashMap<String, (Location, Envelope)> = HashMap::new();
+    for (loc, env) in dlq.select(&Default::default())? {
+        by_identity.entry(env.identity()).or_insert((loc, env));
+    }
+    let (mut selection, mut values) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fail = |message: String| ReplayError::Import {
+            file: path.to_owned(),
+            line: i + 1,
+            message,
+        };
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| fail(format!("not JSON: {e}")))?;
+        let identity = v["identity"]
+            .as_str()
+            .ok_or_else(|| fail("no `identity` (lines come from `keel dlq export`)".into()))?;
+        let found = by_identity.get(identity).ok_or_else(|| {
+            fail(format!(
+                "dead letter {} is not in {} (purged?)",
+                v["dead_letter"].as_str().unwrap_or("?"),
+                dlq.path().display()
+            ))
+        })?;
+        let value = match (&v.get("record"), &v.get("text")) {
+            (Some(r), _) => r.to_string(),
+            (None, Some(serde_json::Value::String(t))) => t.clone(),
+            _ => return Err(fail("neither `record` nor `text`".into())),
+        };
+        selection.push(found.clone());
+        values.push(value);
+    }
+    Ok((selection, values))
+}
+
 /// Replays `selection` (or resumes an interrupted replay first, ignoring `selection`).
-/// `to_sink` sends the original records straight to that sink instead of the steps.
+/// `to_sink` sends the original records straight to that sink instead of the steps;
+/// `replacements` (one per dead letter, in order) are sent instead of the originals.
 pub fn replay(
     loaded: &Loaded,
     selection: Selection,
+    replacements: Option<Vec<String>>,
     to_sink: Option<&str>,
     options: impl FnOnce(&mut Options),
 ) -> Result<Option<ReplayReport>, ReplayError> {
@@ -213,18 +339,36 @@ pub fn replay(
             }
             let dir = replays_dir(loaded).join(&id);
             keel::durable::create_dir_durable(&keel::durable::LocalOps, &dir)?;
+            if replacements.as_ref().is_some_and(|r| r.len() != selection.len()) {
+                return Err(ReplayError::Transform("one replacement per dead letter".into()));
+            }
             let mut text = format!("to {to}\n");
-            for (loc, env) in &selection {
+            for (i, (loc, env)) in selection.iter().enumerate() {
                 let mut buf = Vec::new();
                 env.encode(&mut buf);
-                text.push_str(&format!("{loc}\t{}\n", String::from_utf8_lossy(&buf)));
+                text.push_str(&format!("{loc}\t{}", String::from_utf8_lossy(&buf)));
+                if let Some(value) = replacements.as_ref().map(|r| &r[i]) {
+                    // a JSON string: no tab or line break inside
+                    text.push('\t');
+                    text.push_str(&serde_json::Value::String(value.clone()).to_string());
+                }
+                text.push('\n');
             }
             keel::durable::write_atomic(&keel::durable::LocalOps, &dir.join("selection.jsonl"), text.as_bytes())?;
+            let selection = selection
+                .into_iter()
+                .enumerate()
+                .map(|(i, (loc, env))| (loc, env, replacements.as_ref().map(|r| r[i].clone())))
+                .collect();
             (id, to, selection, false)
         }
     };
     let dir = replays_dir(loaded).join(&id);
-    let records: Vec<Record> = selection.iter().map(|(_, e)| record_of(e)).collect();
+    let records: Vec<Record> = selection
+        .iter()
+        .map(|(_, e, value)| record_of(e, value.as_deref()))
+        .collect();
+    let selection: Selection = selection.into_iter().map(|(loc, env, _)| (loc, env)).collect();
     let variant = Variant {
         source: Some(AnySource::Memory(MemorySource::new(
             format!("replay {id}"),

@@ -7,6 +7,9 @@
 //! `<point>`. Points: `after_prepare`, `after_state`, `after_manifest`, `mid_commit`,
 //! `after_commit`, in staged transactions `txn_before_publish`, `txn_after_publish`, and in
 //! dead-letter replays `replay_before_mark`. Unset, a crash point costs one relaxed atomic load.
+//!
+//! `<point>:<n>:hang` blocks the thread there for good instead (storage that never answers,
+//! as a hung network file system does): what a stop and a second signal do then is testable.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 struct Plan {
     point: String,
     nth: u64,
+    hang: bool,
     seen: AtomicU64,
 }
 
@@ -21,23 +25,36 @@ fn plan() -> Option<&'static Plan> {
     static PLAN: OnceLock<Option<Plan>> = OnceLock::new();
     PLAN.get_or_init(|| {
         let v = std::env::var("KEEL_CRASH_AT").ok()?;
-        let (point, nth) = v.split_once(':')?;
+        let (point, rest) = v.split_once(':')?;
+        let (nth, hang) = match rest.split_once(':') {
+            Some((nth, "hang")) => (nth, true),
+            Some(_) => return None,
+            None => (rest, false),
+        };
         Some(Plan {
             point: point.to_owned(),
             nth: nth.parse().ok()?,
+            hang,
             seen: AtomicU64::new(0),
         })
     })
     .as_ref()
 }
 
-/// Aborts the process if `KEEL_CRASH_AT` names this point and this is the chosen visit.
+/// Aborts the process (or blocks this thread for good, in `hang` mode) if `KEEL_CRASH_AT`
+/// names this point and this is the chosen visit.
 pub fn crash_point(point: &str) {
     if let Some(p) = plan()
         && p.point == point
     {
         let n = p.seen.fetch_add(1, Ordering::SeqCst) + 1;
         if n == p.nth {
+            if p.hang {
+                eprintln!("keel: KEEL_CRASH_AT={point}:{n}:hang reached, hanging");
+                loop {
+                    std::thread::park();
+                }
+            }
             eprintln!("keel: KEEL_CRASH_AT={point}:{n} reached, aborting");
             std::process::abort();
         }

@@ -90,9 +90,10 @@ pub mod prelude {
     pub use crate::checkpoint::{CheckpointStore, FileCheckpointStore};
     pub use crate::context::Context;
     pub use crate::failure::{Class, Failure, classify_status, reason};
+    pub use crate::policy::call::{Breaker, Retry, RetryError};
     pub use crate::policy::{
-        Action, Backoff, BreakerConfig, BudgetAction, ClassActions, ErrorBudget, Jitter, Policies, RetryBudget,
-        RetryPolicy,
+        Action, Backoff, BreakerConfig, BudgetAction, ClassActions, Classifier, ClassifyRule, ErrorBudget, Jitter,
+        Policies, RetryBudget, RetryPolicy,
     };
     pub use crate::record::{Record, SourceBatch};
     pub use crate::runtime::{Options, Outcome, Pipeline, PipelineError, RunSummary, ShutdownHandle};

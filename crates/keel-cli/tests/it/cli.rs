@@ -1,5 +1,6 @@
 //! The `keel` command: exit codes, messages, checkpoints commands, signals.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -390,6 +391,24 @@ fn dlq_commands_list_show_stats_replay_and_purge() {
             .iter()
             .all(|e| e["reason"] == "malformed" && e["stage"] == "parse")
     );
+    // the text listing: oldest first, positions shown as byte offsets (`@1460`)
+    let all: Vec<serde_json::Value> = String::from_utf8_lossy(&keel(&["dlq", "list", ps, "--json"], &[]).stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let times: Vec<u64> = all.iter().map(|e| e["last_failed_ms"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "oldest first: {times:?}");
+    let o = keel(&["dlq", "list", ps], &[]);
+    let text_lines: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(text_lines.len(), 55);
+    for (line, e) in text_lines.iter().zip(&all) {
+        let at = format!(" @{} ", e["position"]);
+        assert!(line.contains(&at), "{line:?} shows {at:?}");
+        assert!(
+            line.starts_with(e["location"].as_str().unwrap()),
+            "{line:?} in the order of --json"
+        );
+    }
     let loc = listed[0]["location"].as_str().unwrap().to_owned();
     let o = keel(&["dlq", "show", ps, &loc], &[]);
     let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -679,4 +698,484 @@ fn replays_of_stateful_pipelines_are_refused_and_from_scratch_removes_replays() 
         keel(&["dlq", "list", ps, "--replayed"], &[]).stdout.is_empty(),
         "no replayed envelope is left"
     );
+}
+
+/// Runs the reference job in `dir` with `extra` TOML appended to its pipeline file.
+fn refjob_run(dir: &Path, extra: &str, envs: &[(&str, &str)]) -> Output {
+    std::fs::write(dir.join("job.toml"), format!("{}\n{extra}", refjob::JOB)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+    cmd.args(["run", dir.join("job.toml").to_str().unwrap(), "--quiet"])
+        .env("IN", dir.join("in"))
+        .env("OUT", dir.join("out"))
+        .env("STATE", dir.join("state"))
+        .env("KEEL_CHECKPOINT_INTERVAL", "20ms");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// Exit 3 means "failed, the last checkpoint is intact, run again to resume": a `fail`
+/// policy and an error budget that aborts both end that way, their output is what their
+/// checkpoints account for, and the run resumed with the default policies is exactly once.
+#[test]
+fn a_failed_or_aborted_pipeline_exits_3_and_a_rerun_resumes_exactly_once() {
+    for (what, extra) in [
+        ("fail", "[errors.default]\npermanent = \"fail\"\n"),
+        (
+            "abort",
+            "[errors.error_budget]\nmax_percent = 0.01\naction = \"abort\"\n",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let input = refjob::generate(&dir.join("in"), 60_000, 2, 300, 3, 5);
+        let o = refjob_run(dir, extra, &[]);
+        assert_eq!(o.status.code(), Some(3), "{what}: {}", text(&o));
+        let problems = refjob::check(&input, &dir.join("out"), false);
+        assert!(problems.is_empty(), "{what}: {problems:?}");
+        let o = refjob_run(dir, "", &[]);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{what}: resumed, with dead letters: {}",
+            text(&o)
+        );
+        let problems = refjob::check(&input, &dir.join("out"), true);
+        assert!(problems.is_empty(), "{what}: {problems:?}");
+    }
+}
+
+/// A second SIGINT exits at once (130) even when the final checkpoint of the first can never
+/// finish (storage that hangs, simulated by a crash point in `hang` mode); nothing the last
+/// durable checkpoint does not cover is visible, and a rerun completes exactly once.
+#[test]
+fn a_second_signal_exits_at_once_while_the_final_checkpoint_hangs() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = refjob::generate(&dir.join("in"), 400_000, 2, 1_000, 3, 13);
+    std::fs::write(dir.join("job.toml"), refjob::JOB).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["run", dir.join("job.toml").to_str().unwrap()])
+        .env("IN", dir.join("in"))
+        .env("OUT", dir.join("out"))
+        .env("STATE", dir.join("state"))
+        .env("KEEL_CHECKPOINT_INTERVAL", "50ms")
+        .env("KEEL_CRASH_AT", "after_prepare:3:hang")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    let mut wait_for = |needle: &str| {
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    log.push_str(&line);
+                    log.push('\n');
+                    if line.contains(needle) {
+                        return;
+                    }
+                }
+                Err(e) => panic!("no `{needle}` ({e}): {log}"),
+            }
+        }
+    };
+    let signal = |pid: u32| {
+        let s = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+        assert!(s.success());
+    };
+    wait_for("after_prepare:3:hang reached");
+    signal(child.id());
+    wait_for("signal received");
+    signal(child.id());
+    wait_for("second signal");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}: {log}");
+    let problems = refjob::check(&input, &dir.join("out"), false);
+    assert!(problems.is_empty(), "{problems:?}");
+    let o = keel(
+        &["run", dir.join("job.toml").to_str().unwrap(), "--quiet"],
+        &[
+            ("IN", &dir.join("in")),
+            ("OUT", &dir.join("out")),
+            ("STATE", &dir.join("state")),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let problems = refjob::check(&input, &dir.join("out"), true);
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// Follow mode across crashes: lines appended to followed files (and new files) while runs
+/// are killed with SIGKILL and resumed are each committed exactly once; a final SIGTERM
+/// stops the run gracefully with everything committed.
+#[test]
+fn follow_mode_resumes_after_kill_9_with_every_appended_line_once() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    std::fs::write(
+        dir.join("follow.toml"),
+        r#"name = "follow"
+
+[source]
+type = "files"
+path = "in"
+format = "json_lines"
+pattern = "*.txt"
+follow = true
+poll_interval = "10ms"
+
+[[sinks]]
+name = "out"
+type = "files"
+path = "out"
+
+[checkpoint]
+path = "state"
+interval = "20ms"
+"#,
+    )
+    .unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["run", "follow.toml", "--quiet"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let committed = || -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(dir.join("out")) else {
+            return Vec::new();
+        };
+        let mut lines = Vec::new();
+        for e in entries {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && !name.starts_with('_') {
+                lines.extend(std::fs::read_to_string(e.path()).unwrap().lines().map(str::to_owned));
+            }
+        }
+        lines.sort();
+        lines
+    };
+    // bounded wait until `n` lines are committed
+    let wait_for = |n: usize, child: &mut std::process::Child| {
+        for _ in 0..6000 {
+            if committed().len() >= n {
+                return;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "the run ended by itself");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("only {} of {n} lines committed after 60 s", committed().len());
+    };
+    let append = |file: &str, from: usize, to: usize| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join("in").join(file))
+            .unwrap();
+        for i in from..to {
+            writeln!(f, "{{\"line\":\"{file}:{i}\"}}").unwrap();
+        }
+    };
+    let mut want = Vec::new();
+    let mut expect = |file: &str, from: usize, to: usize| {
+        append(file, from, to);
+        want.extend((from..to).map(|i| format!("{{\"line\":\"{file}:{i}\"}}")));
+        want.len()
+    };
+    expect("a.txt", 0, 500);
+    let mut n = expect("b.txt", 0, 500);
+    for round in 0..4 {
+        let mut child = spawn();
+        wait_for(n, &mut child);
+        // lines appended while the run follows, then a kill at an unknown point of their reading
+        expect("a.txt", 500 + round * 1000, 1000 + round * 1000);
+        expect(&format!("new-{round}.txt"), 0, 300);
+        n = expect("b.txt", 500 + round * 1000, 1000 + round * 1000);
+        std::thread::sleep(Duration::from_millis(5 * round as u64));
+        child.kill().unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(9), "round {round}: killed");
+        // what is visible was committed by a checkpoint: never a duplicate
+        let seen = committed();
+        let unique: std::collections::BTreeSet<_> = seen.iter().collect();
+        assert_eq!(unique.len(), seen.len(), "round {round}: a line is visible twice");
+    }
+    let total = expect("a.txt", 10_000, 10_100);
+    let mut child = spawn();
+    wait_for(total, &mut child);
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    want.sort();
+    assert_eq!(committed(), want, "every appended line exactly once");
+}
+
+/// On a terminal (a pty from `script`), a log line written while the progress line is shown
+/// starts on a cleared line instead of being glued onto the progress text.
+#[test]
+fn log_lines_clear_the_progress_line_first() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    std::fs::write(dir.join("in/a.jsonl"), "{\"x\":1}\n".repeat(1000)).unwrap();
+    std::fs::write(
+        dir.join("follow.toml"),
+        "name = \"tty\"\n[source]\ntype = \"files\"\npath = \"in\"\nfollow = true\n\n\
+         [[sinks]]\nname = \"out\"\ntype = \"files\"\npath = \"out\"\n\n\
+         [checkpoint]\npath = \"state\"\ninterval = \"50ms\"\n",
+    )
+    .unwrap();
+    let cmd = format!("exec {} run follow.toml", env!("CARGO_BIN_EXE_keel"));
+    let mut script = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut stdout = script.stdout.take().unwrap();
+    let s2 = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            s2.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    // readiness: the progress line is on screen with a checkpoint
+    for i in 0.. {
+        if text().contains("checkpoint #") {
+            break;
+        }
+        assert!(i < 6000, "no progress line: {:?}", text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pgrep = Command::new("pgrep")
+        .args(["-P", &script.id().to_string()])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&pgrep.stdout).trim().to_owned();
+    assert!(!pid.is_empty(), "keel runs under script");
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = script.wait().unwrap();
+    reader.join().unwrap();
+    let out = text();
+    assert_eq!(status.code(), Some(0), "{out:?}");
+    let line = out
+        .split('\n')
+        .find(|l| l.contains("signal received"))
+        .unwrap_or_else(|| panic!("no signal log: {out:?}"));
+    let tail = line.rsplit("\x1b[K").next().unwrap_or(line);
+    assert!(
+        !tail.contains("checkpoint #") && !tail.contains("/s)"),
+        "the log line is glued onto the progress line: {line:?}"
+    );
+}
+
+/// A finished run is finished for the input it saw: a file added afterwards is read by the
+/// next run, with the keyed state restored (running totals go on from the final totals), and
+/// the run after that has nothing to do again.
+#[test]
+fn a_file_added_after_a_finished_run_is_read_by_the_next_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = example(tmp.path());
+    let p = dir.join("pipeline.toml");
+    let ps = p.to_str().unwrap();
+    assert_eq!(keel(&["run", ps, "--quiet"], &[]).status.code(), Some(1));
+    let before = refjob::visible_lines(&dir.join("out/records")).len();
+    let finals: std::collections::HashMap<String, i64> = refjob::visible_lines(&dir.join("out/final"))
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["customer"].as_str().unwrap().to_owned(), v["total"].as_i64().unwrap())
+        })
+        .collect();
+    let ts = 1_699_923_600_000i64 + 3_600_000;
+    let added = [("c20", 7), ("c6", 11), ("c20", 5)];
+    let lines_added: String = added
+        .iter()
+        .enumerate()
+        .map(|(i, (c, a))| {
+            format!(
+                "{{\"id\": {}, \"ts\": {}, \"customer\": \"{c}\", \"amount\": {a}}}\n",
+                90_000 + i,
+                ts + i as i64
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("input/orders-2.jsonl"), lines_added).unwrap();
+
+    let o = keel(&["run", ps, "--quiet", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["records_in"], 3, "only the new file is read: {summary}");
+    let records = refjob::visible_lines(&dir.join("out/records"));
+    assert_eq!(records.len(), before + 3);
+    let new: Vec<serde_json::Value> = records
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["id"].as_i64().unwrap() >= 90_000)
+        .collect();
+    assert_eq!(new.len(), 3);
+    let mut totals = finals.clone();
+    for (i, (c, a)) in added.iter().enumerate() {
+        let t = totals.get_mut(*c).unwrap();
+        *t += a;
+        let row = new.iter().find(|v| v["id"] == 90_000 + i).unwrap();
+        assert_eq!(
+            row["running_total"], *t,
+            "{row}: the total goes on from the restored state"
+        );
+    }
+
+    let o = keel(&["run", ps, "--quiet"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("nothing to do"), "{}", text(&o));
+}
+
+/// The fix-and-replay paths: `--transform JQ` fixes each original before it is replayed;
+/// `export` writes the originals to fix by hand and `replay --from FILE` sends the fixed
+/// records. Replayed envelopes are marked (a second replay finds nothing), and a program
+/// that fails on a dead letter replays nothing.
+#[test]
+fn dlq_replay_with_a_transform_and_from_an_exported_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = stateless_example(tmp.path());
+    let p = dir.join("pipeline.toml");
+    let ps = p.to_str().unwrap();
+    assert_eq!(keel(&["run", ps, "--quiet"], &[]).status.code(), Some(1));
+    let records = || refjob::visible_lines(&dir.join("out/records"));
+    let before = records().len();
+    let count = |reason: &str| {
+        let o = keel(
+            &["dlq", "list", ps, "--reason", reason, "--not-replayed", "--json"],
+            &[],
+        );
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    };
+    let (negative, malformed) = (count("negative_amount"), count("malformed"));
+    assert!(negative > 0 && malformed > 0);
+
+    // a program that fails on the dead letters is refused before anything runs
+    let o = keel(
+        &[
+            "dlq",
+            "replay",
+            ps,
+            "--reason",
+            "negative_amount",
+            "--transform",
+            ".amount | error(\"no\")",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--transform: dead letter"), "{}", text(&o));
+    assert_eq!(records().len(), before);
+
+    let o = keel(
+        &[
+            "dlq",
+            "replay",
+            ps,
+            "--reason",
+            "negative_amount",
+            "--transform",
+            ".amount |= -.",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(records().len(), before + negative, "every fixed record is output");
+    assert_eq!(count("negative_amount"), 0, "and marked replayed");
+
+    // export the malformed ones, fix them by hand, replay them from the file
+    let fix = dir.join("fix.jsonl");
+    let o = keel(
+        &[
+            "dlq",
+            "export",
+            ps,
+            "--reason",
+            "malformed",
+            "-o",
+            fix.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let exported: Vec<serde_json::Value> = std::fs::read_to_string(&fix)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(exported.len(), malformed);
+    let fixed: String = exported
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            assert!(
+                e["text"].is_string() && e["record"].is_null(),
+                "malformed originals are text: {e}"
+            );
+            let mut e = e.clone();
+            e.as_object_mut().unwrap().remove("text");
+            e["record"] =
+                serde_json::json!({"id": 800_000 + i, "ts": 1_699_924_600_000u64, "customer": "fixed", "amount": 1});
+            format!("{e}\n")
+        })
+        .collect();
+    std::fs::write(&fix, fixed).unwrap();
+    let o = keel(&["dlq", "replay", ps, "--from", fix.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let ids: std::collections::BTreeSet<i64> = records()
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .filter(|&id| id >= 800_000)
+        .collect();
+    assert_eq!(
+        ids,
+        (800_000..800_000 + malformed as i64).collect(),
+        "each fixed record once"
+    );
+    assert_eq!(count("malformed"), 0);
+    // replaying the file again finds them replayed already
+    let o = keel(&["dlq", "replay", ps, "--from", fix.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("nothing to replay"), "{}", text(&o));
+    assert_eq!(records().len(), before + negative + malformed);
 }

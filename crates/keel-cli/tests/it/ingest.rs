@@ -113,27 +113,45 @@ fn published_ids(unit_dir: &Path) -> Option<Vec<u64>> {
     Some(ids)
 }
 
-/// Checks the visible output: every published file directory is exact (all of its input's
-/// ids, once, in the right place); with `complete`, every input file is published.
+/// Checks the visible output against the input and the ledger: every published file
+/// directory is exact (all of its input's ids, once, in the right place); a file the ledger
+/// calls completed has both its records and its dead letters published (the ledger's
+/// `completed` is the commit point of the file's transaction: the outputs are published one
+/// after the other before it, so a crash between them leaves the file in progress and the
+/// next run publishes both again); with `complete`, every input file is completed.
 fn check(dir: &Path, input: &Input, complete: bool) -> usize {
+    let completed: BTreeSet<String> = ledger_json(dir, &["list", "--status", "completed"])
+        .iter()
+        .map(|u| {
+            let key = u["key"].as_str().expect("a unit key");
+            key.rsplit('/').next().unwrap_or(key).to_owned()
+        })
+        .collect();
     let mut published = 0;
     for (name, (good, bad)) in &input.files {
         let out = published_ids(&dir.join("out/orders").join(name));
         let dead = published_ids(&dir.join("out/dead").join(name));
+        let done = completed.contains(name);
         match (out, dead) {
             (Some(out), Some(dead)) => {
                 assert_eq!(out, good.iter().copied().collect::<Vec<_>>(), "{name}: records");
                 assert_eq!(dead, bad.iter().copied().collect::<Vec<_>>(), "{name}: dead letters");
                 published += 1;
             }
-            // the two stores commit one after the other: a crash between them leaves the
-            // file in progress, and the next run replaces both
             (Some(out), None) => {
                 assert_eq!(out, good.iter().copied().collect::<Vec<_>>(), "{name}: records");
-                assert!(!complete, "{name}: dead letters not published");
+                assert!(
+                    !done,
+                    "{name}: completed in the ledger without its dead letters published"
+                );
             }
-            (None, _) => assert!(!complete, "{name}: not published"),
+            (None, Some(dead)) => {
+                assert_eq!(dead, bad.iter().copied().collect::<Vec<_>>(), "{name}: dead letters");
+                assert!(!done, "{name}: completed in the ledger without its records published");
+            }
+            (None, None) => assert!(!done, "{name}: completed in the ledger but nothing published"),
         }
+        assert!(done || !complete, "{name}: not completed");
     }
     // nothing else was published
     for sub in ["out/orders", "out/dead"] {
@@ -238,7 +256,8 @@ fn kill_9_during_a_200_file_ingestion_then_every_file_exactly_once() {
     }
     // a crash inside a run leaves the file in progress with a checkpoint; the next run resumes it
     let status = spawn_run(dir, Some("after_manifest:30")).wait().unwrap();
-    assert_eq!(status.signal(), Some(6));
+    assert_eq!(status.signal(), Some(6), "after_manifest:30: {status:?}");
+    check(dir, &input, false);
     // (up to `concurrency` = 4 files are in flight at once)
     let in_progress = ledger_json(dir, &["list", "--status", "in_progress"]);
     assert!(
@@ -251,6 +270,12 @@ fn kill_9_during_a_200_file_ingestion_then_every_file_exactly_once() {
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(6),
+        "txn_after_publish:2: {:?} {log}",
+        out.status
+    );
     assert!(log.contains("why=ResumeOwn"), "the next run resumes the file: {log}");
     check(dir, &input, false);
 
@@ -564,4 +589,82 @@ fn two_runs_of_one_worker_are_refused() {
     assert!(err.contains("another run of worker"), "{err}");
     first.kill().unwrap();
     first.wait().unwrap();
+}
+
+/// A worker killed with SIGKILL in the middle of a file holds it until its lease runs out:
+/// another worker sharing the PostgreSQL ledger leaves the file alone while the lease holds
+/// (`busy`), takes it over once it expired (`why=TakeOver`, attempt 2), and the file's output
+/// is exactly its input, published once.
+#[test]
+fn a_dead_workers_file_is_taken_over_once_its_lease_expires() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // one large file (many checkpoints) among small ones
+    let input = generate(dir, 6, |f| if f == 0 { 40_000 } else { 200 });
+    let schema = format!("takeover_{}_{}", std::process::id(), keel::util::now_ms() % 1_000_000);
+    let text = pipeline(Some(PG), &schema).replace("lease = \"10s\"", "lease = \"4s\"");
+    std::fs::write(dir.join("pipeline.toml"), text).unwrap();
+
+    let mut a = keel(dir, "state-a", &["run", "pipeline.toml", "--quiet"])
+        .env("KEEL_WORKER", "worker-a")
+        .env("KEEL_CRASH_AT", "after_manifest:3:hang")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // readiness: worker a holds the large file and has checkpointed it
+    let held = |owner: &str| {
+        ledger_json(dir, &["list", "--status", "in_progress"])
+            .into_iter()
+            .filter(|u| u["owner"] == owner)
+            .count()
+    };
+    let started = Instant::now();
+    while held("worker-a") == 0 || !dir.join("state-a").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "worker a never held a file"
+        );
+        assert!(a.try_wait().unwrap().is_none(), "worker a ended by itself");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let held_by_a = held("worker-a");
+    assert!(held_by_a >= 1);
+
+    // worker b right away: a's files are busy, the rest is done
+    let (code, first) = run_json(dir, "state-b", Some("worker-b"));
+    assert!(code == 0 || code == 1, "{first}");
+    let mut busy = first["busy"].as_u64().unwrap_or(0);
+    assert_eq!(
+        busy as usize, held_by_a,
+        "worker b leaves worker a's files alone: {first}"
+    );
+    assert_eq!(held("worker-a"), held_by_a, "still held");
+    // then, once the lease ran out, worker b takes them over (bounded: a few lease lengths)
+    let mut log = String::new();
+    let started = Instant::now();
+    while busy > 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "never taken over: {log}");
+        std::thread::sleep(Duration::from_millis(250));
+        let out = keel(dir, "state-b", &["run", "pipeline.toml", "--json"])
+            .env("KEEL_WORKER", "worker-b")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        log = String::from_utf8_lossy(&out.stderr).into_owned();
+        let (code, report) = self::report(out);
+        assert!(code == 0 || code == 1, "{report} {log}");
+        busy = report["busy"].as_u64().unwrap_or(0);
+    }
+    assert!(log.contains("why=TakeOver"), "{log}");
+    assert_eq!(check(dir, &input, true), 6);
+    let units = ledger_json(dir, &["list"]);
+    assert!(units.iter().all(|u| u["status"] == "completed"), "{units:?}");
+    let taken_over = units
+        .iter()
+        .filter(|u| u["attempts"] == 2 && u["metadata"]["worker"] == "worker-b")
+        .count();
+    assert_eq!(taken_over, held_by_a, "{units:?}");
 }

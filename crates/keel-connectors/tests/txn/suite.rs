@@ -251,7 +251,9 @@ pub async fn recovery_rolls_back_abandoned_transactions(s: &Store) {
 }
 
 /// Runs the child: `KEEL_TXN_CHILD=<spec>|<dataset>|<mode>`. `once` commits the next
-/// generation (printing its txid first); `loop` commits generations forever.
+/// generation; `loop` commits generations forever. It reports each step on stdout (line
+/// buffered), so the parent knows where a kill landed: `TXID <id>` after begin, `COMMIT <id>`
+/// right before the commit, `DONE <id> <version>` once it returned.
 pub async fn child(spec: &str) {
     let parts: Vec<&str> = spec.split('|').collect();
     let store = open(parts[0]);
@@ -259,11 +261,14 @@ pub async fn child(spec: &str) {
     loop {
         let next = read_all(&*store, dataset).await.map_or(1, |(v, _)| v + 1);
         let mut t = Transaction::begin(&*store, dataset).await.unwrap();
-        println!("TXID {}", t.txn().id);
+        let id = t.txn().id.clone();
+        println!("TXID {id}");
         for (name, data) in generation(next) {
             t.stage(&name, data).await.unwrap();
         }
+        println!("COMMIT {id}");
         t.commit().await.unwrap();
+        println!("DONE {id} {next}");
         if parts[2] == "once" {
             return;
         }
@@ -276,7 +281,7 @@ fn child_command(s: &Store, mode: &str) -> Command {
         .env("KEEL_TXN_CHILD", format!("{}|d|{mode}", s.spec()))
         .env_remove("KEEL_CRASH_AT")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     c
 }
 
@@ -287,7 +292,44 @@ async fn consistent(st: &dyn TxnStore) -> u64 {
     v
 }
 
+/// Where the child was when it died, from its stdout.
+#[derive(Debug, Default)]
+struct ChildProgress {
+    /// The transaction begun after the last completed commit, if any.
+    open: Option<String>,
+    /// `COMMIT` was printed for `open`: the kill landed inside `commit`.
+    committing: bool,
+    /// The version of the last commit that returned.
+    done: Option<u64>,
+}
+
+impl ChildProgress {
+    fn feed(&mut self, line: &str) {
+        // libtest may print its own text before the first line (`test child_commit ... `)
+        let at = ["TXID ", "COMMIT ", "DONE "].iter().filter_map(|m| line.find(m)).min();
+        let Some(at) = at else { return };
+        let mut words = line[at..].split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("TXID"), Some(id), _) => (self.open, self.committing) = (Some(id.to_owned()), false),
+            (Some("COMMIT"), Some(id), _) => {
+                assert_eq!(self.open.as_deref(), Some(id), "COMMIT of the open transaction");
+                self.committing = true;
+            }
+            (Some("DONE"), Some(_), Some(v)) => {
+                (self.open, self.committing) = (None, false);
+                self.done = Some(v.parse().unwrap());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The deterministic crash points inside `commit`: the child must die exactly there (an abort
+/// with keel's message naming the point, after `COMMIT` and before `DONE`), and the outcome is
+/// exact: before publish the old version stays, after publish the new one is visible; the
+/// writer's repeated commit then completes (or finds it already done) at exactly the new one.
 pub async fn death_mid_commit_leaves_old_or_new(s: &Store) {
+    use std::os::unix::process::ExitStatusExt;
     write(&*s.store, "d", &generation(1)).await.unwrap();
     for point in ["txn_before_publish", "txn_after_publish"] {
         let before = consistent(&*s.store).await;
@@ -295,13 +337,26 @@ pub async fn death_mid_commit_leaves_old_or_new(s: &Store) {
             .env("KEEL_CRASH_AT", format!("{point}:1"))
             .output()
             .unwrap();
-        assert!(!out.status.success(), "the child aborted at {point}");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let txid = stdout
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(6),
+            "{point}: an abort, not {:?}: {stderr}",
+            out.status
+        );
+        assert!(
+            stderr.contains(&format!("KEEL_CRASH_AT={point}:1 reached")),
+            "{point}: the abort is the crash point's: {stderr}"
+        );
+        let mut progress = ChildProgress::default();
+        String::from_utf8_lossy(&out.stdout)
             .lines()
-            .find_map(|l| l.split("TXID ").nth(1))
-            .unwrap_or_else(|| panic!("child printed no txid: {stdout}"))
-            .to_owned();
+            .for_each(|l| progress.feed(l));
+        assert!(
+            progress.committing && progress.done.is_none(),
+            "{point}: died inside commit: {progress:?}"
+        );
+        let txid = progress.open.clone().expect("a transaction was open");
         let after = consistent(&*s.store).await;
         let expect = if point == "txn_before_publish" {
             before
@@ -322,30 +377,74 @@ pub async fn death_mid_commit_leaves_old_or_new(s: &Store) {
     }
 }
 
+/// kill -9 of a writer committing in a loop, at random instants and right after it announced
+/// a commit. Where each kill landed is known from the child's own progress lines, and each
+/// place has its exact outcome: killed outside `commit`, the version is that of its last
+/// returned commit; killed inside it, the old or the new version, and the writer's repeated
+/// commit makes it exactly the new one. Kills must land inside `commit` at least twice.
 pub async fn kill_9_at_random_instants_leaves_old_or_new(s: &Store) {
     write(&*s.store, "d", &generation(1)).await.unwrap();
     let mut seed = keel::util::now_ms() | 1;
-    let mut last = 1;
-    for round in 0..10 {
-        let mut child = child_command(s, "loop").spawn().unwrap();
-        // wait until it is committing, then kill it at a random instant
+    let (mut mid_commit, mut rounds) = (0, 0);
+    while rounds < 10 || (mid_commit < 2 && rounds < 60) {
+        rounds += 1;
+        let start = consistent(&*s.store).await;
+        let mut child = child_command(s, "loop").stderr(Stdio::null()).spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        while let Some(Ok(line)) = lines.next() {
-            if line.contains("TXID ") {
+        let mut progress = ChildProgress {
+            done: Some(start),
+            ..Default::default()
+        };
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        // even rounds: a random instant once it is writing; odd rounds: as soon as it
+        // announces a commit
+        let wanted = if rounds % 2 == 0 { "TXID " } else { "COMMIT " };
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            progress.feed(&line);
+            if line.contains(wanted) {
                 break;
             }
         }
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        std::thread::sleep(Duration::from_millis(20 + (seed >> 33) % 300));
+        if wanted == "TXID " {
+            std::thread::sleep(Duration::from_millis(20 + (seed >> 33) % 300));
+        }
         child.kill().unwrap();
         child.wait().unwrap();
+        for line in lines {
+            progress.feed(&line.unwrap());
+        }
+        let last = progress.done.expect("a version");
         let v = consistent(&*s.store).await;
-        assert!(v >= last, "round {round}: versions only move forward");
-        last = v;
+        if progress.committing {
+            mid_commit += 1;
+            assert!(
+                v == last || v == last + 1,
+                "round {rounds}: killed in commit: {v} after {last}"
+            );
+            let txn = Txn {
+                dataset: "d".into(),
+                id: progress.open.clone().expect("open"),
+            };
+            let again = s.store.commit(&txn).await.unwrap();
+            assert_eq!(again.already, v == last + 1, "round {rounds}: repeated commit");
+            assert_eq!(
+                consistent(&*s.store).await,
+                last + 1,
+                "round {rounds}: after the repeated commit"
+            );
+        } else {
+            assert_eq!(v, last, "round {rounds}: killed outside commit ({progress:?})");
+        }
         s.store.recover(Duration::ZERO).await.unwrap();
         no_staged_leftovers(s).await;
     }
-    assert!(last > 1, "the child committed something in ten rounds");
+    eprintln!("{mid_commit} of {rounds} kills landed inside commit");
+    assert!(
+        mid_commit >= 2,
+        "only {mid_commit} of {rounds} kills landed inside commit"
+    );
+    assert!(consistent(&*s.store).await > 1, "the child committed something");
 }
 
 /// Datasets whose names nest (`a`, `a/b`, and names that look like the store's own layout)

@@ -28,6 +28,7 @@
 //! input instead of dead-lettering healthy records, and resumes when a probe succeeds.
 
 pub mod breaker;
+pub mod call;
 pub mod retry;
 
 use std::collections::BTreeMap;

@@ -161,7 +161,24 @@ where
     }
     let restored_from = plan.restored_id();
     let base_stats = plan.restore.as_ref().map(|m| m.stats).unwrap_or_default();
-    if let Some(m) = plan.restore.as_ref().filter(|m| m.finished) {
+    // A finished run is finished for the input it saw: a partition that did not exist then
+    // (a file added since) is read by this run, with the restored state.
+    let new_input = match plan.restore.as_ref().filter(|m| m.finished) {
+        Some(m) => super::catch_panic(|| "source".into(), source.discover())
+            .await?
+            .map_err(|e| PipelineError::Source {
+                partition: String::new(),
+                source: e,
+            })?
+            .into_iter()
+            .filter(|p| !m.partitions.contains_key(p))
+            .count(),
+        None => 0,
+    };
+    if new_input > 0 {
+        tracing::info!(partitions = new_input, "new input since the run finished: reading it");
+    }
+    if let Some(m) = plan.restore.as_ref().filter(|m| m.finished && new_input == 0) {
         progress.set_finished();
         return Ok(RunSummary {
             outcome: Outcome::AlreadyFinished,
@@ -276,40 +293,55 @@ where
 
     c.shutdown = Some(shutdown.clone());
     if options.handle_signals {
-        c.signals = Some(Signals::new()?);
+        // a runtime without its I/O driver (a user's own, for `run_local`) cannot watch
+        // signals: the run goes on, stoppable with its ShutdownHandle
+        match Signals::new() {
+            Ok(s) => c.signals = Some(s),
+            Err(e) => tracing::warn!("{e}; SIGINT and SIGTERM are not handled by this run (use its ShutdownHandle)"),
+        }
     }
     let result = c.main_loop(&mut source, &options).await;
     for t in c.tasks.drain(..) {
         t.abort();
     }
     c.checkpointer.join();
-    let outcome = result?;
     progress.set_finished();
-    let rt = &c.rt;
-    let counters = &rt.counters;
-    Ok(RunSummary {
-        outcome,
-        restored_from,
-        records_in: counters.records_in.get(),
-        records_out: counters.records_out.get(),
-        dead_letters: counters.dead_letters.get(),
-        late_dropped: counters.late_dropped.get(),
-        checkpoints: c.completed,
-        last_checkpoint: c.last_completed.or(restored_from),
-        totals: c.stats(),
-        elapsed: started.elapsed(),
-        startup,
-        skipped: counters.skipped.get(),
-        retries: counters.retries.get(),
-        pauses: rt.pause.count(),
-        sink_failures: (counters.sink_failures.get(), counters.sink_retries.get()),
-        breakers: rt
-            .sinks
-            .iter()
-            .filter_map(|h| h.breaker.as_ref().map(|b| (h.name.clone(), b.borrow().stats())))
-            .collect(),
-        failures: rt.failures.summary(),
-    })
+    let summary = |outcome| {
+        let rt = &c.rt;
+        let counters = &rt.counters;
+        RunSummary {
+            outcome,
+            restored_from,
+            records_in: counters.records_in.get(),
+            records_out: counters.records_out.get(),
+            dead_letters: counters.dead_letters.get(),
+            late_dropped: counters.late_dropped.get(),
+            checkpoints: c.completed,
+            last_checkpoint: c.last_completed.or(restored_from),
+            totals: c.stats(),
+            elapsed: started.elapsed(),
+            startup,
+            skipped: counters.skipped.get(),
+            retries: counters.retries.get(),
+            pauses: rt.pause.count(),
+            sink_failures: (counters.sink_failures.get(), counters.sink_retries.get()),
+            breakers: rt
+                .sinks
+                .iter()
+                .filter_map(|h| h.breaker.as_ref().map(|b| (h.name.clone(), b.borrow().stats())))
+                .collect(),
+            failures: rt.failures.summary(),
+        }
+    };
+    match result {
+        Ok(outcome) => Ok(summary(outcome)),
+        // an abort keeps what the run did: its counts and its last checkpoint
+        Err(PipelineError::Aborted { reason, .. }) => Err(PipelineError::Aborted {
+            reason,
+            summary: Some(Box::new(summary(Outcome::Aborted))),
+        }),
+        Err(e) => Err(e),
+    }
 }
 
 fn wipe(store: &dyn CheckpointStore) -> Result<(), PipelineError> {

@@ -72,9 +72,15 @@ pub enum PipelineError {
     #[error("restoring state: {0}")]
     Restore(#[from] RestoreError),
     /// A policy or the error budget stopped the pipeline on purpose (after a final
-    /// checkpoint).
-    #[error("aborted: {0}")]
-    Aborted(String),
+    /// checkpoint). `summary` keeps what the run did (records, dead letters, its last
+    /// checkpoint); [`Pipeline::run`] always fills it in.
+    #[error("aborted: {reason}")]
+    Aborted {
+        /// Why: the policy or budget and the failure that triggered it.
+        reason: String,
+        /// The run's counts up to the abort (outcome [`Outcome::Aborted`]).
+        summary: Option<Box<RunSummary>>,
+    },
     /// The runtime itself failed.
     #[error("runtime: {0}")]
     Runtime(String),
@@ -125,6 +131,9 @@ pub enum Outcome {
     Stopped,
     /// The newest checkpoint says the input was already fully processed; nothing was done.
     AlreadyFinished,
+    /// A policy or the error budget aborted the run after a final checkpoint (only in the
+    /// summary of [`PipelineError::Aborted`]).
+    Aborted,
 }
 
 /// What a run did.
@@ -227,7 +236,11 @@ pub struct Options {
     pub snapshots: SnapshotPolicy,
     /// Ignore and delete existing checkpoints and start from the beginning of the input.
     pub from_scratch: bool,
-    /// Stop gracefully on SIGINT and SIGTERM.
+    /// Stop gracefully on SIGINT and SIGTERM, as the `keel` command does (on by default): the
+    /// first signal stops the input and takes a final checkpoint, a second one exits at once
+    /// with code 130. Turn it off when the program handles signals itself and stops the
+    /// pipeline with a [`ShutdownHandle`]. (tokio keeps its signal handlers installed for the
+    /// rest of the process once a run has started them.)
     pub handle_signals: bool,
     /// Log the start and the first checkpoint of the run at info level (batch ingestion,
     /// which runs one pipeline per file, logs them at debug level).
@@ -251,7 +264,7 @@ impl Default for Options {
             watermarks: WatermarkConfig::default(),
             snapshots: SnapshotPolicy::default(),
             from_scratch: false,
-            handle_signals: false,
+            handle_signals: true,
             log_lifecycle: true,
             fingerprint: String::new(),
             policies: Policies::default(),

@@ -298,8 +298,13 @@ impl RuntimeShared {
             }
             BudgetAction::Abort => {
                 tracing::error!(%why, "error budget exceeded: stopping");
-                self.fatal
-                    .set(PipelineError::Aborted(format!("error budget exceeded: {why}")), true);
+                self.fatal.set(
+                    PipelineError::Aborted {
+                        reason: format!("error budget exceeded: {why}"),
+                        summary: None,
+                    },
+                    true,
+                );
             }
         }
     }

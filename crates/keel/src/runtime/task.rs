@@ -608,10 +608,10 @@ where
                         }
                         let partition = self.local.partition.to_string();
                         let error = if name == "abort" {
-                            PipelineError::Aborted(format!(
-                                "a `{}` failure in partition {partition}: {failure}",
-                                failure.reason
-                            ))
+                            PipelineError::Aborted {
+                                reason: format!("a `{}` failure in partition {partition}: {failure}", failure.reason),
+                                summary: None,
+                            }
                         } else {
                             PipelineError::Record {
                                 partition,

@@ -17,7 +17,47 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone)]
 struct Slow(VecSource, Duration);
 
-struct SlowReader(<VecSource as Source>::Reader, Duration);
+/// Like [`Slow`], but each partition holds back (reads `Idle`) after this many records: a run
+/// stopped while it holds is stopped in the middle of its input however slow the machine.
+#[derive(Clone)]
+struct Holding(Slow, u64);
+
+struct SlowReader(<VecSource as Source>::Reader, Duration, u64);
+
+/// Stops `p` from another thread once its checkpoint directory holds `n` checkpoints: a
+/// readiness signal instead of a sleep.
+fn stop_after_checkpoints(stop: keel::ShutdownHandle, dir: &std::path::Path, n: usize) {
+    let store = FileCheckpointStore::new(dir);
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        while keel::CheckpointStore::list(&store).map_or(0, |l| l.len()) < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no {n} checkpoints in a minute"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        stop.trigger();
+    });
+}
+
+impl Source for Holding {
+    type Position = u64;
+    type Reader = SlowReader;
+    fn describe(&self) -> String {
+        "holding".into()
+    }
+    fn is_bounded(&self) -> bool {
+        true
+    }
+    async fn discover(&mut self) -> Result<Vec<String>, SourceError> {
+        self.0.discover().await
+    }
+    async fn open(&mut self, p: &str, from: Option<u64>) -> Result<SlowReader, SourceError> {
+        let inner = self.0.open(p, from).await?;
+        Ok(SlowReader(inner.0, inner.1, self.1))
+    }
+}
 
 impl Source for Slow {
     type Position = u64;
@@ -32,7 +72,7 @@ impl Source for Slow {
         self.0.discover().await
     }
     async fn open(&mut self, p: &str, from: Option<u64>) -> Result<SlowReader, SourceError> {
-        Ok(SlowReader(self.0.open(p, from).await?, self.1))
+        Ok(SlowReader(self.0.open(p, from).await?, self.1, u64::MAX))
     }
 }
 
@@ -40,6 +80,10 @@ impl PartitionReader for SlowReader {
     type Position = u64;
     async fn next_batch(&mut self, batch: &mut SourceBatch<u64>, _max: usize) -> Result<ReadStatus, SourceError> {
         tokio::time::sleep(self.1).await;
+        if self.2 == 0 {
+            return Ok(ReadStatus::Idle);
+        }
+        self.2 -= 1;
         self.0.next_batch(batch, 1).await
     }
 }
@@ -137,7 +181,7 @@ fn stop_then_resume_is_exactly_once_with_state() {
     let input = orders(3, 60);
     let out = MemorySink::new();
     let dead = MemorySink::new();
-    let build = |src: Slow| {
+    let build = |src: Holding| {
         Pipeline::builder("t")
             .source(src)
             .flow(Flow::<Record>::new().then(totals_flow()))
@@ -148,16 +192,16 @@ fn stop_then_resume_is_exactly_once_with_state() {
             .build()
             .unwrap()
     };
-    let p = build(Slow(VecSource::new(input.clone()), Duration::from_millis(2)));
-    let stop = p.shutdown_handle();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(120));
-        stop.trigger();
-    });
+    // each partition holds after 25 of its 60 records; the stop comes after two checkpoints
+    let p = build(Holding(
+        Slow(VecSource::new(input.clone()), Duration::from_millis(2)),
+        25,
+    ));
+    stop_after_checkpoints(p.shutdown_handle(), dir.path(), 2);
     let first = p.run().unwrap();
     assert_eq!(first.outcome, Outcome::Stopped);
     assert!(
-        first.records_in > 0 && first.records_in < 180,
+        first.records_in > 0 && first.records_in <= 75,
         "stopped in the middle: {}",
         first.records_in
     );
@@ -168,9 +212,12 @@ fn stop_then_resume_is_exactly_once_with_state() {
         "everything handled is committed"
     );
 
-    let second = build(Slow(VecSource::new(input.clone()), Duration::from_micros(10)))
-        .run()
-        .unwrap();
+    let second = build(Holding(
+        Slow(VecSource::new(input.clone()), Duration::from_micros(10)),
+        u64::MAX,
+    ))
+    .run()
+    .unwrap();
     assert_eq!(second.outcome, Outcome::Finished);
     assert_eq!(second.restored_from, first.last_checkpoint);
     assert_eq!(first.records_in + second.records_in, 180);
@@ -178,7 +225,9 @@ fn stop_then_resume_is_exactly_once_with_state() {
     assert_eq!(dead.committed_lines().len(), (0..180).filter(|i| i % 17 == 5).count());
     assert_eq!(second.totals.records_in, 180);
 
-    let third = build(Slow(VecSource::new(input), Duration::ZERO)).run().unwrap();
+    let third = build(Holding(Slow(VecSource::new(input), Duration::ZERO), u64::MAX))
+        .run()
+        .unwrap();
     assert_eq!(third.outcome, Outcome::AlreadyFinished);
 }
 
@@ -399,7 +448,7 @@ fn a_corrupt_state_file_falls_back_to_the_previous_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let input = orders(2, 80);
     let out = MemorySink::new();
-    let build = |src: Slow| {
+    let build = |src: Holding| {
         Pipeline::builder("t")
             .source(src)
             .flow(Flow::<Record>::new().then(totals_flow()))
@@ -410,12 +459,11 @@ fn a_corrupt_state_file_falls_back_to_the_previous_checkpoint() {
             .build()
             .unwrap()
     };
-    let p = build(Slow(VecSource::new(input.clone()), Duration::from_millis(2)));
-    let stop = p.shutdown_handle();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
-        stop.trigger();
-    });
+    let p = build(Holding(
+        Slow(VecSource::new(input.clone()), Duration::from_millis(2)),
+        30,
+    ));
+    stop_after_checkpoints(p.shutdown_handle(), dir.path(), 3);
     let first = p.run().unwrap();
     assert_eq!(first.outcome, Outcome::Stopped);
     // corrupt the newest state file of the newest checkpoint: that checkpoint becomes unusable
@@ -429,7 +477,7 @@ fn a_corrupt_state_file_falls_back_to_the_previous_checkpoint() {
     bytes[20] ^= 0xff;
     std::fs::write(&newest, bytes).unwrap();
     // the output of the lost checkpoint's epoch is rolled back and produced again
-    let second = build(Slow(VecSource::new(input.clone()), Duration::ZERO))
+    let second = build(Holding(Slow(VecSource::new(input.clone()), Duration::ZERO), u64::MAX))
         .run()
         .unwrap();
     assert_eq!(second.outcome, Outcome::Finished);

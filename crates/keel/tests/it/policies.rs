@@ -492,12 +492,30 @@ fn an_exceeded_error_budget_aborts_after_a_final_checkpoint() {
         .unwrap()
         .run()
         .unwrap_err();
-    assert!(
-        matches!(&err, PipelineError::Aborted(m) if m.contains("error budget")),
-        "{err}"
-    );
+    let PipelineError::Aborted { reason, summary } = &err else {
+        panic!("{err}")
+    };
+    assert!(reason.contains("error budget"), "{err}");
     let dead_n = dead.committed_lines().len();
     let out_n = out.committed_lines().len();
+    // the abort keeps the run's counts, and the final checkpoint's counts are what it committed
+    let summary = summary.as_ref().expect("an abort carries the run's summary");
+    assert_eq!(summary.outcome, keel::Outcome::Aborted);
+    assert_eq!(
+        (summary.records_out, summary.dead_letters),
+        (out_n as u64, dead_n as u64)
+    );
+    let store = FileCheckpointStore::new(dir.path());
+    let newest = keel::CheckpointStore::list(&store).unwrap().into_iter().max().unwrap();
+    assert_eq!(summary.last_checkpoint, Some(newest));
+    let keel::checkpoint::ManifestRead::Valid(m) = keel::CheckpointStore::read(&store, newest).unwrap() else {
+        panic!("checkpoint {newest} unreadable")
+    };
+    assert_eq!(
+        (m.stats.records_out, m.stats.dead_letters),
+        (out_n as u64, dead_n as u64),
+        "the manifest counts what was committed"
+    );
     assert!(
         (3..10).contains(&dead_n),
         "stopped soon after the budget: {dead_n} dead"
