@@ -107,6 +107,11 @@ impl Loaded {
 }
 
 /// Reads, interpolates and parses a pipeline file.
+///
+/// Errors: the file cannot be read; a `${VAR}` is unset; every TOML syntax error; or else
+/// every unknown key, wrong type, bad value and missing key of the file, each at its own line
+/// and key path, in file order (what [`crate::de::from_tree`] collects). The checks of
+/// [`build`] run on a file that has none of these.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     let one = |line: Option<usize>, message: String| {
         ConfigErrors(vec![ConfigError {
@@ -118,11 +123,28 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     };
     let raw = std::fs::read_to_string(path).map_err(|e| one(None, format!("cannot read the pipeline file: {e}")))?;
     let text = interpolate(&raw, |k| std::env::var(k).ok()).map_err(|(line, m)| one(Some(line), m))?;
-    let config: PipelineConfig = toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1);
-        one(line, e.message().trim_end().to_owned())
+    // an error at byte `start` of the text
+    let at = |start: Option<usize>, key: Option<String>, message: String| ConfigError {
+        file: path.to_path_buf(),
+        line: start.map(|s| line_at(&text, s)),
+        key,
+        message,
+    };
+    let (tree, syntax) = toml::de::DeTable::parse_recoverable(&text);
+    if !syntax.is_empty() {
+        let errors = syntax
+            .iter()
+            .map(|e| at(e.span().map(|s| s.start), None, e.message().trim_end().to_owned()));
+        return Err(ConfigErrors(errors.collect()));
+    }
+    let config: PipelineConfig = crate::de::from_tree(tree).map_err(|problems| {
+        let key = |p: &KeyPath| (!p.0.is_empty()).then(|| p.to_string());
+        ConfigErrors(
+            problems
+                .into_iter()
+                .map(|p| at(Some(p.span.start), key(&p.path), p.message))
+                .collect(),
+        )
     })?;
     let dir = path
         .parent()
@@ -135,6 +157,15 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
         text,
         config,
     })
+}
+
+/// The 1-based line of byte `offset` of `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn is_snake_case(s: &str) -> bool {
@@ -859,7 +890,7 @@ fn action(c: &ActionConfig, at: &KeyPath, errors: &mut Errors<'_>, nested: bool)
     let a = match name {
         "fail" | "skip" | "dead_letter" | "abort" => {
             if let Some(t) = table
-                && (t.retry != RetryConfig::default()
+                && (t.retry() != RetryConfig::default()
                     || t.duration.is_some()
                     || t.max_pauses.is_some()
                     || t.then.is_some())
@@ -884,7 +915,7 @@ fn action(c: &ActionConfig, at: &KeyPath, errors: &mut Errors<'_>, nested: bool)
             if table.is_some_and(|t| t.duration.is_some() || t.max_pauses.is_some()) {
                 errors.add(at, "`duration` and `max_pauses` are for `pause`");
             }
-            let policy = match retry_policy(&table.map(|t| t.retry.clone()).unwrap_or_default()) {
+            let policy = match retry_policy(&table.map(ActionTable::retry).unwrap_or_default()) {
                 Ok(p) => p,
                 Err(e) => {
                     errors.add(at, e);
@@ -897,7 +928,7 @@ fn action(c: &ActionConfig, at: &KeyPath, errors: &mut Errors<'_>, nested: bool)
             }
         }
         "pause" => {
-            if table.is_some_and(|t| t.retry != RetryConfig::default()) {
+            if table.is_some_and(|t| t.retry() != RetryConfig::default()) {
                 errors.add(at, "retry settings are for `retry`");
             }
             Action::Pause {

@@ -2,6 +2,10 @@
 //!
 //! Every struct refuses unknown keys, so a typo is an error that names the key and its line,
 //! not a silently ignored setting. Durations are strings such as `"500ms"`, `"1s"`, `"5m"`.
+//!
+//! These structs are read with [`crate::de::from_tree`] (through [`crate::load`]), which
+//! reports every mistake with its line and key path. The enums of tables (sources, steps,
+//! sinks) are plain serde enums there: a table's `type` key names the variant.
 
 use indexmap::IndexMap;
 use std::fmt;
@@ -49,7 +53,7 @@ pub struct PipelineConfig {
 
 /// The source.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum SourceConfig {
     /// A directory of files, each a partition.
     Files(FilesSourceConfig),
@@ -118,7 +122,7 @@ fn default_bad_fraction() -> f64 {
 
 /// One step.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum StepConfig {
     /// Decode the record text (JSON or CSV) into fields.
     Parse(ParseConfig),
@@ -449,7 +453,7 @@ pub struct DedupeConfig {
 
 /// A sink.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum SinkConfig {
     /// Files with exactly-once commits.
     Files(FilesSinkConfig),
@@ -585,15 +589,37 @@ pub enum ActionConfig {
     Table(Box<ActionTable>),
 }
 
-/// The table form of an action.
+/// The table form of an action: `action`, the keys of a retry schedule ([`RetryConfig`]) and
+/// those of a pause.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionTable {
     /// The action.
     pub action: String,
-    /// Retry: the schedule.
-    #[serde(flatten)]
-    pub retry: RetryConfig,
+    /// Retry: `exponential` (default) or `constant`.
+    #[serde(default)]
+    pub backoff: Option<String>,
+    /// Retry, exponential: the first delay (default 100ms).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub initial: Option<Duration>,
+    /// Retry, exponential: the growth factor (default 2).
+    #[serde(default)]
+    pub multiplier: Option<f64>,
+    /// Retry, exponential: the largest delay (default 10s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub max_delay: Option<Duration>,
+    /// Retry, constant: the delay.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub delay: Option<Duration>,
+    /// Retry: `none`, `full` (default), `equal` or `decorrelated`.
+    #[serde(default)]
+    pub jitter: Option<keel::policy::Jitter>,
+    /// Retry: attempts, the first included (default 5).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Retry: give up when the next attempt would start later than this after the first one.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub max_elapsed: Option<Duration>,
     /// Pause: how long when the failure has no retry-after (default 1s).
     #[serde(default, deserialize_with = "opt_duration")]
     pub duration: Option<Duration>,
@@ -603,6 +629,22 @@ pub struct ActionTable {
     /// Retry and pause: what to do after them (default `dead_letter`).
     #[serde(default)]
     pub then: Option<ActionConfig>,
+}
+
+impl ActionTable {
+    /// The retry schedule of this table (default when it sets none of its keys).
+    pub fn retry(&self) -> RetryConfig {
+        RetryConfig {
+            backoff: self.backoff.clone(),
+            initial: self.initial,
+            multiplier: self.multiplier,
+            max_delay: self.max_delay,
+            delay: self.delay,
+            jitter: self.jitter,
+            max_attempts: self.max_attempts,
+            max_elapsed: self.max_elapsed,
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for ActionConfig {
@@ -876,7 +918,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a duration (try \"500ms\", \"1s\", \"5m\")"))?;
+        .map_err(|_| format!("`{s}` is not a duration (like \"500ms\", \"1s\", \"5m\")"))?;
     let secs = match unit.trim() {
         "ms" => n / 1000.0,
         "s" => n,
@@ -892,38 +934,43 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-struct DurationVisitor;
+/// Reads a duration string; with `off`, also `"off"` (as `None`).
+struct DurationVisitor {
+    off: bool,
+}
 
 impl serde::de::Visitor<'_> for DurationVisitor {
-    type Value = Duration;
+    type Value = Option<Duration>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a duration such as \"500ms\", \"1s\" or \"5m\"")
+        match self.off {
+            false => f.write_str("a duration like \"5s\""),
+            true => f.write_str("a duration like \"1s\", or \"off\""),
+        }
     }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
-        parse_duration(v).map_err(E::custom)
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Option<Duration>, E> {
+        if self.off && v.trim() == "off" {
+            return Ok(None);
+        }
+        parse_duration(v).map(Some).map_err(E::custom)
     }
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    d.deserialize_str(DurationVisitor)
+    opt_duration(d)?.ok_or_else(|| serde::de::Error::custom("expected a duration like \"5s\""))
 }
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    d.deserialize_str(DurationVisitor).map(Some)
+    d.deserialize_str(DurationVisitor { off: false })
 }
 
 fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s = String::deserialize(d)?;
-    if s.trim() == "off" {
-        return Ok(None);
-    }
-    let d = parse_duration(&s).map_err(serde::de::Error::custom)?;
-    if d.is_zero() {
+    let d = d.deserialize_str(DurationVisitor { off: true })?;
+    if d.is_some_and(|d| d.is_zero()) {
         return Err(serde::de::Error::custom(
             "the checkpoint interval must be positive (or \"off\")",
         ));
     }
-    Ok(Some(d))
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// A segment of a key path.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Seg {
     /// A table key.
     Key(String),
@@ -62,7 +62,7 @@ pub enum Seg {
 }
 
 /// A key path such as `steps[2].rules[0].reason`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct KeyPath(pub Vec<Seg>);
 
 impl KeyPath {
@@ -76,6 +76,17 @@ impl KeyPath {
         let mut p = self.clone();
         p.0.push(Seg::Key(k.to_owned()));
         p
+    }
+
+    /// The path of the table or list holding this key or element; `None` for the root.
+    pub fn parent(&self) -> Option<KeyPath> {
+        let (_, rest) = self.0.split_last()?;
+        Some(KeyPath(rest.to_vec()))
+    }
+
+    /// Whether this path is `prefix` or lies under it.
+    pub fn starts_with(&self, prefix: &KeyPath) -> bool {
+        self.0.starts_with(&prefix.0)
     }
 
     /// This path extended by an index.

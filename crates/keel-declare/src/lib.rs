@@ -1,15 +1,17 @@
 //! Pipelines declared in TOML: the file format of `keel run`.
 //!
 //! A pipeline file names a source, a list of steps, sinks, a dead-letter output and
-//! checkpoint settings ([`config`] documents every key). [`load`] reads and parses it,
-//! [`build`] checks every key (reporting the line of each problem) and builds a
-//! [`keel::Pipeline`] on the same engine as the Rust API: the steps become one [`DocChain`]
-//! step over [`Doc`]s, cheap JSON objects that keep untouched values as text.
+//! checkpoint settings ([`config`] documents every key). [`load`] reads and parses it
+//! ([`de`] reports every mistake at once, each at the line and path of its own key),
+//! [`build()`] checks what needs a well-formed file (reporting the line of each problem) and
+//! builds a [`keel::Pipeline`] on the same engine as the Rust API: the steps become one
+//! [`DocChain`] step over [`Doc`]s, cheap JSON objects that keep untouched values as text.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod build;
 pub mod config;
+pub mod de;
 pub mod doc;
 pub mod encode;
 pub mod error;

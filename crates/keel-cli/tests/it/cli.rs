@@ -165,6 +165,61 @@ fn validate_reports_the_line_and_key_of_each_problem() {
     );
 }
 
+/// A file with mistakes in several `[[steps]]` and `[[sinks]]` entries: `keel run` reports them
+/// all, each with the line and path of its key, and exits 2 before any work starts.
+#[test]
+fn config_errors_are_all_reported_with_line_and_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("pipeline.toml");
+    std::fs::write(
+        &p,
+        r#"name = "t"
+
+[source]
+type = "files"
+path = "in"
+
+[[steps]]
+type = "parse"
+
+[[steps]]
+type = "event_time"
+field = "ts"
+lateness = 5
+
+[[steps]]
+type = "dedupe"
+key = "id"
+window = "1m"
+on_duplicat = "drop"
+
+[[sinks]]
+name = "out"
+type = "files"
+path = "out"
+
+[[sinks]]
+name = "copy"
+type = "files"
+path = "copy"
+max_file_bytes = "big"
+"#,
+    )
+    .unwrap();
+    let o = keel(&["run", p.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let f = p.display();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        format!(
+            "keel: config error: {f}:13: steps[1].lateness: expected a duration like \"5s\", found 5\n\
+             keel: config error: {f}:19: steps[2].on_duplicat: unknown key `on_duplicat`; did you mean `on_duplicate`?\n\
+             keel: config error: {f}:30: sinks[1].max_file_bytes: expected a whole number, found \"big\"\n"
+        )
+    );
+    assert!(!tmp.path().join("state").exists(), "no work started");
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let o = keel(&["run"], &[]);
