@@ -12,10 +12,14 @@ fuzz_target!(|data: &[u8]| {
     let ours = Doc::parse_json(Bytes::copy_from_slice(data));
     let theirs = serde_json::from_slice::<Json>(data);
     match (ours, theirs) {
-        (Ok(doc), Ok(Json::Object(map))) => check(&doc, Some(&map)),
+        // serde_json reads the value of its private key differently: compare the rest only
+        (Ok(doc), Ok(Json::Object(map))) => check(&doc, (!contains(data, RAW_VALUE_TOKEN)).then_some(&map)),
         (Ok(doc), Err(e)) => {
+            // serde_json (with its `raw_value` feature) reserves the key
+            // `$serde_json::private::RawValue` and parses that key's string as JSON: a valid
+            // JSON object it rejects (found by this target); not a difference of the scanner
             assert!(
-                e.to_string().contains("number out of range"),
+                e.to_string().contains("number out of range") || contains(data, RAW_VALUE_TOKEN),
                 "the scanner accepted what serde_json rejects: {e}"
             );
             check(&doc, None);
@@ -25,6 +29,13 @@ fuzz_target!(|data: &[u8]| {
         (Err(e), _) => assert_eq!(e.invalid_utf8, std::str::from_utf8(data).is_err(), "{}", e.message),
     }
 });
+
+/// serde_json's private marker key for `RawValue`.
+const RAW_VALUE_TOKEN: &[u8] = b"$serde_json::private::RawValue";
+
+fn contains(data: &[u8], needle: &[u8]) -> bool {
+    data.windows(needle.len()).any(|w| w == needle)
+}
 
 fn check(doc: &Doc, map: Option<&Map<String, Json>>) {
     let names: Vec<String> = doc.names().map(str::to_owned).collect();
