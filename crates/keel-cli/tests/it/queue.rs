@@ -8,7 +8,7 @@
 //! number of polls) for files and lines that say a step happened, and assert no durations.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::process::ExitStatusExt as _;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -19,6 +19,20 @@ use keel::queue::NewJob;
 const POLL: Duration = Duration::from_millis(10);
 /// The most polls of one wait (60 s at [`POLL`]: only a broken build gets near it).
 const MAX_POLLS: usize = 6000;
+/// The most polls of a wait that runs `keel` at each look.
+const MAX_COMMAND_POLLS: usize = 600;
+
+/// A worker that is killed when the test ends, whichever way it ends.
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
 
 fn keel(dir: &Path, queue: &str, name: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
@@ -35,8 +49,13 @@ fn sqlite(dir: &Path) -> String {
 }
 
 /// Polls `ready` until it gives a value; panics with `what` after [`MAX_POLLS`] polls.
-fn wait_for<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..MAX_POLLS {
+fn wait_for<T>(what: &str, ready: impl FnMut() -> Option<T>) -> T {
+    wait_polls(what, MAX_POLLS, ready)
+}
+
+/// Polls `ready` until it gives a value; panics with `what` after `polls` polls.
+fn wait_polls<T>(what: &str, polls: usize, mut ready: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..polls {
         if let Some(v) = ready() {
             return v;
         }
@@ -132,7 +151,10 @@ struct Run {
     lease_until_ms: u64,
 }
 
-fn runs_of(dir: &Path) -> (BTreeMap<String, Vec<Run>>, BTreeMap<String, Vec<(u32, String)>>) {
+/// Per job id: its runs' starts, and its completions (attempt, worker).
+type Runs = (BTreeMap<String, Vec<Run>>, BTreeMap<String, Vec<(u32, String)>>);
+
+fn runs_of(dir: &Path) -> Runs {
     let mut starts: BTreeMap<String, Vec<Run>> = BTreeMap::new();
     let mut dones: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
     for line in lines_of(&dir.join("runs.log")) {
@@ -185,11 +207,13 @@ fn kill_9_workers_mid_job(queue: &str, name: &str) {
         if drain {
             args.push("--drain");
         }
-        keel(dir, queue, name, &args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        Worker(
+            keel(dir, queue, name, &args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
     };
     let mut killed = BTreeSet::new();
     for round in 1..=KILL_ROUNDS {
@@ -205,8 +229,8 @@ fn kill_9_workers_mid_job(queue: &str, name: &str) {
                 .collect();
             (mine.len() >= CONCURRENCY * 2).then_some(mine)
         });
-        child.kill().unwrap();
-        let status = child.wait().unwrap();
+        child.0.kill().unwrap();
+        let status = child.0.wait().unwrap();
         assert_eq!(
             status.signal(),
             Some(9),
@@ -219,11 +243,15 @@ fn kill_9_workers_mid_job(queue: &str, name: &str) {
     }
 
     // the killed workers' leases run out: health says stalled, and why
-    let stalled = wait_for("health reports the dead workers' leases", || {
+    let stalled = wait_polls("health reports the dead workers' leases", MAX_COMMAND_POLLS, || {
         let out = keel(dir, queue, name, &["health", "--json"]).output().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        (v["expired_leases"] == KILL_JOBS).then_some((out.status.code(), v))
+        (v["active"].as_u64() > Some(0) && v["expired_leases"] == v["active"]).then_some((out.status.code(), v))
     });
+    assert_eq!(
+        stalled.1["expired_leases"], KILL_JOBS,
+        "every job is held by a killed worker"
+    );
     assert_eq!(stalled.0, Some(1), "{}", stalled.1);
     assert_eq!(stalled.1["status"], "stalled");
     assert!(
@@ -256,7 +284,7 @@ fn kill_9_workers_mid_job(queue: &str, name: &str) {
 
     std::fs::write(dir.join("gate"), "").unwrap();
     let mut last = spawn("final", true);
-    let status = wait_exit(&mut last, "the draining worker");
+    let status = wait_exit(&mut last.0, "the draining worker");
     assert!(status.success(), "{status:?}");
 
     let out = keel(dir, queue, name, &["stats", "--json"]).output().unwrap();
@@ -318,14 +346,38 @@ fn kill_9_sqlite_workers_mid_job_then_each_job_completes_once() {
     kill_9_workers_mid_job(&sqlite(tmp.path()), "kill-test");
 }
 
-#[test]
-fn kill_9_redis_workers_mid_job_then_each_job_completes_once() {
-    let name = format!("kill-test-{}-{}", std::process::id(), keel::util::now_ms());
-    kill_9_workers_mid_job("redis://127.0.0.1:6379/", &name);
+const REDIS: &str = "redis://127.0.0.1:6379/";
+
+/// Deletes a Redis queue's keys when the test ends, whichever way it ends.
+struct RedisQueueKeys(String);
+
+impl Drop for RedisQueueKeys {
+    fn drop(&mut self) {
+        let Ok(mut c) = redis::Client::open(REDIS).and_then(|c| c.get_connection()) else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("keel:q:{{{}}}:*", self.0))
+            .query(&mut c)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut c);
+        }
+    }
 }
 
 #[test]
-fn sigterm_finishes_quick_jobs_and_releases_slow_ones_within_the_grace_period() {
+fn kill_9_redis_workers_mid_job_then_each_job_completes_once() {
+    let keys = RedisQueueKeys(format!("kill-test-{}-{}", std::process::id(), keel::util::now_ms()));
+    kill_9_workers_mid_job(REDIS, &keys.0);
+}
+
+/// Ctrl-C in a terminal signals the whole foreground process group: here SIGINT to the
+/// worker's group. The commands are outside it (under their supervisor, in groups of their
+/// own), so the quick one finishes within `--grace` and is acked instead of dying of the
+/// signal, and the slow one is released when the grace period ends.
+#[test]
+fn ctrl_c_reaches_the_worker_only_which_finishes_quick_jobs_and_releases_slow_ones_after_the_grace_period() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let db = sqlite(dir);
@@ -335,26 +387,27 @@ fn sigterm_finishes_quick_jobs_and_releases_slow_ones_within_the_grace_period() 
     }
     // the quick job ends once the worker has been asked to stop (the file `stop` appears)
     let cmd = r#"echo "$KEEL_JOB_KIND" >> starts.log; if [ "$KEEL_JOB_KIND" = slow ]; then sleep 300; else while [ ! -e stop ]; do sleep 0.02; done; fi"#;
-    let mut child = keel(
-        dir,
-        &db,
-        "sig",
-        &["work", "--exec", cmd, "--grace", "3s", "--poll", "20ms"],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut child = Worker(
+        keel(
+            dir,
+            &db,
+            "sig",
+            &["work", "--exec", cmd, "--grace", "3s", "--poll", "20ms"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // (a group of its own, as a terminal gives a foreground job)
+        .process_group(0)
+        .spawn()
+        .unwrap(),
+    );
     wait_for("both jobs started", || {
         (lines_of(&dir.join("starts.log")).len() >= 2).then_some(())
     });
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    let group = rustix::process::Pid::from_raw(child.0.id() as i32).unwrap();
+    rustix::process::kill_process_group(group, rustix::process::Signal::INT).unwrap();
     std::fs::write(dir.join("stop"), "").unwrap();
-    let status = wait_exit(&mut child, "the worker after SIGTERM");
+    let status = wait_exit(&mut child.0, "the worker after SIGINT");
     assert!(status.success(), "a graceful stop exits 0: {status:?}");
     let left = json_lines(&keel(dir, &db, "sig", &["list", "--json"]).output().unwrap());
     assert_eq!(left.len(), 1, "the quick job finished and was acked: {left:?}");
@@ -413,16 +466,18 @@ fn a_cancelled_job_kills_its_command_and_what_it_started() {
     let out = keel(dir, &db, "grp", &["enqueue", "slow", "{}"]).output().unwrap();
     assert!(out.status.success());
     let cmd = r#"sleep 300 & echo $! > child.pid.tmp; mv child.pid.tmp child.pid; wait"#;
-    let mut worker = keel(
-        dir,
-        &db,
-        "grp",
-        &["work", "--exec", cmd, "--grace", "100ms", "--poll", "20ms"],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut worker = Worker(
+        keel(
+            dir,
+            &db,
+            "grp",
+            &["work", "--exec", cmd, "--grace", "100ms", "--poll", "20ms"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
     let pid = wait_for("the command started", || {
         std::fs::read_to_string(dir.join("child.pid"))
             .ok()
@@ -430,11 +485,11 @@ fn a_cancelled_job_kills_its_command_and_what_it_started() {
     });
     assert!(alive(&pid));
     let kill = Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
+        .args(["-TERM", &worker.0.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    assert!(wait_exit(&mut worker, "the worker after SIGTERM").success());
+    assert!(wait_exit(&mut worker.0, "the worker after SIGTERM").success());
     wait_all_dead(&[pid], "the cancelled job");
 }
 
@@ -501,32 +556,38 @@ case "$KEEL_JOB_KIND" in
 esac
 exit 75"#;
     let before = keel::util::now_ms();
-    let mut worker = keel(dir, &db, "ra", &["work", "--exec", cmd, "--poll", "20ms"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut worker = Worker(
+        keel(dir, &db, "ra", &["work", "--exec", cmd, "--poll", "20ms"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_for("all three commands ran", || {
         (lines_of(&dir.join("runs.log")).len() >= 3).then_some(())
     });
     // (the plain job's backoff is short: it may be running again by now)
-    let listed = wait_for("the throttled jobs are scheduled, the plain one failed once", || {
-        let jobs = json_lines(&keel(dir, &db, "ra", &["list", "--json"]).output().unwrap());
-        let scheduled = jobs
-            .iter()
-            .filter(|j| j["state"] == "scheduled" && j["kind"] != "plain")
-            .count();
-        let plain_failed = jobs.iter().any(|j| j["kind"] == "plain" && j["errors"][0].is_object());
-        (scheduled == 2 && plain_failed).then_some(jobs)
-    });
+    let listed = wait_polls(
+        "the throttled jobs are scheduled, the plain one failed once",
+        MAX_COMMAND_POLLS,
+        || {
+            let jobs = json_lines(&keel(dir, &db, "ra", &["list", "--json"]).output().unwrap());
+            let scheduled = jobs
+                .iter()
+                .filter(|j| j["state"] == "scheduled" && j["kind"] != "plain")
+                .count();
+            let plain_failed = jobs.iter().any(|j| j["kind"] == "plain" && j["errors"][0].is_object());
+            (scheduled == 2 && plain_failed).then_some(jobs)
+        },
+    );
     let kill = Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
+        .args(["-TERM", &worker.0.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    assert!(wait_exit(&mut worker, "the worker after SIGTERM").success());
+    assert!(wait_exit(&mut worker.0, "the worker after SIGTERM").success());
     let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut worker.stdout.take().unwrap(), &mut stdout).unwrap();
+    std::io::Read::read_to_string(&mut worker.0.stdout.take().unwrap(), &mut stdout).unwrap();
     assert!(
         stdout.contains("working\n"),
         "the command's stdout is passed through: {stdout:?}"
@@ -666,7 +727,7 @@ fn health_applies_its_thresholds_and_says_why_with_exit_1() {
     assert_eq!(out.status.code(), Some(0), "at the threshold: {out:?}");
     // a ready job older than the limit (any wait is older than 0s)
     keel(dir, &db, "h", &["enqueue", "waits", "{}"]).output().unwrap();
-    let (code, v) = wait_for("the ready job has waited a moment", || {
+    let (code, v) = wait_polls("the ready job has waited a moment", MAX_COMMAND_POLLS, || {
         let out = health(&["--max-dead", "1", "--max-oldest-age", "0s", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         (v["status"] == "stalled").then_some((out.status.code(), v))

@@ -139,7 +139,7 @@ pub async fn the_worker_extends_the_lease_while_its_handler_runs(b: &Backend) {
     let (seen_in, q_in) = (seen.clone(), q.clone());
     let backend = b.clock();
     let worker = Worker::new(q.clone(), opts, move |job: Job| {
-        let (seen, q, other, backend) = (seen_in.clone(), q_in.clone(), other.clone(), backend.clone());
+        let (seen, q, other, backend) = (seen_in.clone(), q_in.clone(), other.clone(), backend);
         async move {
             let first = job.lease_until_ms.unwrap_or(0);
             backend.wait_past(first).await;
