@@ -615,13 +615,13 @@ exit 75"#;
 
 /// How `work --exec` classifies how a command ended (`classify_exit`): one job per way, one
 /// attempt each, then the dead set says which class and reason each got; a retried attempt
-/// is logged with its retry time in RFC 3339.
+/// is logged with its retry time in RFC 3339; a process a command left behind is killed.
 #[test]
 fn exec_classifies_exit_codes_signals_and_retry_after() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let db = sqlite(dir);
-    for kind in ["ok", "temp", "bad", "signal", "throttle"] {
+    for kind in ["ok", "temp", "bad", "signal", "throttle", "leaves"] {
         let out = keel(dir, &db, "cl", &["enqueue", kind, "{}", "--max-attempts", "1"])
             .output()
             .unwrap();
@@ -639,6 +639,7 @@ fn exec_classifies_exit_codes_signals_and_retry_after() {
   signal) kill -KILL $$ ;;
   throttle) echo "keel-retry-after: 10m"; exit 75 ;;
   flaky) [ "$KEEL_JOB_ATTEMPT" = 1 ] && exit 75; exit 0 ;;
+  leaves) sleep 300 & echo $! > leftover.pid ;;
 esac"#;
     let out = keel(dir, &db, "cl", &["work", "--exec", cmd, "--poll", "20ms", "--drain"])
         .env("RUST_LOG", "warn")
@@ -673,8 +674,11 @@ esac"#;
             ("temp", want("transient", "exit_transient")),
             ("throttle", want("throttled", "retry_after")),
         ]),
-        "ok and flaky were acked"
+        "ok, flaky and leaves were acked"
     );
+    // what a command leaves running in its group is killed when it exits
+    let leftover = std::fs::read_to_string(dir.join("leftover.pid")).unwrap();
+    wait_all_dead(&[leftover.trim().to_owned()], "the command that left a process behind");
     assert_eq!(got["bad"].2, "no such record");
     assert_eq!(got["temp"].2, "upstream busy");
     assert!(got["signal"].2.contains("signal 9"), "{:?}", got["signal"]);
