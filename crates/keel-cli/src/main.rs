@@ -80,6 +80,14 @@ enum Command {
         #[command(subcommand)]
         cmd: queue::Cmd,
     },
+    /// (Internal) runs one job's command for `keel queue work --exec` so that it dies with
+    /// its worker; see `queue/supervise.rs`.
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        /// The program and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        argv: Vec<std::ffi::OsString>,
+    },
 }
 
 /// A mistake in how keel was called (exit code 2), found after argument parsing.
@@ -122,6 +130,11 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if let Command::Supervise { argv } = &cli.command {
+        // before anything else (no logging, no signal handling): it passes the command's
+        // output and end through unchanged
+        queue::supervise::supervise(argv);
+    }
     let level = match &cli.command {
         Command::Run(a) if a.quiet => "error",
         _ => cli.log_level.as_str(),
@@ -134,6 +147,7 @@ fn main() -> ExitCode {
         Command::Dlq(cmd) => dlq::run(cmd),
         Command::Ledger(cmd) => ledger::run(cmd),
         Command::Queue { target, cmd } => queue::run(target, cmd),
+        Command::Supervise { argv } => queue::supervise::supervise(&argv),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -7,7 +7,8 @@
 //! seq, order          counters: job ids, readiness order
 //! job:<id>            hash: kind, payload, priority, state, attempts, max_attempts, enqueued,
 //!                     run_at, ready_at, lease_until, leases (takes so far: the lease token),
-//!                     worker, key
+//!                     worker, key, budget (the attempts granted by each retry from the dead
+//!                     set; missing on older jobs, whose max_attempts is that budget)
 //! errors:<id>         list of the job's failed attempts (JSON)
 //! ready               zset, score (1000 - priority) * 2^40 + order: priority, then FIFO
 //! ready_at            zset, score when the job became ready (the oldest waiting job)
@@ -82,7 +83,7 @@ for i = 0, n - 1 do
   else
     id = tostring(redis.call('INCR', p .. 'seq'))
     redis.call('HSET', p .. 'job:' .. id, 'kind', kind, 'payload', payload, 'priority', prio, 'attempts', 0,
-      'max_attempts', maxa, 'enqueued', now, 'run_at', string.format('%.0f', run_at), 'key', key)
+      'max_attempts', maxa, 'budget', maxa, 'enqueued', now, 'run_at', string.format('%.0f', run_at), 'key', key)
     if run_at <= now then
       make_ready(id, prio, now)
     else
@@ -214,7 +215,10 @@ local n = 0
 for _, id in ipairs(ids) do
   if redis.call('ZREM', p .. 'dead', id) == 1 then
     local k = p .. 'job:' .. id
-    redis.call('HSET', k, 'attempts', 0, 'run_at', now_s)
+    -- the attempts go on counting; a fresh budget on top of them
+    local s = redis.call('HMGET', k, 'attempts', 'max_attempts', 'budget')
+    local budget = tonumber(s[3]) or tonumber(s[2]) or 1
+    redis.call('HSET', k, 'max_attempts', (tonumber(s[1]) or 0) + budget, 'run_at', now_s)
     redis.call('HDEL', k, 'dead_at')
     make_ready(id, tonumber(redis.call('HGET', k, 'priority')), now)
     n = n + 1
@@ -253,6 +257,8 @@ for i = 1, #due, 2 do
 end
 out[6] = prio
 out[7] = extra
+-- leases that ran out and that no take has put back yet
+out[8] = redis.call('ZCOUNT', p .. 'active', '-inf', '(' .. now_s)
 return out
 "#;
 
@@ -529,6 +535,10 @@ impl Queue for RedisQueue {
         })
     }
 
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Job>, QueueError>> {
+        Box::pin(async move { Ok(self.read(&[id.to_owned()]).await?.pop()) })
+    }
+
     fn list<'a>(&'a self, state: Option<JobState>, limit: usize) -> BoxFuture<'a, Result<Vec<Job>, QueueError>> {
         Box::pin(async move {
             let states = match state {
@@ -556,8 +566,8 @@ impl Queue for RedisQueue {
 
     fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
         Box::pin(async move {
-            type Reply = (u64, u64, u64, u64, String, Vec<String>, Vec<String>);
-            let (ready, scheduled, active, dead, oldest, prio, due): Reply = self
+            type Reply = (u64, u64, u64, u64, String, Vec<String>, Vec<String>, u64);
+            let (ready, scheduled, active, dead, oldest, prio, due, expired_leases): Reply = self
                 .scripts
                 .stats
                 .prepare_invoke()
@@ -571,6 +581,7 @@ impl Queue for RedisQueue {
                 active,
                 dead,
                 oldest_ready_since_ms: oldest.parse::<f64>().ok().map(|v| v as u64),
+                expired_leases,
                 ..QueueStats::default()
             };
             for pair in prio.chunks(2) {

@@ -14,7 +14,8 @@ use keel::queue::{Disposition, Enqueued, Job, JobError, JobId, JobState, NewJob,
 use keel::util::now_ms;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE keel_jobs (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE keel_jobs (
         id           INTEGER PRIMARY KEY AUTOINCREMENT,
         queue        TEXT NOT NULL,
         kind         TEXT NOT NULL,
@@ -44,7 +45,11 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE keel_jobs (
         expires INTEGER NOT NULL,
         PRIMARY KEY (queue, key)
     ) WITHOUT ROWID;
-    CREATE TABLE keel_queue_seq (queue TEXT PRIMARY KEY, next INTEGER NOT NULL) WITHOUT ROWID;"];
+    CREATE TABLE keel_queue_seq (queue TEXT PRIMARY KEY, next INTEGER NOT NULL) WITHOUT ROWID;",
+    // the attempts a job was enqueued with, granted again by each retry from the dead set
+    // (NULL for jobs enqueued before: their max_attempts is still that budget)
+    "ALTER TABLE keel_jobs ADD COLUMN budget INTEGER;",
+];
 
 #[doc(hidden)]
 /// The columns [`job_of`] reads, in order.
@@ -322,8 +327,8 @@ impl Queue for SqliteQueue {
                 let id: i64 = tx
                     .prepare_cached(
                         "INSERT INTO keel_jobs (queue, kind, payload, priority, state, run_at, ready_order, ready_at,
-                         enqueued, attempts, max_attempts, errors, idem_key)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8, 0, ?9, '[]', ?10) RETURNING id",
+                         enqueued, attempts, max_attempts, budget, errors, idem_key)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8, 0, ?9, ?9, '[]', ?10) RETURNING id",
                     )
                     .map_err(backend)?
                     .query_row(
@@ -478,6 +483,22 @@ impl Queue for SqliteQueue {
         })
     }
 
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Job>, QueueError>> {
+        // (not a number: not an id this backend gives)
+        let Ok(n) = id_of(id) else {
+            return Box::pin(async { Ok(None) });
+        };
+        self.with(false, move |tx, queue| {
+            tx.query_row(
+                &format!("SELECT {COLUMNS} FROM keel_jobs WHERE id = ?1 AND queue = ?2"),
+                params![n, queue],
+                job_of,
+            )
+            .optional()
+            .map_err(backend)
+        })
+    }
+
     fn list<'a>(&'a self, state: Option<JobState>, limit: usize) -> BoxFuture<'a, Result<Vec<Job>, QueueError>> {
         self.with(false, move |tx, queue| {
             let (cond, order) = match state {
@@ -537,6 +558,13 @@ impl Queue for SqliteQueue {
                     _ => s.dead += n,
                 }
             }
+            s.expired_leases = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM keel_jobs WHERE queue = ?1 AND state = 'active' AND lease_until < ?2",
+                    params![queue, now],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(backend)? as u64;
             Ok(s)
         })
     }
@@ -568,8 +596,8 @@ impl Queue for SqliteQueue {
             let now = now_ms() as i64;
             for (i, id) in chosen.iter().enumerate() {
                 tx.execute(
-                    "UPDATE keel_jobs SET state = 'ready', attempts = 0, dead_at = NULL, ready_order = ?2,
-                     ready_at = ?3, run_at = ?3 WHERE id = ?1",
+                    "UPDATE keel_jobs SET state = 'ready', max_attempts = attempts + COALESCE(budget, max_attempts),
+                     dead_at = NULL, ready_order = ?2, ready_at = ?3, run_at = ?3 WHERE id = ?1",
                     params![id, (first + i as u64) as i64, now],
                 )
                 .map_err(backend)?;

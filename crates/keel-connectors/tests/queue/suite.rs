@@ -242,7 +242,11 @@ pub async fn dead_jobs_are_retried_and_purged(b: &Backend) {
     assert_eq!(q.retry_dead(Some(&["999999".to_string()])).await.unwrap(), 0);
     let back = take_all(q, "w").await;
     assert_eq!(ns(&back), vec![0]);
-    assert_eq!(back[0].attempts, 1, "attempts start over");
+    assert_eq!(
+        (back[0].attempts, back[0].max_attempts),
+        (2, 6),
+        "attempts go on counting, with a fresh budget of 5"
+    );
     assert_eq!(back[0].errors.len(), 1, "the history stays");
     assert_eq!(q.purge(JobState::Dead).await.unwrap(), 2);
     assert_eq!(q.retry_dead(None).await.unwrap(), 0);
@@ -274,9 +278,9 @@ pub async fn lease_tokens_are_never_reused(b: &Backend) {
         "buried: its only attempt's lease expired"
     );
     assert_eq!(q.retry_dead(None).await.unwrap(), 1);
-    // the same worker takes it again, at attempt 1 again: the stale first task is fenced
+    // the same worker takes it again: the stale first task is fenced
     let second = q.take("w1", LONG, 1).await.unwrap();
-    assert_eq!((second[0].attempts, second[0].lease), (1, 2));
+    assert_eq!((second[0].attempts, second[0].lease), (2, 2));
     assert!(matches!(q.ack(&e.id, "w1", 1).await, Err(QueueError::LostLease(_))));
     q.ack(&e.id, "w1", 2).await.unwrap();
 }
@@ -388,12 +392,11 @@ pub async fn a_worker_acks_retries_and_buries_by_class(b: &Backend) {
     });
     let stop = worker.shutdown_handle();
     let run = tokio::spawn(async move { worker.run().await });
-    let started = std::time::Instant::now();
+    // (bounded: 3,000 looks)
+    let mut looks = 0;
     while !drained(&*q).await {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the worker did not drain the queue"
-        );
+        looks += 1;
+        assert!(looks < 3000, "the worker did not drain the queue");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.trigger();
@@ -481,12 +484,16 @@ pub async fn mixed_priorities_at_scale_never_start_a_lower_one_first(b: &Backend
     let mut taken: BTreeMap<i64, (usize, u64)> = BTreeMap::new();
     let mut lowest: Vec<i32> = Vec::new();
     let mut starts: Vec<u64> = Vec::new();
+    // (bounded: 1,000 takes return something, and empty ones only wait for delayed jobs,
+    // which are due within 1.5 s of the start)
+    let mut empty = 0;
     while taken.len() < 100_000 {
         let at = now_ms();
         let got = q.take("w", LONG, 100).await.unwrap();
         let returned = now_ms();
         if got.is_empty() {
-            assert!(returned < start + 30_000, "jobs went missing: {} taken", taken.len());
+            empty += 1;
+            assert!(empty < 3000, "jobs went missing: {} taken", taken.len());
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
@@ -571,6 +578,9 @@ impl Queue for ExtendFails {
     }
     fn release<'a>(&'a self, id: &'a str, worker: &'a str, lease: u64) -> BoxFuture<'a, Result<(), QueueError>> {
         self.0.release(id, worker, lease)
+    }
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Job>, QueueError>> {
+        self.0.get(id)
     }
     fn list<'a>(&'a self, state: Option<JobState>, limit: usize) -> BoxFuture<'a, Result<Vec<Job>, QueueError>> {
         self.0.list(state, limit)

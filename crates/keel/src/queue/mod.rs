@@ -20,12 +20,15 @@
 //! - **Failures.** [`dispose`] decides: transient and throttled failures are retried after a
 //!   backoff (at least the retry-after the failure carries) while attempts remain;
 //!   permanent and fatal ones, and the last attempt, go to the dead set, which keeps the
-//!   error of every attempt. Dead jobs can be listed, retried (back to ready, attempts
-//!   reset) or purged.
+//!   error of every attempt. Dead jobs can be listed, retried or purged. A retry puts the
+//!   job back as ready with a fresh budget: its attempts keep counting (the history goes on
+//!   with the next attempt number) and its `max_attempts` becomes `attempts` plus the budget
+//!   it was enqueued with.
 //!
 //! [`worker::Worker`] runs handlers on a queue with a concurrency limit, lease extension,
 //! and graceful shutdown.
 
+pub mod command;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -141,7 +144,8 @@ pub struct Enqueued {
 /// One failed attempt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobError {
-    /// Which attempt.
+    /// Which attempt ([`Job::attempts`] when it failed: numbers keep growing across
+    /// retries from the dead set).
     pub attempt: u32,
     /// Its class.
     pub class: Class,
@@ -205,9 +209,11 @@ pub struct Job {
     pub priority: i32,
     /// Where it stands.
     pub state: JobState,
-    /// Attempts so far (taking a job counts one).
+    /// Attempts so far (taking a job counts one), over the job's whole life: a retry from
+    /// the dead set does not reset it.
     pub attempts: u32,
-    /// Most attempts.
+    /// The last attempt: a failure of this one is final. Starts as [`NewJob::max_attempts`]
+    /// and grows by that budget with each retry from the dead set.
     pub max_attempts: u32,
     /// When it was enqueued (ms).
     pub enqueued_ms: u64,
@@ -275,6 +281,9 @@ pub struct QueueStats {
     pub dead: u64,
     /// Since when the oldest ready job has been waiting (ms), if any.
     pub oldest_ready_since_ms: Option<u64>,
+    /// Active jobs whose lease has run out (on the backend's clock): the worker holding them
+    /// died or stalled, and no take has put them back yet (they count in `active` too).
+    pub expired_leases: u64,
 }
 
 /// A queue error.
@@ -335,6 +344,10 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     /// counted.
     fn release<'a>(&'a self, id: &'a str, worker: &'a str, lease: u64) -> BoxFuture<'a, Result<(), QueueError>>;
 
+    /// The job `id`, in whatever state; `None` if there is none (never enqueued, acked,
+    /// purged, or not an id this backend could have given).
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Job>, QueueError>>;
+
     /// Jobs in `state` (all states if `None`), in the order they would run (dead: oldest
     /// death first), at most `limit`.
     fn list<'a>(&'a self, state: Option<JobState>, limit: usize) -> BoxFuture<'a, Result<Vec<Job>, QueueError>>;
@@ -342,8 +355,9 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     /// Sizes.
     fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>>;
 
-    /// Moves dead jobs (`ids`, or all) back to ready with their attempts reset; returns how
-    /// many.
+    /// Moves dead jobs (`ids`, or all) back to ready, each with a fresh budget of attempts
+    /// (see the module docs); ids of jobs that are not dead are skipped. Returns how many
+    /// were moved.
     fn retry_dead<'a>(&'a self, ids: Option<&'a [JobId]>) -> BoxFuture<'a, Result<u64, QueueError>>;
 
     /// Deletes the jobs in `state`; returns how many.

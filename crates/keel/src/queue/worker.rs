@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::{Disposition, Job, JobError, Queue, QueueError, dispose};
 use crate::ShutdownHandle;
-use crate::failure::{Class, Failure};
+use crate::failure::Failure;
 use crate::ledger::BoxFuture;
 use crate::policy::{RetryPolicy, SplitMix};
 use crate::util::now_ms;
@@ -395,25 +395,4 @@ async fn run_one(cx: TaskContext, job: Job, cancel: ShutdownHandle) -> TaskEnd {
     }
 }
 
-/// Classifies an exit status of an external command run for a job: `0` acks;
-/// [`EXIT_TRANSIENT`] (75, `EX_TEMPFAIL`) is transient (retried with backoff); termination by
-/// a signal is transient too; any other code is permanent (dead set).
-pub fn classify_exit(code: Option<i32>, stderr_tail: &str) -> Result<(), Failure> {
-    let message = if stderr_tail.trim().is_empty() {
-        format!(
-            "the command exited with {}",
-            code.map_or("a signal".into(), |c| c.to_string())
-        )
-    } else {
-        stderr_tail.trim().to_owned()
-    };
-    match code {
-        Some(0) => Ok(()),
-        Some(EXIT_TRANSIENT) => Err(Failure::transient("exit_transient", message)),
-        None => Err(Failure::transient("killed", message)),
-        Some(c) => Err(Failure::new(Class::Permanent, format!("exit_{c}"), message)),
-    }
-}
-
-/// The exit code of a job command that asks for a retry (`EX_TEMPFAIL` of sysexits.h).
-pub const EXIT_TRANSIENT: i32 = 75;
+pub use super::command::{CommandEnd, EXIT_RETRY as EXIT_TRANSIENT, classify_exit};

@@ -1,24 +1,22 @@
-//! `keel queue enqueue|list|stats|health|dead|retry|purge|work`: the durable job queue from
-//! the command line.
+//! `keel queue enqueue|list|show|stats|health|dead|retry|purge|work`: the durable job queue
+//! from the command line.
 //!
-//! `work --exec CMD` runs `sh -c CMD` once per job with the payload (JSON) on stdin and
-//! `KEEL_JOB_ID`, `KEEL_JOB_KIND`, `KEEL_JOB_ATTEMPT`, `KEEL_JOB_PRIORITY` and
-//! `KEEL_JOB_LEASE_UNTIL_MS` (the lease at the start, extended while the command runs) in the
-//! environment.
-//! Exit 0 acks the job; exit 75 (`EX_TEMPFAIL`) or death by a signal is a transient failure
-//! (retried with backoff); any other exit code is permanent (the job goes to the dead set).
-//! The last lines of the command's stderr become the error message.
-//! The command runs in a process group of its own: when its job is cancelled (its lease lost
-//! or not extendable in time, or a shutdown's grace period over) the whole group is killed.
+//! `work --exec CMD` runs `sh -c CMD` once per job (see `exec.rs` for what a command gets
+//! and how its end is classified, `supervise.rs` for how it dies with its worker).
+//! `show` and `retry` of an id that is not a job (or, for `retry`, not a dead one) exit 2;
+//! `health` exits 1 unless the queue is ok (`health.rs`).
+
+mod exec;
+mod health;
+pub mod supervise;
 
 use std::io::Read as _;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use keel::queue::worker::{Worker, WorkerOptions, classify_exit};
-use keel::queue::{Job, JobState, NewJob, Queue, QueueStats, enqueue};
+use keel::queue::worker::{Worker, WorkerOptions};
+use keel::queue::{Disposition, Job, JobState, NewJob, Queue, QueueStats, enqueue};
 use keel::util::{format_rfc3339_ms, now_ms};
 
 use crate::{EXIT_DEAD_LETTERS, EXIT_OK, EXIT_USAGE};
@@ -84,12 +82,23 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Status (ok, degraded, stalled), sizes, in flight, dead, and the oldest wait; exit 1
-    /// unless ok.
+    /// One job with its error history; exit 2 if there is no such job.
+    Show {
+        /// The job's id.
+        id: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Status (ok, degraded, stalled) and why, sizes, in flight, dead, and the oldest wait;
+    /// exit 1 unless ok.
     Health {
-        /// The queue is stalled when a job has waited longer than this.
-        #[arg(long, default_value = "5m")]
-        max_wait: String,
+        /// Stalled when a ready job has waited longer than this.
+        #[arg(long, alias = "max-wait", default_value = "5m")]
+        max_oldest_age: String,
+        /// Degraded when the dead set holds more jobs than this.
+        #[arg(long, default_value_t = 0)]
+        max_dead: u64,
         /// Print as JSON.
         #[arg(long)]
         json: bool,
@@ -103,7 +112,8 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Move dead jobs back to ready (attempts start over).
+    /// Move dead jobs back to ready with a fresh budget of attempts (their history goes on);
+    /// exit 2 if a named job does not exist or is not dead (nothing is moved then).
     Retry {
         /// These jobs.
         ids: Vec<String>,
@@ -120,11 +130,16 @@ pub enum Cmd {
         #[arg(long)]
         confirm: bool,
     },
-    /// Run a command per job (payload on stdin; exit 0 acks, 75 retries, others bury).
+    /// Run a command per job (payload on stdin; exit 0 acks, 75 retries, with a
+    /// `keel-retry-after: 30s` line after that delay; others bury).
     Work {
         /// The command, run with `sh -c`.
         #[arg(long)]
         exec: String,
+        /// Kill a command still running after this long (`30s`, `10m`): the attempt fails as
+        /// `timeout` and is retried.
+        #[arg(long)]
+        timeout: Option<String>,
         /// Jobs run at the same time.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
@@ -241,36 +256,59 @@ async fn dispatch(cmd: Cmd, queue: Arc<dyn Queue>) -> Result<u8> {
             }
             Ok(EXIT_OK)
         }
-        Cmd::Health { max_wait, json } => {
-            let max_wait = duration(&max_wait, "--max-wait")?;
-            let s = q.stats().await?;
-            let oldest_wait_ms = s.oldest_ready_since_ms.map(|t| now_ms().saturating_sub(t));
-            let status = if oldest_wait_ms.is_some_and(|w| w > keel::ledger::ms(max_wait)) {
-                "stalled"
-            } else if s.dead > 0 {
-                "degraded"
-            } else {
-                "ok"
+        Cmd::Show { id, json } => show(q, &id, json).await,
+        Cmd::Health {
+            max_oldest_age,
+            max_dead,
+            json,
+        } => {
+            let thresholds = health::Thresholds {
+                max_dead,
+                max_oldest_age: duration(&max_oldest_age, "--max-oldest-age")?,
             };
+            let s = q.stats().await?;
+            let h = health::assess(&s, &thresholds, now_ms());
             if json {
                 let mut v = serde_json::to_value(&s)?;
-                v["status"] = status.into();
-                v["oldest_wait_ms"] = oldest_wait_ms.into();
+                v["status"] = h.status.as_str().into();
+                v["reasons"] = h.reasons.clone().into();
+                v["oldest_wait_ms"] = h.oldest_wait_ms.into();
                 v["in_flight"] = s.active.into();
                 println!("{v}");
             } else {
-                println!("status: {status}");
+                println!("status: {}", h.status.as_str());
+                for r in &h.reasons {
+                    println!("  because {r}");
+                }
                 print_stats(&s);
-                if let Some(w) = oldest_wait_ms {
+                if let Some(w) = h.oldest_wait_ms {
                     println!("oldest waiting job: {:.1}s", w as f64 / 1000.0);
                 }
             }
-            Ok(if status == "ok" { EXIT_OK } else { EXIT_DEAD_LETTERS })
+            Ok(if h.status == health::Status::Ok {
+                EXIT_OK
+            } else {
+                EXIT_DEAD_LETTERS
+            })
         }
         Cmd::Retry { ids, all } => {
             if ids.is_empty() && !all {
                 eprintln!("keel: name the dead jobs to retry, or --all");
                 return Ok(EXIT_USAGE);
+            }
+            // every named job must be dead: otherwise nothing is moved
+            for id in &ids {
+                match q.get(id).await? {
+                    None => {
+                        eprintln!("keel: no job {id} in queue {}", q.describe());
+                        return Ok(EXIT_USAGE);
+                    }
+                    Some(j) if j.state != JobState::Dead => {
+                        eprintln!("keel: job {id} is {}, not dead: only dead jobs can be retried", j.state);
+                        return Ok(EXIT_USAGE);
+                    }
+                    Some(_) => {}
+                }
             }
             let n = q.retry_dead(if all { None } else { Some(&ids) }).await?;
             eprintln!("keel: {n} dead jobs moved back to ready");
@@ -294,13 +332,28 @@ async fn dispatch(cmd: Cmd, queue: Arc<dyn Queue>) -> Result<u8> {
         }
         Cmd::Work {
             exec,
+            timeout,
             concurrency,
             lease,
             grace,
             poll,
             worker,
             drain,
-        } => work(queue.clone(), exec, concurrency, &lease, &grace, &poll, worker, drain).await,
+        } => {
+            let timeout = timeout.map(|t| duration(&t, "--timeout")).transpose()?;
+            work(
+                queue.clone(),
+                exec,
+                timeout,
+                concurrency,
+                &lease,
+                &grace,
+                &poll,
+                worker,
+                drain,
+            )
+            .await
+        }
     }
 }
 
@@ -308,6 +361,7 @@ async fn dispatch(cmd: Cmd, queue: Arc<dyn Queue>) -> Result<u8> {
 async fn work(
     queue: Arc<dyn Queue>,
     exec: String,
+    timeout: Option<Duration>,
     concurrency: usize,
     lease: &str,
     grace: &str,
@@ -323,12 +377,27 @@ async fn work(
     opts.poll = duration(poll, "--poll")?;
     opts.handle_signals = true;
     tracing::info!(queue = %queue.describe(), worker = %opts.id, concurrency = opts.concurrency, "working");
-    let exec = Arc::new(exec);
-    let w = Worker::new(queue.clone(), opts, move |job: Job| run_command(exec.clone(), job)).on_failure(
-        |job, failure, disposition| {
-            tracing::warn!(job = %job.id, kind = %job.kind, attempt = job.attempts, reason = %failure.reason, message = %failure.message, ?disposition, "job failed");
-        },
-    );
+    let (stdout, lines) = exec::StdoutWriter::start();
+    let spec = Arc::new(exec::ExecSpec {
+        command: exec,
+        timeout,
+        supervisor: std::env::current_exe().context("finding the keel executable (it supervises the commands)")?,
+        worker: opts.id.clone(),
+        stdout: lines,
+    });
+    let w = Worker::new(queue.clone(), opts, move |job: Job| {
+        exec::run_command(spec.clone(), job)
+    })
+    .on_failure(|job, failure, disposition| match disposition {
+        Disposition::Retry { at_ms } => tracing::warn!(
+            job = %job.id, kind = %job.kind, attempt = job.attempts, reason = %failure.reason,
+            error = %failure.message, retry_at = %format_rfc3339_ms(at_ms), "job failed; retrying"
+        ),
+        Disposition::Dead => tracing::warn!(
+            job = %job.id, kind = %job.kind, attempt = job.attempts, reason = %failure.reason,
+            error = %failure.message, "job failed; moved to the dead set"
+        ),
+    });
     if drain {
         let stop = w.shutdown_handle();
         let q = queue.clone();
@@ -344,81 +413,16 @@ async fn work(
             }
         });
     }
-    let report = w.run().await?;
+    let report = w.run().await;
+    // the commands' last lines reach stdout before the worker exits
+    drop(w);
+    stdout.finish(Duration::from_secs(2)).await;
+    let report = report?;
     eprintln!(
         "keel: worker stopped: {} acked, {} retried, {} dead, {} released, {} lost",
         report.acked, report.retried, report.dead, report.released, report.lost
     );
     Ok(EXIT_OK)
-}
-
-/// Runs the command for one job; see the module docs.
-async fn run_command(exec: Arc<String>, job: Job) -> Result<(), keel::Failure> {
-    use tokio::io::AsyncWriteExt as _;
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(exec.as_str())
-        .env("KEEL_JOB_ID", &job.id)
-        .env("KEEL_JOB_KIND", &job.kind)
-        .env("KEEL_JOB_ATTEMPT", job.attempts.to_string())
-        .env("KEEL_JOB_PRIORITY", job.priority.to_string())
-        .env("KEEL_JOB_LEASE_UNTIL_MS", job.lease_until_ms.unwrap_or(0).to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| keel::Failure::fatal("spawn_failed", format!("cannot run `{exec}`: {e}")))?;
-    // cancelled before the command exits (its lease lost or not extendable, or the grace
-    // period of a shutdown over): this future is dropped and the command is killed with
-    // everything it started
-    let mut group = KillGroupOnDrop(child.id());
-    if let Some(mut stdin) = child.stdin.take() {
-        // a command that does not read its input closes the pipe: not an error
-        let _ = stdin.write_all(job.payload.to_string().as_bytes()).await;
-    }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| keel::Failure::transient("wait_failed", e.to_string()))?;
-    group.0 = None;
-    // exit 0 acks whatever the command printed
-    if out.status.success() {
-        return Ok(());
-    }
-    classify_exit(out.status.code(), &stderr_tail(&out.stderr))
-}
-
-/// Kills the process group of a job's command when dropped, unless disarmed (`.0 = None`)
-/// once the command exited. The command is its group's leader (`process_group(0)`), so the
-/// group is the command and every process it started that did not leave it.
-struct KillGroupOnDrop(Option<u32>);
-
-impl Drop for KillGroupOnDrop {
-    fn drop(&mut self) {
-        use rustix::process::{Pid, Signal, kill_process_group};
-        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()).and_then(Pid::from_raw) {
-            // (already gone: nothing to do)
-            let _ = kill_process_group(pid, Signal::KILL);
-        }
-    }
-}
-
-/// The longest stderr message kept for a failed job, in bytes.
-const STDERR_TAIL_BYTES: usize = 2000;
-
-/// The last 5 lines of `stderr` (invalid UTF-8 replaced), at most [`STDERR_TAIL_BYTES`] of
-/// them, cut at a character boundary.
-fn stderr_tail(stderr: &[u8]) -> String {
-    let stderr = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = stderr.lines().rev().take(5).collect();
-    let tail = lines.into_iter().rev().collect::<Vec<_>>().join("\n");
-    let mut start = tail.len().saturating_sub(STDERR_TAIL_BYTES);
-    while !tail.is_char_boundary(start) {
-        start += 1;
-    }
-    tail[start..].to_owned()
 }
 
 fn print_stats(s: &QueueStats) {
@@ -473,21 +477,50 @@ fn print_jobs(jobs: &[Job], json: bool, errors: bool) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{STDERR_TAIL_BYTES, stderr_tail};
-
-    #[test]
-    fn the_stderr_tail_is_cut_at_a_char_boundary() {
-        for prefix in ["", "x", "xx"] {
-            for ch in ["é", "€", "😀"] {
-                let text = format!("{prefix}{}", ch.repeat(3000));
-                let tail = stderr_tail(text.as_bytes());
-                assert!(tail.len() <= STDERR_TAIL_BYTES && tail.len() > STDERR_TAIL_BYTES - 4);
-                assert!(text.ends_with(&tail));
-            }
-        }
-        assert_eq!(stderr_tail(b"a\nb\nc\nd\ne\nf\n"), "b\nc\nd\ne\nf");
-        assert_eq!(stderr_tail(b""), "");
+/// `keel queue show ID`: the job, or exit 2 when there is none.
+async fn show(q: &dyn Queue, id: &str, json: bool) -> Result<u8> {
+    let Some(j) = q.get(id).await? else {
+        eprintln!("keel: no job {id} in queue {}", q.describe());
+        return Ok(EXIT_USAGE);
+    };
+    if json {
+        println!("{}", serde_json::to_string(&j)?);
+        return Ok(EXIT_OK);
     }
+    println!("job        {} ({})", j.id, j.kind);
+    println!("state      {}", j.state);
+    println!("priority   {}", j.priority);
+    println!("attempts   {} of at most {}", j.attempts, j.max_attempts);
+    println!("enqueued   {}", format_rfc3339_ms(j.enqueued_ms));
+    println!("run at     {}", format_rfc3339_ms(j.run_at_ms));
+    if let Some(until) = j.lease_until_ms {
+        let worker = j.worker.as_deref().unwrap_or("?");
+        // (on Redis the lease is on the server's clock: close to this one on one machine)
+        if until < now_ms() {
+            println!(
+                "lease      ran out at {} (worker {worker} died or stalled; the next take runs the job again)",
+                format_rfc3339_ms(until)
+            );
+        } else {
+            println!("lease      until {} (worker {worker})", format_rfc3339_ms(until));
+        }
+    }
+    if let Some(k) = &j.idempotency_key {
+        println!("key        {k}");
+    }
+    println!("payload    {}", j.payload);
+    if !j.errors.is_empty() {
+        println!("errors");
+    }
+    for e in &j.errors {
+        println!(
+            "    attempt {} {} {} ({}): {}",
+            e.attempt,
+            format_rfc3339_ms(e.at_ms),
+            e.reason,
+            e.class.as_str(),
+            e.message
+        );
+    }
+    Ok(EXIT_OK)
 }
