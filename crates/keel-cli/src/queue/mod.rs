@@ -463,18 +463,23 @@ fn print_jobs(jobs: &[Job], json: bool, errors: bool) -> Result<()> {
         );
         if errors {
             for e in &j.errors {
-                println!(
-                    "    attempt {} {} {} ({}): {}",
-                    e.attempt,
-                    format_rfc3339_ms(e.at_ms),
-                    e.reason,
-                    e.class.as_str(),
-                    e.message
-                );
+                println!("{}", attempt_line(e));
             }
         }
     }
     Ok(())
+}
+
+/// One failed attempt of a job, as `list --errors` and `show` print it.
+fn attempt_line(e: &keel::queue::JobError) -> String {
+    format!(
+        "    attempt {} {} {} ({}): {}",
+        e.attempt,
+        format_rfc3339_ms(e.at_ms),
+        e.reason,
+        e.class.as_str(),
+        e.message
+    )
 }
 
 /// `keel queue show ID`: the job, or exit 2 when there is none.
@@ -513,14 +518,7 @@ async fn show(q: &dyn Queue, id: &str, json: bool) -> Result<u8> {
         println!("errors");
     }
     for e in &j.errors {
-        println!(
-            "    attempt {} {} {} ({}): {}",
-            e.attempt,
-            format_rfc3339_ms(e.at_ms),
-            e.reason,
-            e.class.as_str(),
-            e.message
-        );
+        println!("{}", attempt_line(e));
     }
     Ok(EXIT_OK)
 }
