@@ -54,6 +54,9 @@ pub(crate) struct TaskLocal {
     pub(crate) late_dropped: u64,
     /// Set when the current record changed keyed state (it cannot be retried then).
     pub(crate) state_changed: Cell<bool>,
+    /// Set while the steps before a concurrent call run ahead of earlier records: keyed
+    /// state, event time and side outputs are refused then.
+    pub(crate) ahead: bool,
 }
 
 impl TaskLocal {
@@ -67,6 +70,7 @@ impl TaskLocal {
             side: shared.side_sinks.iter().map(|s| OutBatch::new(s.framing)).collect(),
             late_dropped: 0,
             state_changed: Cell::new(false),
+            ahead: false,
         }
     }
 
@@ -97,7 +101,26 @@ pub struct Context<'a> {
     pub(crate) origin: Option<&'a Record>,
 }
 
+/// What a step before a concurrent `map_async` tried to use.
+fn refused_ahead(what: &str) -> Failure {
+    Failure::fatal(
+        "not_allowed_before_concurrent_call",
+        format!(
+            "{what} is used by a step before a concurrent map_async; those steps run ahead of \
+             earlier records, so move this step after the map_async (or drop `.concurrency`)"
+        ),
+    )
+}
+
 impl<'a> Context<'a> {
+    fn check_ahead(&self, what: &str) -> Result<(), Failure> {
+        if self.local.ahead {
+            Err(refused_ahead(what))
+        } else {
+            Ok(())
+        }
+    }
+
     pub(crate) fn new(shared: &'a StepShared, local: &'a mut TaskLocal, origin: Option<&'a Record>) -> Self {
         Context { shared, local, origin }
     }
@@ -148,6 +171,7 @@ impl<'a> Context<'a> {
             key,
             spec,
             changed: &self.local.state_changed,
+            ahead: self.local.ahead,
         }
     }
 
@@ -156,6 +180,7 @@ impl<'a> Context<'a> {
     where
         T: Serialize + DeserializeOwned + Clone + 'static,
     {
+        self.check_ahead("keyed state")?;
         self.shared.state.borrow_mut().entries(spec).map_err(state_failure)
     }
 
@@ -168,6 +193,7 @@ impl<'a> Context<'a> {
     where
         T: Serialize + DeserializeOwned + 'static,
     {
+        self.check_ahead("keyed state")?;
         let n = self
             .shared
             .state
@@ -197,6 +223,7 @@ impl<'a> Context<'a> {
     /// `max_future_skew` ahead of the wall clock is a `future_event_time` failure and is not
     /// recorded: it moves neither the partition's highest event time nor the watermark.
     pub fn observe_event_time(&mut self, ts: i64) -> Result<bool, Failure> {
+        self.check_ahead("event time")?;
         let now = i64::try_from(crate::util::now_ms()).unwrap_or(i64::MAX);
         if let Some(ahead) = self.shared.time.too_far_ahead(ts, now) {
             return Err(Failure::permanent(
@@ -227,6 +254,7 @@ impl<'a> Context<'a> {
     }
 
     fn side_index(&self, sink: &str) -> Result<usize, Failure> {
+        self.check_ahead("a side output")?;
         self.shared
             .side_sinks
             .iter()
@@ -266,6 +294,7 @@ pub struct KeyedState<'c, T> {
     key: &'c [u8],
     spec: &'c StateSpec<T>,
     changed: &'c Cell<bool>,
+    ahead: bool,
 }
 
 fn state_failure(e: crate::state::StateError) -> Failure {
@@ -273,16 +302,26 @@ fn state_failure(e: crate::state::StateError) -> Failure {
 }
 
 impl<T: Serialize + DeserializeOwned + 'static> KeyedState<'_, T> {
+    fn usable(&self) -> Result<(), Failure> {
+        if self.ahead {
+            Err(refused_ahead("keyed state"))
+        } else {
+            Ok(())
+        }
+    }
+
     /// The current value.
     pub fn get(&self) -> Result<Option<T>, Failure>
     where
         T: Clone,
     {
+        self.usable()?;
         self.store.borrow_mut().get(self.spec, self.key).map_err(state_failure)
     }
 
     /// Runs `f` on the value (`None` if absent); leaving `None` deletes the key.
     pub fn update<R>(&self, f: impl FnOnce(&mut Option<T>) -> R) -> Result<R, Failure> {
+        self.usable()?;
         self.changed.set(true);
         self.store
             .borrow_mut()
@@ -292,6 +331,7 @@ impl<T: Serialize + DeserializeOwned + 'static> KeyedState<'_, T> {
 
     /// Sets the value.
     pub fn put(&self, value: T) -> Result<(), Failure> {
+        self.usable()?;
         self.changed.set(true);
         self.store
             .borrow_mut()
@@ -301,6 +341,7 @@ impl<T: Serialize + DeserializeOwned + 'static> KeyedState<'_, T> {
 
     /// Deletes the value; returns the old one.
     pub fn delete(&self) -> Result<Option<T>, Failure> {
+        self.usable()?;
         self.changed.set(true);
         self.store
             .borrow_mut()

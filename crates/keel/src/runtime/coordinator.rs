@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use super::checkpointer::{Checkpointer, Completion, Job};
 use super::shared::{RuntimeShared, SinkHandle, TaskSlot};
 use super::task::{Outboxes, PartitionTask, encode_main};
+use super::window::Window;
 use super::{NamedSink, Outcome, Pipeline, PipelineError, RunSummary};
 use crate::checkpoint::recovery;
 use crate::checkpoint::{
@@ -554,6 +555,7 @@ where
                 marks: Vec::new(),
                 scratch_key: Vec::new(),
                 tally: Default::default(),
+                window: (self.flow.concurrency() > 1).then(|| Window::new(self.flow.concurrency())),
             };
             slot.running.set(true);
             self.rt.barrier.task_started();

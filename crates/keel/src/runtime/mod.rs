@@ -13,6 +13,7 @@ pub(crate) mod progress;
 mod shared;
 mod sink_io;
 mod task;
+mod window;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -17,6 +17,7 @@ use tokio::time::{Duration, Instant};
 use super::PipelineError;
 use super::shared::{RuntimeShared, TaskSlot};
 use super::sink_io::{self, Written};
+use super::window::{Ahead, Started, Window};
 use crate::context::{Context, TaskLocal};
 use crate::dead_letter::{Envelope, Provenance};
 use crate::failure::{Failure, reason};
@@ -215,6 +216,8 @@ pub(crate) struct PartitionTask<R: PartitionReader, S: Step<Record>, E> {
     pub(crate) scratch_key: Vec<u8>,
     /// Records handled since the counters were last updated.
     pub(crate) tally: Tally,
+    /// The records running ahead, when the flow has a concurrent call.
+    pub(crate) window: Option<Window>,
 }
 
 /// Records a task handled and has not added to the run's counters yet.
@@ -257,6 +260,9 @@ where
                 return Ok(());
             }
             batch.clear();
+            if let Some(w) = &mut self.window {
+                w.reset();
+            }
             let status = match self.read(&mut batch).await? {
                 Some(s) => s,
                 None => return Ok(()),
@@ -435,38 +441,33 @@ where
         }
     }
 
-    /// One run of record `rec` through the flow and into the outboxes. On failure the
-    /// outboxes are as before.
-    async fn attempt(&mut self, rec: &Record) -> Result<u64, Failure> {
+    /// One run of record `i` of `batch` through the flow and into the outboxes. On failure
+    /// the outboxes are as before.
+    async fn attempt(&mut self, batch: &SourceBatch<R::Position>, i: usize) -> Result<u64, Failure> {
         let rt = self.rt.clone();
-        if !rec.headers.is_empty()
-            && let Some(f) = rec.source_failure()
-        {
-            return Err(f);
-        }
-        if let Some(max) = rt.policies.max_record_bytes
-            && rec.value.len() > max
-        {
-            return Err(Failure::permanent(
-                reason::OVERSIZED,
-                format!(
-                    "record of {} bytes is larger than the maximum of {max}",
-                    rec.value.len()
-                ),
-            )
-            .with_stage("source"));
-        }
+        let rec = &batch.records[i];
+        admissible(&rt, rec)?;
+        let ahead = if self.window.is_some() {
+            Some(self.run_ahead(batch, i).await)
+        } else {
+            None
+        };
         self.local.begin_record(Some(rec));
         let main_mark = self.out.main.len();
         self.local.side_marks(&mut self.marks);
         self.outputs.clear();
-        let mut cx = Context::new(&rt.step, &mut self.local, Some(rec));
-        let mut result = match super::catch_panic(
-            || "flow".into(),
-            self.flow.process(rec.clone(), &mut cx, &mut self.outputs),
-        )
-        .await
-        {
+        let run = match ahead {
+            None => {
+                let mut cx = Context::new(&rt.step, &mut self.local, Some(rec));
+                super::catch_panic(
+                    || "flow".into(),
+                    self.flow.process(rec.clone(), &mut cx, &mut self.outputs),
+                )
+                .await
+            }
+            Some(ahead) => self.finish_ahead(rec, ahead).await,
+        };
+        let mut result = match run {
             Ok(r) => r,
             Err(super::PipelineError::Panic { message, .. }) => {
                 // not a record failure to route by policy: the step may be broken now
@@ -495,6 +496,78 @@ where
         }
     }
 
+    /// Flows with a concurrent call: admits the records after `i` into the window (their
+    /// steps before the call run and their calls start), then returns record `i`'s entry,
+    /// beginning it now if it has none (its first attempt at a window's edge, or a retry).
+    async fn run_ahead(&mut self, batch: &SourceBatch<R::Position>, i: usize) -> Ahead {
+        let Some(window) = &mut self.window else {
+            return self.begin_ahead(batch, i).await;
+        };
+        for j in window.admit_after(i, batch.len()) {
+            if admissible(&self.rt, &batch.records[j]).is_ok() {
+                let ahead = self.begin_ahead(batch, j).await;
+                if let Some(w) = &mut self.window {
+                    w.push(ahead);
+                }
+            }
+        }
+        match self.window.as_mut().and_then(|w| w.take(i)) {
+            Some(ahead) => ahead,
+            None => self.begin_ahead(batch, i).await,
+        }
+    }
+
+    /// Runs the steps before the concurrent call on record `j` (refusing keyed state, event
+    /// time and side outputs) and starts its calls.
+    async fn begin_ahead(&mut self, batch: &SourceBatch<R::Position>, j: usize) -> Ahead {
+        let rec = &batch.records[j];
+        self.local.begin_record(Some(rec));
+        self.local.ahead = true;
+        let mut calls = Vec::new();
+        let mut cx = Context::new(&self.rt.step, &mut self.local, Some(rec));
+        let begun = match super::catch_panic(|| "flow".into(), self.flow.begin(rec.clone(), &mut cx, &mut calls)).await
+        {
+            Ok(Ok(())) => Ok(calls.into_iter().map(Started::spawn).collect()),
+            Ok(Err(f)) => Err(f),
+            Err(e) => Err(Failure::fatal(reason::PANIC, panic_text(e)).with_stage("flow")),
+        };
+        self.local.ahead = false;
+        Ahead {
+            index: j,
+            key: self.local.has_key.then(|| self.local.key.clone()),
+            begun,
+        }
+    }
+
+    /// Waits for the calls of record `rec`'s entry, then runs the steps after the call on
+    /// their values, in order, into `self.outputs`.
+    async fn finish_ahead(&mut self, rec: &Record, ahead: Ahead) -> Result<Result<(), Failure>, PipelineError> {
+        let calls = match ahead.begun {
+            Ok(calls) => calls,
+            Err(f) => return Ok(Err(f)),
+        };
+        let mut values = Vec::with_capacity(calls.len());
+        for call in calls {
+            match call.value().await {
+                Ok(v) => values.push(v),
+                Err(f) => return Ok(Err(f)),
+            }
+        }
+        if let Some(key) = &ahead.key {
+            self.local.key.clone_from(key);
+            self.local.has_key = true;
+        }
+        let rt = self.rt.clone();
+        let mut cx = Context::new(&rt.step, &mut self.local, Some(rec));
+        for v in values {
+            let r = super::catch_panic(|| "flow".into(), self.flow.resume(v, &mut cx, &mut self.outputs)).await?;
+            if r.is_err() {
+                return Ok(r);
+            }
+        }
+        Ok(Ok(()))
+    }
+
     /// Handles record `i` of `batch` to its end: outputs, retries, pauses, dead letter, skip,
     /// or stopping the pipeline.
     async fn record(&mut self, batch: &SourceBatch<R::Position>, i: usize) -> Result<Outcome, PipelineError> {
@@ -506,7 +579,7 @@ where
         let mut first_failed_ms = 0u64;
         'attempt: loop {
             attempts += 1;
-            let mut failure = match self.attempt(rec).await {
+            let mut failure = match self.attempt(batch, i).await {
                 Ok(out) => return Ok(Outcome::Out(out)),
                 Err(f) => f,
             };
@@ -724,6 +797,36 @@ where
             rt.budget_exceeded(why);
         }
         Ok(())
+    }
+}
+
+/// The checks a record passes before any step sees it: a failure its source attached, and
+/// the size limit.
+fn admissible(rt: &RuntimeShared, rec: &Record) -> Result<(), Failure> {
+    if !rec.headers.is_empty()
+        && let Some(f) = rec.source_failure()
+    {
+        return Err(f);
+    }
+    if let Some(max) = rt.policies.max_record_bytes
+        && rec.value.len() > max
+    {
+        return Err(Failure::permanent(
+            reason::OVERSIZED,
+            format!(
+                "record of {} bytes is larger than the maximum of {max}",
+                rec.value.len()
+            ),
+        )
+        .with_stage("source"));
+    }
+    Ok(())
+}
+
+fn panic_text(e: PipelineError) -> String {
+    match e {
+        PipelineError::Panic { message, .. } => message,
+        other => other.to_string(),
     }
 }
 

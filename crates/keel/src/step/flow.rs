@@ -58,6 +58,38 @@ impl<In: 'static, A, B, M> Flow<In, Chain<A, B, M>> {
     }
 }
 
+impl<In: 'static, A, F, M> Flow<In, Chain<A, MapAsync<F>, M>> {
+    /// Lets the `map_async` added last run for up to `n` records of a partition at once
+    /// (`.map_async(fetch).concurrency(8)`); outputs stay in source order.
+    ///
+    /// How it runs: a partition keeps a window of up to `n` records of its current batch. A
+    /// record entering the window runs the steps before the call right away and starts its
+    /// call; the steps after the call run record by record, in order, when the record's turn
+    /// comes. So the steps **before** the call run ahead of earlier records: they must be
+    /// plain functions of the record (parse, map, filter, validate, key_by). Keyed state,
+    /// event time and side outputs there are refused with a `fatal` failure; put them after
+    /// the call. Only the first concurrent `map_async` of a flow runs ahead.
+    ///
+    /// Failures and positions are those of one-at-a-time processing: a failed call goes to
+    /// its stage's policy when its record's turn comes (a retry runs that record alone while
+    /// the calls behind it go on), and a checkpoint taken meanwhile holds the position before
+    /// the oldest record not finished; calls of records behind it are started again after a
+    /// restart (calls are at-least-once, like retries). `n` of 0 counts as 1.
+    pub fn concurrency(self, n: usize) -> Self {
+        let Chain { first, second, .. } = self.step;
+        Flow {
+            step: Chain::new(
+                first,
+                MapAsync {
+                    f: second.f,
+                    concurrency: n.max(1),
+                },
+            ),
+            _in: PhantomData,
+        }
+    }
+}
+
 impl<In: 'static> Default for Flow<In, Identity> {
     fn default() -> Self {
         Self::new()
@@ -123,13 +155,15 @@ where
     }
 
     /// One output per item from an async function. Records of a partition are handled one
-    /// at a time, in order; other partitions keep flowing while one waits.
+    /// at a time, in order, unless [`concurrency`](Flow::concurrency) follows; other
+    /// partitions keep flowing while one waits.
     pub fn map_async<U, Fut, F>(self, f: F) -> Flow<In, Chain<S, MapAsync<F>, S::Out>>
     where
         F: FnMut(S::Out) -> Fut + Clone + 'static,
-        Fut: Future<Output = Result<U, Failure>>,
+        Fut: Future<Output = Result<U, Failure>> + 'static,
+        U: 'static,
     {
-        self.then(MapAsync(f))
+        self.then(MapAsync { f, concurrency: 1 })
     }
 
     /// Passes items on, or fails them.

@@ -13,11 +13,19 @@
 //!   by earlier steps for that record stay, exactly as they would on a replay.
 //! - `finish` runs once when a bounded input is exhausted, on a fresh clone of the flow,
 //!   before the final checkpoint.
+//! - A flow with a concurrent `map_async` ([`Flow::concurrency`]) is run in two halves per
+//!   record: the steps up to the call run as soon as a record enters the partition's window
+//!   (so they may run ahead of earlier records' later steps, and must not touch keyed state,
+//!   event time or side outputs: the context refuses with a `fatal` failure), the calls of
+//!   up to N records run at once, and the steps after the call run record by record in
+//!   source order. See [`Step::begin`].
 
 mod flow;
 mod ops;
 
+use std::any::Any;
 use std::future::Future;
+use std::pin::Pin;
 
 pub use flow::Flow;
 pub use ops::{
@@ -45,6 +53,56 @@ pub trait Step<In>: Clone + 'static {
         let _ = (cx, out);
         async { Ok(()) }
     }
+
+    /// How many records of a partition may be inside this step's async call at once. 1 (the
+    /// default) for every step but a `map_async` given a [`Flow::concurrency`], and for
+    /// chains holding none.
+    fn concurrency(&self) -> usize {
+        1
+    }
+
+    /// The first half of a record's run through a step whose [`concurrency`](Self::concurrency)
+    /// is above 1: runs the steps before the concurrent call and pushes one [`Call`] per item
+    /// that reaches it (none when an earlier step dropped the item). The runtime starts the
+    /// calls, and hands each call's value to [`resume`](Self::resume), in order.
+    ///
+    /// Only the runtime calls this, and only when `concurrency() > 1`; a step that is not
+    /// concurrent has nothing to override.
+    #[doc(hidden)]
+    fn begin(
+        &mut self,
+        item: In,
+        cx: &mut Context<'_>,
+        calls: &mut Vec<Call>,
+    ) -> impl Future<Output = Result<(), Failure>> {
+        let _ = (item, cx, calls);
+        async { Err(not_concurrent()) }
+    }
+
+    /// The second half: runs the steps after the concurrent call on the value one of
+    /// [`begin`](Self::begin)'s calls returned.
+    #[doc(hidden)]
+    fn resume(
+        &mut self,
+        value: CallValue,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Self::Out>,
+    ) -> impl Future<Output = Result<(), Failure>> {
+        let _ = (value, cx, out);
+        async { Err(not_concurrent()) }
+    }
+}
+
+/// The value of a concurrent call, on its way from [`Step::begin`] to [`Step::resume`].
+#[doc(hidden)]
+pub type CallValue = Box<dyn Any>;
+
+/// A concurrent call started by [`Step::begin`]; the runtime runs it as its own task.
+#[doc(hidden)]
+pub type Call = Pin<Box<dyn Future<Output = Result<CallValue, Failure>>>>;
+
+fn not_concurrent() -> Failure {
+    Failure::fatal("internal", "begin/resume called on a step with no concurrent call")
 }
 
 /// Two steps, the output of the first feeding the second.
@@ -122,5 +180,49 @@ where
             self.second.process(x, cx, out).await?;
         }
         self.second.finish(cx, out).await
+    }
+
+    fn concurrency(&self) -> usize {
+        self.first.concurrency().max(self.second.concurrency())
+    }
+
+    // The concurrent call is in `first` when it has one (a second one in `second` then runs
+    // one record at a time, inside `resume`), else in `second`.
+    async fn begin(&mut self, item: In, cx: &mut Context<'_>, calls: &mut Vec<Call>) -> Result<(), Failure> {
+        if self.first.concurrency() > 1 {
+            return self.first.begin(item, cx, calls).await;
+        }
+        self.buf.clear();
+        self.first.process(item, cx, &mut self.buf).await?;
+        let mut items = std::mem::take(&mut self.buf);
+        let mut result = Ok(());
+        for x in items.drain(..) {
+            result = self.second.begin(x, cx, calls).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        items.clear();
+        self.buf = items;
+        result
+    }
+
+    async fn resume(&mut self, value: CallValue, cx: &mut Context<'_>, out: &mut Vec<B::Out>) -> Result<(), Failure> {
+        if self.first.concurrency() <= 1 {
+            return self.second.resume(value, cx, out).await;
+        }
+        self.buf.clear();
+        self.first.resume(value, cx, &mut self.buf).await?;
+        let mut items = std::mem::take(&mut self.buf);
+        let mut result = Ok(());
+        for x in items.drain(..) {
+            result = self.second.process(x, cx, out).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        items.clear();
+        self.buf = items;
+        result
     }
 }

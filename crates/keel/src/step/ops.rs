@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use super::Step;
+use super::{Call, CallValue, Step};
 use crate::context::Context;
 use crate::failure::{Failure, reason};
 use crate::record::Record;
@@ -45,6 +45,29 @@ impl<In, S: Step<In>> Step<In> for Named<S> {
     }
     async fn finish(&mut self, cx: &mut Context<'_>, out: &mut Vec<S::Out>) -> Result<(), Failure> {
         self.inner.finish(cx, out).await.map_err(|f| f.with_stage(&*self.name))
+    }
+    fn concurrency(&self) -> usize {
+        self.inner.concurrency()
+    }
+    async fn begin(&mut self, item: In, cx: &mut Context<'_>, calls: &mut Vec<Call>) -> Result<(), Failure> {
+        let first = calls.len();
+        self.inner
+            .begin(item, cx, calls)
+            .await
+            .map_err(|f| f.with_stage(&*self.name))?;
+        // the calls fail under this name too
+        for call in &mut calls[first..] {
+            let inner = std::mem::replace(call, Box::pin(async { Ok(Box::new(()) as CallValue) }));
+            let name = self.name.clone();
+            *call = Box::pin(async move { inner.await.map_err(|f| f.with_stage(&*name)) });
+        }
+        Ok(())
+    }
+    async fn resume(&mut self, value: CallValue, cx: &mut Context<'_>, out: &mut Vec<S::Out>) -> Result<(), Failure> {
+        self.inner
+            .resume(value, cx, out)
+            .await
+            .map_err(|f| f.with_stage(&*self.name))
     }
 }
 
@@ -121,19 +144,47 @@ where
     }
 }
 
-/// `map_async`: one output per input from an async function (a lookup, an API call).
+/// `map_async`: one output per input from an async function (a lookup, an API call), for
+/// up to `concurrency` records of a partition at once (see [`super::Flow::concurrency`]).
 #[derive(Clone)]
-pub struct MapAsync<F>(pub(crate) F);
+pub struct MapAsync<F> {
+    pub(crate) f: F,
+    pub(crate) concurrency: usize,
+}
 
 impl<In, Out, Fut, F> Step<In> for MapAsync<F>
 where
     F: FnMut(In) -> Fut + Clone + 'static,
-    Fut: Future<Output = Result<Out, Failure>>,
+    Fut: Future<Output = Result<Out, Failure>> + 'static,
+    Out: 'static,
 {
     type Out = Out;
     async fn process(&mut self, item: In, _cx: &mut Context<'_>, out: &mut Vec<Out>) -> Result<(), Failure> {
-        out.push(stage!((self.0)(item).await, "map_async")?);
+        out.push(stage!((self.f)(item).await, "map_async")?);
         Ok(())
+    }
+    fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+    async fn begin(&mut self, item: In, _cx: &mut Context<'_>, calls: &mut Vec<Call>) -> Result<(), Failure> {
+        let call = (self.f)(item);
+        calls.push(Box::pin(async move {
+            let value = stage!(call.await, "map_async")?;
+            Ok(Box::new(value) as CallValue)
+        }));
+        Ok(())
+    }
+    async fn resume(&mut self, value: CallValue, _cx: &mut Context<'_>, out: &mut Vec<Out>) -> Result<(), Failure> {
+        match value.downcast::<Out>() {
+            Ok(v) => {
+                out.push(*v);
+                Ok(())
+            }
+            Err(_) => Err(
+                Failure::fatal("internal", "a concurrent call returned a value of another type")
+                    .with_stage("map_async"),
+            ),
+        }
     }
 }
 
