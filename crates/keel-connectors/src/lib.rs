@@ -7,6 +7,7 @@
 //! - [`generator`]: deterministic synthetic records for demos and benchmarks.
 //! - [`stdout`]: print committed records.
 //! - [`txn`]: staged transactions on object storage (S3; the `s3` feature).
+//! - [`kafka`]: Kafka source and exactly-once sink (the `kafka` feature).
 //!
 //! Every backend that needs a client library is a cargo feature (none by default), so a
 //! program that only reads and writes files compiles none of them; `keel` enables them all.
@@ -16,6 +17,8 @@
 
 pub mod file;
 pub mod generator;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod ledger;
 pub mod queue;
 pub mod stdout;

@@ -108,7 +108,7 @@ pub mod prelude {
 pub use checkpoint::{CheckpointStore, FileCheckpointStore, Manifest};
 pub use context::{Context, KeyedState};
 pub use failure::classify_status;
-pub use failure::{Class, Failure};
+pub use failure::{Class, Failure, FailureError};
 pub use policy::{Action, Backoff, ClassActions, Jitter, Policies, RetryPolicy};
 pub use record::{Record, SourceBatch};
 pub use runtime::{

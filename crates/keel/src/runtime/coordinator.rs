@@ -164,7 +164,10 @@ where
     let base_stats = plan.restore.as_ref().map(|m| m.stats).unwrap_or_default();
     // A finished run is finished for the input it saw: a partition that did not exist then
     // (a file added since) is read by this run, with the restored state.
-    let new_input = match plan.restore.as_ref().filter(|m| m.finished) {
+    // A source whose ends are not final (a broker in bounded mode) is read on from its
+    // positions, whether or not the last run finished.
+    let ends_are_final = source.ends_are_final();
+    let new_input = match plan.restore.as_ref().filter(|m| m.finished && ends_are_final) {
         Some(m) => super::catch_panic(|| "source".into(), source.discover())
             .await?
             .map_err(|e| PipelineError::Source {
@@ -179,7 +182,11 @@ where
     if new_input > 0 {
         tracing::info!(partitions = new_input, "new input since the run finished: reading it");
     }
-    if let Some(m) = plan.restore.as_ref().filter(|m| m.finished && new_input == 0) {
+    if let Some(m) = plan
+        .restore
+        .as_ref()
+        .filter(|m| m.finished && ends_are_final && new_input == 0)
+    {
         progress.set_finished();
         return Ok(RunSummary {
             outcome: Outcome::AlreadyFinished,
@@ -250,7 +257,8 @@ where
                     })?,
                 )
             };
-            slots.insert(pid.clone(), TaskSlot::new(position, pc.done, pc.max_event_time));
+            let done = pc.done && ends_are_final;
+            slots.insert(pid.clone(), TaskSlot::new(position, done, pc.max_event_time));
         }
     }
 

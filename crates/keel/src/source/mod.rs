@@ -40,6 +40,10 @@ pub enum SourceError {
     /// The source is misconfigured.
     #[error("{0}")]
     Config(String),
+    /// A failure the source classified itself (a broker's error codes say more than an
+    /// I/O error kind): the policies of stage `source` apply to its class.
+    #[error("{0}")]
+    Failed(#[source] crate::failure::FailureError),
     /// Another error.
     #[error("{0}")]
     Other(String),
@@ -68,6 +72,14 @@ pub trait Source: 'static {
 
     /// True when the input is finite: the pipeline ends when every partition has ended.
     fn is_bounded(&self) -> bool;
+
+    /// True when a partition that reported [`ReadStatus::End`] never gets more records
+    /// (files, generators): a later run skips it. A broker's partition read in bounded mode
+    /// ends only for the run that read it: such a source returns false, and a later run
+    /// reads on from its position.
+    fn ends_are_final(&self) -> bool {
+        true
+    }
 
     /// How often to look for new partitions while running (`None`: only at start).
     fn discovery_interval(&self) -> Option<Duration> {

@@ -1,0 +1,154 @@
+//! Settings of the Kafka source and sink, and the librdkafka client configurations they
+//! make.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+/// Where a partition keel has no position for starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The oldest record still in the partition (the default: nothing is skipped).
+    #[default]
+    Earliest,
+    /// Only records produced after the partition is opened.
+    Latest,
+    /// The first record with a timestamp at or after this time (ms since the Unix epoch).
+    Timestamp(i64),
+}
+
+/// The Kafka source.
+#[derive(Clone, Debug)]
+pub struct KafkaSourceConfig {
+    /// `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Topic names; an entry with `*` or `?` is a pattern matched against the broker's
+    /// topics (at start and at each discovery).
+    pub topics: Vec<String>,
+    /// A consumer group to commit offsets to after each checkpoint, for lag tools only;
+    /// keel resumes from its own checkpoints, never from the group's offsets.
+    pub group: Option<String>,
+    /// Where partitions keel has no position for start, at the first discovery of a run;
+    /// partitions that appear later in the run start at their beginning.
+    pub start: StartPosition,
+    /// Stop at the end offsets seen when each partition is opened (tests, backfills).
+    pub bounded: bool,
+    /// How often to look for new partitions and topics (unbounded only).
+    pub discovery_interval: Duration,
+    /// librdkafka settings passed through (TLS, SASL, fetch sizes...).
+    pub options: BTreeMap<String, String>,
+}
+
+impl KafkaSourceConfig {
+    /// A source reading `topics` from `brokers`, from the earliest offsets, unbounded.
+    pub fn new(brokers: impl Into<String>, topics: Vec<String>) -> Self {
+        KafkaSourceConfig {
+            brokers: brokers.into(),
+            topics,
+            group: None,
+            start: StartPosition::Earliest,
+            bounded: false,
+            discovery_interval: Duration::from_secs(30),
+            options: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            // keel's checkpoints hold the positions; the group only mirrors them
+            .set("group.id", self.group.as_deref().unwrap_or("keel-unused"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", if self.bounded { "true" } else { "false" })
+            .set("isolation.level", "read_committed");
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// How the sink picks the partition of a record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Partitioner {
+    /// murmur2 of the key, as Kafka's Java clients and Kafka Streams do, so keel's output
+    /// is co-partitioned with theirs; records without a key go round-robin.
+    #[default]
+    Murmur2,
+    /// Round-robin by sequence, ignoring keys.
+    RoundRobin,
+}
+
+/// The Kafka sink.
+#[derive(Clone, Debug)]
+pub struct KafkaSinkConfig {
+    /// `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The output topic. It must exist (keel does not create topics).
+    pub topic: String,
+    /// Partition choice; fixed per epoch with the partition count seen when it is prepared.
+    pub partitioner: Partitioner,
+    /// `none`, `gzip`, `snappy`, `lz4` or `zstd` (librdkafka's `compression.type`).
+    pub compression: Option<String>,
+    /// Headers added to every record.
+    pub headers: Vec<(String, String)>,
+    /// Directory where each epoch's records are staged durably until its commit.
+    pub staging: PathBuf,
+    /// librdkafka settings passed through.
+    pub options: BTreeMap<String, String>,
+    /// How long a commit may wait for the broker before the checkpoint fails (and the next
+    /// start finishes it).
+    pub publish_timeout: Duration,
+}
+
+impl KafkaSinkConfig {
+    /// A sink writing to `topic`, staging in `staging`.
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>, staging: impl Into<PathBuf>) -> Self {
+        KafkaSinkConfig {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            partitioner: Partitioner::Murmur2,
+            compression: None,
+            headers: Vec::new(),
+            staging: staging.into(),
+            options: BTreeMap::new(),
+            publish_timeout: Duration::from_secs(120),
+        }
+    }
+
+    pub(crate) fn producer(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            // in-order, no duplicates within a session: a publish's progress in a partition
+            // is a prefix of the records meant for it, which recovery relies on
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5");
+        if let Some(codec) = &self.compression {
+            c.set("compression.type", codec);
+        }
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        c
+    }
+
+    pub(crate) fn reader(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("group.id", "keel-readback")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true");
+        for (k, v) in &self.options {
+            // the producer's settings that a consumer does not know only warn
+            if !k.starts_with("compression") && !k.starts_with("linger") && !k.starts_with("acks") {
+                c.set(k, v);
+            }
+        }
+        c
+    }
+}

@@ -1,0 +1,660 @@
+//! The Kafka sink: exactly-once output on brokers without transactions.
+//!
+//! The protocol (DESIGN §3, option (a): stage, then publish after the manifest):
+//!
+//! ```text
+//!  write   records of epoch E  ─► staging/epoch-E.stage (local file, appended)
+//!  seal    the file is closed for E
+//!  prepare fsync file + directory; the partition count N of the topic is fixed for E
+//!          ─► pre-commit {epoch: E, records, partitions: N} goes into the manifest
+//!  ── manifest E durable: the epoch is decided ──
+//!  commit  publish record i of E to partition p(i) < N, with headers
+//!            keel.writer   = "<pipeline>/<sink>"
+//!            keel.progress = "<E>/<i>"
+//!          flush, then delete the staging file
+//! ```
+//!
+//! Recovery after a crash re-runs the commit of the restored checkpoint's epoch. It first
+//! reads back the tail of each partition `p < N`: the last record of this writer tells how
+//! far the interrupted publish got *in that partition* (`E'/i'`). An idempotent producer
+//! delivers each partition's records in order without duplicates, so what reached a
+//! partition is a prefix of the records meant for it: record `i` is published again only
+//! when `p(i) = p` and `(E, i) > (E', i')`. `p(i)` depends only on the record and `N`, which
+//! the pre-commit fixed, so a partition added to the topic meanwhile changes nothing.
+//!
+//! Conditions, documented in the README:
+//! - **Single writer**: only this pipeline's sink writes the topic's partitions (another
+//!   writer's records in the tail are skipped while looking for ours; if ours are further
+//!   back than the tail read, they are not found and the epoch's rest is published again).
+//! - Readers see only decided epochs; records of an epoch become visible partition by
+//!   partition while it is published, and a crash mid-publish leaves a prefix visible that
+//!   recovery completes (never rolls back).
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel::checkpoint::CheckpointId;
+use keel::checkpoint::recovery::SinkRecovery;
+use keel::sink::{EmptyEpoch, Framing, Guarantee, OutBatch, RecoveryReport, SealedEpoch, Sink, SinkError};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use super::config::{KafkaSinkConfig, Partitioner};
+use super::errors::classify;
+
+/// Header naming the writer of a record: `<pipeline>/<sink>`.
+pub const WRITER_HEADER: &str = "keel.writer";
+/// Header placing a record in its writer's output: `<epoch>/<sequence>`.
+pub const PROGRESS_HEADER: &str = "keel.progress";
+
+/// How many records at the end of each partition recovery reads back at most.
+const TAIL: i64 = 10_000;
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the manifest holds for an epoch of this sink.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaPreCommit {
+    /// The epoch.
+    pub epoch: CheckpointId,
+    /// Records staged.
+    pub records: u64,
+    /// The topic's partition count when the epoch was prepared; partitions are chosen
+    /// among these.
+    pub partitions: i32,
+}
+
+/// Writes to a Kafka topic, exactly once.
+pub struct KafkaSink {
+    name: String,
+    config: Arc<KafkaSinkConfig>,
+    writer: Arc<str>,
+    producer: Arc<BaseProducer<Deliveries>>,
+    open: Option<Staging>,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink").field("name", &self.name).finish()
+    }
+}
+
+/// The staging file of the open epoch.
+struct Staging {
+    epoch: CheckpointId,
+    path: PathBuf,
+    out: BufWriter<File>,
+    records: u64,
+}
+
+/// Counts failed deliveries (librdkafka reports them to the producer's context).
+#[derive(Default)]
+pub(crate) struct Deliveries {
+    failed: Mutex<Option<KafkaError>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result
+            && let Ok(mut f) = self.failed.lock()
+            && f.is_none()
+        {
+            *f = Some(e.clone());
+        }
+    }
+}
+
+fn stage_path(dir: &Path, epoch: CheckpointId) -> PathBuf {
+    dir.join(format!("epoch-{epoch:020}.stage"))
+}
+
+fn stage_epoch(name: &str) -> Option<CheckpointId> {
+    name.strip_prefix("epoch-")?.strip_suffix(".stage")?.parse().ok()
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> SinkError {
+    move |e| SinkError::io(context, e)
+}
+
+impl KafkaSink {
+    /// A sink named `name` (its name in the pipeline: it identifies the writer together
+    /// with the pipeline's name).
+    pub fn new(name: impl Into<String>, config: KafkaSinkConfig) -> Result<Self, SinkError> {
+        let producer: BaseProducer<Deliveries> = config
+            .producer()
+            .create_with_context(Deliveries::default())
+            .map_err(|e| SinkError::Other(format!("kafka sink: {e}")))?;
+        let name = name.into();
+        Ok(KafkaSink {
+            writer: format!("?/{name}").into(),
+            name,
+            config: Arc::new(config),
+            producer: Arc::new(producer),
+            open: None,
+        })
+    }
+
+    fn staged_epochs(&self) -> Result<Vec<CheckpointId>, SinkError> {
+        let dir = &self.config.staging;
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(SinkError::io(format!("listing {}", dir.display()), e)),
+        };
+        let mut epochs = Vec::new();
+        for e in entries {
+            let e = e.map_err(io(format!("listing {}", dir.display())))?;
+            if let Some(id) = e.file_name().to_str().and_then(stage_epoch) {
+                epochs.push(id);
+            }
+        }
+        epochs.sort_unstable();
+        Ok(epochs)
+    }
+
+    fn publisher(&self) -> Publisher {
+        Publisher {
+            config: self.config.clone(),
+            producer: self.producer.clone(),
+            writer: self.writer.clone(),
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn describe(&self) -> String {
+        format!(
+            "kafka {} topic {}",
+            keel::util::redact_url(&self.config.brokers),
+            self.config.topic
+        )
+    }
+
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::ExactlyOnce
+    }
+
+    fn framing(&self) -> Framing {
+        Framing::Messages
+    }
+
+    async fn highest_epoch(&mut self) -> Result<Option<CheckpointId>, SinkError> {
+        Ok(self.staged_epochs()?.last().copied())
+    }
+
+    async fn recover(&mut self, recovery: &SinkRecovery) -> Result<RecoveryReport, SinkError> {
+        self.writer = format!("{}/{}", recovery.pipeline, self.name).into();
+        keel::durable::create_dir_durable(&*keel::durable::local(), &self.config.staging)
+            .map_err(io(format!("creating {}", self.config.staging.display())))?;
+        let mut report = RecoveryReport::default();
+        if let Some(pre) = &recovery.precommit {
+            let pre: KafkaPreCommit = serde_json::from_value(pre.clone())
+                .map_err(|e| SinkError::PreCommit(format!("kafka sink `{}`: {e}", self.name)))?;
+            let path = stage_path(&self.config.staging, pre.epoch);
+            if path.exists() {
+                // the commit of the restored checkpoint may have been interrupted: finish it
+                let publisher = self.publisher();
+                let done = tokio::task::spawn_blocking(move || publisher.finish(&pre, &path))
+                    .await
+                    .map_err(|e| SinkError::Other(format!("kafka sink: {e}")))??;
+                report.committed += usize::from(done);
+            }
+        }
+        // staged epochs after the restored checkpoint were never decided; earlier ones are
+        // published (their files are left only by a crash between publish and delete)
+        let restored = recovery.last_checkpoint;
+        for epoch in self.staged_epochs()? {
+            let path = stage_path(&self.config.staging, epoch);
+            fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
+            if restored.is_none_or(|r| epoch > r) {
+                report.aborted += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn write(&mut self, epoch: CheckpointId, batch: &OutBatch) -> Result<(), SinkError> {
+        if self.open.as_ref().is_some_and(|s| s.epoch != epoch) {
+            return Err(SinkError::Fatal(format!(
+                "kafka sink `{}`: a write for epoch {epoch} while epoch {} is open",
+                self.name,
+                self.open.as_ref().map_or(0, |s| s.epoch)
+            )));
+        }
+        if self.open.is_none() {
+            let path = stage_path(&self.config.staging, epoch);
+            let file = File::create(&path).map_err(io(format!("creating {}", path.display())))?;
+            self.open = Some(Staging {
+                epoch,
+                path,
+                out: BufWriter::with_capacity(1 << 20, file),
+                records: 0,
+            });
+        }
+        let Some(staging) = self.open.as_mut() else {
+            return Ok(());
+        };
+        for r in batch.records() {
+            encode_staged(&mut staging.out, r.key, r.value)
+                .map_err(|e| SinkError::Fatal(format!("staging to {}: {e}", staging.path.display())))?;
+            staging.records += 1;
+        }
+        Ok(())
+    }
+
+    async fn seal(&mut self, epoch: CheckpointId) -> Result<Box<dyn SealedEpoch>, SinkError> {
+        let Some(staging) = self.open.take() else {
+            return Ok(Box::new(EmptyEpoch));
+        };
+        if staging.epoch != epoch {
+            return Err(SinkError::Fatal(format!(
+                "kafka sink `{}`: sealing epoch {epoch} while epoch {} is open",
+                self.name, staging.epoch
+            )));
+        }
+        Ok(Box::new(SealedKafkaEpoch {
+            staging: Some(staging),
+            precommit: None,
+            publisher: self.publisher(),
+        }))
+    }
+}
+
+/// `u32 key length (u32::MAX: no key) | key | u32 value length | value`, little-endian.
+fn encode_staged(out: &mut impl Write, key: Option<&[u8]>, value: &[u8]) -> std::io::Result<()> {
+    let len = |n: usize| u32::try_from(n).map_err(|_| std::io::Error::other("a record over 4 GiB"));
+    match key {
+        Some(k) => {
+            out.write_all(&len(k.len())?.to_le_bytes())?;
+            out.write_all(k)?;
+        }
+        None => out.write_all(&u32::MAX.to_le_bytes())?,
+    }
+    out.write_all(&len(value.len())?.to_le_bytes())?;
+    out.write_all(value)
+}
+
+/// A staged record: key and value.
+type Staged<'a> = (Option<&'a [u8]>, &'a [u8]);
+
+/// The records of a staging file.
+fn decode_staged(bytes: &[u8]) -> Result<Vec<Staged<'_>>, String> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    let take = |n: usize, at: &mut usize| -> Result<&[u8], String> {
+        let s = bytes
+            .get(*at..*at + n)
+            .ok_or_else(|| format!("cut short at byte {}", *at))?;
+        *at += n;
+        Ok(s)
+    };
+    let u32_at = |at: &mut usize| -> Result<u32, String> {
+        let b = bytes
+            .get(*at..*at + 4)
+            .ok_or_else(|| format!("cut short at byte {}", *at))?;
+        *at += 4;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    while at < bytes.len() {
+        let klen = u32_at(&mut at)?;
+        let key = if klen == u32::MAX {
+            None
+        } else {
+            Some(take(klen as usize, &mut at)?)
+        };
+        let vlen = u32_at(&mut at)?;
+        let value = take(vlen as usize, &mut at)?;
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// A sealed epoch: its staging file, made durable by `prepare`, published by `commit`.
+struct SealedKafkaEpoch {
+    staging: Option<Staging>,
+    precommit: Option<KafkaPreCommit>,
+    publisher: Publisher,
+}
+
+impl SealedEpoch for SealedKafkaEpoch {
+    fn prepare(&mut self) -> Result<serde_json::Value, SinkError> {
+        let Some(staging) = self.staging.as_mut() else {
+            return Err(SinkError::Fatal("kafka sink: prepare called twice".into()));
+        };
+        let path = staging.path.clone();
+        staging.out.flush().map_err(io(format!("writing {}", path.display())))?;
+        staging
+            .out
+            .get_ref()
+            .sync_all()
+            .map_err(io(format!("syncing {}", path.display())))?;
+        if let Some(dir) = path.parent() {
+            keel::durable::local()
+                .sync_dir(dir)
+                .map_err(io(format!("syncing {}", dir.display())))?;
+        }
+        let pre = KafkaPreCommit {
+            epoch: staging.epoch,
+            records: staging.records,
+            partitions: self.publisher.partition_count()?,
+        };
+        let value = serde_json::to_value(&pre).map_err(|e| SinkError::Other(e.to_string()))?;
+        self.precommit = Some(pre);
+        Ok(value)
+    }
+
+    fn commit(&mut self) -> Result<(), SinkError> {
+        let (Some(staging), Some(pre)) = (self.staging.take(), self.precommit.as_ref()) else {
+            return Err(SinkError::Fatal("kafka sink: commit without prepare".into()));
+        };
+        let path = staging.path.clone();
+        drop(staging);
+        self.publisher.publish(pre, &path, false)?;
+        remove_staged(&path)
+    }
+}
+
+fn remove_staged(path: &Path) -> Result<(), SinkError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(SinkError::io(format!("removing {}", path.display()), e)),
+    }
+}
+
+/// What publishes an epoch (on the checkpoint thread, or in recovery).
+struct Publisher {
+    config: Arc<KafkaSinkConfig>,
+    producer: Arc<BaseProducer<Deliveries>>,
+    writer: Arc<str>,
+}
+
+impl Publisher {
+    fn failure(&self, e: &KafkaError, doing: &str) -> SinkError {
+        SinkError::Rejected(classify(e, &format!("{doing} topic {}", self.config.topic)))
+    }
+
+    fn partition_count(&self) -> Result<i32, SinkError> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(Some(&self.config.topic), METADATA_TIMEOUT)
+            .map_err(|e| self.failure(&e, "reading the metadata of"))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.config.topic)
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty());
+        match t {
+            Some(t) => Ok(t.partitions().len() as i32),
+            None => Err(SinkError::Rejected(keel::Failure::fatal(
+                "unknown_topic",
+                format!(
+                    "kafka sink: topic `{}` does not exist (keel does not create topics)",
+                    self.config.topic
+                ),
+            ))),
+        }
+    }
+
+    /// Recovery: publishes what the interrupted commit of `pre` did not. True when the
+    /// staging file was there to finish.
+    fn finish(&self, pre: &KafkaPreCommit, path: &Path) -> Result<bool, SinkError> {
+        self.publish(pre, path, true)?;
+        remove_staged(path)?;
+        Ok(true)
+    }
+
+    /// Publishes the staged records of `pre`; with `resume`, only those the partitions'
+    /// tails do not hold yet.
+    fn publish(&self, pre: &KafkaPreCommit, path: &Path, resume: bool) -> Result<(), SinkError> {
+        let mut bytes = Vec::new();
+        File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(io(format!("reading {}", path.display())))?;
+        let records = decode_staged(&bytes)
+            .map_err(|e| SinkError::Fatal(format!("staged epoch {} ({}): {e}", pre.epoch, path.display())))?;
+        let n = pre.partitions.max(1);
+        let published = if resume {
+            self.published(pre.epoch, n)?
+        } else {
+            vec![None; n as usize]
+        };
+        let topic = &self.config.topic;
+        let writer = self.writer.as_bytes();
+        let deadline = Instant::now() + self.config.publish_timeout;
+        let mut sent = 0u64;
+        for (seq, (key, value)) in records.iter().enumerate() {
+            let p = choose_partition(self.config.partitioner, *key, seq as u64, n);
+            if published[p as usize].is_some_and(|(e, s)| (e, s) >= (pre.epoch, seq as u64)) {
+                continue;
+            }
+            let progress = format!("{}/{seq}", pre.epoch);
+            let mut headers = OwnedHeaders::new_with_capacity(2 + self.config.headers.len())
+                .insert(Header {
+                    key: WRITER_HEADER,
+                    value: Some(writer),
+                })
+                .insert(Header {
+                    key: PROGRESS_HEADER,
+                    value: Some(progress.as_bytes()),
+                });
+            for (k, v) in &self.config.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            let mut record = BaseRecord::to(topic).partition(p).payload(*value).headers(headers);
+            if let Some(k) = key {
+                record = record.key(*k);
+            }
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(rdkafka::error::RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        if Instant::now() > deadline {
+                            return Err(SinkError::Other(format!(
+                                "kafka sink: publishing epoch {} timed out (queue full)",
+                                pre.epoch
+                            )));
+                        }
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(self.failure(&e, "publishing to")),
+                }
+            }
+            sent += 1;
+            if sent % 1024 == 0 {
+                self.producer.poll(Duration::ZERO);
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.producer.flush(left).map_err(|e| self.failure(&e, "flushing to"))?;
+        if let Some(e) = self.producer.context().failed.lock().ok().and_then(|mut f| f.take()) {
+            // what reached the broker is unknown now: the next start reads it back
+            return Err(SinkError::Fatal(format!(
+                "kafka sink: a record of epoch {} was not delivered to topic {topic}: {e}",
+                pre.epoch
+            )));
+        }
+        tracing::debug!(epoch = pre.epoch, sent, topic = %topic, "epoch published");
+        Ok(())
+    }
+
+    /// For each partition `p < n`: the progress `(epoch, sequence)` of this writer's last
+    /// record in its tail, if any.
+    fn published(&self, epoch: CheckpointId, n: i32) -> Result<Vec<Option<(CheckpointId, u64)>>, SinkError> {
+        let consumer: BaseConsumer = self
+            .config
+            .reader()
+            .create()
+            .map_err(|e| SinkError::Other(format!("kafka sink: {e}")))?;
+        let topic = &self.config.topic;
+        let mut found = Vec::with_capacity(n as usize);
+        for p in 0..n {
+            // `high` bounds where to start reading only: some Kafka-protocol brokers answer
+            // with less than the true end (the last batch's first offset), never more, so
+            // the tail is read up to the end-of-partition event
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, METADATA_TIMEOUT)
+                .map_err(|e| self.failure(&e, "reading the end offsets of"))?;
+            if high <= low {
+                found.push(None);
+                continue;
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, p, Offset::Offset(low.max(high - TAIL)))
+                .map_err(|e| self.failure(&e, "reading back"))?;
+            consumer.assign(&tpl).map_err(|e| self.failure(&e, "reading back"))?;
+            let mut last = None;
+            let mut foreign = 0u64;
+            let deadline = Instant::now() + self.config.publish_timeout;
+            loop {
+                match consumer.poll(Duration::from_millis(200)) {
+                    Some(Ok(m)) => match progress_of(&m, &self.writer) {
+                        Some(prog) => last = Some(prog),
+                        None => foreign += 1,
+                    },
+                    Some(Err(KafkaError::PartitionEOF(_))) => break,
+                    Some(Err(e)) => return Err(self.failure(&e, "reading back")),
+                    None if Instant::now() > deadline => {
+                        return Err(SinkError::Other(format!(
+                            "kafka sink: reading back partition {p} of {topic} timed out"
+                        )));
+                    }
+                    None => {}
+                }
+            }
+            if foreign > 0 {
+                tracing::warn!(topic = %topic, partition = p, foreign, "records of another writer in the partition this sink writes: the single-writer condition of the Kafka sink does not hold");
+            }
+            tracing::info!(topic = %topic, partition = p, epoch, last = ?last, "read back the partition's tail");
+            found.push(last);
+        }
+        Ok(found)
+    }
+}
+
+/// The progress header of `m` if this writer wrote it.
+fn progress_of(m: &impl Message, writer: &str) -> Option<(CheckpointId, u64)> {
+    let h = m.headers()?;
+    let mut mine = false;
+    let mut progress = None;
+    for h in h.iter() {
+        match h.key {
+            WRITER_HEADER => mine = h.value == Some(writer.as_bytes()),
+            PROGRESS_HEADER => progress = h.value.and_then(|v| std::str::from_utf8(v).ok()),
+            _ => {}
+        }
+    }
+    let (e, s) = progress.filter(|_| mine)?.split_once('/')?;
+    Some((e.parse().ok()?, s.parse().ok()?))
+}
+
+/// The partition of record `seq` among `n`: murmur2 of its key (as Kafka's Java clients),
+/// else round-robin by sequence.
+pub fn choose_partition(partitioner: Partitioner, key: Option<&[u8]>, seq: u64, n: i32) -> i32 {
+    let n = n.max(1) as u32;
+    let p = match (partitioner, key) {
+        (Partitioner::Murmur2, Some(k)) => (murmur2(k) & 0x7fff_ffff) % n,
+        _ => (seq % n as u64) as u32,
+    };
+    p as i32
+}
+
+/// Kafka's murmur2 (the Java client's `Utils.murmur2`).
+pub fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Kafka's UtilsTest.testMurmur2
+        let cases: [(&str, i32); 6] = [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            ("abc", 479_470_107),
+        ];
+        for (s, want) in cases {
+            assert_eq!(murmur2(s.as_bytes()) as i32, want, "{s}");
+        }
+    }
+
+    #[test]
+    fn staged_records_round_trip_and_a_cut_file_is_an_error() {
+        let mut buf = Vec::new();
+        encode_staged(&mut buf, Some(b"k1"), b"v1").unwrap();
+        encode_staged(&mut buf, None, b"").unwrap();
+        encode_staged(&mut buf, Some(b""), b"v3").unwrap();
+        let got = decode_staged(&buf).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (Some(&b"k1"[..]), &b"v1"[..]),
+                (None, &b""[..]),
+                (Some(&b""[..]), &b"v3"[..])
+            ]
+        );
+        for cut in 1..buf.len() {
+            if decode_staged(&buf[..cut]).is_ok() {
+                // a cut exactly between records decodes to fewer records, never garbage
+                assert!(decode_staged(&buf[..cut]).unwrap().len() < 3);
+            }
+        }
+        assert!(decode_staged(&buf[..buf.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn partitions_are_a_function_of_key_sequence_and_count() {
+        assert_eq!(choose_partition(Partitioner::Murmur2, None, 7, 3), 1);
+        assert_eq!(choose_partition(Partitioner::RoundRobin, Some(b"x"), 8, 3), 2);
+        let p = choose_partition(Partitioner::Murmur2, Some(b"foobar"), 0, 10);
+        assert_eq!(p, ((-790_332_482i32 as u32 & 0x7fff_ffff) % 10) as i32);
+        let k = choose_partition(Partitioner::Murmur2, Some(b"k"), 0, 4);
+        assert!((0..1000).all(|s| choose_partition(Partitioner::Murmur2, Some(b"k"), s, 4) == k));
+    }
+}
