@@ -75,7 +75,7 @@ impl Loaded {
             .iter()
             .filter_map(|s| match s {
                 SinkConfig::Files(f) => Some(self.resolve(&f.path)),
-                SinkConfig::Stdout(_) => None,
+                SinkConfig::Stdout(_) | SinkConfig::Kafka(_) => None,
             })
             .collect();
         if let Some(d) = &self.config.dead_letter {
@@ -194,6 +194,10 @@ fn sink_format(cfg: &SinkConfig) -> (DocEncoder, Option<String>) {
             };
             (DocEncoder::Csv(out), Some(header))
         }
+        SinkConfig::Kafka(k) => match &k.key {
+            Some(field) => (DocEncoder::JsonKeyed(field.as_str().into()), None),
+            None => (DocEncoder::Json, None),
+        },
         _ => (DocEncoder::Json, None),
     }
 }
@@ -311,6 +315,17 @@ pub fn build_variant(
         }
         if s.name() == "dead_letters" {
             errors.add(&at.k("name"), "`dead_letters` is reserved for the dead-letter output");
+        }
+        if let SinkConfig::Kafka(k) = s {
+            if let Some(why) = crate::kafka::unavailable() {
+                errors.add(&at.k("type"), why);
+            }
+            if k.key.as_deref().is_some_and(|f| f.is_empty() || f.contains('.')) {
+                errors.add(&at.k("key"), "a top-level field name of the output records");
+            }
+            if k.brokers.trim().is_empty() {
+                errors.add(&at.k("brokers"), "the brokers to connect to, like \"127.0.0.1:9092\"");
+            }
         }
         if let SinkConfig::Files(f) = s {
             match (f.format, &f.columns) {
@@ -483,6 +498,13 @@ pub fn build_variant(
     // source
     let source = match &cfg.source {
         SourceConfig::Files(f) => AnySource::Files(FileSource::new(files_source(loaded, f))),
+        SourceConfig::Kafka(k) => match crate::kafka::source(k).map(AnySource::from) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.add(&KeyPath::key("source"), e);
+                AnySource::Memory(keel::source::MemorySource::new("unusable kafka source", Vec::new()))
+            }
+        },
         SourceConfig::Generator(g) => {
             let gc = GeneratorConfig {
                 partitions: g.partitions,
@@ -548,13 +570,12 @@ pub fn build_variant(
     options(&mut opts);
 
     let steps = if variant.only_sink.is_some() { Vec::new() } else { steps };
+    let state_dir = variant.state_dir.clone().unwrap_or_else(|| loaded.state_dir());
     let chain = DocChain::new(steps, id_field);
     let builder = Pipeline::builder(cfg.name.clone())
         .source(variant.source.unwrap_or(source))
         .step(chain)
-        .checkpoints(FileCheckpointStore::new(
-            variant.state_dir.unwrap_or_else(|| loaded.state_dir()),
-        ))
+        .checkpoints(FileCheckpointStore::new(state_dir.clone()))
         .options(opts);
     let builder = add_sinks(
         loaded,
@@ -562,6 +583,7 @@ pub fn build_variant(
         variant.file_prefix.as_deref(),
         variant.only_sink.as_deref(),
         variant.outputs.as_ref(),
+        &state_dir,
     )?;
     builder.build().map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -597,12 +619,40 @@ fn file_sink(
     FileSink::new(c)
 }
 
+/// The Kafka sink of `k`: it stages under the run's checkpoint directory, and a variant
+/// (a replay) writes under a writer name of its own, so that its epochs are never taken
+/// for the pipeline's.
+fn kafka_sink(
+    loaded: &Loaded,
+    k: &KafkaSinkToml,
+    prefix: Option<&str>,
+    state_dir: &Path,
+) -> Result<impl keel::Sink, ConfigErrors> {
+    let writer = match prefix {
+        Some(p) => format!("{}@{p}", k.name),
+        None => k.name.clone(),
+    };
+    let staging = match &k.staging {
+        Some(s) if prefix.is_none() => loaded.resolve(s),
+        _ => state_dir.join("kafka").join(&k.name),
+    };
+    crate::kafka::sink(k, &writer, staging).map_err(|message| {
+        ConfigErrors(vec![ConfigError {
+            file: loaded.path.clone(),
+            line: None,
+            key: Some(format!("sinks.{}", k.name)),
+            message,
+        }])
+    })
+}
+
 fn add_sinks(
     loaded: &Loaded,
     builder: PipelineBuilder<AnySource, DocChain, keel::JsonEncoder>,
     prefix: Option<&str>,
     only_sink: Option<&str>,
     outputs: Option<&Outputs>,
+    state_dir: &Path,
 ) -> Result<PipelineBuilder<AnySource, DocChain, DocEncoder>, ConfigErrors> {
     let cfg = &loaded.config;
     let first = match only_sink {
@@ -628,6 +678,7 @@ fn add_sinks(
     let mut b = match main {
         SinkConfig::Files(f) => builder.sink_with(&f.name, file_sink(loaded, f, header, prefix, outputs), enc),
         SinkConfig::Stdout(s) => builder.sink_with(&s.name, StdoutSink::new(), enc),
+        SinkConfig::Kafka(k) => builder.sink_with(&k.name, kafka_sink(loaded, k, prefix, state_dir)?, enc),
     };
     let sides = if only_sink.is_some() { &[][..] } else { &cfg.sinks[1..] };
     for s in sides {
@@ -635,6 +686,7 @@ fn add_sinks(
         b = match s {
             SinkConfig::Files(f) => b.side_sink(&f.name, file_sink(loaded, f, header, prefix, outputs)),
             SinkConfig::Stdout(o) => b.side_sink(&o.name, StdoutSink::new()),
+            SinkConfig::Kafka(k) => b.side_sink(&k.name, kafka_sink(loaded, k, prefix, state_dir)?),
         };
     }
     if let Some(d) = &cfg.dead_letter {

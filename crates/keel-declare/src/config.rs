@@ -8,6 +8,7 @@
 //! sinks) are plain serde enums there: a table's `type` key names the variant.
 
 use indexmap::IndexMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -59,6 +60,73 @@ pub enum SourceConfig {
     Files(FilesSourceConfig),
     /// Synthetic order records.
     Generator(GeneratorSourceConfig),
+    /// Kafka topics (the `kafka` feature).
+    Kafka(KafkaSourceToml),
+}
+
+/// `type = "kafka"` source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceToml {
+    /// `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Topic names; `*` and `?` make a name a pattern (`orders-*`), matched at start and at
+    /// each discovery.
+    pub topics: Vec<String>,
+    /// A consumer group that gets the offsets of each checkpoint, for lag tools (keel
+    /// resumes from its own checkpoints).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Where partitions start when keel has no position for them at the first discovery of
+    /// a run: `earliest` (default), `latest`, or a time in ms since the Unix epoch.
+    #[serde(default, deserialize_with = "kafka_start")]
+    pub start: Option<KafkaStart>,
+    /// Stop at the end of each partition (tests, backfills); a later run reads on.
+    #[serde(default)]
+    pub bounded: bool,
+    /// How often to look for new topics and partitions (default 30s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub discovery_interval: Option<Duration>,
+    /// librdkafka settings passed through (`security.protocol`, `sasl.*`, `ssl.*`...).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Where a Kafka partition starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaStart {
+    /// The oldest record.
+    Earliest,
+    /// Records produced from now on.
+    Latest,
+    /// The first record at or after this time, ms since the Unix epoch.
+    Time(i64),
+}
+
+fn kafka_start<'de, D: Deserializer<'de>>(d: D) -> Result<Option<KafkaStart>, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Option<KafkaStart>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("`earliest`, `latest` or a time in milliseconds since 1970")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            match v {
+                "earliest" => Ok(Some(KafkaStart::Earliest)),
+                "latest" => Ok(Some(KafkaStart::Latest)),
+                other => Err(E::custom(format!(
+                    "`{other}` is not a start: use `earliest`, `latest` or a time in milliseconds since 1970"
+                ))),
+            }
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(KafkaStart::Time(v)))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(KafkaStart::Time(i64::try_from(v).unwrap_or(i64::MAX))))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// `type = "files"` source.
@@ -459,6 +527,8 @@ pub enum SinkConfig {
     Files(FilesSinkConfig),
     /// Standard output, at commit time.
     Stdout(StdoutSinkConfig),
+    /// A Kafka topic, exactly once (the `kafka` feature).
+    Kafka(KafkaSinkToml),
 }
 
 impl SinkConfig {
@@ -467,8 +537,50 @@ impl SinkConfig {
         match self {
             SinkConfig::Files(c) => &c.name,
             SinkConfig::Stdout(c) => &c.name,
+            SinkConfig::Kafka(c) => &c.name,
         }
     }
+}
+
+/// `type = "kafka"` sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkToml {
+    /// Name, used by steps that write to it and in the writer header of its records.
+    pub name: String,
+    /// `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The topic (it must exist: keel does not create topics).
+    pub topic: String,
+    /// A top-level field of the output record to use as the message key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// `murmur2` (default: the key's hash, as Kafka's Java clients; round-robin without a
+    /// key) or `round_robin`.
+    #[serde(default)]
+    pub partitioner: Option<KafkaPartitionerName>,
+    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    #[serde(default)]
+    pub compression: Option<String>,
+    /// Headers added to every record.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Where epochs are staged until their commit (default `<checkpoint path>/kafka/<name>`).
+    #[serde(default)]
+    pub staging: Option<String>,
+    /// librdkafka settings passed through.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// How the Kafka sink picks partitions.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaPartitionerName {
+    /// murmur2 of the key.
+    Murmur2,
+    /// Round-robin.
+    RoundRobin,
 }
 
 /// `type = "files"` sink.

@@ -13,6 +13,9 @@ pub enum DocEncoder {
     Json,
     /// One CSV record per record, with these columns.
     Csv(CsvOut),
+    /// One compact JSON object per record, keyed by the value of this top-level field (its
+    /// text for a string, its JSON otherwise; no key when the field is missing or null).
+    JsonKeyed(Arc<str>),
 }
 
 /// A CSV output: its columns and whether formulas are neutralised.
@@ -27,7 +30,7 @@ pub struct CsvOut {
 impl Encoder<Doc> for DocEncoder {
     fn encode(&mut self, doc: &Doc, out: &mut Vec<u8>) -> Result<(), Failure> {
         match self {
-            DocEncoder::Json => doc.write_json(out),
+            DocEncoder::Json | DocEncoder::JsonKeyed(_) => doc.write_json(out),
             DocEncoder::Csv(csv) => {
                 let start = out.len();
                 for (i, c) in csv.columns.iter().enumerate() {
@@ -45,6 +48,26 @@ impl Encoder<Doc> for DocEncoder {
             }
         }
         Ok(())
+    }
+
+    fn key(&mut self, doc: &Doc, out: &mut Vec<u8>) -> bool {
+        let DocEncoder::JsonKeyed(field) = self else {
+            return false;
+        };
+        let Some(v) = doc.get(field) else {
+            return false;
+        };
+        match doc.kind(v) {
+            Kind::Null => false,
+            Kind::String => {
+                out.extend_from_slice(doc.as_str(v).unwrap_or_default().as_bytes());
+                true
+            }
+            _ => {
+                doc.write_value(v, out);
+                true
+            }
+        }
     }
 }
 

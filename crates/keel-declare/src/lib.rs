@@ -17,6 +17,7 @@ pub mod encode;
 pub mod error;
 pub mod ingest;
 pub mod interpolate;
+mod kafka;
 pub mod replay;
 pub mod source;
 pub mod steps;

@@ -103,7 +103,7 @@ pub fn remove_replays(loaded: &Loaded) -> std::io::Result<usize> {
                 loaded.resolve(&f.path),
                 format!("{}-replay-", f.prefix.as_deref().unwrap_or("part")),
             )),
-            SinkConfig::Stdout(_) => None,
+            SinkConfig::Stdout(_) | SinkConfig::Kafka(_) => None,
         })
         .collect();
     if let Some(d) = &loaded.config.dead_letter {

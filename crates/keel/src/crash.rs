@@ -5,7 +5,7 @@
 //! environment variable `KEEL_CRASH_AT` is `<point>:<n>`, the process aborts (no destructors,
 //! no flushing: the same as `kill -9` for everything on disk) the `n`-th time it reaches
 //! `<point>`. Points: `after_prepare`, `after_state`, `after_manifest`, `mid_commit`,
-//! `after_commit`, in staged transactions `txn_before_publish`, `txn_after_publish`, and in
+//! `after_commit`, in the Kafka sink `mid_publish` (half an epoch sent and flushed), in staged transactions `txn_before_publish`, `txn_after_publish`, and in
 //! dead-letter replays `replay_before_mark`. Unset, a crash point costs one relaxed atomic load.
 //!
 //! `<point>:<n>:hang` blocks the thread there for good instead (storage that never answers,
@@ -39,6 +39,12 @@ fn plan() -> Option<&'static Plan> {
         })
     })
     .as_ref()
+}
+
+/// True when `KEEL_CRASH_AT` names `point`: code that prepares a crash window (a flush
+/// before the point) runs only in crash tests.
+pub fn armed_at(point: &str) -> bool {
+    plan().is_some_and(|p| p.point == point)
 }
 
 /// Aborts the process (or blocks this thread for good, in `hang` mode) if `KEEL_CRASH_AT`

@@ -5,6 +5,7 @@ mod crash;
 mod csv;
 mod fault;
 mod ingest;
+mod kafka;
 mod queue;
 mod refjob;
 mod secrets;

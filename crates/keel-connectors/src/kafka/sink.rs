@@ -478,6 +478,11 @@ impl Publisher {
             if sent % 1024 == 0 {
                 self.producer.poll(Duration::ZERO);
             }
+            if seq + 1 == records.len() / 2 && keel::crash::armed_at("mid_publish") {
+                // a crash test's window in the middle of a publish: what was sent is out
+                let _ = self.producer.flush(deadline.saturating_duration_since(Instant::now()));
+                keel::crash::crash_point("mid_publish");
+            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         self.producer.flush(left).map_err(|e| self.failure(&e, "flushing to"))?;

@@ -240,6 +240,15 @@ pub struct KafkaReader {
     eof: bool,
 }
 
+impl std::fmt::Debug for KafkaReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaReader")
+            .field("partition", &self.name)
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
 impl Drop for KafkaReader {
     fn drop(&mut self) {
         let mut tpl = TopicPartitionList::new();

@@ -1,0 +1,233 @@
+//! The reference job between Kafka topics, killed at the crash points around the publish
+//! (after the manifest, in the middle of a publish, between two sinks' commits) and with
+//! `kill -9` at random instants: after every kill a Kafka consumer of the output topic sees
+//! no record twice, and at the end the topics hold every good record once, with the right
+//! totals, and the dead letters every bad one once. Needs the Kafka test broker
+//! (`.ci/services`; `KEEL_KAFKA_BROKERS` overrides 127.0.0.1:9092).
+//! `bench/crash/kafka_crash.py` is the long version.
+
+use std::collections::HashSet;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::refjob;
+
+const JOB: &str = include_str!("../../../../bench/crash/kafka_job.toml");
+const PARTITIONS: i32 = 3;
+
+fn brokers() -> String {
+    std::env::var("KEEL_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+struct Topics {
+    input: String,
+    records: String,
+    fin: String,
+}
+
+fn create_topics(tag: &str) -> Topics {
+    let t = |x: &str| format!("keel-cli-{tag}-{x}-{}", std::process::id());
+    let topics = Topics {
+        input: t("in"),
+        records: t("records"),
+        fin: t("final"),
+    };
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let new: Vec<NewTopic<'_>> = [&topics.input, &topics.records, &topics.fin]
+        .iter()
+        .map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    for r in rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .expect("create topics (is the Kafka test broker up? .ci/services starts it)")
+    {
+        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    }
+    topics
+}
+
+fn produce_lines(topic: &str, dir: &Path) -> usize {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "10")
+        .create()
+        .unwrap();
+    let mut n = 0usize;
+    for line in refjob::visible_lines(dir) {
+        let mut rec = BaseRecord::<(), _>::to(topic)
+            .partition((n % PARTITIONS as usize) as i32)
+            .payload(&line);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        n += 1;
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    n
+}
+
+/// Every value of `topic`, up to each partition's end-of-partition event.
+fn read_topic(topic: &str) -> Vec<String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", "keel-cli-kafka-test")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut ended = HashSet::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ended.len() < PARTITIONS as usize {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic}: no end of partition in 60 s"
+        );
+        match c.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                ended.insert(p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+fn spawn(dir: &Path, t: &Topics, crash_at: Option<&str>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+    cmd.args(["run", dir.join("job.toml").to_str().unwrap(), "--quiet"])
+        .env("BROKERS", brokers())
+        .env("IN_TOPIC", &t.input)
+        .env("RECORDS_TOPIC", &t.records)
+        .env("FINAL_TOPIC", &t.fin)
+        .env("OUT", dir.join("out"))
+        .env("STATE", dir.join("state"))
+        .env("KEEL_CHECKPOINT_INTERVAL", "60ms")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(c) = crash_at {
+        cmd.env("KEEL_CRASH_AT", c);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// No record id twice in the records topic; returns how many are there.
+fn check_no_duplicates(t: &Topics, what: &str) -> usize {
+    let mut ids = HashSet::new();
+    for line in read_topic(&t.records) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{what}: {line:?}: {e}"));
+        let id = v["id"].as_i64().unwrap_or(-1);
+        assert!(ids.insert(id), "{what}: id {id} is in the output topic twice");
+    }
+    ids.len()
+}
+
+/// The newest manifest's name (fixed width: names sort as ids do; old ones are pruned, so
+/// counting them would not show a new one).
+fn checkpoints(dir: &Path) -> String {
+    std::fs::read_dir(dir.join("state").join("checkpoints"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("ckpt-"))
+                .max()
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn kafka_to_kafka_survives_kill_9_and_crash_points_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = refjob::generate(&dir.join("in"), 120_000, 3, 2_000, 50, 11);
+    std::fs::write(dir.join("job.toml"), JOB).unwrap();
+    let t = create_topics("crash");
+    let produced = produce_lines(&t.input, &dir.join("in"));
+    assert_eq!(produced, input.valid.len() + input.bad.len());
+
+    for point in ["after_manifest:2", "mid_publish:2", "mid_commit:3", "after_prepare:3"] {
+        let status = spawn(dir, &t, Some(point)).wait().unwrap();
+        assert_eq!(status.signal(), Some(6), "{point}: expected to abort there: {status:?}");
+        check_no_duplicates(&t, point);
+    }
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut killed = 0;
+    for k in 0..8 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let before = checkpoints(dir);
+        let mut child = spawn(dir, &t, None);
+        // kill once the run has checkpointed (it is past its startup), at a random instant
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut exited = None;
+        while exited.is_none() && checkpoints(dir) <= before {
+            exited = child.try_wait().unwrap();
+            assert!(
+                Instant::now() < deadline,
+                "kill {k}: no checkpoint and no exit in 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if exited.is_none() {
+            std::thread::sleep(Duration::from_millis(rng % 150));
+            let _ = child.kill();
+        }
+        let status = child.wait().unwrap();
+        if status.signal() == Some(9) {
+            killed += 1;
+        } else {
+            // it ended by itself first
+            assert!(matches!(status.code(), Some(0 | 1)), "kill {k}: {status:?}");
+            break;
+        }
+        check_no_duplicates(&t, &format!("kill {k}"));
+    }
+    assert!(killed >= 3, "only {killed} kills hit a running job");
+    let status = spawn(dir, &t, None).wait().unwrap();
+    assert!(matches!(status.code(), Some(0 | 1)), "final run: {status:?}");
+
+    // the topics, as the output directories the reference job's checker reads
+    let out = dir.join("out");
+    for (sub, topic) in [("records", &t.records), ("final", &t.fin)] {
+        std::fs::create_dir_all(out.join(sub)).unwrap();
+        std::fs::write(
+            out.join(sub).join("from-kafka.jsonl"),
+            read_topic(topic).join("\n") + "\n",
+        )
+        .unwrap();
+    }
+    let problems = refjob::check(&input, &out, true);
+    assert!(problems.is_empty(), "after {killed} kills: {problems:?}");
+}
