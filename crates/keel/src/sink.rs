@@ -268,6 +268,14 @@ pub trait Sink: 'static {
         async { Ok(None) }
     }
 
+    /// The largest record (key and value) the sink can take, if it has a limit (a broker's
+    /// message size). The runtime fails a bigger main output record as `oversized` at this
+    /// sink's stage when it is encoded, so the policy handles that record alone, before its
+    /// epoch is decided.
+    fn max_record_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// Called once on start, before any write: finish commits of epochs up to the restored
     /// checkpoint, discard staged epochs after it.
     fn recover(&mut self, recovery: &SinkRecovery) -> impl Future<Output = Result<RecoveryReport, SinkError>>;
@@ -286,6 +294,7 @@ pub(crate) trait DynSink {
     fn describe(&self) -> String;
     fn guarantee(&self) -> Guarantee;
     fn framing(&self) -> Framing;
+    fn max_record_bytes(&self) -> Option<usize>;
     fn highest_epoch(&mut self) -> BoxFut<'_, Result<Option<CheckpointId>, SinkError>>;
     fn recover<'a>(&'a mut self, r: &'a SinkRecovery) -> BoxFut<'a, Result<RecoveryReport, SinkError>>;
     fn write<'a>(&'a mut self, epoch: CheckpointId, batch: &'a OutBatch) -> BoxFut<'a, Result<(), SinkError>>;
@@ -301,6 +310,9 @@ impl<S: Sink> DynSink for S {
     }
     fn framing(&self) -> Framing {
         Sink::framing(self)
+    }
+    fn max_record_bytes(&self) -> Option<usize> {
+        Sink::max_record_bytes(self)
     }
     fn highest_epoch(&mut self) -> BoxFut<'_, Result<Option<CheckpointId>, SinkError>> {
         Box::pin(Sink::highest_epoch(self))

@@ -166,8 +166,12 @@ fn checkpoints(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The tests that stop the broker or need it responsive run one at a time.
+static BROKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn kafka_to_kafka_survives_kill_9_and_crash_points_exactly_once() {
+    let _one_at_a_time = BROKER.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let input = refjob::generate(&dir.join("in"), 120_000, 3, 2_000, 50, 11);
@@ -230,4 +234,65 @@ fn kafka_to_kafka_survives_kill_9_and_crash_points_exactly_once() {
     }
     let problems = refjob::check(&input, &out, true);
     assert!(problems.is_empty(), "after {killed} kills: {problems:?}");
+}
+
+/// The broker process of the test broker (`tansu broker`), to stop and continue.
+fn broker_pid() -> Option<i32> {
+    let out = Command::new("pgrep").args(["-f", "tansu broker"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A broker outage mid-run (the broker process stopped with SIGSTOP for 15 s, then
+/// continued): nothing lost, nothing dead-lettered by the outage, the run resumes by itself
+/// and ends normally. (BENCHMARKS.md has the same with 60 s.)
+#[test]
+fn a_broker_outage_loses_nothing_and_dead_letters_nothing() {
+    let _one_at_a_time = BROKER.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(pid) = broker_pid() else {
+        panic!("the outage test stops the test broker (tansu) of .ci/services, and none runs here");
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = refjob::generate(&dir.join("in"), 150_000, 3, 2_000, 20, 5);
+    std::fs::write(dir.join("job.toml"), JOB).unwrap();
+    let t = create_topics("outage");
+    produce_lines(&t.input, &dir.join("in"));
+    let mut child = spawn(dir, &t, None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while checkpoints(dir).is_empty() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before the outage");
+        assert!(Instant::now() < deadline, "no checkpoint in 120 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stop = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    stop("-STOP");
+    std::thread::sleep(Duration::from_secs(15));
+    let during = child.try_wait().unwrap();
+    stop("-CONT");
+    assert!(during.is_none(), "the run ended during the outage: {during:?}");
+    let status = child.wait().unwrap();
+    assert!(matches!(status.code(), Some(0 | 1)), "after the outage: {status:?}");
+    let out = dir.join("out");
+    for (sub, topic) in [("records", &t.records), ("final", &t.fin)] {
+        std::fs::create_dir_all(out.join(sub)).unwrap();
+        std::fs::write(
+            out.join(sub).join("from-kafka.jsonl"),
+            read_topic(topic).join("\n") + "\n",
+        )
+        .unwrap();
+    }
+    // every good record once, every bad one dead-lettered once, nothing else dead-lettered
+    let problems = refjob::check(&input, &out, true);
+    assert!(problems.is_empty(), "after the outage: {problems:?}");
 }

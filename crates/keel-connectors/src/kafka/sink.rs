@@ -99,7 +99,13 @@ pub(crate) struct Deliveries {
     failed: Mutex<Option<KafkaError>>,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // broker trouble is retried inside librdkafka until `message.timeout.ms`; what
+        // finally fails reaches `delivery`
+        tracing::warn!(error = %error, %reason, "kafka producer");
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -185,6 +191,18 @@ impl Sink for KafkaSink {
 
     fn framing(&self) -> Framing {
         Framing::Messages
+    }
+
+    fn max_record_bytes(&self) -> Option<usize> {
+        // librdkafka refuses a message over `message.max.bytes` (1,000,000 by default); the
+        // headers and the record's framing take a few hundred bytes of it
+        let max = self
+            .config
+            .options
+            .get("message.max.bytes")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1_000_000);
+        Some(max.saturating_sub(512 + self.writer.len()))
     }
 
     async fn highest_epoch(&mut self) -> Result<Option<CheckpointId>, SinkError> {

@@ -13,8 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel::checkpoint::CheckpointId;
 use keel::{PartitionReader, ReadStatus, Record, Source, SourceBatch, SourceError};
+use rdkafka::ClientContext;
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -23,7 +24,23 @@ use super::config::{KafkaSourceConfig, StartPosition};
 use super::errors::source_error;
 use crate::file::glob_match;
 
-type Client = Arc<BaseConsumer<DefaultConsumerContext>>;
+type Client = Arc<BaseConsumer<SourceContext>>;
+
+/// Where librdkafka's own error reports go: the end of a partition is no error, and broker
+/// trouble (retried inside librdkafka) is a warning; what a read fails with goes through the
+/// policies.
+pub struct SourceContext;
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) => tracing::debug!(%reason, "kafka: end of partition"),
+            e => tracing::warn!(error = %e, %reason, "kafka consumer"),
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,9 +75,9 @@ impl KafkaSource {
         if config.topics.is_empty() {
             return Err(SourceError::Config("kafka source: `topics` is empty".into()));
         }
-        let consumer: BaseConsumer = config
+        let consumer: BaseConsumer<SourceContext> = config
             .client()
-            .create()
+            .create_with_context(SourceContext)
             .map_err(|e| SourceError::Config(format!("kafka source: {e}")))?;
         Ok(KafkaSource {
             config,
@@ -72,7 +89,7 @@ impl KafkaSource {
     /// Runs a blocking call of the consumer off the pipeline's thread.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&BaseConsumer) -> Result<T, KafkaError> + Send + 'static,
+        f: impl FnOnce(&BaseConsumer<SourceContext>) -> Result<T, KafkaError> + Send + 'static,
         doing: String,
     ) -> Result<T, SourceError> {
         let c = self.consumer.clone();
@@ -226,7 +243,7 @@ impl Source for KafkaSource {
 /// Reads one topic partition.
 pub struct KafkaReader {
     consumer: Client,
-    queue: PartitionQueue<DefaultConsumerContext>,
+    queue: PartitionQueue<SourceContext>,
     topic: String,
     partition: i32,
     name: String,

@@ -427,3 +427,35 @@ fn kafka_to_kafka_writes_every_record_once() {
     let want: Vec<String> = values("R", 200);
     assert_eq!(got, want);
 }
+
+/// A record over the broker's message size is `oversized` at the sink's stage when it is
+/// encoded: dead-lettered alone, before its epoch is decided; the others are published.
+#[test]
+fn an_oversized_output_record_is_dead_lettered_alone() {
+    let input = topic("big-in", 1);
+    let output = topic("big-out", 1);
+    let mut lines: Vec<String> = values("ok", 5);
+    lines.insert(2, "x".repeat(20_000));
+    produce(&input, &lines, |_| 0);
+    let state = tempfile::tempdir().unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let dead = MemorySink::new();
+    let mut config = KafkaSinkConfig::new(brokers(), &output, staging.path());
+    config.options.insert("message.max.bytes".into(), "10000".into());
+    let s = Pipeline::builder("kafka-big")
+        .source(KafkaSource::new(bounded(&input)).unwrap())
+        .flow(Flow::<Record>::new().map(|r: Record| r.value.to_vec()))
+        .sink_with("out", KafkaSink::new("out", config).unwrap(), RawEncoder)
+        .dead_letters(dead.clone())
+        .checkpoints(FileCheckpointStore::new(state.path()))
+        .build()
+        .unwrap()
+        .run()
+        .unwrap();
+    assert_eq!((s.records_out, s.dead_letters), (5, 1));
+    let got: Vec<String> = read_all(&output, 1).into_iter().map(|r| r.value).collect();
+    assert_eq!(got, values("ok", 5));
+    let envelope: serde_json::Value = serde_json::from_str(&dead.committed_lines()[0]).unwrap();
+    assert_eq!(envelope["reason"], "oversized", "{envelope}");
+    assert_eq!(envelope["stage"], "out", "{envelope}");
+}

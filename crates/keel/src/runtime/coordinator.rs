@@ -223,6 +223,7 @@ where
                 .map(|c| RefCell::new(CircuitBreaker::new(s.name.clone(), c))),
             name: s.name,
             framing: s.sink.framing(),
+            max_record_bytes: s.sink.max_record_bytes(),
             sink: tokio::sync::Mutex::new(s.sink),
         })
         .collect();
@@ -602,7 +603,14 @@ where
         flow.finish(&mut cx, &mut outputs).await.map_err(end)?;
         let mut key = Vec::new();
         for o in &outputs {
-            encode_main(&mut out.main, &mut self.encoder, o, &mut key).map_err(end)?;
+            encode_main(
+                &mut out.main,
+                &mut self.encoder,
+                o,
+                &mut key,
+                self.rt.sinks[0].max_record_bytes,
+            )
+            .map_err(end)?;
         }
         let c = &rt.counters;
         c.records_out.set(c.records_out.get() + outputs.len() as u64);

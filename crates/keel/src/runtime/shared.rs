@@ -22,6 +22,8 @@ use crate::sink::{DynSink, Framing};
 pub(crate) struct SinkHandle {
     pub(crate) name: String,
     pub(crate) framing: Framing,
+    /// The sink's record size limit ([`crate::Sink::max_record_bytes`]).
+    pub(crate) max_record_bytes: Option<usize>,
     pub(crate) sink: Mutex<Box<dyn DynSink>>,
     pub(crate) breaker: Option<RefCell<CircuitBreaker>>,
 }

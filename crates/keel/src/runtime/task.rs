@@ -477,7 +477,13 @@ where
         };
         if result.is_ok() {
             for o in self.outputs.drain(..) {
-                if let Err(f) = encode_main(&mut self.out.main, &mut self.encoder, &o, &mut self.scratch_key) {
+                if let Err(f) = encode_main(
+                    &mut self.out.main,
+                    &mut self.encoder,
+                    &o,
+                    &mut self.scratch_key,
+                    rt.sinks[0].max_record_bytes,
+                ) {
                     result = Err(f.with_stage(rt.sinks[0].name.clone()));
                     break;
                 }
@@ -841,15 +847,29 @@ fn exhausted(f: &mut Failure, attempts: u32, why: &str) {
     f.reason = reason::RETRIES_EXHAUSTED.into();
 }
 
-/// Encodes a stream item for the main sink (used for end-of-input outputs too).
+/// Encodes a stream item for the main sink (used for end-of-input outputs too); a record
+/// over the sink's size limit is taken back out and fails as `oversized`.
 pub(crate) fn encode_main<T, E: Encoder<T>>(
     out: &mut OutBatch,
     encoder: &mut E,
     item: &T,
     scratch_key: &mut Vec<u8>,
+    max_record_bytes: Option<usize>,
 ) -> Result<(), Failure> {
     scratch_key.clear();
     let has_key = encoder.key(item, scratch_key);
     let key = has_key.then_some(&scratch_key[..]);
-    out.push_with(key, |buf| encoder.encode(item, buf))
+    let before = out.bytes();
+    out.push_with(key, |buf| encoder.encode(item, buf))?;
+    if let Some(max) = max_record_bytes {
+        let size = out.bytes() - before;
+        if size > max {
+            out.truncate(out.len() - 1);
+            return Err(Failure::permanent(
+                reason::OVERSIZED,
+                format!("an output record of {size} bytes is larger than the sink's maximum of {max}"),
+            ));
+        }
+    }
+    Ok(())
 }
