@@ -122,18 +122,16 @@ impl KafkaSinkConfig {
 
     pub(crate) fn producer(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers)
-            // in-order, no duplicates within a session: a publish's progress in a partition
-            // is a prefix of the records meant for it, which recovery relies on
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5");
+        c.set("bootstrap.servers", &self.brokers).set("linger.ms", "5");
         if let Some(codec) = &self.compression {
             c.set("compression.type", codec);
         }
         for (k, v) in &self.options {
             c.set(k, v);
         }
+        // after the user's options: no duplicates from librdkafka's own retries, and a
+        // record counts as published only once it is replicated
+        c.set("enable.idempotence", "true").set("acks", "all");
         c
     }
 
@@ -142,6 +140,7 @@ impl KafkaSinkConfig {
         c.set("bootstrap.servers", &self.brokers)
             .set("group.id", "keel-readback")
             .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true");
         for (k, v) in &self.options {
             // the producer's settings that a consumer does not know only warn

@@ -5,8 +5,8 @@
 //!   group after each checkpoint for lag tools only.
 //! - [`sink`]: each epoch is staged in a local file and published after its manifest is
 //!   durable, every record carrying its writer and `(epoch, sequence)` in headers; recovery
-//!   reads each partition's tail back and publishes only what an interrupted publish did
-//!   not (the module docs give the protocol and its single-writer condition).
+//!   reads each partition back from its end at prepare and publishes only what an interrupted publish did
+//!   not (the module docs give the protocol and its conditions).
 //! - [`errors`]: how broker errors are classified for the policies.
 
 mod config;

@@ -295,9 +295,30 @@ fn recovery(epoch: Option<u64>, precommit: Option<serde_json::Value>) -> SinkRec
     }
 }
 
-/// A commit interrupted after some records reached some partitions: recovery reads each
-/// partition's tail back and publishes only the rest. Every record ends up once, each
-/// partition in sequence order, with the writer and progress headers.
+/// Writes a record as the sink would (writer `pipe/out`, progress `epoch/seq`).
+fn send_as_sink(prod: &BaseProducer, t: &str, p: i32, key: Option<&str>, value: &str, progress: &str) {
+    let h = OwnedHeaders::new()
+        .insert(Header {
+            key: WRITER_HEADER,
+            value: Some("pipe/out"),
+        })
+        .insert(Header {
+            key: PROGRESS_HEADER,
+            value: Some(progress),
+        });
+    let mut r = BaseRecord::to(t).partition(p).payload(value).headers(h);
+    if let Some(k) = key {
+        r = r.key(k);
+    }
+    prod.send(r).unwrap();
+}
+
+/// A commit interrupted after some records reached some partitions, with gaps (librdkafka
+/// can leave them when messages time out): recovery reads each partition back from the
+/// offset noted at prepare and publishes only what is missing. Records of an older
+/// incarnation of the same writer and epoch (a pipeline started again from scratch), before
+/// that offset, do not count. Every record ends up once, with the writer and progress
+/// headers, keyed records in their murmur2 partition.
 #[test]
 fn recovery_publishes_only_what_an_interrupted_publish_did_not() {
     let t = topic("sink-resume", 3);
@@ -311,7 +332,14 @@ fn recovery_publishes_only_what_an_interrupted_publish_did_not() {
     let mut sealed = block_on(sink.seal(1)).unwrap();
     sealed.prepare().unwrap();
     sealed.commit().unwrap();
-    // epoch 2 staged and prepared; its publish "dies" after a different prefix per partition
+    // an older incarnation's epoch 2, already in the topic
+    let prod = producer();
+    for seq in 0..6 {
+        send_as_sink(&prod, &t, seq % 3, None, &format!("old-{seq}"), &format!("2/{seq}"));
+    }
+    prod.flush(Duration::from_secs(30)).unwrap();
+    // epoch 2 staged and prepared; its publish "dies" with a different part of each
+    // partition out: nothing, a prefix, every other record, everything
     let keys = ["alpha", "beta", "gamma", "delta", "eps"];
     let e2: Vec<(Option<&str>, String)> = (0..60)
         .map(|i| (Some(keys[i % keys.len()]), format!("e2-{i:03}")))
@@ -320,28 +348,18 @@ fn recovery_publishes_only_what_an_interrupted_publish_did_not() {
     let parsed: KafkaPreCommit = serde_json::from_value(pre.clone()).unwrap();
     assert_eq!((parsed.epoch, parsed.records, parsed.partitions), (2, 60, 3));
     drop(sink);
-    let cut = [0usize, 7, 60]; // partition 0: none, 1: its first 7, 2: all of them
-    let prod = producer();
     let mut per_partition = [0usize; 3];
     for (seq, (k, v)) in e2.iter().enumerate() {
         let p = choose_partition(Partitioner::Murmur2, k.map(str::as_bytes), seq as u64, 3) as usize;
-        if per_partition[p] < cut[p] {
-            per_partition[p] += 1;
-            let progress = format!("2/{seq}");
-            let h = OwnedHeaders::new()
-                .insert(Header {
-                    key: WRITER_HEADER,
-                    value: Some("pipe/out"),
-                })
-                .insert(Header {
-                    key: PROGRESS_HEADER,
-                    value: Some(&progress),
-                });
-            let mut r = BaseRecord::to(&t).partition(p as i32).payload(v).headers(h);
-            if let Some(k) = k {
-                r = r.key(*k);
-            }
-            prod.send(r).unwrap();
+        let nth = per_partition[p];
+        per_partition[p] += 1;
+        let out = match p {
+            0 => false,
+            1 => nth < 7 || nth % 2 == 0,
+            _ => true,
+        };
+        if out {
+            send_as_sink(&prod, &t, p as i32, *k, v, &format!("2/{seq}"));
         }
     }
     prod.flush(Duration::from_secs(30)).unwrap();
@@ -357,20 +375,16 @@ fn recovery_publishes_only_what_an_interrupted_publish_did_not() {
     let mut values: Vec<&str> = got.iter().map(|r| r.value.as_str()).collect();
     values.sort_unstable();
     let mut want: Vec<String> = e1.iter().chain(&e2).map(|(_, v)| v.clone()).collect();
+    want.extend((0..6).map(|seq| format!("old-{seq}")));
     want.sort();
     assert_eq!(values, want, "every record once");
-    for p in 0..3 {
-        let seqs: Vec<u64> = got
-            .iter()
-            .filter(|r| r.partition == p)
-            .filter(|r| r.headers[PROGRESS_HEADER].starts_with("2/"))
-            .map(|r| r.headers[PROGRESS_HEADER][2..].parse().unwrap())
-            .collect();
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "partition {p} in sequence order: {seqs:?}"
-        );
-    }
+    let mut seqs: Vec<u64> = got
+        .iter()
+        .filter(|r| r.value.starts_with("e2-"))
+        .map(|r| r.headers[PROGRESS_HEADER][2..].parse().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..60).collect::<Vec<u64>>(), "epoch 2's sequences, each once");
     for r in &got {
         assert_eq!(r.headers[WRITER_HEADER], "pipe/out");
         if let Some(k) = &r.key {
@@ -458,4 +472,48 @@ fn an_oversized_output_record_is_dead_lettered_alone() {
     let envelope: serde_json::Value = serde_json::from_str(&dead.committed_lines()[0]).unwrap();
     assert_eq!(envelope["reason"], "oversized", "{envelope}");
     assert_eq!(envelope["stage"], "out", "{envelope}");
+}
+
+/// The same for a record a step sends to a Kafka side output: `oversized` at that sink's
+/// stage when it is emitted; the whole record fails (its main output too).
+#[test]
+fn an_oversized_side_output_record_is_dead_lettered_alone() {
+    let input = topic("bigside-in", 1);
+    let (main_out, side_out) = (topic("bigside-main", 1), topic("bigside-side", 1));
+    let mut lines: Vec<String> = values("ok", 4);
+    lines.insert(1, "y".repeat(20_000));
+    produce(&input, &lines, |_| 0);
+    let state = tempfile::tempdir().unwrap();
+    let (s1, s2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dead = MemorySink::new();
+    let mut side = KafkaSinkConfig::new(brokers(), &side_out, s2.path());
+    side.options.insert("message.max.bytes".into(), "10000".into());
+    let s = Pipeline::builder("kafka-bigside")
+        .source(KafkaSource::new(bounded(&input)).unwrap())
+        .flow(Flow::<Record>::new().stateful(|r: Record, cx| {
+            cx.emit_bytes("side", None, &r.value)?;
+            Ok(r.value.to_vec())
+        }))
+        .sink_with(
+            "main",
+            KafkaSink::new("main", KafkaSinkConfig::new(brokers(), &main_out, s1.path())).unwrap(),
+            RawEncoder,
+        )
+        .side_sink("side", KafkaSink::new("side", side).unwrap())
+        .dead_letters(dead.clone())
+        .checkpoints(FileCheckpointStore::new(state.path()))
+        .build()
+        .unwrap()
+        .run()
+        .unwrap();
+    assert_eq!((s.records_out, s.dead_letters), (4, 1));
+    let main_got: Vec<String> = read_all(&main_out, 1).into_iter().map(|r| r.value).collect();
+    let side_got: Vec<String> = read_all(&side_out, 1).into_iter().map(|r| r.value).collect();
+    assert_eq!(main_got, values("ok", 4));
+    assert_eq!(side_got, values("ok", 4));
+    let envelope: serde_json::Value = serde_json::from_str(&dead.committed_lines()[0]).unwrap();
+    assert_eq!(
+        (envelope["reason"].as_str(), envelope["stage"].as_str()),
+        (Some("oversized"), Some("side"))
+    );
 }

@@ -149,10 +149,10 @@ fn unknown_keys_and_wrong_types_are_refused_with_their_line() {
         e.contains("pipeline.toml:6: checkpoint.retain: expected a whole number, found \"three\""),
         "{e}"
     );
-    let c = Case::new("name = \"x\"\n[source]\ntype = \"kafka\"\n", &[]);
+    let c = Case::new("name = \"x\"\n[source]\ntype = \"ftp\"\n", &[]);
     assert!(
         c.errors()
-            .contains("pipeline.toml:3: source.type: expected one of `files`, `generator`, found \"kafka\""),
+            .contains("pipeline.toml:3: source.type: expected one of `files`, `generator`, `kafka`, found \"ftp\""),
         "{}",
         c.errors()
     );
@@ -556,10 +556,10 @@ fn every_missing_key_is_reported() {
         ]
     );
     assert_eq!(
-        error_lines("name = \"t\"\n[source]\ntype = \"kafka\"\n\n[[steps]]\ntype = \"dedupe\"\n"),
+        error_lines("name = \"t\"\n[source]\ntype = \"ftp\"\n\n[[steps]]\ntype = \"dedupe\"\n"),
         [
             "pipeline.toml:1: missing key `sinks`",
-            "pipeline.toml:3: source.type: expected one of `files`, `generator`, found \"kafka\"",
+            "pipeline.toml:3: source.type: expected one of `files`, `generator`, `kafka`, found \"ftp\"",
             "pipeline.toml:5: steps[0]: missing key `key`",
             "pipeline.toml:5: steps[0]: missing key `window`",
         ]
@@ -589,7 +589,7 @@ fn messages_use_no_rust_words() {
     };
     let tail = |extra: &str| format!("{base}\n{extra}\n");
     let files = [
-        with("type = \"files\"\npath = \"in\"", "type = \"kafka\"\npath = \"in\""),
+        with("type = \"files\"\npath = \"in\"", "type = \"ftp\"\npath = \"in\""),
         with("path = \"in\"", "path = 5"),
         with("format = \"json_lines\"", "format = 1"),
         with("format = \"json_lines\"", "follow = \"yes\""),

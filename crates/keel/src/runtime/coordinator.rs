@@ -55,6 +55,7 @@ where
         .map(|s| SideSink {
             name: s.name.clone(),
             framing: s.sink.framing(),
+            max_record_bytes: s.sink.max_record_bytes(),
         })
         .collect();
     let dead_index = dead_letters.map(|d| {

@@ -512,6 +512,16 @@ where
         for j in window.admit_after(i, batch.len()) {
             if admissible(&self.rt, &batch.records[j]).is_ok() {
                 let ahead = self.begin_ahead(batch, j).await;
+                if let Err(f) = &ahead.begun
+                    && f.reason == reason::PANIC
+                {
+                    // the flow may be broken now: stop before record `i` goes on with it
+                    return Ahead {
+                        index: i,
+                        key: None,
+                        begun: Err(f.clone()),
+                    };
+                }
                 if let Some(w) = &mut self.window {
                     w.push(ahead);
                 }

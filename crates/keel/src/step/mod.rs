@@ -182,8 +182,12 @@ where
         self.second.finish(cx, out).await
     }
 
+    /// That of the call that runs ahead: the first concurrent one.
     fn concurrency(&self) -> usize {
-        self.first.concurrency().max(self.second.concurrency())
+        match self.first.concurrency() {
+            1 => self.second.concurrency(),
+            n => n,
+        }
     }
 
     // The concurrent call is in `first` when it has one (a second one in `second` then runs

@@ -356,3 +356,37 @@ fn a_panic_in_a_concurrent_call_ends_the_run() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The window is sized by the call that runs ahead (the first concurrent one); a later
+/// concurrent call runs one record at a time.
+#[test]
+fn the_first_concurrent_call_sizes_the_window() {
+    let (first, second) = (Meter::default(), Meter::default());
+    let out = MemorySink::new();
+    let summary = paused({
+        let (first, second, out) = (first.clone(), second.clone(), out.clone());
+        async move {
+            let flow = Flow::<Record>::new()
+                .map(|r: Record| String::from_utf8(r.value.to_vec()).unwrap())
+                .map_async(move |v: String| {
+                    let d = delay_of(&v);
+                    first.clone().call(v, d, None)
+                })
+                .concurrency(2)
+                .map_async(move |v: String| second.clone().call(v, ms(5), None))
+                .concurrency(16)
+                .map(|v: String| v.into_bytes());
+            Pipeline::builder("two-calls")
+                .source(VecSource::new(vec![records(20)]))
+                .flow(flow)
+                .sink_with("main", out, RawEncoder)
+                .build()
+                .unwrap()
+                .run_local()
+                .await
+        }
+    });
+    assert_eq!(summary.unwrap().records_out, 20);
+    assert_eq!(out.committed_lines(), records(20));
+    assert_eq!((first.max.get(), second.max.get()), (2, 1));
+}
