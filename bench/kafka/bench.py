@@ -8,7 +8,11 @@ checkpoints: the ceiling of this broker) and `keel run bench/crash/kafka_job.tom
 validate, running totals per customer, exactly-once sinks, 1 s checkpoints). Each run writes
 fresh topics. Prints records/s of each and keel's ratio to the loop, per round.
 
-usage: bench.py [-n RECORDS] [-p PARTITIONS] [-r ROUNDS] [--brokers B]
+With --bytewax, each round also runs bytewax_flow.py (Bytewax 0.21.1 with its Kafka
+connectors, one worker, 1 s snapshots; venv /tmp/bench-venvs/bytewax as
+../shared/bench/bytewax/run.sh makes it, plus confluent-kafka).
+
+usage: bench.py [-n RECORDS] [-p PARTITIONS] [-r ROUNDS] [--brokers B] [--bytewax]
 Run with the venv .ci/services makes: /opt/keel-kafka/bin/python bench/kafka/bench.py
 """
 import argparse
@@ -32,6 +36,7 @@ def main():
     ap.add_argument("-p", "--partitions", type=int, default=4)
     ap.add_argument("-r", "--rounds", type=int, default=3)
     ap.add_argument("--brokers", default=os.environ.get("KEEL_KAFKA_BROKERS", "127.0.0.1:9092"))
+    ap.add_argument("--bytewax", action="store_true")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "keel-cli"], cwd=ROOT, check=True)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "keel-connectors", "--features", "kafka",
@@ -62,8 +67,28 @@ def main():
         keel_s = time.time() - t0
         if rc not in (0, 1):
             sys.exit(f"keel failed with exit code {rc}")
-        print(f"round {r}: bare loop {n / bare_s:,.0f} records/s ({bare_s:.2f} s), "
-              f"keel {n / keel_s:,.0f} records/s ({keel_s:.2f} s): keel/bare = {bare_s / keel_s:.2f}")
+        line = (f"round {r}: bare loop {n / bare_s:,.0f} records/s ({bare_s:.2f} s), "
+                f"keel {n / keel_s:,.0f} records/s ({keel_s:.2f} s): keel/bare = {bare_s / keel_s:.2f}")
+        if a.bytewax:
+            bw_s = bytewax(a.brokers, t_in, f"keel-bench-bw-{tag}-{r}", a.partitions, work, r)
+            line += f"; bytewax {n / bw_s:,.0f} records/s ({bw_s:.2f} s): keel/bytewax = {bw_s / keel_s:.1f}"
+        print(line, flush=True)
+
+
+def bytewax(brokers, t_in, prefix, partitions, work, r):
+    """One Bytewax run into fresh topics; its wall time."""
+    py = "/tmp/bench-venvs/bytewax/bin/python"
+    t_rec, t_fin = f"{prefix}-records", f"{prefix}-final"
+    create(brokers, [t_rec, t_fin], partitions)
+    state = os.path.join(work, f"bytewax-state-{r}")
+    os.makedirs(state, exist_ok=True)
+    subprocess.run([py, "-m", "bytewax.recovery", state, "1"], check=True, stdout=subprocess.DEVNULL)
+    env = dict(os.environ, KAFKA_BROKERS=brokers, KAFKA_IN=t_in, KAFKA_RECORDS=t_rec, KAFKA_FINAL=t_fin,
+               BENCH_OUT=os.path.join(work, f"bytewax-out-{r}"), PYTHONPATH=HERE, PYTHONDONTWRITEBYTECODE="1")
+    t0 = time.time()
+    subprocess.run([py, "-m", "bytewax.run", "bytewax_flow:flow", "-r", state, "-s", "1", "-b", "0"], env=env,
+                   check=True, stdout=subprocess.DEVNULL)
+    return time.time() - t0
 
 
 if __name__ == "__main__":
