@@ -264,41 +264,28 @@ impl<'a> Context<'a> {
             .ok_or_else(|| Failure::fatal("unknown_sink", format!("no sink named `{sink}` in this pipeline")))
     }
 
-    /// A record just pushed to side output `i` (which held `before` bytes) over its sink's
-    /// size limit is taken back out and fails as `oversized` at that sink's stage.
-    fn within_limit(&mut self, i: usize, before: usize) -> Result<(), Failure> {
+    /// A record just pushed to side output `i` over its sink's size limit is taken back
+    /// out and fails as `oversized` at that sink's stage.
+    fn within_limit(&mut self, i: usize) -> Result<(), Failure> {
         let side = &self.shared.side_sinks[i];
-        let out = &mut self.local.side[i];
-        let size = out.bytes() - before;
-        match side.max_record_bytes {
-            Some(max) if size > max => {
-                out.truncate(out.len() - 1);
-                Err(Failure::permanent(
-                    reason::OVERSIZED,
-                    format!("an output record of {size} bytes is larger than the sink's maximum of {max}"),
-                )
-                .with_stage(side.name.clone()))
-            }
-            _ => Ok(()),
-        }
+        crate::runtime::within_limit(&mut self.local.side[i], side.max_record_bytes)
+            .map_err(|f| f.with_stage(side.name.clone()))
     }
 
     /// Sends `value`, encoded as JSON, to the sink named `sink`.
     pub fn emit_json<T: Serialize>(&mut self, sink: &str, value: &T) -> Result<(), Failure> {
         let i = self.side_index(sink)?;
-        let before = self.local.side[i].bytes();
         self.local.side[i]
             .push_with(None, |buf| serde_json::to_writer(buf, value))
             .map_err(|e| Failure::permanent("encode", e.to_string()))?;
-        self.within_limit(i, before)
+        self.within_limit(i)
     }
 
     /// Sends an already encoded record to the sink named `sink`.
     pub fn emit_bytes(&mut self, sink: &str, key: Option<&[u8]>, value: &[u8]) -> Result<(), Failure> {
         let i = self.side_index(sink)?;
-        let before = self.local.side[i].bytes();
         self.local.side[i].push(key, value);
-        self.within_limit(i, before)
+        self.within_limit(i)
     }
 
     /// Sends a record that `encode` writes to the sink named `sink`.
@@ -308,9 +295,8 @@ impl<'a> Context<'a> {
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), Failure>,
     ) -> Result<(), Failure> {
         let i = self.side_index(sink)?;
-        let before = self.local.side[i].bytes();
         self.local.side[i].push_with(None, encode)?;
-        self.within_limit(i, before)
+        self.within_limit(i)
     }
 }
 

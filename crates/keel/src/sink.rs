@@ -184,6 +184,14 @@ impl OutBatch {
         })
     }
 
+    /// Bytes of the last record (key and value), 0 when empty.
+    pub fn last_record_bytes(&self) -> usize {
+        self.spans.last().map_or(0, |s| {
+            let key = s.key_start.map_or(0, |k| (s.key_end - k) as usize);
+            (s.end - s.value_start) as usize + key
+        })
+    }
+
     /// Number of records.
     pub fn len(&self) -> usize {
         self.spans.len()

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 use super::checkpointer::{Checkpointer, Completion, Job};
 use super::shared::{RuntimeShared, SinkHandle, TaskSlot};
-use super::task::{Outboxes, PartitionTask, encode_main};
+use super::task::{Outboxes, PartitionTask, encode_main, within_limit};
 use super::window::Window;
 use super::{NamedSink, Outcome, Pipeline, PipelineError, RunSummary};
 use crate::checkpoint::recovery;
@@ -604,14 +604,9 @@ where
         flow.finish(&mut cx, &mut outputs).await.map_err(end)?;
         let mut key = Vec::new();
         for o in &outputs {
-            encode_main(
-                &mut out.main,
-                &mut self.encoder,
-                o,
-                &mut key,
-                self.rt.sinks[0].max_record_bytes,
-            )
-            .map_err(end)?;
+            encode_main(&mut out.main, &mut self.encoder, o, &mut key)
+                .and_then(|()| within_limit(&mut out.main, self.rt.sinks[0].max_record_bytes))
+                .map_err(end)?;
         }
         let c = &rt.counters;
         c.records_out.set(c.records_out.get() + outputs.len() as u64);

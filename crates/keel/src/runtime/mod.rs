@@ -13,6 +13,7 @@ pub(crate) mod progress;
 mod shared;
 mod sink_io;
 mod task;
+pub(crate) use task::within_limit;
 mod window;
 
 use std::sync::Arc;

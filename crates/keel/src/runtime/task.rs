@@ -443,30 +443,43 @@ where
 
     /// One run of record `i` of `batch` through the flow and into the outboxes. On failure
     /// the outboxes are as before.
-    async fn attempt(&mut self, batch: &SourceBatch<R::Position>, i: usize) -> Result<u64, Failure> {
+    async fn attempt(&mut self, rec: &Record) -> Result<u64, Failure> {
         let rt = self.rt.clone();
-        let rec = &batch.records[i];
         admissible(&rt, rec)?;
-        let ahead = if self.window.is_some() {
-            Some(self.run_ahead(batch, i).await)
-        } else {
-            None
-        };
         self.local.begin_record(Some(rec));
         let main_mark = self.out.main.len();
         self.local.side_marks(&mut self.marks);
         self.outputs.clear();
-        let run = match ahead {
-            None => {
-                let mut cx = Context::new(&rt.step, &mut self.local, Some(rec));
-                super::catch_panic(
-                    || "flow".into(),
-                    self.flow.process(rec.clone(), &mut cx, &mut self.outputs),
-                )
-                .await
-            }
-            Some(ahead) => self.finish_ahead(rec, ahead).await,
-        };
+        let mut cx = Context::new(&rt.step, &mut self.local, Some(rec));
+        let run = super::catch_panic(
+            || "flow".into(),
+            self.flow.process(rec.clone(), &mut cx, &mut self.outputs),
+        )
+        .await;
+        self.outputs_of(run, main_mark)
+    }
+
+    /// [`attempt`](Self::attempt) for flows with a concurrent call: record `i` of `batch`
+    /// runs through the window.
+    async fn attempt_windowed(&mut self, batch: &SourceBatch<R::Position>, i: usize) -> Result<u64, Failure> {
+        let rec = &batch.records[i];
+        admissible(&self.rt, rec)?;
+        let ahead = self.run_ahead(batch, i).await;
+        self.local.begin_record(Some(rec));
+        let main_mark = self.out.main.len();
+        self.local.side_marks(&mut self.marks);
+        self.outputs.clear();
+        let run = self.finish_ahead(rec, ahead).await;
+        self.outputs_of(run, main_mark)
+    }
+
+    /// Encodes the outputs of a run of the flow into the main outbox; on failure (of the
+    /// run or of an encoding) the outboxes are rolled back to `main_mark` and the side marks.
+    fn outputs_of(
+        &mut self,
+        run: Result<Result<(), Failure>, PipelineError>,
+        main_mark: usize,
+    ) -> Result<u64, Failure> {
         let mut result = match run {
             Ok(r) => r,
             Err(super::PipelineError::Panic { message, .. }) => {
@@ -476,15 +489,12 @@ where
             Err(e) => return Err(Failure::fatal(reason::PANIC, e.to_string()).with_stage("flow")),
         };
         if result.is_ok() {
+            let main = &self.rt.sinks[0];
             for o in self.outputs.drain(..) {
-                if let Err(f) = encode_main(
-                    &mut self.out.main,
-                    &mut self.encoder,
-                    &o,
-                    &mut self.scratch_key,
-                    rt.sinks[0].max_record_bytes,
-                ) {
-                    result = Err(f.with_stage(rt.sinks[0].name.clone()));
+                let encoded = encode_main(&mut self.out.main, &mut self.encoder, &o, &mut self.scratch_key)
+                    .and_then(|()| within_limit(&mut self.out.main, main.max_record_bytes));
+                if let Err(f) = encoded {
+                    result = Err(f.with_stage(main.name.clone()));
                     break;
                 }
             }
@@ -595,7 +605,13 @@ where
         let mut first_failed_ms = 0u64;
         'attempt: loop {
             attempts += 1;
-            let mut failure = match self.attempt(batch, i).await {
+            // the windowed path is boxed: its states stay out of this future, which every
+            // record of every flow runs through
+            let attempt = match self.window.is_some() {
+                false => self.attempt(rec).await,
+                true => Box::pin(self.attempt_windowed(batch, i)).await,
+            };
+            let mut failure = match attempt {
                 Ok(out) => return Ok(Outcome::Out(out)),
                 Err(f) => f,
             };
@@ -818,6 +834,7 @@ where
 
 /// The checks a record passes before any step sees it: a failure its source attached, and
 /// the size limit.
+#[inline]
 fn admissible(rt: &RuntimeShared, rec: &Record) -> Result<(), Failure> {
     if !rec.headers.is_empty()
         && let Some(f) = rec.source_failure()
@@ -857,29 +874,33 @@ fn exhausted(f: &mut Failure, attempts: u32, why: &str) {
     f.reason = reason::RETRIES_EXHAUSTED.into();
 }
 
-/// Encodes a stream item for the main sink (used for end-of-input outputs too); a record
-/// over the sink's size limit is taken back out and fails as `oversized`.
+/// Encodes a stream item for the main sink (used for end-of-input outputs too).
 pub(crate) fn encode_main<T, E: Encoder<T>>(
     out: &mut OutBatch,
     encoder: &mut E,
     item: &T,
     scratch_key: &mut Vec<u8>,
-    max_record_bytes: Option<usize>,
 ) -> Result<(), Failure> {
     scratch_key.clear();
     let has_key = encoder.key(item, scratch_key);
     let key = has_key.then_some(&scratch_key[..]);
-    let before = out.bytes();
-    out.push_with(key, |buf| encoder.encode(item, buf))?;
-    if let Some(max) = max_record_bytes {
-        let size = out.bytes() - before;
-        if size > max {
-            out.truncate(out.len() - 1);
-            return Err(Failure::permanent(
-                reason::OVERSIZED,
-                format!("an output record of {size} bytes is larger than the sink's maximum of {max}"),
-            ));
-        }
+    out.push_with(key, |buf| encoder.encode(item, buf))
+}
+
+/// The record pushed last onto `out`, if over the sink's size limit, is taken back out and
+/// fails as `oversized` (the caller sets the sink's stage).
+#[inline]
+pub(crate) fn within_limit(out: &mut OutBatch, max_record_bytes: Option<usize>) -> Result<(), Failure> {
+    let Some(max) = max_record_bytes else {
+        return Ok(());
+    };
+    let size = out.last_record_bytes();
+    if size > max {
+        out.truncate(out.len() - 1);
+        return Err(Failure::permanent(
+            reason::OVERSIZED,
+            format!("an output record of {size} bytes is larger than the sink's maximum of {max}"),
+        ));
     }
     Ok(())
 }
