@@ -155,6 +155,21 @@ fn check_no_duplicates(t: &Topics, what: &str) -> usize {
 
 /// The newest manifest's name (fixed width: names sort as ids do; old ones are pruned, so
 /// counting them would not show a new one).
+/// The output topics read out into `<dir>/out/{records,final}`, beside the dead-letter
+/// files, as the reference job's checker reads an output directory.
+fn topics_as_output(dir: &Path, t: &Topics) -> std::path::PathBuf {
+    let out = dir.join("out");
+    for (sub, topic) in [("records", &t.records), ("final", &t.fin)] {
+        std::fs::create_dir_all(out.join(sub)).unwrap();
+        std::fs::write(
+            out.join(sub).join("from-kafka.jsonl"),
+            read_topic(topic).join("\n") + "\n",
+        )
+        .unwrap();
+    }
+    out
+}
+
 fn checkpoints(dir: &Path) -> String {
     std::fs::read_dir(dir.join("state").join("checkpoints"))
         .map(|d| {
@@ -222,16 +237,7 @@ fn kafka_to_kafka_survives_kill_9_and_crash_points_exactly_once() {
     let status = spawn(dir, &t, None).wait().unwrap();
     assert!(matches!(status.code(), Some(0 | 1)), "final run: {status:?}");
 
-    // the topics, as the output directories the reference job's checker reads
-    let out = dir.join("out");
-    for (sub, topic) in [("records", &t.records), ("final", &t.fin)] {
-        std::fs::create_dir_all(out.join(sub)).unwrap();
-        std::fs::write(
-            out.join(sub).join("from-kafka.jsonl"),
-            read_topic(topic).join("\n") + "\n",
-        )
-        .unwrap();
-    }
+    let out = topics_as_output(dir, &t);
     let problems = refjob::check(&input, &out, true);
     assert!(problems.is_empty(), "after {killed} kills: {problems:?}");
 }
@@ -283,15 +289,7 @@ fn a_broker_outage_loses_nothing_and_dead_letters_nothing() {
     assert!(during.is_none(), "the run ended during the outage: {during:?}");
     let status = child.wait().unwrap();
     assert!(matches!(status.code(), Some(0 | 1)), "after the outage: {status:?}");
-    let out = dir.join("out");
-    for (sub, topic) in [("records", &t.records), ("final", &t.fin)] {
-        std::fs::create_dir_all(out.join(sub)).unwrap();
-        std::fs::write(
-            out.join(sub).join("from-kafka.jsonl"),
-            read_topic(topic).join("\n") + "\n",
-        )
-        .unwrap();
-    }
+    let out = topics_as_output(dir, &t);
     // every good record once, every bad one dead-lettered once, nothing else dead-lettered
     let problems = refjob::check(&input, &out, true);
     assert!(problems.is_empty(), "after the outage: {problems:?}");
