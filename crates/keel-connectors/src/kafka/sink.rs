@@ -410,12 +410,31 @@ impl Publisher {
         SinkError::Rejected(classify(e, &format!("{doing} topic {}", self.config.topic)))
     }
 
+    /// Runs a broker query, again while it fails with a transient error (a broker outage) and
+    /// the publish timeout has not passed: a checkpoint waits out an outage, as a publish does.
+    fn query<T>(&self, doing: &str, f: impl Fn() -> Result<T, KafkaError>) -> Result<T, SinkError> {
+        let deadline = Instant::now() + self.config.publish_timeout;
+        loop {
+            match f() {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let failure = classify(&e, &format!("{doing} topic {}", self.config.topic));
+                    if failure.class != keel::Class::Transient || Instant::now() >= deadline {
+                        return Err(SinkError::Rejected(failure));
+                    }
+                    tracing::warn!(error = %e, "kafka sink: {doing} topic {} failed; retrying", self.config.topic);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
     fn partition_count(&self) -> Result<i32, SinkError> {
-        let md = self
-            .producer
-            .client()
-            .fetch_metadata(Some(&self.config.topic), METADATA_TIMEOUT)
-            .map_err(|e| self.failure(&e, "reading the metadata of"))?;
+        let md = self.query("reading the metadata of", || {
+            self.producer
+                .client()
+                .fetch_metadata(Some(&self.config.topic), METADATA_TIMEOUT)
+        })?;
         let t = md
             .topics()
             .iter()
@@ -438,11 +457,12 @@ impl Publisher {
     fn end_offsets(&self, partitions: i32) -> Result<Vec<i64>, SinkError> {
         (0..partitions)
             .map(|p| {
-                self.producer
-                    .client()
-                    .fetch_watermarks(&self.config.topic, p, METADATA_TIMEOUT)
-                    .map(|(_, high)| high)
-                    .map_err(|e| self.failure(&e, "reading the end offsets of"))
+                self.query("reading the end offsets of", || {
+                    self.producer
+                        .client()
+                        .fetch_watermarks(&self.config.topic, p, METADATA_TIMEOUT)
+                        .map(|(_, high)| high)
+                })
             })
             .collect()
     }

@@ -473,7 +473,15 @@ where
                     next_checkpoint = interval.map(|d| tokio::time::Instant::now() + d);
                 }
                 _ = tokio::time::sleep_until(next_discovery.unwrap_or(far)), if next_discovery.is_some() => {
-                    self.discover(source).await?;
+                    match self.discover(source).await {
+                        // a broker that does not answer now is asked again at the next discovery
+                        Err(PipelineError::Source { source: e, .. })
+                            if crate::failure::classify_error(&e).class == crate::failure::Class::Transient =>
+                        {
+                            tracing::warn!(error = %e, "looking for new partitions failed; trying again later");
+                        }
+                        other => other?,
+                    }
                     next_discovery = discovery_every.map(|d| tokio::time::Instant::now() + d);
                 }
                 _ = self.rt.task_exit.notified() => {}
