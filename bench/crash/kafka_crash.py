@@ -3,12 +3,14 @@
 
 The input (N records made by ../shared/bench/gen.py, 5 % bad) is produced to a topic of P
 partitions; bench/crash/kafka_job.toml reads it (bounded), runs the reference job and writes
-`records` and `final` to two topics, dead letters to local files. The job is killed at the
+`records` and `final` to two topics, dead letters to a third (with a local fallback
+directory, which must be empty at the end). The job is killed at the
 deterministic crash points around the Kafka publish (after the manifest, in the middle of a
 publish, between sink commits, after prepare) and with SIGKILL at K random instants, and
 restarted each time. After every kill a real Kafka client (confluent-kafka) reads the
-output topic: no record may be there twice. At the end the topics are read out into files
-and ../shared/bench/check.py must say exactly-once and OK.
+output and dead-letter topics: no record and no dead letter may be there twice. At the end
+the topics are read out into files (a dead letter as `raw` = its value and `reason` = its
+`keel.error.reason` header) and ../shared/bench/check.py must say exactly-once and OK.
 
 Needs a Kafka-protocol broker (default 127.0.0.1:9092; .ci/services starts one) and the
 Python client: run it with the venv .ci/services makes (/opt/keel-kafka/bin/python).
@@ -60,8 +62,9 @@ def produce(brokers, topic, partitions, path):
     return n
 
 
-def read_topic(brokers, topic, partitions):
-    """Every value of `topic`, per partition up to its end (the end-of-partition event)."""
+def read_topic(brokers, topic, partitions, messages=False):
+    """Every value (or message) of `topic`, per partition up to its end (the end-of-partition
+    event)."""
     c = Consumer({"bootstrap.servers": brokers, "group.id": "keel-crash-checker", "enable.auto.commit": False,
                   "enable.partition.eof": True})
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
@@ -80,7 +83,7 @@ def read_topic(brokers, topic, partitions):
                     eof.add(m.partition())
                     continue
                 sys.exit(f"reading {topic}: {m.error()}")
-            out.append(m.value())
+            out.append(m if messages else m.value())
     c.close()
     return out
 
@@ -105,11 +108,11 @@ def main():
         subprocess.run([sys.executable, os.path.join(SHARED, "gen.py"), "-n", str(a.records), "--bad-frac", "0.05",
                         "-o", inp, "--force"], check=True, stdout=subprocess.DEVNULL)
     run_id = f"{int(time.time())}-{os.getpid()}"
-    t_in, t_rec, t_fin = (f"keel-crash-{x}-{run_id}" for x in ("in", "records", "final"))
-    create(a.brokers, [t_in, t_rec, t_fin], a.partitions)
+    t_in, t_rec, t_fin, t_dead = (f"keel-crash-{x}-{run_id}" for x in ("in", "records", "final", "dead"))
+    create(a.brokers, [t_in, t_rec, t_fin, t_dead], a.partitions)
     n = produce(a.brokers, t_in, a.partitions, inp)
     print(f"[kafka-crash] {n} lines produced to {t_in} ({a.partitions} partitions)")
-    env = dict(os.environ, BROKERS=a.brokers, IN_TOPIC=t_in, RECORDS_TOPIC=t_rec, FINAL_TOPIC=t_fin, OUT=out,
+    env = dict(os.environ, BROKERS=a.brokers, IN_TOPIC=t_in, RECORDS_TOPIC=t_rec, FINAL_TOPIC=t_fin, DEAD_TOPIC=t_dead, OUT=out,
                STATE=state, KEEL_CHECKPOINT_INTERVAL=a.interval, RUST_LOG="error")
     job = os.path.join(HERE, "kafka_job.toml")
 
@@ -128,6 +131,11 @@ def main():
             if i in ids:
                 sys.exit(f"{what}: id {i} is in {t_rec} twice")
             ids.add(i)
+        dead = set()
+        for v in read_topic(a.brokers, t_dead, a.partitions):
+            if v in dead:
+                sys.exit(f"{what}: dead letter {v[:60]!r} is in {t_dead} twice")
+            dead.add(v)
         return len(ids)
 
     hits, finished = 0, False
@@ -181,11 +189,20 @@ def main():
         with open(os.path.join(out, sub, "from-kafka.jsonl"), "wb") as f:
             for v in read_topic(a.brokers, topic, a.partitions):
                 f.write(v + b"\n")
+    dead_dir = os.path.join(out, "dead")
+    parked = [f for f in os.listdir(dead_dir) if not f.startswith("_")] if os.path.isdir(dead_dir) else []
+    if parked:
+        sys.exit(f"dead letters left in the fallback directory: {parked}")
+    os.makedirs(dead_dir, exist_ok=True)
+    with open(os.path.join(dead_dir, "dead-0-from-kafka.jsonl"), "w") as f:
+        for m in read_topic(a.brokers, t_dead, a.partitions, messages=True):
+            headers = dict((k, v.decode()) for k, v in (m.headers() or []))
+            f.write(json.dumps({"raw": m.value().decode(), "reason": headers["keel.error.reason"]}) + "\n")
     r = subprocess.run([sys.executable, os.path.join(SHARED, "check.py"), inp, out], capture_output=True, text=True)
     print("[kafka-crash] check.py: " + " | ".join(r.stdout.strip().splitlines()))
     if "VERDICT: exactly-once" not in r.stdout or r.returncode != 0:
         sys.exit("check.py did not confirm exactly-once")
-    print(f"[kafka-crash] PASS: {hits} crashes of a running job, output topics exactly-once")
+    print(f"[kafka-crash] PASS: {hits} crashes of a running job, output and dead-letter topics exactly-once")
 
 
 if __name__ == "__main__":

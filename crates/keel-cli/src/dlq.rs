@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, bail};
 use keel::dead_letter::Envelope;
 use keel_connectors::file::dead_letters::{DeadLetterDir, Filter, Location};
+use keel_declare::dead_letters::DeadLetters;
 use keel_declare::replay::{self, ReplayError};
 
 use crate::{EXIT_DEAD_LETTERS, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
@@ -24,12 +25,12 @@ pub struct Source {
 
 impl Source {
     /// The pipeline (when given by file) and its dead-letter directory.
-    fn open(&self) -> Result<(Option<keel_declare::Loaded>, DeadLetterDir)> {
+    fn open(&self) -> Result<(Option<keel_declare::Loaded>, DeadLetters)> {
         match (&self.pipeline, &self.dir) {
-            (_, Some(d)) => Ok((None, DeadLetterDir::new(d))),
+            (_, Some(d)) => Ok((None, DeadLetters::in_dir(DeadLetterDir::new(d)))),
             (Some(p), None) => {
                 let l = loaded(p)?;
-                let d = dir(&l)?;
+                let d = DeadLetters::of(&l).map_err(|e| anyhow::anyhow!("{e}"))?;
                 Ok((Some(l), d))
             }
             (None, None) => Err(crate::UsageError("name a pipeline file or --dir DIR".into()).into()),
@@ -167,15 +168,11 @@ fn loaded(path: &std::path::Path) -> Result<keel_declare::Loaded> {
     keel_declare::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn dir(loaded: &keel_declare::Loaded) -> Result<DeadLetterDir> {
-    replay::dead_letter_dir(loaded).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-fn selected(select: &Select) -> Result<(Option<keel_declare::Loaded>, DeadLetterDir, replay::Selection)> {
+fn selected(select: &Select) -> Result<(Option<keel_declare::Loaded>, DeadLetters, replay::Selection)> {
     let (l, d) = select.source.open()?;
     let mut v = d
         .select(&select.filter()?)
-        .with_context(|| format!("reading {}", d.path().display()))?;
+        .with_context(|| format!("reading {}", d.describe()))?;
     // oldest first (by the time of the last failure, then by place), before `--limit`
     v.sort_by(|a, b| (a.1.last_failed_ms, &a.0).cmp(&(b.1.last_failed_ms, &b.0)));
     if let Some(n) = select.limit {
@@ -234,7 +231,7 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                 eprintln!("keel: {corrupt} dead-letter lines fail their checksum (see `keel dlq stats`)");
             }
             if sel.is_empty() && !json {
-                eprintln!("no dead letters match in {}", d.path().display());
+                eprintln!("no dead letters match in {}", d.describe());
             }
             Ok(EXIT_OK)
         }
@@ -304,7 +301,7 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                 println!(
                     "{} dead letters ({replayed} replayed, {corrupt} corrupt lines) in {}",
                     sel.len(),
-                    d.path().display()
+                    d.describe()
                 );
                 let mut rows: Vec<_> = by_reason.into_iter().collect();
                 rows.sort_by_key(|r| std::cmp::Reverse(r.1));
@@ -436,10 +433,14 @@ pub fn run(cmd: Cmd) -> Result<u8> {
                 eprintln!("purge would delete {n} dead letters; add --confirm to proceed");
                 return Ok(EXIT_USAGE);
             }
-            let n = d
-                .purge(&filter)
-                .with_context(|| format!("purging {}", d.path().display()))?;
+            let (n, on_topic) = d.purge(&filter).with_context(|| format!("purging {}", d.describe()))?;
             println!("deleted {n} dead letters");
+            if on_topic > 0 {
+                eprintln!(
+                    "keel: {on_topic} selected dead letters are on the Kafka topic, which keel does not edit: \
+                     its retention removes them"
+                );
+            }
             Ok(EXIT_OK)
         }
     }

@@ -62,9 +62,12 @@ impl Reporter {
                         let age = keel::util::now_ms().saturating_sub(p.last_checkpoint_ms) as f64 / 1000.0;
                         format!("#{} {age:.1}s ago", p.last_checkpoint)
                     };
+                    let lag = p
+                        .source_lag
+                        .map_or(String::new(), |l| format!("  lag {}", human(l as f64)));
                     if tty {
                         crate::term::draw_progress(&format!(
-                            "{:>6.1}s  in {}  ({}/s)  out {}  dead {}  checkpoint {}",
+                            "{:>6.1}s  in {}  ({}/s)  out {}  dead {}{lag}  checkpoint {}",
                             started.elapsed().as_secs_f64(),
                             human(p.records_in as f64),
                             human(rate),
@@ -74,11 +77,19 @@ impl Reporter {
                         ));
                     } else if last_log.elapsed() >= Duration::from_secs(10) {
                         last_log = Instant::now();
+                        // per partition, in the log: what a lag dashboard would show
+                        let by_partition: Vec<String> = progress
+                            .lag_by_partition()
+                            .iter()
+                            .map(|(p, n)| format!("{p}={n}"))
+                            .collect();
                         tracing::info!(
                             records_in = p.records_in,
                             records_out = p.records_out,
                             dead_letters = p.dead_letters,
                             last_checkpoint = p.last_checkpoint,
+                            source_lag = p.source_lag,
+                            lag = %by_partition.join(" "),
                             "progress"
                         );
                     }

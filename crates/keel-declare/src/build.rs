@@ -326,6 +326,12 @@ pub fn build_variant(
             if k.brokers.trim().is_empty() {
                 errors.add(&at.k("brokers"), "the brokers to connect to, like \"127.0.0.1:9092\"");
             }
+            if k.transactional_id.is_some() && !k.transactional {
+                errors.add(
+                    &at.k("transactional_id"),
+                    "`transactional_id` needs `transactional = true`",
+                );
+            }
         }
         if let SinkConfig::Files(f) = s {
             match (f.format, &f.columns) {
@@ -344,6 +350,9 @@ pub fn build_variant(
                 );
             }
         }
+    }
+    if let Some(d) = &cfg.dead_letter {
+        check_dead_letter(&mut errors, d, cfg.ingest.is_some());
     }
     if let Some(m) = cfg.dead_letter.as_ref().and_then(|d| d.max_segment_bytes)
         && m < MIN_FILE_BYTES
@@ -646,6 +655,56 @@ fn kafka_sink(
     })
 }
 
+/// The settings of `[dead_letter]` that depend on its type.
+fn check_dead_letter(errors: &mut Errors<'_>, d: &DeadLetterConfig, ingest: bool) {
+    let at = KeyPath::key("dead_letter");
+    match d.kind {
+        DeadLetterKind::Files => {
+            let kafka_only = [
+                ("brokers", d.brokers.is_some()),
+                ("topic", d.topic.is_some()),
+                ("compression", d.compression.is_some()),
+                ("fallback_after", d.fallback_after.is_some()),
+                ("options", !d.options.is_empty()),
+            ];
+            for (key, set) in kafka_only {
+                if set {
+                    errors.add(&at.k(key), format!("`{key}` is for type = \"kafka\""));
+                }
+            }
+        }
+        DeadLetterKind::Kafka => {
+            if let Some(why) = crate::kafka::unavailable() {
+                errors.add(&at.k("type"), why);
+            }
+            if d.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+                errors.add(&at.k("brokers"), "the brokers to connect to, like \"127.0.0.1:9092\"");
+            }
+            if d.topic.as_deref().is_none_or(|t| t.trim().is_empty()) {
+                errors.add(&at.k("topic"), "the dead-letter topic (keel does not create topics)");
+            }
+            if d.fallback.is_some() {
+                errors.add(
+                    &at.k("fallback"),
+                    "with type = \"kafka\", `path` is the fallback directory: remove `fallback`",
+                );
+            }
+            if d.max_segment_bytes.is_some() {
+                errors.add(
+                    &at.k("max_segment_bytes"),
+                    "`max_segment_bytes` is for type = \"files\"",
+                );
+            }
+            if ingest {
+                errors.add(
+                    &at.k("type"),
+                    "batch ingestion writes its dead letters per input file: use type = \"files\" with [ingest]",
+                );
+            }
+        }
+    }
+}
+
 fn add_sinks(
     loaded: &Loaded,
     builder: PipelineBuilder<AnySource, DocChain, keel::JsonEncoder>,
@@ -688,6 +747,21 @@ fn add_sinks(
             SinkConfig::Stdout(o) => b.side_sink(&o.name, StdoutSink::new()),
             SinkConfig::Kafka(k) => b.side_sink(&k.name, kafka_sink(loaded, k, prefix, state_dir)?),
         };
+    }
+    if let Some(d) = &cfg.dead_letter
+        && d.kind == DeadLetterKind::Kafka
+    {
+        let fallback = loaded.resolve(&d.path);
+        let staging = state_dir.join("kafka").join("dead_letters");
+        let sink = crate::kafka::dead_letter_sink(d, staging, fallback).map_err(|message| {
+            ConfigErrors(vec![ConfigError {
+                file: loaded.path.clone(),
+                line: None,
+                key: Some("dead_letter".into()),
+                message,
+            }])
+        })?;
+        return Ok(b.dead_letters(sink));
     }
     if let Some(d) = &cfg.dead_letter {
         let segments = |path: &str| {

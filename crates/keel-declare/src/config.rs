@@ -568,6 +568,14 @@ pub struct KafkaSinkToml {
     /// Where epochs are staged until their commit (default `<checkpoint path>/kafka/<name>`).
     #[serde(default)]
     pub staging: Option<String>,
+    /// Publish each epoch in one Kafka transaction with its progress record, so that
+    /// read_committed consumers see whole epochs only (needs a broker that hides aborted
+    /// records: Apache Kafka, Redpanda).
+    #[serde(default)]
+    pub transactional: bool,
+    /// The transactional id (default `keel-<pipeline>-<sink>`).
+    #[serde(default)]
+    pub transactional_id: Option<String>,
     /// librdkafka settings passed through.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -622,8 +630,29 @@ pub struct StdoutSinkConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
-    /// Directory of dead-letter files (relative to the pipeline file).
+    /// `files` (the default: segment files in `path`) or `kafka` (a topic, with `path` as
+    /// the local fallback).
+    #[serde(default, rename = "type")]
+    pub kind: DeadLetterKind,
+    /// Directory of dead-letter files (relative to the pipeline file); with `type = "kafka"`,
+    /// the fallback that takes the dead letters the topic cannot, until it can.
     pub path: String,
+    /// Kafka: `host:port[,host:port...]`.
+    #[serde(default)]
+    pub brokers: Option<String>,
+    /// Kafka: the dead-letter topic (it must exist: keel does not create topics).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Kafka: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    #[serde(default)]
+    pub compression: Option<String>,
+    /// Kafka: how long an epoch's dead letters wait for the topic before they go to `path`
+    /// (default 30s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub fallback_after: Option<Duration>,
+    /// Kafka: librdkafka settings passed through.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
     /// A field to copy into each dead letter as its `id`; for records that are not valid
     /// JSON, the first `"<field>": <value>` in the text is used.
     #[serde(default)]
@@ -634,6 +663,17 @@ pub struct DeadLetterConfig {
     /// Start a new segment file within an epoch after this many bytes (default 64 MiB).
     #[serde(default)]
     pub max_segment_bytes: Option<u64>,
+}
+
+/// Where dead letters go.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterKind {
+    /// Segment files in a directory.
+    #[default]
+    Files,
+    /// A Kafka topic.
+    Kafka,
 }
 
 /// `[errors]`: classification rules and what to do with each class of failure.

@@ -12,6 +12,7 @@
 pub mod build;
 pub mod config;
 pub mod de;
+pub mod dead_letters;
 pub mod doc;
 pub mod encode;
 pub mod error;

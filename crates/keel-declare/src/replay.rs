@@ -24,6 +24,8 @@ use keel::util::now_ms;
 use keel::{Options, Record, RunSummary};
 use keel_connectors::file::dead_letters::{DeadLetterDir, Location};
 
+use crate::dead_letters::DeadLetters;
+
 use crate::build::{Loaded, Variant, build_variant};
 use crate::source::AnySource;
 
@@ -59,6 +61,9 @@ pub enum ReplayError {
     /// nothing was replayed.
     #[error("--transform: {0}")]
     Transform(String),
+    /// The dead-letter topic could not be read or its replays recorded.
+    #[error("{0}")]
+    Topic(String),
     /// A line of a file given to `--from` is not usable; nothing was replayed.
     #[error("{file}:{line}: {message}")]
     Import {
@@ -272,7 +277,7 @@ pub fn export(selection: &Selection, out: &mut impl std::io::Write) -> std::io::
 /// by identity in `dlq`, and their replacements. A line that does not parse, names a dead
 /// letter that is not there, or has neither `record` nor `text` is an error naming the line;
 /// nothing is replayed then.
-pub fn read_export(dlq: &DeadLetterDir, path: &Path) -> Result<(Selection, Vec<String>), ReplayError> {
+pub fn read_export(dlq: &DeadLetters, path: &Path) -> Result<(Selection, Vec<String>), ReplayError> {
     use std::collections::HashMap;
     let text = std::fs::read_to_string(path)?;
     let mut by_identity: HashMap<String, (Location, Envelope)> = HashMap::new();
@@ -297,7 +302,7 @@ pub fn read_export(dlq: &DeadLetterDir, path: &Path) -> Result<(Selection, Vec<S
             fail(format!(
                 "dead letter {} is not in {} (purged?)",
                 v["dead_letter"].as_str().unwrap_or("?"),
-                dlq.path().display()
+                dlq.describe()
             ))
         })?;
         let value = match (&v.get("record"), &v.get("text")) {
@@ -321,7 +326,7 @@ pub fn replay(
     to_sink: Option<&str>,
     options: impl FnOnce(&mut Options),
 ) -> Result<Option<ReplayReport>, ReplayError> {
-    let dlq = dead_letter_dir(loaded)?;
+    let dlq = DeadLetters::of(loaded)?;
     let (id, to, selection, resumed) = match unfinished(loaded)? {
         Some((id, to, sel)) => (id, to, sel, true),
         None => {

@@ -33,6 +33,7 @@ struct Topics {
     input: String,
     records: String,
     fin: String,
+    dead: String,
 }
 
 fn create_topics(tag: &str) -> Topics {
@@ -41,6 +42,7 @@ fn create_topics(tag: &str) -> Topics {
         input: t("in"),
         records: t("records"),
         fin: t("final"),
+        dead: t("dead"),
     };
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -50,7 +52,7 @@ fn create_topics(tag: &str) -> Topics {
         .enable_all()
         .build()
         .unwrap();
-    let new: Vec<NewTopic<'_>> = [&topics.input, &topics.records, &topics.fin]
+    let new: Vec<NewTopic<'_>> = [&topics.input, &topics.records, &topics.fin, &topics.dead]
         .iter()
         .map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1)))
         .collect();
@@ -130,6 +132,7 @@ fn spawn(dir: &Path, t: &Topics, crash_at: Option<&str>) -> Child {
         .env("IN_TOPIC", &t.input)
         .env("RECORDS_TOPIC", &t.records)
         .env("FINAL_TOPIC", &t.fin)
+        .env("DEAD_TOPIC", &t.dead)
         .env("OUT", dir.join("out"))
         .env("STATE", dir.join("state"))
         .env("KEEL_CHECKPOINT_INTERVAL", "60ms")
@@ -142,7 +145,8 @@ fn spawn(dir: &Path, t: &Topics, crash_at: Option<&str>) -> Child {
     cmd.spawn().unwrap()
 }
 
-/// No record id twice in the records topic; returns how many are there.
+/// No record id twice in the records topic, no bad line twice in the dead-letter topic;
+/// returns how many records are there.
 fn check_no_duplicates(t: &Topics, what: &str) -> usize {
     let mut ids = HashSet::new();
     for line in read_topic(&t.records) {
@@ -150,13 +154,22 @@ fn check_no_duplicates(t: &Topics, what: &str) -> usize {
         let id = v["id"].as_i64().unwrap_or(-1);
         assert!(ids.insert(id), "{what}: id {id} is in the output topic twice");
     }
+    let mut dead = HashSet::new();
+    for line in read_topic(&t.dead) {
+        assert!(
+            dead.insert(line.clone()),
+            "{what}: {line:?} is in the dead-letter topic twice"
+        );
+    }
     ids.len()
 }
 
 /// The newest manifest's name (fixed width: names sort as ids do; old ones are pruned, so
 /// counting them would not show a new one).
-/// The output topics read out into `<dir>/out/{records,final}`, beside the dead-letter
-/// files, as the reference job's checker reads an output directory.
+/// The output topics read out into `<dir>/out/{records,final}`, and the dead letters as
+/// `keel dlq list --json` reads them from the dead-letter topic into `<dir>/out/dead`, as the
+/// reference job's checker reads an output directory. Nothing may be left parked in the
+/// fallback directory.
 fn topics_as_output(dir: &Path, t: &Topics) -> std::path::PathBuf {
     let out = dir.join("out");
     for (sub, topic) in [("records", &t.records), ("final", &t.fin)] {
@@ -167,6 +180,37 @@ fn topics_as_output(dir: &Path, t: &Topics) -> std::path::PathBuf {
         )
         .unwrap();
     }
+    let parked: Vec<String> = std::fs::read_dir(out.join("dead"))
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    assert!(
+        parked.iter().all(|n| n.starts_with('_')),
+        "left in the fallback: {parked:?}"
+    );
+    let listed = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["dlq", "list", dir.join("job.toml").to_str().unwrap(), "--json"])
+        .env("BROKERS", brokers())
+        .env("IN_TOPIC", &t.input)
+        .env("RECORDS_TOPIC", &t.records)
+        .env("FINAL_TOPIC", &t.fin)
+        .env("DEAD_TOPIC", &t.dead)
+        .env("OUT", &out)
+        .env("STATE", dir.join("state"))
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "keel dlq list: {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let text = String::from_utf8(listed.stdout).unwrap();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let at = v["location"].as_str().unwrap();
+        assert!(at.starts_with(&format!("{}:", t.dead)), "listed from the topic: {at}");
+    }
+    std::fs::create_dir_all(out.join("dead")).unwrap();
+    std::fs::write(out.join("dead").join("dead-0-from-kafka.jsonl"), text).unwrap();
     out
 }
 

@@ -554,6 +554,11 @@ fn failed(value: Bytes, reason: &str, message: &str) -> Record {
 impl PartitionReader for FileReader {
     type Position = u64;
 
+    /// Bytes of the file after the last record read (one `fstat`).
+    fn lag(&self) -> Option<u64> {
+        Some(self.file.metadata().ok()?.len().saturating_sub(self.start))
+    }
+
     async fn next_batch(&mut self, batch: &mut SourceBatch<u64>, max: usize) -> Result<ReadStatus, SourceError> {
         loop {
             while batch.len() < max && !self.chunk.is_empty() {

@@ -64,7 +64,9 @@ impl KafkaSourceConfig {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", if self.bounded { "true" } else { "false" })
-            .set("isolation.level", "read_committed");
+            .set("isolation.level", "read_committed")
+            // partition ends for the readers' lag
+            .set("statistics.interval.ms", "5000");
         for (k, v) in &self.options {
             c.set(k, v);
         }
@@ -103,6 +105,24 @@ pub struct KafkaSinkConfig {
     /// How long a commit may wait for the broker before the checkpoint fails (and the next
     /// start finishes it).
     pub publish_timeout: Duration,
+    /// Publish each epoch in one Kafka transaction with its progress record (KIP-98; see
+    /// [`super::transactional`]): read_committed consumers then see whole epochs only. Needs
+    /// a broker whose read_committed fetches hide aborted records.
+    pub transactional: bool,
+    /// The transactional id (default `keel-<pipeline>-<sink>`): one live producer per id;
+    /// a new one fences the old.
+    pub transactional_id: Option<String>,
+    /// Publish dead letters: each record written is a dead-letter envelope, published as the
+    /// original record with the envelope in `keel.error.*` headers
+    /// ([`super::dead_letters`]).
+    pub dead_letters: bool,
+    /// Dead letters only: a local dead-letter directory that takes an epoch the topic does
+    /// not take within `fallback_after` (topic missing, refused, broker down). Its dead
+    /// letters are published into the topic later, at a commit once the topic answers (at
+    /// most every 30 s) and at start, then removed from the directory.
+    pub fallback: Option<PathBuf>,
+    /// How long a dead-letter epoch may wait for the topic before it goes to `fallback`.
+    pub fallback_after: Duration,
 }
 
 impl KafkaSinkConfig {
@@ -117,6 +137,34 @@ impl KafkaSinkConfig {
             staging: staging.into(),
             options: BTreeMap::new(),
             publish_timeout: Duration::from_secs(120),
+            transactional: false,
+            transactional_id: None,
+            dead_letters: false,
+            fallback: None,
+            fallback_after: Duration::from_secs(30),
+        }
+    }
+
+    /// A dead-letter sink writing to `topic`, with a local directory as its fallback.
+    pub fn dead_letters(
+        brokers: impl Into<String>,
+        topic: impl Into<String>,
+        staging: impl Into<PathBuf>,
+        fallback: Option<PathBuf>,
+    ) -> Self {
+        KafkaSinkConfig {
+            dead_letters: true,
+            fallback,
+            ..KafkaSinkConfig::new(brokers, topic, staging)
+        }
+    }
+
+    /// How long a commit waits for the broker: `fallback_after` when a fallback takes over
+    /// after it, else `publish_timeout`.
+    pub(crate) fn patience(&self) -> Duration {
+        match &self.fallback {
+            Some(_) if self.dead_letters => self.fallback_after,
+            _ => self.publish_timeout,
         }
     }
 
@@ -133,6 +181,19 @@ impl KafkaSinkConfig {
         // record counts as published only once it is replicated
         c.set("enable.idempotence", "true").set("acks", "all");
         c
+    }
+
+    /// The largest value keel publishes: librdkafka refuses a message over
+    /// `message.max.bytes` (1,000,000 by default), and the headers and the record's framing
+    /// take a few hundred bytes of it.
+    pub(crate) fn max_message_bytes(&self, writer_len: usize) -> usize {
+        let max = self
+            .options
+            .get("message.max.bytes")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1_000_000);
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        max.saturating_sub(512 + writer_len + headers)
     }
 
     pub(crate) fn reader(&self) -> ClientConfig {

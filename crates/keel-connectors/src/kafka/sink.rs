@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{KafkaSinkConfig, Partitioner};
 use super::errors::classify;
+use super::transactional::Transactions;
 
 /// Header naming the writer of a record: `<pipeline>/<sink>`.
 pub const WRITER_HEADER: &str = "keel.writer";
@@ -83,6 +84,12 @@ pub struct KafkaSink {
     writer: Arc<str>,
     producer: Arc<BaseProducer<Deliveries>>,
     open: Option<Staging>,
+    /// When the fallback directory was last drained into the topic (dead letters only).
+    last_drain: Arc<Mutex<Option<Instant>>>,
+    /// When an epoch was last parked because the topic did not answer (dead letters only).
+    parked_at: Arc<Mutex<Option<Instant>>>,
+    /// Transactional publishing, set up by `recover`.
+    transactions: Option<Arc<Transactions>>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -102,7 +109,7 @@ struct Staging {
 /// Counts failed deliveries (librdkafka reports them to the producer's context).
 #[derive(Default)]
 pub(crate) struct Deliveries {
-    failed: Mutex<Option<KafkaError>>,
+    pub(super) failed: Mutex<Option<KafkaError>>,
 }
 
 impl ClientContext for Deliveries {
@@ -152,6 +159,9 @@ impl KafkaSink {
             config: Arc::new(config),
             producer: Arc::new(producer),
             open: None,
+            last_drain: Arc::new(Mutex::new(None)),
+            parked_at: Arc::new(Mutex::new(None)),
+            transactions: None,
         })
     }
 
@@ -178,14 +188,51 @@ impl KafkaSink {
             config: self.config.clone(),
             producer: self.producer.clone(),
             writer: self.writer.clone(),
+            last_drain: self.last_drain.clone(),
+            parked_at: self.parked_at.clone(),
+            transactions: self.transactions.clone(),
         }
+    }
+
+    /// Transactions: a producer with the transactional id, which fences older ones.
+    async fn start_transactions(&mut self) -> Result<(), SinkError> {
+        let (default_id, group) = super::transactional::names(&self.writer);
+        let id = self.config.transactional_id.clone().unwrap_or(default_id);
+        let producer: BaseProducer<Deliveries> = self
+            .config
+            .producer()
+            .set("transactional.id", &id)
+            .create_with_context(Deliveries::default())
+            .map_err(|e| SinkError::Other(format!("kafka sink: {e}")))?;
+        let producer = Arc::new(producer);
+        let (p, timeout) = (producer.clone(), self.config.patience());
+        tokio::task::spawn_blocking(move || p.init_transactions(timeout))
+            .await
+            .map_err(|e| SinkError::Other(format!("kafka sink: {e}")))?
+            .map_err(|e| {
+                SinkError::Rejected(classify(
+                    &e,
+                    &format!(
+                        "starting transactions (transactional.id {id}) on topic {}",
+                        self.config.topic
+                    ),
+                ))
+            })?;
+        self.producer = producer;
+        let transactions = Transactions::new(&self.publisher(), group)?;
+        self.transactions = Some(Arc::new(transactions));
+        Ok(())
     }
 }
 
 impl Sink for KafkaSink {
     fn describe(&self) -> String {
+        let fallback = match &self.config.fallback {
+            Some(f) if self.config.dead_letters => format!(", fallback {}", f.display()),
+            _ => String::new(),
+        };
         format!(
-            "kafka {} topic {}",
+            "kafka {} topic {}{fallback}",
             keel::util::redact_url(&self.config.brokers),
             self.config.topic
         )
@@ -200,16 +247,8 @@ impl Sink for KafkaSink {
     }
 
     fn max_record_bytes(&self) -> Option<usize> {
-        // librdkafka refuses a message over `message.max.bytes` (1,000,000 by default); the
-        // headers and the record's framing take a few hundred bytes of it
-        let max = self
-            .config
-            .options
-            .get("message.max.bytes")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(1_000_000);
-        let headers: usize = self.config.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
-        Some(max.saturating_sub(512 + self.writer.len() + headers))
+        // a dead letter's envelope is not what is published: its size is checked then
+        (!self.config.dead_letters).then(|| self.config.max_message_bytes(self.writer.len()))
     }
 
     async fn highest_epoch(&mut self) -> Result<Option<CheckpointId>, SinkError> {
@@ -218,6 +257,9 @@ impl Sink for KafkaSink {
 
     async fn recover(&mut self, recovery: &SinkRecovery) -> Result<RecoveryReport, SinkError> {
         self.writer = format!("{}/{}", recovery.pipeline, self.name).into();
+        if self.config.transactional && self.transactions.is_none() {
+            self.start_transactions().await?;
+        }
         keel::durable::create_dir_durable(&*keel::durable::local(), &self.config.staging)
             .map_err(io(format!("creating {}", self.config.staging.display())))?;
         let mut report = RecoveryReport::default();
@@ -233,6 +275,12 @@ impl Sink for KafkaSink {
                     .map_err(|e| SinkError::Other(format!("kafka sink: {e}")))??;
                 report.committed += usize::from(done);
             }
+        }
+        if self.config.dead_letters && self.config.fallback.is_some() {
+            let publisher = self.publisher();
+            tokio::task::spawn_blocking(move || publisher.drain_now())
+                .await
+                .map_err(|e| SinkError::Other(format!("kafka sink: {e}")))?;
         }
         // staged epochs after the restored checkpoint were never decided; earlier ones are
         // published (their files are left only by a crash between publish and delete)
@@ -312,7 +360,7 @@ fn encode_staged(out: &mut impl Write, key: Option<&[u8]>, value: &[u8]) -> std:
 type Staged<'a> = (Option<&'a [u8]>, &'a [u8]);
 
 /// The records of a staging file.
-fn decode_staged(bytes: &[u8]) -> Result<Vec<Staged<'_>>, String> {
+pub(super) fn decode_staged(bytes: &[u8]) -> Result<Vec<Staged<'_>>, String> {
     let mut out = Vec::new();
     let mut at = 0usize;
     let take = |n: usize, at: &mut usize| -> Result<&[u8], String> {
@@ -367,12 +415,28 @@ impl SealedEpoch for SealedKafkaEpoch {
                 .sync_dir(dir)
                 .map_err(io(format!("syncing {}", dir.display())))?;
         }
-        let partitions = self.publisher.partition_count()?;
+        let located = if self.publisher.recently_parked() {
+            // the topic did not answer a moment ago: park this epoch too, without waiting
+            Err(SinkError::Other("an earlier epoch was parked moments ago".into()))
+        } else {
+            self.publisher
+                .partition_count()
+                .and_then(|n| Ok((n, self.publisher.end_offsets(n)?)))
+        };
+        let (partitions, from) = match located {
+            Ok(found) => found,
+            Err(e) if self.publisher.can_park() => {
+                // the commit parks the epoch in the fallback directory without publishing
+                tracing::warn!(error = %e, "kafka dead-letter topic {} does not answer", self.publisher.config.topic);
+                (0, Vec::new())
+            }
+            Err(e) => return Err(e),
+        };
         let pre = KafkaPreCommit {
             epoch: staging.epoch,
             records: staging.records,
             partitions,
-            from: self.publisher.end_offsets(partitions)?,
+            from,
         };
         let value = serde_json::to_value(&pre).map_err(|e| SinkError::Other(e.to_string()))?;
         self.precommit = Some(pre);
@@ -385,12 +449,24 @@ impl SealedEpoch for SealedKafkaEpoch {
         };
         let path = staging.path.clone();
         drop(staging);
-        self.publisher.publish(pre, &path, false)?;
-        remove_staged(&path)
+        self.publisher.drain_if_due();
+        let published = if pre.partitions == 0 {
+            Err(SinkError::Other(format!(
+                "topic {} did not answer when the epoch was prepared",
+                self.publisher.config.topic
+            )))
+        } else {
+            self.publisher.publish_staged(pre, &path, false)
+        };
+        match published {
+            Ok(()) => remove_staged(&path),
+            Err(e) if self.publisher.can_park() => self.publisher.park(pre, &path, &e),
+            Err(e) => Err(e),
+        }
     }
 }
 
-fn remove_staged(path: &Path) -> Result<(), SinkError> {
+pub(super) fn remove_staged(path: &Path) -> Result<(), SinkError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -399,21 +475,48 @@ fn remove_staged(path: &Path) -> Result<(), SinkError> {
 }
 
 /// What publishes an epoch (on the checkpoint thread, or in recovery).
-struct Publisher {
-    config: Arc<KafkaSinkConfig>,
+pub(super) struct Publisher {
+    pub(super) config: Arc<KafkaSinkConfig>,
     producer: Arc<BaseProducer<Deliveries>>,
-    writer: Arc<str>,
+    pub(super) writer: Arc<str>,
+    pub(super) last_drain: Arc<Mutex<Option<Instant>>>,
+    pub(super) parked_at: Arc<Mutex<Option<Instant>>>,
+    pub(super) transactions: Option<Arc<Transactions>>,
+}
+
+/// One message to publish: borrowed from a staging file, or a dead letter's.
+pub(super) struct Outgoing<'a> {
+    pub(super) key: Option<&'a [u8]>,
+    pub(super) value: Option<&'a [u8]>,
+    /// Headers before the writer's (a dead letter's original headers and envelope).
+    pub(super) headers: &'a [(String, Vec<u8>)],
+    /// A dead letter's identity: what a read-back looks for instead of the sequence.
+    pub(super) identity: Option<&'a str>,
+}
+
+/// What a read-back found of an epoch.
+#[derive(Default)]
+pub(super) struct Published {
+    /// Per partition, the sequences of this writer's records of the epoch.
+    seqs: Vec<std::collections::HashSet<u64>>,
+    /// The identities of this writer's dead letters (any epoch).
+    identities: std::collections::HashSet<String>,
 }
 
 impl Publisher {
-    fn failure(&self, e: &KafkaError, doing: &str) -> SinkError {
+    pub(super) fn producer(&self) -> &BaseProducer<Deliveries> {
+        &self.producer
+    }
+
+    pub(super) fn failure(&self, e: &KafkaError, doing: &str) -> SinkError {
         SinkError::Rejected(classify(e, &format!("{doing} topic {}", self.config.topic)))
     }
 
     /// Runs a broker query, again while it fails with a transient error (a broker outage) and
-    /// the publish timeout has not passed: a checkpoint waits out an outage, as a publish does.
+    /// the commit's patience has not run out: a checkpoint waits out an outage, as a publish
+    /// does.
     fn query<T>(&self, doing: &str, f: impl Fn() -> Result<T, KafkaError>) -> Result<T, SinkError> {
-        let deadline = Instant::now() + self.config.publish_timeout;
+        let deadline = Instant::now() + self.config.patience();
         loop {
             match f() {
                 Ok(v) => return Ok(v),
@@ -429,12 +532,18 @@ impl Publisher {
         }
     }
 
-    fn partition_count(&self) -> Result<i32, SinkError> {
-        let md = self.query("reading the metadata of", || {
+    /// The topic's partition count; with `patient` false, one query and no retry.
+    pub(super) fn partitions(&self, patient: bool) -> Result<i32, SinkError> {
+        let fetch = || {
             self.producer
                 .client()
                 .fetch_metadata(Some(&self.config.topic), METADATA_TIMEOUT)
-        })?;
+        };
+        let md = if patient {
+            self.query("reading the metadata of", fetch)?
+        } else {
+            fetch().map_err(|e| self.failure(&e, "reading the metadata of"))?
+        };
         let t = md
             .topics()
             .iter()
@@ -452,9 +561,13 @@ impl Publisher {
         }
     }
 
+    fn partition_count(&self) -> Result<i32, SinkError> {
+        self.partitions(true)
+    }
+
     /// The end offset of each partition now (a query per partition; some Kafka-protocol
     /// brokers answer with less than the true end, which only makes a read-back longer).
-    fn end_offsets(&self, partitions: i32) -> Result<Vec<i64>, SinkError> {
+    pub(super) fn end_offsets(&self, partitions: i32) -> Result<Vec<i64>, SinkError> {
         (0..partitions)
             .map(|p| {
                 self.query("reading the end offsets of", || {
@@ -467,17 +580,27 @@ impl Publisher {
             .collect()
     }
 
-    /// Recovery: publishes what the interrupted commit of `pre` did not. True when the
-    /// staging file was there to finish.
+    /// Recovery: publishes what the interrupted commit of `pre` did not (or parks the epoch
+    /// in the fallback directory). True when the staging file was there to finish.
     fn finish(&self, pre: &KafkaPreCommit, path: &Path) -> Result<bool, SinkError> {
-        self.publish(pre, path, true)?;
-        remove_staged(path)?;
+        let published = if pre.partitions == 0 {
+            Err(SinkError::Other(format!(
+                "topic {} did not answer when the epoch was prepared",
+                self.config.topic
+            )))
+        } else {
+            self.publish_staged(pre, path, true)
+        };
+        match published {
+            Ok(()) => remove_staged(path)?,
+            Err(e) if self.can_park() => self.park(pre, path, &e)?,
+            Err(e) => return Err(e),
+        }
         Ok(true)
     }
 
-    /// Publishes the staged records of `pre`; with `resume`, only those the partitions'
-    /// tails do not hold yet.
-    fn publish(&self, pre: &KafkaPreCommit, path: &Path, resume: bool) -> Result<(), SinkError> {
+    /// The records of the staging file of `pre`, checked against its record count.
+    pub(super) fn read_staged(pre: &KafkaPreCommit, path: &Path) -> Result<Vec<u8>, SinkError> {
         let mut bytes = Vec::new();
         File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -493,23 +616,118 @@ impl Publisher {
                 pre.records
             )));
         }
-        let n = pre.partitions.max(1);
+        Ok(bytes)
+    }
+
+    /// Publishes the staged records of `pre`; with `resume`, only those the partitions'
+    /// tails do not hold yet.
+    fn publish_staged(&self, pre: &KafkaPreCommit, path: &Path, resume: bool) -> Result<(), SinkError> {
+        let bytes = Self::read_staged(pre, path)?;
+        let records = decode_staged(&bytes).map_err(SinkError::Fatal)?;
+        if self.config.dead_letters {
+            let envelopes = records
+                .iter()
+                .enumerate()
+                .map(|(i, (_, v))| {
+                    keel::dead_letter::Envelope::decode(v).map_err(|e| {
+                        SinkError::Fatal(format!(
+                            "staged dead letter {i} of epoch {} is unreadable: {e}",
+                            pre.epoch
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return self.publish_dead_letters(pre, &envelopes, resume);
+        }
+        let outgoing: Vec<Outgoing<'_>> = records
+            .iter()
+            .map(|(key, value)| Outgoing {
+                key: *key,
+                value: Some(value),
+                headers: &[],
+                identity: None,
+            })
+            .collect();
+        if self.transactions.is_some() {
+            if resume && self.committed_epoch()? >= pre.epoch {
+                // the interrupted commit's transaction committed
+                return Ok(());
+            }
+            return self.publish_in_transaction(pre, &outgoing);
+        }
+        self.publish(pre, &outgoing, resume)
+    }
+
+    /// Publishes `outgoing` as epoch `pre` (record `i` with sequence `i`); with `resume`,
+    /// only those a read-back from `pre.from` does not find.
+    pub(super) fn publish(
+        &self,
+        pre: &KafkaPreCommit,
+        outgoing: &[Outgoing<'_>],
+        resume: bool,
+    ) -> Result<(), SinkError> {
         let published = if resume {
-            self.published(pre, n)?
+            Some(self.published(pre, pre.partitions.max(1))?)
         } else {
-            vec![std::collections::HashSet::new(); n as usize]
+            None
         };
+        let deadline = Instant::now() + self.config.patience();
+        let sent = self.send_all(pre, outgoing, published.as_ref(), deadline)?;
+        let topic = &self.config.topic;
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.producer.flush(left).map_err(|e| self.failure(&e, "flushing to"))?;
+        let failed = self.producer.context().failed.lock().ok().and_then(|mut f| f.take());
+        if let Some(e) = failed {
+            // what reached the broker is unknown now: the next start reads it back
+            return Err(SinkError::Fatal(format!(
+                "kafka sink: a record of epoch {} was not delivered to topic {topic}: {e}",
+                pre.epoch
+            )));
+        }
+        tracing::debug!(epoch = pre.epoch, sent, topic = %topic, "epoch published");
+        Ok(())
+    }
+
+    /// Sends `outgoing` as epoch `pre` (record `i` with sequence `i`), except what
+    /// `published` holds; stops early after a failed delivery. Returns how many were sent.
+    pub(super) fn send_all(
+        &self,
+        pre: &KafkaPreCommit,
+        outgoing: &[Outgoing<'_>],
+        published: Option<&Published>,
+        deadline: Instant,
+    ) -> Result<u64, SinkError> {
+        let n = pre.partitions.max(1);
         let topic = &self.config.topic;
         let writer = self.writer.as_bytes();
-        let deadline = Instant::now() + self.config.publish_timeout;
         let mut sent = 0u64;
-        for (seq, (key, value)) in records.iter().enumerate() {
-            let p = choose_partition(self.config.partitioner, *key, seq as u64, n);
-            if published[p as usize].contains(&(seq as u64)) {
+        for (seq, o) in outgoing.iter().enumerate() {
+            let p = choose_partition(self.config.partitioner, o.key, seq as u64, n);
+            let done = published.is_some_and(|published| match o.identity {
+                Some(id) => published.identities.contains(id),
+                None => published
+                    .seqs
+                    .get(p as usize)
+                    .is_some_and(|s| s.contains(&(seq as u64))),
+            });
+            if done {
                 continue;
             }
             let progress = format!("{}/{seq}", pre.epoch);
-            let mut headers = OwnedHeaders::new_with_capacity(2 + self.config.headers.len())
+            let mut headers = OwnedHeaders::new_with_capacity(2 + o.headers.len() + self.config.headers.len());
+            for (k, v) in o.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_slice()),
+                });
+            }
+            for (k, v) in &self.config.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            headers = headers
                 .insert(Header {
                     key: WRITER_HEADER,
                     value: Some(writer),
@@ -518,15 +736,12 @@ impl Publisher {
                     key: PROGRESS_HEADER,
                     value: Some(progress.as_bytes()),
                 });
-            for (k, v) in &self.config.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v.as_bytes()),
-                });
+            let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(p).headers(headers);
+            if let Some(v) = o.value {
+                record = record.payload(v);
             }
-            let mut record = BaseRecord::to(topic).partition(p).payload(*value).headers(headers);
-            if let Some(k) = key {
-                record = record.key(*k);
+            if let Some(k) = o.key {
+                record = record.key(k);
             }
             loop {
                 match self.producer.send(record) {
@@ -552,39 +767,30 @@ impl Publisher {
                     break;
                 }
             }
-            if seq + 1 == records.len() / 2 && keel::crash::armed_at("mid_publish") {
+            if seq + 1 == outgoing.len() / 2 && keel::crash::armed_at("mid_publish") {
                 // a crash test's window in the middle of a publish: what was sent is out
                 let _ = self.producer.flush(deadline.saturating_duration_since(Instant::now()));
                 keel::crash::crash_point("mid_publish");
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.producer.flush(left).map_err(|e| self.failure(&e, "flushing to"))?;
-        if let Some(e) = self.producer.context().failed.lock().ok().and_then(|f| f.clone()) {
-            // what reached the broker is unknown now: the next start reads it back
-            return Err(SinkError::Fatal(format!(
-                "kafka sink: a record of epoch {} was not delivered to topic {topic}: {e}",
-                pre.epoch
-            )));
-        }
-        tracing::debug!(epoch = pre.epoch, sent, topic = %topic, "epoch published");
-        Ok(())
+        Ok(sent)
     }
 
     fn delivery_failed(&self) -> bool {
         self.producer.context().failed.lock().map_or(true, |f| f.is_some())
     }
 
-    /// For each partition `p < n`: the sequences of this writer's records of `pre`'s epoch
-    /// found from the offset noted at prepare to the partition's end.
-    fn published(&self, pre: &KafkaPreCommit, n: i32) -> Result<Vec<std::collections::HashSet<u64>>, SinkError> {
+    /// What a read-back of each partition `p < n`, from the offset noted in `pre` to the
+    /// partition's end, finds of this writer's output: the sequences of `pre`'s epoch, and
+    /// the identities of dead letters.
+    fn published(&self, pre: &KafkaPreCommit, n: i32) -> Result<Published, SinkError> {
         let consumer: BaseConsumer = self
             .config
             .reader()
             .create()
             .map_err(|e| SinkError::Other(format!("kafka sink: {e}")))?;
         let topic = &self.config.topic;
-        let mut found = Vec::with_capacity(n as usize);
+        let mut found = Published::default();
         for p in 0..n {
             let from = pre.from.get(p as usize).copied().unwrap_or(0).max(0);
             let mut tpl = TopicPartitionList::new();
@@ -593,14 +799,18 @@ impl Publisher {
             consumer.assign(&tpl).map_err(|e| self.failure(&e, "reading back"))?;
             let mut seqs = std::collections::HashSet::new();
             let mut foreign = 0u64;
-            let deadline = Instant::now() + self.config.publish_timeout;
+            let deadline = Instant::now() + self.config.patience();
             loop {
                 match consumer.poll(Duration::from_millis(200)) {
-                    Some(Ok(m)) => match progress_of(&m, &self.writer) {
-                        Some((e, seq)) if e == pre.epoch => {
-                            seqs.insert(seq);
+                    Some(Ok(m)) => match mark_of(&m, &self.writer) {
+                        Some(mark) => {
+                            if mark.epoch == pre.epoch {
+                                seqs.insert(mark.seq);
+                            }
+                            if let Some(id) = mark.identity {
+                                found.identities.insert(id);
+                            }
                         }
-                        Some(_) => {}
                         None => foreign += 1,
                     },
                     // the end-of-partition event, not a high-watermark query: some brokers
@@ -619,26 +829,41 @@ impl Publisher {
                 tracing::warn!(topic = %topic, partition = p, foreign, "records of another writer in a partition this sink writes");
             }
             tracing::info!(topic = %topic, partition = p, epoch = pre.epoch, from, published = seqs.len(), "read back what an interrupted publish wrote");
-            found.push(seqs);
+            found.seqs.push(seqs);
         }
         Ok(found)
     }
 }
 
-/// The progress header of `m` if this writer wrote it.
-fn progress_of(m: &impl Message, writer: &str) -> Option<(CheckpointId, u64)> {
+/// Where a record of this writer is in its output.
+struct Mark {
+    epoch: CheckpointId,
+    seq: u64,
+    identity: Option<String>,
+}
+
+/// Where `m` is in this writer's output, if this writer wrote it.
+fn mark_of(m: &impl Message, writer: &str) -> Option<Mark> {
     let h = m.headers()?;
     let mut mine = false;
     let mut progress = None;
+    let mut identity = None;
     for h in h.iter() {
+        // the last of each wins: a dead letter's original headers may hold another
+        // writer's (or an older dead letter's) pair before this writer's own
         match h.key {
             WRITER_HEADER => mine = h.value == Some(writer.as_bytes()),
             PROGRESS_HEADER => progress = h.value.and_then(|v| std::str::from_utf8(v).ok()),
+            super::dead_letters::IDENTITY_HEADER => identity = h.value.and_then(|v| std::str::from_utf8(v).ok()),
             _ => {}
         }
     }
     let (e, s) = progress.filter(|_| mine)?.split_once('/')?;
-    Some((e.parse().ok()?, s.parse().ok()?))
+    Some(Mark {
+        epoch: e.parse().ok()?,
+        seq: s.parse().ok()?,
+        identity: identity.map(str::to_owned),
+    })
 }
 
 /// The partition of record `seq` among `n`: murmur2 of its key (as Kafka's Java clients),

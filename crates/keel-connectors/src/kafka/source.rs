@@ -28,10 +28,36 @@ type Client = Arc<BaseConsumer<SourceContext>>;
 
 /// Where librdkafka's own error reports go: the end of a partition is no error, and broker
 /// trouble (retried inside librdkafka) is a warning; what a read fails with goes through the
-/// policies.
-pub struct SourceContext;
+/// policies. Its statistics (every `statistics.interval.ms`, 5 s by default) give each
+/// partition's end, for the readers' lag.
+#[derive(Default)]
+pub struct SourceContext {
+    ends: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
+}
+
+impl SourceContext {
+    /// The end of `topic:partition` in the last statistics: the last stable offset (what a
+    /// read_committed consumer can read up to), else the high watermark.
+    fn end(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.ends.lock().ok()?.get(&(topic.to_owned(), partition)).copied()
+    }
+}
 
 impl ClientContext for SourceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Ok(mut ends) = self.ends.lock() else {
+            return;
+        };
+        for (name, topic) in statistics.topics {
+            for (p, s) in topic.partitions {
+                let end = if s.ls_offset >= 0 { s.ls_offset } else { s.hi_offset };
+                if p >= 0 && end >= 0 {
+                    ends.insert((name.clone(), p), end);
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
             KafkaError::PartitionEOF(_) => tracing::debug!(%reason, "kafka: end of partition"),
@@ -77,7 +103,7 @@ impl KafkaSource {
         }
         let consumer: BaseConsumer<SourceContext> = config
             .client()
-            .create_with_context(SourceContext)
+            .create_with_context(SourceContext::default())
             .map_err(|e| SourceError::Config(format!("kafka source: {e}")))?;
         Ok(KafkaSource {
             config,
@@ -277,6 +303,15 @@ impl Drop for KafkaReader {
 
 impl PartitionReader for KafkaReader {
     type Position = u64;
+
+    /// Records between the next offset and the partition's end in librdkafka's last
+    /// statistics (no request). Some Kafka-protocol brokers report the end short of the
+    /// truth, which shows as less lag.
+    fn lag(&self) -> Option<u64> {
+        let next = self.next?;
+        let end = self.consumer.context().end(&self.topic, self.partition)?;
+        Some(end.saturating_sub(next).max(0) as u64)
+    }
 
     async fn next_batch(&mut self, batch: &mut SourceBatch<u64>, max: usize) -> Result<ReadStatus, SourceError> {
         // the main queue serves the consumer's events (errors, statistics); its records

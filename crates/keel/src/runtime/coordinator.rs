@@ -665,6 +665,12 @@ where
             return Err(e);
         }
         let epoch = self.epoch;
+        rt.progress.set_lag(
+            self.slots
+                .iter()
+                .filter_map(|(pid, s)| Some((pid.clone(), s.lag.get().filter(|_| !s.done.get())?)))
+                .collect(),
+        );
         let mut partitions = BTreeMap::new();
         let mut acks = Vec::new();
         for (pid, slot) in &self.slots {

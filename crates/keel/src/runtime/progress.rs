@@ -1,5 +1,6 @@
 //! Live counters of a running pipeline, readable from any thread (progress lines, metrics).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 /// Live counters of one run. Updated by the worker thread once per batch and per checkpoint.
@@ -16,6 +17,9 @@ pub struct Progress {
     partitions_running: AtomicU64,
     partitions_done: AtomicU64,
     finished: AtomicBool,
+    source_lag: AtomicU64,
+    lag_known: AtomicBool,
+    lag_by_partition: Mutex<Vec<(String, u64)>>,
 }
 
 /// A copy of the counters at one instant.
@@ -43,6 +47,9 @@ pub struct ProgressSnapshot {
     pub partitions_done: u64,
     /// True once the run has ended.
     pub finished: bool,
+    /// What the source has left to read over all partitions at the last checkpoint, when it
+    /// knows (records behind a broker's end, bytes left in files).
+    pub source_lag: Option<u64>,
 }
 
 impl Progress {
@@ -60,6 +67,20 @@ impl Progress {
             partitions_running: self.partitions_running.load(Relaxed),
             partitions_done: self.partitions_done.load(Relaxed),
             finished: self.finished.load(Relaxed),
+            source_lag: self.lag_known.load(Relaxed).then(|| self.source_lag.load(Relaxed)),
+        }
+    }
+
+    /// The lag of each partition whose reader knows it, at the last checkpoint.
+    pub fn lag_by_partition(&self) -> Vec<(String, u64)> {
+        self.lag_by_partition.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn set_lag(&self, lag: Vec<(String, u64)>) {
+        self.lag_known.store(!lag.is_empty(), Relaxed);
+        self.source_lag.store(lag.iter().map(|(_, n)| n).sum(), Relaxed);
+        if let Ok(mut l) = self.lag_by_partition.lock() {
+            *l = lag;
         }
     }
 

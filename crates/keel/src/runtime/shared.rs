@@ -322,6 +322,8 @@ pub(crate) struct TaskSlot<P> {
     /// coordinator queues the partition again, to resume at `position`.
     pub(crate) rotated: Cell<bool>,
     pub(crate) max_event_time: Cell<Option<i64>>,
+    /// The reader's lag after its last batch ([`crate::PartitionReader::lag`]).
+    pub(crate) lag: Cell<Option<u64>>,
 }
 
 impl<P> TaskSlot<P> {
@@ -333,6 +335,7 @@ impl<P> TaskSlot<P> {
             idle: Cell::new(false),
             rotated: Cell::new(false),
             max_event_time: Cell::new(max_event_time),
+            lag: Cell::new(None),
         })
     }
 }

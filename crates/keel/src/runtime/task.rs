@@ -351,7 +351,10 @@ where
         loop {
             let next = super::catch_panic(|| "source".into(), self.reader.next_batch(batch, rt.batch_size)).await?;
             let err = match next {
-                Ok(s) => return Ok(Some(s)),
+                Ok(s) => {
+                    self.slot.lag.set(self.reader.lag());
+                    return Ok(Some(s));
+                }
                 Err(e) => e,
             };
             let mut f = Failure::from_error(&err).with_stage("source");

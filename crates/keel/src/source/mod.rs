@@ -123,6 +123,13 @@ pub trait PartitionReader: 'static {
         batch: &mut SourceBatch<Self::Position>,
         max: usize,
     ) -> impl Future<Output = Result<ReadStatus, SourceError>>;
+
+    /// How far this partition's reader is behind its end, when the source knows (records
+    /// for a broker, bytes for a file): read after each batch, reported per partition in
+    /// [`crate::runtime::Progress`]. Must be cheap (no I/O).
+    fn lag(&self) -> Option<u64> {
+        None
+    }
 }
 
 mod memory;
