@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Helper of the Kafka example: creates the topics and produces events, or reads a topic.
 
-usage: events.py produce N        create `events` and `user-counts` (4 partitions) if missing,
+usage: events.py produce N        create `events`, `user-counts` and `events-dlq` (4 partitions) if missing,
                                   produce N events, about 2 % of them bad
        events.py read TOPIC       print every value of TOPIC, then how many
 Broker: $KAFKA or 127.0.0.1:9092. Needs confluent-kafka (the venv .ci/services makes:
@@ -21,7 +21,7 @@ BROKERS = os.environ.get("KAFKA", "127.0.0.1:9092")
 def produce(n):
     admin = AdminClient({"bootstrap.servers": BROKERS})
     existing = admin.list_topics(timeout=10).topics
-    new = [NewTopic(t, 4, 1) for t in ("events", "user-counts") if t not in existing]
+    new = [NewTopic(t, 4, 1) for t in ("events", "user-counts", "events-dlq") if t not in existing]
     for f in admin.create_topics(new).values() if new else []:
         f.result()
     p = Producer({"bootstrap.servers": BROKERS, "linger.ms": 20})

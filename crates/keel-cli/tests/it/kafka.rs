@@ -338,3 +338,114 @@ fn a_broker_outage_loses_nothing_and_dead_letters_nothing() {
     let problems = refjob::check(&input, &out, true);
     assert!(problems.is_empty(), "after the outage: {problems:?}");
 }
+
+/// `keel dlq` on a Kafka dead-letter topic: `stats` counts what the topic holds, `show`
+/// finds one by `TOPIC:PARTITION:OFFSET`, `replay --transform` fixes and replays them
+/// (recording the replays beside the fallback directory, since a topic cannot be edited),
+/// after which `list --not-replayed` is empty and `purge` says it leaves the topic alone.
+#[test]
+fn keel_dlq_lists_shows_and_replays_the_dead_letters_of_a_topic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let t = create_topics("dlq");
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for i in 0..30 {
+        let amount = if i % 10 == 3 { -5 } else { i };
+        let line = format!(r#"{{"id":{i},"amount":{amount}}}"#);
+        p.send(
+            BaseRecord::<(), _>::to(&t.input)
+                .partition(i % PARTITIONS)
+                .payload(&line),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let job = dir.join("dlq.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"name = "dlq-on-kafka"
+[source]
+type = "kafka"
+brokers = "{b}"
+topics = ["{input}"]
+bounded = true
+[[steps]]
+type = "parse"
+[[steps]]
+type = "validate"
+rules = [{{ field = "amount", min = 0, reason = "negative_amount" }}]
+[[sinks]]
+name = "out"
+type = "files"
+path = "out"
+[dead_letter]
+type = "kafka"
+brokers = "{b}"
+topic = "{dead}"
+path = "dead"
+[checkpoint]
+path = "state"
+"#,
+            b = brokers(),
+            input = t.input,
+            dead = t.dead
+        ),
+    )
+    .unwrap();
+    let keel = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(args)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let js = job.to_str().unwrap();
+    let o = keel(&["run", js, "--quiet"]);
+    assert_eq!(o.status.code(), Some(1), "dead letters: exit 1: {}", text(&o));
+    assert_eq!(read_topic(&t.dead).len(), 3);
+
+    let o = keel(&["dlq", "stats", js, "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    assert_eq!(stats["total"], 3, "{stats}");
+    assert_eq!(stats["by_reason"][0]["reason"], "negative_amount", "{stats}");
+
+    let o = keel(&["dlq", "list", js, "--json"]);
+    let first: serde_json::Value = serde_json::from_str(text(&o).lines().next().unwrap()).unwrap();
+    let at = first["location"].as_str().unwrap().to_owned();
+    assert!(at.starts_with(&format!("{}:", t.dead)), "{at}");
+    let o = keel(&["dlq", "show", js, &at]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["reason"], "negative_amount");
+    assert!(shown["raw"].as_str().unwrap().contains("\"amount\":-5"), "{shown}");
+
+    let o = keel(&["dlq", "replay", js, "--transform", ".amount |= -."]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("3 envelopes marked"), "{}", text(&o));
+    let out = refjob::visible_lines(&dir.join("out"));
+    assert_eq!(out.len(), 30, "27 from the run, 3 replayed: {out:?}");
+    let o = keel(&["dlq", "list", js, "--not-replayed", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 0, "{}", text(&o));
+    let o = keel(&["dlq", "replay", js, "--transform", ".amount |= -."]);
+    assert!(text(&o).contains("nothing to replay"), "{}", text(&o));
+
+    let o = keel(&["dlq", "purge", js, "--confirm"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("3 selected dead letters are on the Kafka topic"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(read_topic(&t.dead).len(), 3, "the topic is left as it is");
+}

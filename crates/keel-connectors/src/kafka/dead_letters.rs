@@ -36,7 +36,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::source::parse_partition;
+use super::source::{SourceContext, parse_partition};
 
 /// The prefix of the envelope's headers.
 pub const ERROR_HEADER_PREFIX: &str = "keel.error.";
@@ -277,7 +277,8 @@ impl DeadLetterTopic {
         for (k, v) in &self.options {
             c.set(k, v);
         }
-        let consumer: BaseConsumer = c.create().map_err(self.kafka())?;
+        let consumer: BaseConsumer<SourceContext> =
+            c.create_with_context(SourceContext::default()).map_err(self.kafka())?;
         let md = consumer
             .fetch_metadata(Some(&self.topic), self.timeout)
             .map_err(self.kafka())?;
@@ -291,42 +292,46 @@ impl DeadLetterTopic {
             return Err(TopicError::Missing(self.topic.clone()));
         }
         let marks = self.marks()?;
-        let mut out = Vec::new();
-        for p in partitions {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&self.topic, p, Offset::Beginning)
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Beginning)
                 .map_err(self.kafka())?;
-            consumer.assign(&tpl).map_err(self.kafka())?;
-            let deadline = Instant::now() + self.timeout;
-            loop {
-                match consumer.poll(Duration::from_millis(200)) {
-                    Some(Ok(m)) => {
-                        let headers: Vec<(&str, &[u8])> = m
-                            .headers()
-                            .map(|h| h.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect())
-                            .unwrap_or_default();
-                        let identity = headers
-                            .iter()
-                            .rev()
-                            .find(|(k, _)| *k == IDENTITY_HEADER)
-                            .and_then(|(_, v)| std::str::from_utf8(v).ok());
-                        let mut envelope = envelope_of(m.key(), m.payload(), headers.iter().copied());
-                        if let (Ok(env), Some(id)) = (&mut envelope, identity) {
-                            env.replays = marks.get(id).cloned().unwrap_or_default();
-                        }
-                        out.push(TopicEntry {
-                            partition: p,
-                            offset: m.offset(),
-                            envelope,
-                        });
+        }
+        consumer.assign(&tpl).map_err(self.kafka())?;
+        let mut ended: std::collections::HashSet<i32> = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + self.timeout;
+        while ended.len() < partitions.len() {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let headers: Vec<(&str, &[u8])> = m
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect())
+                        .unwrap_or_default();
+                    let identity = headers
+                        .iter()
+                        .rev()
+                        .find(|(k, _)| *k == IDENTITY_HEADER)
+                        .and_then(|(_, v)| std::str::from_utf8(v).ok());
+                    let mut envelope = envelope_of(m.key(), m.payload(), headers.iter().copied());
+                    if let (Ok(env), Some(id)) = (&mut envelope, identity) {
+                        env.replays = marks.get(id).cloned().unwrap_or_default();
                     }
-                    Some(Err(KafkaError::PartitionEOF(_))) => break,
-                    Some(Err(e)) => return Err(self.kafka()(e)),
-                    None if Instant::now() > deadline => return Err(TopicError::Timeout(self.topic.clone())),
-                    None => {}
+                    out.push(TopicEntry {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        envelope,
+                    });
                 }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    ended.insert(p);
+                }
+                Some(Err(e)) => return Err(self.kafka()(e)),
+                None if Instant::now() > deadline => return Err(TopicError::Timeout(self.topic.clone())),
+                None => {}
             }
         }
+        out.sort_by_key(|e| (e.partition, e.offset));
         Ok(out)
     }
 
@@ -382,7 +387,11 @@ impl DeadLetterTopic {
             marked += 1;
         }
         if marked > 0 {
-            keel::durable::write_atomic(&keel::durable::LocalOps, &self.marks, text.as_bytes())?;
+            let ops = keel::durable::LocalOps;
+            if let Some(dir) = self.marks.parent().filter(|d| !d.as_os_str().is_empty()) {
+                keel::durable::create_dir_durable(&ops, dir)?;
+            }
+            keel::durable::write_atomic(&ops, &self.marks, text.as_bytes())?;
         }
         Ok(marked)
     }

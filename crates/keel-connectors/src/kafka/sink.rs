@@ -784,52 +784,67 @@ impl Publisher {
     /// partition's end, finds of this writer's output: the sequences of `pre`'s epoch, and
     /// the identities of dead letters.
     fn published(&self, pre: &KafkaPreCommit, n: i32) -> Result<Published, SinkError> {
-        let consumer: BaseConsumer = self
+        let consumer: BaseConsumer<super::source::SourceContext> = self
             .config
             .reader()
-            .create()
+            .create_with_context(Default::default())
             .map_err(|e| SinkError::Other(format!("kafka sink: {e}")))?;
         let topic = &self.config.topic;
-        let mut found = Published::default();
+        // every partition at once, each from its noted offset, each read to its own
+        // end-of-partition event (not a high-watermark query: some brokers answer those
+        // with less than the true end)
+        let mut tpl = TopicPartitionList::new();
         for p in 0..n {
             let from = pre.from.get(p as usize).copied().unwrap_or(0).max(0);
-            let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(topic, p, Offset::Offset(from))
                 .map_err(|e| self.failure(&e, "reading back"))?;
-            consumer.assign(&tpl).map_err(|e| self.failure(&e, "reading back"))?;
-            let mut seqs = std::collections::HashSet::new();
-            let mut foreign = 0u64;
-            let deadline = Instant::now() + self.config.patience();
-            loop {
-                match consumer.poll(Duration::from_millis(200)) {
-                    Some(Ok(m)) => match mark_of(&m, &self.writer) {
+        }
+        consumer.assign(&tpl).map_err(|e| self.failure(&e, "reading back"))?;
+        let mut found = Published {
+            seqs: vec![std::collections::HashSet::new(); n as usize],
+            identities: std::collections::HashSet::new(),
+        };
+        let mut ended = vec![false; n as usize];
+        let mut foreign = vec![0u64; n as usize];
+        let deadline = Instant::now() + self.config.patience();
+        while ended.iter().any(|e| !e) {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let Some(p) = usize::try_from(m.partition()).ok().filter(|p| *p < ended.len()) else {
+                        continue;
+                    };
+                    match mark_of(&m, &self.writer) {
                         Some(mark) => {
                             if mark.epoch == pre.epoch {
-                                seqs.insert(mark.seq);
+                                found.seqs[p].insert(mark.seq);
                             }
                             if let Some(id) = mark.identity {
                                 found.identities.insert(id);
                             }
                         }
-                        None => foreign += 1,
-                    },
-                    // the end-of-partition event, not a high-watermark query: some brokers
-                    // answer those with less than the true end
-                    Some(Err(KafkaError::PartitionEOF(_))) => break,
-                    Some(Err(e)) => return Err(self.failure(&e, "reading back")),
-                    None if Instant::now() > deadline => {
-                        return Err(SinkError::Other(format!(
-                            "kafka sink: reading back partition {p} of {topic} timed out"
-                        )));
+                        None => foreign[p] += 1,
                     }
-                    None => {}
                 }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if let Some(e) = usize::try_from(p).ok().and_then(|p| ended.get_mut(p)) {
+                        *e = true;
+                    }
+                }
+                Some(Err(e)) => return Err(self.failure(&e, "reading back")),
+                None if Instant::now() > deadline => {
+                    let open: Vec<usize> = (0..ended.len()).filter(|p| !ended[*p]).collect();
+                    return Err(SinkError::Other(format!(
+                        "kafka sink: reading back partitions {open:?} of {topic} timed out"
+                    )));
+                }
+                None => {}
             }
-            if foreign > 0 {
-                tracing::warn!(topic = %topic, partition = p, foreign, "records of another writer in a partition this sink writes");
+        }
+        for p in 0..n as usize {
+            if foreign[p] > 0 {
+                tracing::warn!(topic = %topic, partition = p, foreign = foreign[p], "records of another writer in a partition this sink writes");
             }
-            tracing::info!(topic = %topic, partition = p, epoch = pre.epoch, from, published = seqs.len(), "read back what an interrupted publish wrote");
-            found.seqs.push(seqs);
+            tracing::info!(topic = %topic, partition = p, epoch = pre.epoch, from = pre.from.get(p).copied().unwrap_or(0), published = found.seqs[p].len(), "read back what an interrupted publish wrote");
         }
         Ok(found)
     }

@@ -60,7 +60,9 @@ impl ClientContext for SourceContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
-            KafkaError::PartitionEOF(_) => tracing::debug!(%reason, "kafka: end of partition"),
+            KafkaError::PartitionEOF(_) | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {
+                tracing::debug!(%reason, "kafka: end of partition")
+            }
             e => tracing::warn!(error = %e, %reason, "kafka consumer"),
         }
     }
