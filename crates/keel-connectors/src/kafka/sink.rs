@@ -840,11 +840,12 @@ impl Publisher {
                 None => {}
             }
         }
-        for p in 0..n as usize {
-            if foreign[p] > 0 {
-                tracing::warn!(topic = %topic, partition = p, foreign = foreign[p], "records of another writer in a partition this sink writes");
+        for (p, (foreign, seqs)) in foreign.iter().zip(&found.seqs).enumerate() {
+            if *foreign > 0 {
+                tracing::warn!(topic = %topic, partition = p, foreign, "records of another writer in a partition this sink writes");
             }
-            tracing::info!(topic = %topic, partition = p, epoch = pre.epoch, from = pre.from.get(p).copied().unwrap_or(0), published = found.seqs[p].len(), "read back what an interrupted publish wrote");
+            let from = pre.from.get(p).copied().unwrap_or(0);
+            tracing::info!(topic = %topic, partition = p, epoch = pre.epoch, from, published = seqs.len(), "read back what an interrupted publish wrote");
         }
         Ok(found)
     }
