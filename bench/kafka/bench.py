@@ -53,13 +53,13 @@ def main():
     n = produce(a.brokers, t_in, a.partitions, inp)
     print(f"{n} records in {t_in} ({a.partitions} partitions); {a.rounds} rounds, bare loop then keel")
     for r in range(a.rounds):
-        t_bare, t_rec, t_fin = (f"keel-bench-{x}-{tag}-{r}" for x in ("bare", "records", "final"))
-        create(a.brokers, [t_bare, t_rec, t_fin], a.partitions)
+        t_bare, t_rec, t_fin, t_dead = (f"keel-bench-{x}-{tag}-{r}" for x in ("bare", "records", "final", "dead"))
+        create(a.brokers, [t_bare, t_rec, t_fin, t_dead], a.partitions)
         t0 = time.time()
         subprocess.run([bare, a.brokers, t_in, t_bare, str(a.partitions)], check=True, stdout=subprocess.DEVNULL)
         bare_s = time.time() - t0
         env = dict(os.environ, BROKERS=a.brokers, IN_TOPIC=t_in, RECORDS_TOPIC=t_rec, FINAL_TOPIC=t_fin,
-                   OUT=os.path.join(work, f"out-{r}"), STATE=os.path.join(work, f"state-{r}"),
+                   DEAD_TOPIC=t_dead, OUT=os.path.join(work, f"out-{r}"), STATE=os.path.join(work, f"state-{r}"),
                    KEEL_CHECKPOINT_INTERVAL="1s", RUST_LOG="error")
         t0 = time.time()
         rc = subprocess.run([keel, "run", os.path.join(ROOT, "bench", "crash", "kafka_job.toml"), "--quiet"],

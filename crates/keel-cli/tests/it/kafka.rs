@@ -449,3 +449,33 @@ path = "state"
     );
     assert_eq!(read_topic(&t.dead).len(), 3, "the topic is left as it is");
 }
+
+/// An output topic the broker refuses (here an invalid name; a missing topic on a cluster
+/// that does not create them, or a refused authorization, go the same way) fails the run at
+/// start, before anything is read, with the reason and the topic named: exit 3.
+#[test]
+fn a_refused_output_topic_fails_the_run_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = create_topics("refused");
+    let job = tmp.path().join("p.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"refused\"\n[source]\ntype = \"kafka\"\nbrokers = \"{b}\"\ntopics = [\"{i}\"]\nbounded = true\n\
+             [[sinks]]\nname = \"out\"\ntype = \"kafka\"\nbrokers = \"{b}\"\ntopic = \"no such topic!\"\n\
+             [checkpoint]\npath = \"state\"\n",
+            b = brokers(),
+            i = t.input
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["run", job.to_str().unwrap(), "--quiet"])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("invalid_topic") && err.contains("no such topic!"), "{err}");
+    assert!(!tmp.path().join("state").join("checkpoints").exists(), "nothing ran");
+}

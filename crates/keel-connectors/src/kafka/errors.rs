@@ -26,6 +26,7 @@ pub fn classify(e: &KafkaError, doing: &str) -> Failure {
             "unknown_topic",
             format!("{message} (keel does not create topics: create it, or fix the name)"),
         ),
+        Code::InvalidTopic => Failure::fatal("invalid_topic", format!("{message} (not a valid topic name)")),
         Code::TopicAuthorizationFailed
         | Code::GroupAuthorizationFailed
         | Code::ClusterAuthorizationFailed
@@ -72,6 +73,7 @@ mod tests {
         assert_eq!(c(Code::TopicAuthorizationFailed), Class::Fatal);
         assert_eq!(c(Code::UnknownTopicOrPartition), Class::Fatal);
         assert_eq!(c(Code::SaslAuthenticationFailed), Class::Fatal);
+        assert_eq!(c(Code::InvalidTopic), Class::Fatal);
         let f = classify(&KafkaError::MessageProduction(Code::MessageSizeTooLarge), "publishing");
         assert_eq!(f.reason, reason::OVERSIZED);
         assert!(f.message.starts_with("publishing: "), "{}", f.message);

@@ -257,6 +257,13 @@ impl Sink for KafkaSink {
 
     async fn recover(&mut self, recovery: &SinkRecovery) -> Result<RecoveryReport, SinkError> {
         self.writer = format!("{}/{}", recovery.pipeline, self.name).into();
+        if !self.config.dead_letters || self.config.fallback.is_none() {
+            // a topic that is missing, misnamed or refused fails the run before any work
+            let publisher = self.publisher();
+            tokio::task::spawn_blocking(move || publisher.partitions(true))
+                .await
+                .map_err(|e| SinkError::Other(format!("kafka sink: {e}")))??;
+        }
         if self.config.transactional && self.transactions.is_none() {
             self.start_transactions().await?;
         }
@@ -544,12 +551,12 @@ impl Publisher {
         } else {
             fetch().map_err(|e| self.failure(&e, "reading the metadata of"))?
         };
-        let t = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.config.topic)
-            .filter(|t| t.error().is_none() && !t.partitions().is_empty());
-        match t {
+        let t = md.topics().iter().find(|t| t.name() == self.config.topic);
+        if let Some(e) = t.and_then(|t| t.error()) {
+            let e = KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::from(e));
+            return Err(self.failure(&e, "reading the metadata of"));
+        }
+        match t.filter(|t| !t.partitions().is_empty()) {
             Some(t) => Ok(t.partitions().len() as i32),
             None => Err(SinkError::Rejected(keel::Failure::fatal(
                 "unknown_topic",
