@@ -326,6 +326,12 @@ pub fn build_variant(
             if k.brokers.trim().is_empty() {
                 errors.add(&at.k("brokers"), "the brokers to connect to, like \"127.0.0.1:9092\"");
             }
+            if k.topic_field
+                .as_deref()
+                .is_some_and(|f| f.is_empty() || f.contains('.'))
+            {
+                errors.add(&at.k("topic_field"), "a top-level field name of the output records");
+            }
             if k.transactional_id.is_some() && !k.transactional {
                 errors.add(
                     &at.k("transactional_id"),

@@ -555,6 +555,10 @@ pub struct KafkaSinkToml {
     /// A top-level field of the output record to use as the message key.
     #[serde(default)]
     pub key: Option<String>,
+    /// A top-level field of the output record naming its topic (records without it, or
+    /// whose value is not a valid topic name, go to `topic`).
+    #[serde(default)]
+    pub topic_field: Option<String>,
     /// `murmur2` (default: the key's hash, as Kafka's Java clients; round-robin without a
     /// key) or `round_robin`.
     #[serde(default)]

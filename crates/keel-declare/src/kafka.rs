@@ -52,6 +52,7 @@ mod built {
         c.compression = k.compression.clone();
         c.headers = k.headers.iter().map(|(a, b)| (a.clone(), b.clone())).collect();
         c.options = k.options.clone();
+        c.topic_field = k.topic_field.clone();
         c.transactional = k.transactional;
         c.transactional_id = k.transactional_id.clone();
         KafkaSink::new(writer, c).map_err(|e| e.to_string())

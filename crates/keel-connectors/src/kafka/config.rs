@@ -92,6 +92,10 @@ pub struct KafkaSinkConfig {
     pub brokers: String,
     /// The output topic. It must exist (keel does not create topics).
     pub topic: String,
+    /// A top-level field of the output records naming each record's topic (one sink
+    /// feeding several topics, as a CDC pipeline writes one per table). A record without it,
+    /// or whose value is not a valid topic name, goes to `topic`.
+    pub topic_field: Option<String>,
     /// Partition choice; fixed per epoch with the partition count seen when it is prepared.
     pub partitioner: Partitioner,
     /// `none`, `gzip`, `snappy`, `lz4` or `zstd` (librdkafka's `compression.type`).
@@ -137,6 +141,7 @@ impl KafkaSinkConfig {
             staging: staging.into(),
             options: BTreeMap::new(),
             publish_timeout: Duration::from_secs(120),
+            topic_field: None,
             transactional: false,
             transactional_id: None,
             dead_letters: false,

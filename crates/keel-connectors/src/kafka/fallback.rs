@@ -80,10 +80,10 @@ impl Publisher {
     pub(super) fn park(&self, pre: &KafkaPreCommit, path: &Path, why: &SinkError) -> Result<(), SinkError> {
         let dir = self.fallback_dir()?;
         let bytes = Self::read_staged(pre, path)?;
-        let records = decode_staged(&bytes).map_err(SinkError::Fatal)?;
+        let records = decode_staged(&bytes, false).map_err(SinkError::Fatal)?;
         let mut body = Vec::with_capacity(bytes.len() + records.len());
-        for (_, value) in &records {
-            body.extend_from_slice(value);
+        for r in &records {
+            body.extend_from_slice(r.value);
             body.push(b'\n');
         }
         let base = format!("kafka-{:020}-{}", pre.epoch, keel::util::now_ms());
@@ -126,6 +126,7 @@ impl Publisher {
         let outgoing: Vec<Outgoing<'_>> = fit
             .iter()
             .map(|(m, _)| Outgoing {
+                topic: None,
                 key: m.key.as_deref(),
                 value: m.value.as_deref(),
                 headers: &m.headers,

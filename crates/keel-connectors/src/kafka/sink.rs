@@ -75,6 +75,36 @@ pub struct KafkaPreCommit {
     /// when the epoch was prepared): where recovery starts reading back.
     #[serde(default)]
     pub from: Vec<i64>,
+    /// With `topic_field`: the topics the epoch's records go to, each with its partition
+    /// count and offsets as above (`partitions` and `from` are then those of `topic`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+}
+
+/// One topic of an epoch routed by `topic_field`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The topic.
+    pub topic: String,
+    /// Its partition count when the epoch was prepared.
+    pub partitions: i32,
+    /// Its partitions' end offsets then.
+    pub from: Vec<i64>,
+}
+
+impl KafkaPreCommit {
+    /// Every topic the epoch writes, with partition count and offsets: its routes, or
+    /// `topic` alone.
+    fn targets<'a>(&'a self, topic: &'a str) -> Vec<(&'a str, i32, &'a [i64])> {
+        if self.routes.is_empty() {
+            vec![(topic, self.partitions.max(1), &self.from)]
+        } else {
+            self.routes
+                .iter()
+                .map(|r| (r.topic.as_str(), r.partitions.max(1), r.from.as_slice()))
+                .collect()
+        }
+    }
 }
 
 /// Writes to a Kafka topic, exactly once.
@@ -104,6 +134,8 @@ struct Staging {
     path: PathBuf,
     out: BufWriter<File>,
     records: u64,
+    /// With `topic_field`: the topics of the staged records.
+    topics: std::collections::BTreeSet<String>,
 }
 
 /// Counts failed deliveries (librdkafka reports them to the producer's context).
@@ -318,14 +350,20 @@ impl Sink for KafkaSink {
                 path,
                 out: BufWriter::with_capacity(1 << 20, file),
                 records: 0,
+                topics: Default::default(),
             });
         }
         let Some(staging) = self.open.as_mut() else {
             return Ok(());
         };
+        let fail = |e: std::io::Error| SinkError::Fatal(format!("staging to {}: {e}", staging.path.display()));
         for r in batch.records() {
-            encode_staged(&mut staging.out, r.key, r.value)
-                .map_err(|e| SinkError::Fatal(format!("staging to {}: {e}", staging.path.display())))?;
+            if let Some(field) = &self.config.topic_field {
+                let topic = route_of(r.value, field).unwrap_or_else(|| self.config.topic.clone());
+                encode_route(&mut staging.out, &topic).map_err(fail)?;
+                staging.topics.insert(topic);
+            }
+            encode_staged(&mut staging.out, r.key, r.value).map_err(fail)?;
             staging.records += 1;
         }
         Ok(())
@@ -349,6 +387,27 @@ impl Sink for KafkaSink {
     }
 }
 
+/// The topic a record names in its top-level field `field`, if it is a valid topic name.
+fn route_of(value: &[u8], field: &str) -> Option<String> {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(value).ok()?;
+    let serde_json::Value::String(topic) = v.remove(field)? else {
+        return None;
+    };
+    let valid = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    valid.then_some(topic)
+}
+
+/// `u16 topic length | topic`, before a routed record.
+fn encode_route(out: &mut impl Write, topic: &str) -> std::io::Result<()> {
+    let len = u16::try_from(topic.len()).map_err(|_| std::io::Error::other("a topic name over 64 KiB"))?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(topic.as_bytes())
+}
+
 /// `u32 key length (u32::MAX: no key) | key | u32 value length | value`, little-endian.
 fn encode_staged(out: &mut impl Write, key: Option<&[u8]>, value: &[u8]) -> std::io::Result<()> {
     let len = |n: usize| u32::try_from(n).map_err(|_| std::io::Error::other("a record over 4 GiB"));
@@ -363,11 +422,17 @@ fn encode_staged(out: &mut impl Write, key: Option<&[u8]>, value: &[u8]) -> std:
     out.write_all(value)
 }
 
-/// A staged record: key and value.
-type Staged<'a> = (Option<&'a [u8]>, &'a [u8]);
+/// A staged record.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Staged<'a> {
+    /// Its topic, when routed by `topic_field`.
+    pub(super) topic: Option<&'a str>,
+    pub(super) key: Option<&'a [u8]>,
+    pub(super) value: &'a [u8],
+}
 
-/// The records of a staging file.
-pub(super) fn decode_staged(bytes: &[u8]) -> Result<Vec<Staged<'_>>, String> {
+/// The records of a staging file; `routed` when each has its topic first.
+pub(super) fn decode_staged(bytes: &[u8], routed: bool) -> Result<Vec<Staged<'_>>, String> {
     let mut out = Vec::new();
     let mut at = 0usize;
     let take = |n: usize, at: &mut usize| -> Result<&[u8], String> {
@@ -385,6 +450,14 @@ pub(super) fn decode_staged(bytes: &[u8]) -> Result<Vec<Staged<'_>>, String> {
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     };
     while at < bytes.len() {
+        let topic = if routed {
+            let b = take(2, &mut at)?;
+            let n = u16::from_le_bytes([b[0], b[1]]) as usize;
+            let t = take(n, &mut at)?;
+            Some(std::str::from_utf8(t).map_err(|_| format!("a topic that is not UTF-8 before byte {at}"))?)
+        } else {
+            None
+        };
         let klen = u32_at(&mut at)?;
         let key = if klen == u32::MAX {
             None
@@ -393,7 +466,7 @@ pub(super) fn decode_staged(bytes: &[u8]) -> Result<Vec<Staged<'_>>, String> {
         };
         let vlen = u32_at(&mut at)?;
         let value = take(vlen as usize, &mut at)?;
-        out.push((key, value));
+        out.push(Staged { topic, key, value });
     }
     Ok(out)
 }
@@ -422,9 +495,21 @@ impl SealedEpoch for SealedKafkaEpoch {
                 .sync_dir(dir)
                 .map_err(io(format!("syncing {}", dir.display())))?;
         }
+        let mut routes = Vec::new();
+        for topic in &staging.topics {
+            let partitions = self.publisher.partitions_of(topic, true)?;
+            let from = self.publisher.end_offsets_of(topic, partitions)?;
+            routes.push(Route {
+                topic: topic.clone(),
+                partitions,
+                from,
+            });
+        }
         let located = if self.publisher.recently_parked() {
             // the topic did not answer a moment ago: park this epoch too, without waiting
             Err(SinkError::Other("an earlier epoch was parked moments ago".into()))
+        } else if let Some(r) = routes.iter().find(|r| r.topic == self.publisher.config.topic) {
+            Ok((r.partitions, r.from.clone()))
         } else {
             self.publisher
                 .partition_count()
@@ -444,6 +529,7 @@ impl SealedEpoch for SealedKafkaEpoch {
             records: staging.records,
             partitions,
             from,
+            routes,
         };
         let value = serde_json::to_value(&pre).map_err(|e| SinkError::Other(e.to_string()))?;
         self.precommit = Some(pre);
@@ -457,7 +543,7 @@ impl SealedEpoch for SealedKafkaEpoch {
         let path = staging.path.clone();
         drop(staging);
         self.publisher.drain_if_due();
-        let published = if pre.partitions == 0 {
+        let published = if pre.partitions == 0 && pre.routes.is_empty() {
             Err(SinkError::Other(format!(
                 "topic {} did not answer when the epoch was prepared",
                 self.publisher.config.topic
@@ -493,6 +579,8 @@ pub(super) struct Publisher {
 
 /// One message to publish: borrowed from a staging file, or a dead letter's.
 pub(super) struct Outgoing<'a> {
+    /// Its topic when routed by `topic_field` (else the sink's `topic`).
+    pub(super) topic: Option<&'a str>,
     pub(super) key: Option<&'a [u8]>,
     pub(super) value: Option<&'a [u8]>,
     /// Headers before the writer's (a dead letter's original headers and envelope).
@@ -504,8 +592,11 @@ pub(super) struct Outgoing<'a> {
 /// What a read-back found of an epoch.
 #[derive(Default)]
 pub(super) struct Published {
-    /// Per partition, the sequences of this writer's records of the epoch.
-    seqs: Vec<std::collections::HashSet<u64>>,
+    /// Per topic and partition, the sequences of this writer's records of the epoch found
+    /// there. A record counts as published only in the partition it goes to: a read-back
+    /// may start before the epoch when a broker reports a short end, and records of an
+    /// older incarnation of the same epoch elsewhere must not count.
+    seqs: std::collections::HashMap<(String, i32), std::collections::HashSet<u64>>,
     /// The identities of this writer's dead letters (any epoch).
     identities: std::collections::HashSet<String>,
 }
@@ -541,29 +632,30 @@ impl Publisher {
 
     /// The topic's partition count; with `patient` false, one query and no retry.
     pub(super) fn partitions(&self, patient: bool) -> Result<i32, SinkError> {
-        let fetch = || {
-            self.producer
-                .client()
-                .fetch_metadata(Some(&self.config.topic), METADATA_TIMEOUT)
-        };
+        self.partitions_of(&self.config.topic, patient)
+    }
+
+    /// `topic`'s partition count; with `patient` false, one query and no retry.
+    pub(super) fn partitions_of(&self, topic: &str, patient: bool) -> Result<i32, SinkError> {
+        let fetch = || self.producer.client().fetch_metadata(Some(topic), METADATA_TIMEOUT);
         let md = if patient {
             self.query("reading the metadata of", fetch)?
         } else {
             fetch().map_err(|e| self.failure(&e, "reading the metadata of"))?
         };
-        let t = md.topics().iter().find(|t| t.name() == self.config.topic);
+        let t = md.topics().iter().find(|t| t.name() == topic);
         if let Some(e) = t.and_then(|t| t.error()) {
             let e = KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::from(e));
-            return Err(self.failure(&e, "reading the metadata of"));
+            return Err(SinkError::Rejected(classify(
+                &e,
+                &format!("reading the metadata of topic {topic}"),
+            )));
         }
         match t.filter(|t| !t.partitions().is_empty()) {
             Some(t) => Ok(t.partitions().len() as i32),
             None => Err(SinkError::Rejected(keel::Failure::fatal(
                 "unknown_topic",
-                format!(
-                    "kafka sink: topic `{}` does not exist (keel does not create topics)",
-                    self.config.topic
-                ),
+                format!("kafka sink: topic `{topic}` does not exist (keel does not create topics)"),
             ))),
         }
     }
@@ -575,12 +667,16 @@ impl Publisher {
     /// The end offset of each partition now (a query per partition; some Kafka-protocol
     /// brokers answer with less than the true end, which only makes a read-back longer).
     pub(super) fn end_offsets(&self, partitions: i32) -> Result<Vec<i64>, SinkError> {
+        self.end_offsets_of(&self.config.topic, partitions)
+    }
+
+    pub(super) fn end_offsets_of(&self, topic: &str, partitions: i32) -> Result<Vec<i64>, SinkError> {
         (0..partitions)
             .map(|p| {
                 self.query("reading the end offsets of", || {
                     self.producer
                         .client()
-                        .fetch_watermarks(&self.config.topic, p, METADATA_TIMEOUT)
+                        .fetch_watermarks(topic, p, METADATA_TIMEOUT)
                         .map(|(_, high)| high)
                 })
             })
@@ -590,7 +686,7 @@ impl Publisher {
     /// Recovery: publishes what the interrupted commit of `pre` did not (or parks the epoch
     /// in the fallback directory). True when the staging file was there to finish.
     fn finish(&self, pre: &KafkaPreCommit, path: &Path) -> Result<bool, SinkError> {
-        let published = if pre.partitions == 0 {
+        let published = if pre.partitions == 0 && pre.routes.is_empty() {
             Err(SinkError::Other(format!(
                 "topic {} did not answer when the epoch was prepared",
                 self.config.topic
@@ -612,7 +708,7 @@ impl Publisher {
         File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(io(format!("reading {}", path.display())))?;
-        let records = decode_staged(&bytes)
+        let records = decode_staged(&bytes, !pre.routes.is_empty())
             .map_err(|e| SinkError::Fatal(format!("staged epoch {} ({}): {e}", pre.epoch, path.display())))?;
         if records.len() as u64 != pre.records {
             return Err(SinkError::Fatal(format!(
@@ -630,13 +726,13 @@ impl Publisher {
     /// tails do not hold yet.
     fn publish_staged(&self, pre: &KafkaPreCommit, path: &Path, resume: bool) -> Result<(), SinkError> {
         let bytes = Self::read_staged(pre, path)?;
-        let records = decode_staged(&bytes).map_err(SinkError::Fatal)?;
+        let records = decode_staged(&bytes, !pre.routes.is_empty()).map_err(SinkError::Fatal)?;
         if self.config.dead_letters {
             let envelopes = records
                 .iter()
                 .enumerate()
-                .map(|(i, (_, v))| {
-                    keel::dead_letter::Envelope::decode(v).map_err(|e| {
+                .map(|(i, r)| {
+                    keel::dead_letter::Envelope::decode(r.value).map_err(|e| {
                         SinkError::Fatal(format!(
                             "staged dead letter {i} of epoch {} is unreadable: {e}",
                             pre.epoch
@@ -648,9 +744,10 @@ impl Publisher {
         }
         let outgoing: Vec<Outgoing<'_>> = records
             .iter()
-            .map(|(key, value)| Outgoing {
-                key: *key,
-                value: Some(value),
+            .map(|r| Outgoing {
+                topic: r.topic,
+                key: r.key,
+                value: Some(r.value),
                 headers: &[],
                 identity: None,
             })
@@ -673,11 +770,7 @@ impl Publisher {
         outgoing: &[Outgoing<'_>],
         resume: bool,
     ) -> Result<(), SinkError> {
-        let published = if resume {
-            Some(self.published(pre, pre.partitions.max(1))?)
-        } else {
-            None
-        };
+        let published = if resume { Some(self.published(pre)?) } else { None };
         let deadline = Instant::now() + self.config.patience();
         let sent = self.send_all(pre, outgoing, published.as_ref(), deadline)?;
         let topic = &self.config.topic;
@@ -704,17 +797,26 @@ impl Publisher {
         published: Option<&Published>,
         deadline: Instant,
     ) -> Result<u64, SinkError> {
-        let n = pre.partitions.max(1);
-        let topic = &self.config.topic;
+        let targets = pre.targets(&self.config.topic);
         let writer = self.writer.as_bytes();
         let mut sent = 0u64;
         for (seq, o) in outgoing.iter().enumerate() {
+            let topic = o.topic.unwrap_or(&self.config.topic);
+            let n = match targets.iter().find(|(t, _, _)| *t == topic) {
+                Some((_, n, _)) => *n,
+                None => {
+                    return Err(SinkError::Fatal(format!(
+                        "kafka sink: record {seq} of epoch {} goes to topic {topic}, which its pre-commit does not name",
+                        pre.epoch
+                    )));
+                }
+            };
             let p = choose_partition(self.config.partitioner, o.key, seq as u64, n);
             let done = published.is_some_and(|published| match o.identity {
                 Some(id) => published.identities.contains(id),
                 None => published
                     .seqs
-                    .get(p as usize)
+                    .get(&(topic.to_owned(), p))
                     .is_some_and(|s| s.contains(&(seq as u64))),
             });
             if done {
@@ -790,29 +892,41 @@ impl Publisher {
     /// What a read-back of each partition `p < n`, from the offset noted in `pre` to the
     /// partition's end, finds of this writer's output: the sequences of `pre`'s epoch, and
     /// the identities of dead letters.
-    fn published(&self, pre: &KafkaPreCommit, n: i32) -> Result<Published, SinkError> {
+    fn published(&self, pre: &KafkaPreCommit) -> Result<Published, SinkError> {
+        let mut found = Published::default();
+        for (topic, n, from) in pre.targets(&self.config.topic) {
+            self.read_back(pre.epoch, topic, n, from, &mut found)?;
+        }
+        Ok(found)
+    }
+
+    /// Reads partitions `0..n` of `topic` back from `from` into `found`: every partition
+    /// at once, each to its own end-of-partition event (not a high-watermark query: some
+    /// brokers answer those with less than the true end). A consumer of its own per topic:
+    /// the event names the partition only.
+    fn read_back(
+        &self,
+        epoch: CheckpointId,
+        topic: &str,
+        n: i32,
+        from: &[i64],
+        found: &mut Published,
+    ) -> Result<(), SinkError> {
         let consumer: BaseConsumer<super::source::SourceContext> = self
             .config
             .reader()
             .create_with_context(Default::default())
             .map_err(|e| SinkError::Other(format!("kafka sink: {e}")))?;
-        let topic = &self.config.topic;
-        // every partition at once, each from its noted offset, each read to its own
-        // end-of-partition event (not a high-watermark query: some brokers answer those
-        // with less than the true end)
+        let start = |p: i32| from.get(p as usize).copied().unwrap_or(0).max(0);
         let mut tpl = TopicPartitionList::new();
         for p in 0..n {
-            let from = pre.from.get(p as usize).copied().unwrap_or(0).max(0);
-            tpl.add_partition_offset(topic, p, Offset::Offset(from))
+            tpl.add_partition_offset(topic, p, Offset::Offset(start(p)))
                 .map_err(|e| self.failure(&e, "reading back"))?;
         }
         consumer.assign(&tpl).map_err(|e| self.failure(&e, "reading back"))?;
-        let mut found = Published {
-            seqs: vec![std::collections::HashSet::new(); n as usize],
-            identities: std::collections::HashSet::new(),
-        };
         let mut ended = vec![false; n as usize];
         let mut foreign = vec![0u64; n as usize];
+        let mut mine = vec![0u64; n as usize];
         let deadline = Instant::now() + self.config.patience();
         while ended.iter().any(|e| !e) {
             match consumer.poll(Duration::from_millis(200)) {
@@ -822,8 +936,13 @@ impl Publisher {
                     };
                     match mark_of(&m, &self.writer) {
                         Some(mark) => {
-                            if mark.epoch == pre.epoch {
-                                found.seqs[p].insert(mark.seq);
+                            if mark.epoch == epoch {
+                                found
+                                    .seqs
+                                    .entry((topic.to_owned(), p as i32))
+                                    .or_default()
+                                    .insert(mark.seq);
+                                mine[p] += 1;
                             }
                             if let Some(id) = mark.identity {
                                 found.identities.insert(id);
@@ -847,14 +966,14 @@ impl Publisher {
                 None => {}
             }
         }
-        for (p, (foreign, seqs)) in foreign.iter().zip(&found.seqs).enumerate() {
+        for (p, (foreign, mine)) in foreign.iter().zip(&mine).enumerate() {
             if *foreign > 0 {
                 tracing::warn!(topic = %topic, partition = p, foreign, "records of another writer in a partition this sink writes");
             }
-            let from = pre.from.get(p).copied().unwrap_or(0);
-            tracing::info!(topic = %topic, partition = p, epoch = pre.epoch, from, published = seqs.len(), "read back what an interrupted publish wrote");
+            let from = start(p as i32);
+            tracing::info!(topic = %topic, partition = p, epoch, from, published = mine, "read back what an interrupted publish wrote");
         }
-        Ok(found)
+        Ok(())
     }
 }
 
@@ -951,28 +1070,71 @@ mod tests {
         }
     }
 
+    fn staged<'a>(topic: Option<&'a str>, key: Option<&'a [u8]>, value: &'a [u8]) -> Staged<'a> {
+        Staged { topic, key, value }
+    }
+
     #[test]
     fn staged_records_round_trip_and_a_cut_file_is_an_error() {
         let mut buf = Vec::new();
         encode_staged(&mut buf, Some(b"k1"), b"v1").unwrap();
         encode_staged(&mut buf, None, b"").unwrap();
         encode_staged(&mut buf, Some(b""), b"v3").unwrap();
-        let got = decode_staged(&buf).unwrap();
+        let got = decode_staged(&buf, false).unwrap();
         assert_eq!(
             got,
             vec![
-                (Some(&b"k1"[..]), &b"v1"[..]),
-                (None, &b""[..]),
-                (Some(&b""[..]), &b"v3"[..])
+                staged(None, Some(b"k1"), b"v1"),
+                staged(None, None, b""),
+                staged(None, Some(b""), b"v3")
             ]
         );
         for cut in 1..buf.len() {
-            if decode_staged(&buf[..cut]).is_ok() {
+            if let Ok(fewer) = decode_staged(&buf[..cut], false) {
                 // a cut exactly between records decodes to fewer records, never garbage
-                assert!(decode_staged(&buf[..cut]).unwrap().len() < 3);
+                assert!(fewer.len() < 3);
             }
         }
-        assert!(decode_staged(&buf[..buf.len() - 1]).is_err());
+        assert!(decode_staged(&buf[..buf.len() - 1], false).is_err());
+    }
+
+    #[test]
+    fn routed_records_carry_their_topic() {
+        let mut buf = Vec::new();
+        encode_route(&mut buf, "orders").unwrap();
+        encode_staged(&mut buf, Some(b"k"), b"{}").unwrap();
+        encode_route(&mut buf, "customers.v2").unwrap();
+        encode_staged(&mut buf, None, b"x").unwrap();
+        let got = decode_staged(&buf, true).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                staged(Some("orders"), Some(b"k"), b"{}"),
+                staged(Some("customers.v2"), None, b"x")
+            ]
+        );
+        assert!(decode_staged(&buf[..buf.len() - 1], true).is_err());
+    }
+
+    #[test]
+    fn a_record_names_its_topic_when_the_field_is_a_valid_name() {
+        assert_eq!(
+            route_of(br#"{"table":"orders","id":1}"#, "table").as_deref(),
+            Some("orders")
+        );
+        assert_eq!(route_of(br#"{"table":"a.b_c-9"}"#, "table").as_deref(), Some("a.b_c-9"));
+        for bad in [
+            &br#"{"table":"no spaces"}"#[..],
+            br#"{"table":""}"#,
+            br#"{"table":".."}"#,
+            br#"{"table":7}"#,
+            br#"{"other":"orders"}"#,
+            b"not json",
+        ] {
+            assert_eq!(route_of(bad, "table"), None, "{}", String::from_utf8_lossy(bad));
+        }
+        let long = format!(r#"{{"table":"{}"}}"#, "x".repeat(250));
+        assert_eq!(route_of(long.as_bytes(), "table"), None);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 mod dead_letters;
+mod routes;
 mod transactions;
 
 fn brokers() -> String {

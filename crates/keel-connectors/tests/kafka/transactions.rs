@@ -8,6 +8,9 @@ use super::*;
 fn txn_config(brokers: &str, topic: &str, staging: &std::path::Path) -> KafkaSinkConfig {
     let mut c = KafkaSinkConfig::new(brokers, topic, staging);
     c.transactional = true;
+    // the tests run side by side: one transactional id each (a pipeline's is
+    // `keel-<pipeline>-<sink>`, and two producers with one id fence each other)
+    c.transactional_id = Some(format!("keel-test-{topic}"));
     c.publish_timeout = Duration::from_secs(10);
     c
 }
