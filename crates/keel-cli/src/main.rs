@@ -16,6 +16,7 @@ mod logging;
 mod progress;
 mod queue;
 mod run;
+mod serve;
 mod term;
 
 use std::path::PathBuf;

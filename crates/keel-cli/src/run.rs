@@ -30,6 +30,10 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Serve `/metrics` (Prometheus), `/health` and `/ready` on this address
+    /// (`127.0.0.1:9464`, or `:9464` for loopback); overrides `[metrics] listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_addr: Option<String>,
 }
 
 /// `--checkpoint-interval`: `None` keeps the file's setting; `Some(None)` is `off`.
@@ -167,6 +171,22 @@ pub fn run(args: RunArgs) -> Result<u8> {
     tracing::info!(pipeline = %pipeline.name(), source = %pipeline.source_description(), checkpoints = %loaded.state_dir().display(), "starting");
     for s in pipeline.sinks() {
         tracing::info!(sink = %s.name, output = %s.describe, guarantee = %s.guarantee, "sink");
+    }
+    let listen = args.metrics_addr.as_deref().or(loaded.config.metrics.listen.as_deref());
+    if let Some(addr) = listen {
+        let addr = match crate::serve::parse_addr(addr) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("keel: --metrics-addr: {e}");
+                return Ok(EXIT_USAGE);
+            }
+        };
+        let ready = crate::serve::Readiness::default();
+        ready.watch(pipeline.progress());
+        let bound = crate::serve::start(addr, ready)?;
+        if !args.quiet {
+            eprintln!("keel: metrics on http://{bound}/metrics");
+        }
     }
     let reporter = Reporter::start(pipeline.progress(), args.quiet || args.json);
     let result = pipeline.run();

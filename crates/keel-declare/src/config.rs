@@ -50,6 +50,9 @@ pub struct PipelineConfig {
     /// Batch ingestion: each input file a unit in a ledger, its output one transaction.
     #[serde(default)]
     pub ingest: Option<IngestConfig>,
+    /// `[metrics]`: where `keel run` serves `/metrics`, `/health` and `/ready`.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// The source.
@@ -667,6 +670,15 @@ pub struct DeadLetterConfig {
     /// Start a new segment file within an epoch after this many bytes (default 64 MiB).
     #[serde(default)]
     pub max_segment_bytes: Option<u64>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` (or `:port` for loopback) to serve on; `--metrics-addr` overrides it.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// Where dead letters go.

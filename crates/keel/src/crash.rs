@@ -66,3 +66,34 @@ pub fn crash_point(point: &str) {
         }
     }
 }
+
+/// A fault window for tests of failure handling: when `KEEL_FAIL_AT` is
+/// `<point>:<from>:<count>`, the visits `from .. from + count` of `<point>` fail (the caller
+/// turns that into the error the point stands for). Points: `sink_write` (a transient I/O
+/// error from the sink, as an unreachable store gives). Unset, this costs one relaxed load.
+pub fn fail_at(point: &str) -> bool {
+    struct Window {
+        point: String,
+        from: u64,
+        count: u64,
+        seen: AtomicU64,
+    }
+    static WINDOW: OnceLock<Option<Window>> = OnceLock::new();
+    let window = WINDOW.get_or_init(|| {
+        let v = std::env::var("KEEL_FAIL_AT").ok()?;
+        let mut parts = v.splitn(3, ':');
+        Some(Window {
+            point: parts.next()?.to_owned(),
+            from: parts.next()?.parse().ok()?,
+            count: parts.next()?.parse().ok()?,
+            seen: AtomicU64::new(0),
+        })
+    });
+    match window {
+        Some(w) if w.point == point => {
+            let n = w.seen.fetch_add(1, Ordering::Relaxed) + 1;
+            n >= w.from && n < w.from + w.count
+        }
+        _ => false,
+    }
+}

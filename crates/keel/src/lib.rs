@@ -72,6 +72,7 @@ pub mod durable;
 pub mod failure;
 pub mod ingest;
 pub mod ledger;
+pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod record;

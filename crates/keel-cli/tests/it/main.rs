@@ -6,6 +6,7 @@ mod csv;
 mod fault;
 mod ingest;
 mod kafka;
+mod metrics;
 mod queue;
 mod refjob;
 mod secrets;

@@ -61,6 +61,7 @@ impl Checkpointer {
         queue: usize,
         policy: SnapshotPolicy,
         chain: Vec<(String, u64)>,
+        metrics: crate::metrics::RunMetrics,
     ) -> std::io::Result<Self> {
         let (jobs, mut rx) = mpsc::channel::<Job>(queue.max(1));
         let (done_tx, done) = mpsc::unbounded_channel();
@@ -72,7 +73,7 @@ impl Checkpointer {
                     let id = job.manifest.id;
                     let at_ms = job.manifest.created_at_ms;
                     let keys = job.manifest.state.keys;
-                    let result = finish(store.as_deref(), compactor.as_mut(), job, retain);
+                    let result = finish(store.as_deref(), compactor.as_mut(), job, retain, &metrics);
                     let failed = result.is_err();
                     let _ = done_tx.send(Completion {
                         id,
@@ -110,9 +111,15 @@ fn finish(
     mut compactor: Option<&mut Compactor>,
     mut job: Job,
     retain: usize,
+    metrics: &crate::metrics::RunMetrics,
 ) -> Result<(), String> {
     (|| {
         let id = job.manifest.id;
+        let mut phase_started = std::time::Instant::now();
+        let mut phase = |name: &'static str| {
+            metrics.phase(name, phase_started.elapsed());
+            phase_started = std::time::Instant::now();
+        };
         for (name, sealed) in &mut job.sealed {
             let precommit = catch(|| sealed.prepare())
                 .map_err(|p| format!("checkpoint {id}: panic while preparing sink `{name}`: {p}"))?
@@ -121,6 +128,7 @@ fn finish(
                 job.manifest.sinks.insert(name.clone(), precommit);
             }
         }
+        phase("prepare");
         crash_point("after_prepare");
         if let Some(store) = store {
             if let Some(state) = &job.state {
@@ -131,6 +139,7 @@ fn finish(
                     )
                 })?;
             }
+            phase("state");
             crash_point("after_state");
             if let Some(c) = compactor.as_deref_mut() {
                 c.extend(job.state.as_ref());
@@ -139,6 +148,7 @@ fn finish(
             store
                 .write_manifest(&job.manifest)
                 .map_err(|e| crate::failure::name_io_cause(format!("checkpoint {id}: writing manifest: {e}"), &e))?;
+            phase("manifest");
             crash_point("after_manifest");
         }
         for (name, sealed) in &mut job.sealed {
@@ -147,6 +157,7 @@ fn finish(
                 .map_err(|e| format!("checkpoint {id}: committing sink `{name}`: {e}"))?;
             crash_point("mid_commit");
         }
+        phase("commit");
         crash_point("after_commit");
         if let Some(c) = compactor.as_deref_mut() {
             c.maybe_start(&job.manifest);

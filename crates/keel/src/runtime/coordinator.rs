@@ -215,9 +215,17 @@ where
     step_shared
         .watermark
         .set(plan.restore.as_ref().and_then(|m| m.watermark));
+    let run_metrics = crate::metrics::RunMetrics::new(&name);
+    if options.policies.sink_breaker.is_some() {
+        // every breaker's gauge exists from the start, closed
+        for s in &sinks {
+            run_metrics.breaker(&s.name, crate::policy::BreakerState::Closed, false, false);
+        }
+    }
     let handles: Vec<SinkHandle> = sinks
         .into_iter()
         .map(|s| SinkHandle {
+            written: run_metrics.records_written(&s.name),
             breaker: options
                 .policies
                 .sink_breaker
@@ -236,13 +244,21 @@ where
         options.policies.clone(),
         plan.next_epoch,
         progress.clone(),
+        run_metrics.clone(),
         options.batch_size,
         options.flush_bytes,
         options.poll_interval,
     );
     let chain = rt.step.state.borrow().restored_chain();
-    let checkpointer = Checkpointer::spawn(store.clone(), options.retain, 2, options.snapshots, chain)
-        .map_err(|e| PipelineError::Runtime(format!("cannot start the checkpoint thread: {e}")))?;
+    let checkpointer = Checkpointer::spawn(
+        store.clone(),
+        options.retain,
+        2,
+        options.snapshots,
+        chain,
+        run_metrics.clone(),
+    )
+    .map_err(|e| PipelineError::Runtime(format!("cannot start the checkpoint thread: {e}")))?;
 
     let mut slots = BTreeMap::new();
     if let Some(m) = &plan.restore {
@@ -276,6 +292,7 @@ where
         base_stats,
         checkpointer,
         acks: BTreeMap::new(),
+        counted: BTreeMap::new(),
         completed: 0,
         last_completed: None,
         store_present: store.is_some(),
@@ -290,6 +307,10 @@ where
     };
     c.discover(&mut source).await?;
     let startup = started.elapsed();
+    c.rt.metrics.recovered(startup);
+    c.rt.metrics.interval(options.checkpoint_interval);
+    c.rt.metrics.ready(true);
+    c.rt.progress.set_ready(true);
     if c.log_lifecycle {
         tracing::info!(
             pipeline = %c.name,
@@ -312,6 +333,8 @@ where
         }
     }
     let result = c.main_loop(&mut source, &options).await;
+    c.rt.metrics.ready(false);
+    c.rt.progress.set_ready(false);
     for t in c.tasks.drain(..) {
         t.abort();
     }
@@ -378,6 +401,8 @@ struct Coordinator<Src: Source, S, E> {
     base_stats: RunStats,
     checkpointer: Checkpointer,
     acks: BTreeMap<CheckpointId, Vec<(String, Src::Position)>>,
+    /// `records_in` at each checkpoint in flight (the uncommitted-records gauge).
+    counted: BTreeMap<CheckpointId, u64>,
     completed: u64,
     last_completed: Option<CheckpointId>,
     store_present: bool,
@@ -574,6 +599,7 @@ where
                 scratch_key: Vec::new(),
                 tally: Default::default(),
                 window: (self.flow.concurrency() > 1).then(|| Window::new(self.flow.concurrency())),
+                read: self.rt.metrics.records_read(&pid),
             };
             slot.running.set(true);
             self.rt.barrier.task_started();
@@ -639,6 +665,7 @@ where
     /// for as long as a sink is down, and an operator's signal must not wait for that.
     async fn checkpoint(&mut self, _source: &mut Src, finished: bool, release: bool) -> Result<bool, PipelineError> {
         let rt = self.rt.clone();
+        let barrier_started = Instant::now();
         rt.barrier.request();
         // A shutdown requested before this checkpoint is the reason for it: only a new one
         // interrupts the wait.
@@ -665,12 +692,24 @@ where
             return Err(e);
         }
         let epoch = self.epoch;
-        rt.progress.set_lag(
-            self.slots
-                .iter()
-                .filter_map(|(pid, s)| Some((pid.clone(), s.lag.get().filter(|_| !s.done.get())?)))
-                .collect(),
-        );
+        rt.metrics.phase("barrier", barrier_started.elapsed());
+        self.counted.insert(epoch, rt.counters.records_in.get());
+        let lag: Vec<(String, u64)> = self
+            .slots
+            .iter()
+            .filter_map(|(pid, s)| Some((pid.clone(), s.lag.get().filter(|_| !s.done.get())?)))
+            .collect();
+        for (pid, n) in &lag {
+            rt.metrics.lag(pid, *n);
+        }
+        rt.progress.set_lag(lag);
+        if rt.pause.active_until().is_none() {
+            rt.metrics.unpaused();
+            rt.progress.set_paused(None);
+            if release {
+                rt.metrics.ready(true);
+            }
+        }
         let mut partitions = BTreeMap::new();
         let mut acks = Vec::new();
         for (pid, slot) in &self.slots {
@@ -750,6 +789,9 @@ where
     }
 
     async fn on_completion(&mut self, source: &mut Src, done: Completion) -> Result<(), PipelineError> {
+        if done.result.is_err() {
+            self.rt.metrics.checkpoint_failed();
+        }
         done.result.map_err(PipelineError::Checkpoint)?;
         if self.completed == 0 && self.log_lifecycle {
             tracing::info!(
@@ -761,6 +803,11 @@ where
         self.completed += 1;
         self.last_completed = Some(done.id);
         self.rt.progress.checkpoint_done(done.id, done.at_ms, done.keys);
+        self.rt.metrics.committed(done.id, done.at_ms, done.keys);
+        if let Some(n) = self.counted.remove(&done.id) {
+            self.rt.counters.records_at_checkpoint.set(n);
+        }
+        self.counted.retain(|id, _| *id > done.id);
         tracing::debug!(checkpoint = done.id, "checkpoint committed");
         // Older entries belong to checkpoints that were superseded; keep only newer ones.
         let acks = self.acks.remove(&done.id);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::failure::Failure;
+use crate::metrics::RunMetrics;
 use crate::policy::ErrorBudget;
 
 /// How many failures of one kind a run saw.
@@ -60,10 +61,11 @@ pub(crate) struct FailureLog {
     budget: Option<ErrorBudget>,
     window: RefCell<Window>,
     bucket: RefCell<Option<Bucket>>,
+    metrics: RunMetrics,
 }
 
 impl FailureLog {
-    pub(crate) fn new(budget: Option<ErrorBudget>, dead_letter_rate: Option<f64>) -> Self {
+    pub(crate) fn new(budget: Option<ErrorBudget>, dead_letter_rate: Option<f64>, metrics: RunMetrics) -> Self {
         let secs = budget.map_or(1, |b| b.window.as_secs().max(1)) as usize;
         FailureLog {
             counts: RefCell::new(BTreeMap::new()),
@@ -76,11 +78,13 @@ impl FailureLog {
                 tokens: rate.max(1.0),
                 at: Duration::ZERO,
             })),
+            metrics,
         }
     }
 
     /// Counts a failure and the action taken for it.
     pub(crate) fn record(&self, f: &Failure, action: &'static str) {
+        self.metrics.failure(f, action);
         *self
             .counts
             .borrow_mut()
@@ -179,6 +183,7 @@ mod tests {
                 action: BudgetAction::Abort,
             }),
             None,
+            RunMetrics::new("test"),
         );
         log.handled(50, s(1));
         assert!(log.dead_letter(s(1)).is_none(), "not enough records yet");
@@ -204,6 +209,7 @@ mod tests {
                 action: BudgetAction::Pause,
             }),
             None,
+            RunMetrics::new("test"),
         );
         assert!(log.dead_letter(s(0)).is_none());
         assert!(log.dead_letter(s(1)).is_none());
@@ -213,7 +219,7 @@ mod tests {
 
     #[test]
     fn rate_limit_spaces_dead_letters() {
-        let log = FailureLog::new(None, Some(2.0));
+        let log = FailureLog::new(None, Some(2.0), RunMetrics::new("test"));
         assert_eq!(log.dead_letter_delay(s(0)), None);
         assert_eq!(log.dead_letter_delay(s(0)), None);
         let wait = log.dead_letter_delay(s(0)).unwrap();
@@ -223,7 +229,7 @@ mod tests {
 
     #[test]
     fn summary_counts_by_reason_stage_and_action() {
-        let log = FailureLog::new(None, None);
+        let log = FailureLog::new(None, None, RunMetrics::new("test"));
         let f = Failure::permanent("malformed", "x").with_stage("parse");
         log.record(&f, "dead_letter");
         log.record(&f, "dead_letter");

@@ -19,8 +19,9 @@ pub(crate) struct PauseGate {
 }
 
 impl PauseGate {
-    /// Closes the gate until `until` (extends a pause that ends earlier).
-    pub(crate) fn pause_until(&self, until: Instant, reason: &'static str) {
+    /// Closes the gate until `until` (extends a pause that ends earlier). True when a pause
+    /// starts (none was active).
+    pub(crate) fn pause_until(&self, until: Instant, reason: &'static str) -> bool {
         let now = Instant::now();
         let was_active = self.until.get().is_some_and(|u| u > now);
         if self.until.get().is_none_or(|u| u < until) {
@@ -32,6 +33,7 @@ impl PauseGate {
             tracing::warn!(reason, resume_in_ms = (until - now).as_millis() as u64, "input paused");
             self.started.notify_one();
         }
+        !was_active
     }
 
     /// The end of the current pause, if one is active.

@@ -19,6 +19,8 @@ pub struct Progress {
     finished: AtomicBool,
     source_lag: AtomicU64,
     lag_known: AtomicBool,
+    ready: AtomicBool,
+    paused: Mutex<Option<&'static str>>,
     lag_by_partition: Mutex<Vec<(String, u64)>>,
 }
 
@@ -74,6 +76,26 @@ impl Progress {
     /// The lag of each partition whose reader knows it, at the last checkpoint.
     pub fn lag_by_partition(&self) -> Vec<(String, u64)> {
         self.lag_by_partition.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// True once the run has recovered and processes input, until it ends.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed) && !self.finished.load(Relaxed)
+    }
+
+    /// Why the input is paused, if it is (as of the last checkpoint or pause).
+    pub fn paused(&self) -> Option<&'static str> {
+        self.paused.lock().ok().and_then(|p| *p)
+    }
+
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Relaxed);
+    }
+
+    pub(crate) fn set_paused(&self, reason: Option<&'static str>) {
+        if let Ok(mut p) = self.paused.lock() {
+            *p = reason;
+        }
     }
 
     pub(crate) fn set_lag(&self, lag: Vec<(String, u64)>) {

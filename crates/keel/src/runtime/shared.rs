@@ -15,6 +15,7 @@ use super::failures::FailureLog;
 use super::pause::PauseGate;
 use super::progress::Progress;
 use crate::context::StepShared;
+use crate::metrics::RunMetrics;
 use crate::policy::{BudgetAction, CircuitBreaker, Policies, SplitMix};
 use crate::sink::{DynSink, Framing};
 
@@ -26,6 +27,8 @@ pub(crate) struct SinkHandle {
     pub(crate) max_record_bytes: Option<usize>,
     pub(crate) sink: Mutex<Box<dyn DynSink>>,
     pub(crate) breaker: Option<RefCell<CircuitBreaker>>,
+    /// Records written to it ([`crate::metrics::RECORDS_WRITTEN`]).
+    pub(crate) written: metrics::Counter,
 }
 
 /// The checkpoint barrier.
@@ -171,6 +174,8 @@ pub(crate) struct Counters {
     pub(crate) retries: Cell<u64>,
     pub(crate) sink_failures: Cell<u64>,
     pub(crate) sink_retries: Cell<u64>,
+    /// `records_in` when the last committed checkpoint was taken.
+    pub(crate) records_at_checkpoint: Cell<u64>,
 }
 
 /// Counts the sink writes that wait for a retry or an open breaker.
@@ -226,6 +231,7 @@ pub(crate) struct RuntimeShared {
     pub(crate) epoch: Cell<u64>,
     pub(crate) counters: Counters,
     pub(crate) progress: Arc<Progress>,
+    pub(crate) metrics: RunMetrics,
     pub(crate) batch_size: usize,
     pub(crate) flush_bytes: usize,
     pub(crate) poll_interval: Duration,
@@ -245,11 +251,12 @@ impl RuntimeShared {
         policies: Policies,
         epoch: u64,
         progress: Arc<Progress>,
+        metrics: RunMetrics,
         batch_size: usize,
         flush_bytes: usize,
         poll_interval: Duration,
     ) -> Rc<Self> {
-        let failures = FailureLog::new(policies.error_budget, policies.dead_letter_rate);
+        let failures = FailureLog::new(policies.error_budget, policies.dead_letter_rate, metrics.clone());
         Rc::new(RuntimeShared {
             step,
             barrier: Barrier::new(),
@@ -270,6 +277,7 @@ impl RuntimeShared {
             epoch: Cell::new(epoch),
             counters: Counters::default(),
             progress,
+            metrics,
             batch_size,
             flush_bytes,
             poll_interval,
@@ -283,6 +291,15 @@ impl RuntimeShared {
         self.origin.elapsed()
     }
 
+    /// Closes the pause gate until `until` ([`PauseGate::pause_until`]), and counts a pause
+    /// that starts now.
+    pub(crate) fn pause_until(&self, until: tokio::time::Instant, reason: &'static str) {
+        if self.pause.pause_until(until, reason) {
+            self.metrics.pause(reason);
+            self.progress.set_paused(Some(reason));
+        }
+    }
+
     /// The error budget is exceeded: pause or abort, as configured, and say why.
     pub(crate) fn budget_exceeded(&self, why: String) {
         let Some(budget) = self.policies.error_budget else {
@@ -293,7 +310,7 @@ impl RuntimeShared {
                 if self.pause.active_until().is_none() {
                     tracing::warn!(%why, pause_ms = budget.window.as_millis() as u64, "error budget exceeded: pausing input");
                 }
-                self.pause.pause_until(
+                self.pause_until(
                     tokio::time::Instant::now() + budget.window,
                     "the error budget is exceeded",
                 );

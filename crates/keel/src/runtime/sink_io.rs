@@ -48,16 +48,29 @@ pub(crate) async fn write(
     let mut schedule = None;
     loop {
         if let Some(b) = &handle.breaker {
-            let permit = b.borrow_mut().allow(rt.now());
+            let permit = {
+                let mut b = b.borrow_mut();
+                let before = b.state();
+                let permit = b.allow(rt.now());
+                if b.state() != before {
+                    rt.metrics.breaker(b.name(), b.state(), false, false);
+                }
+                permit
+            };
             if let Permit::Wait(d) = permit {
-                rt.pause.pause_until(Instant::now() + d, "circuit breaker open");
+                rt.pause_until(Instant::now() + d, "circuit breaker open");
                 let _held = rt.held.enter();
                 tokio::time::sleep(d).await;
                 continue;
             }
         }
         let started = Instant::now();
-        let result = {
+        let result = if crate::crash::fail_at("sink_write") {
+            Err(SinkError::io(
+                format!("writing to sink `{}` (KEEL_FAIL_AT)", handle.name),
+                std::io::Error::from(std::io::ErrorKind::TimedOut),
+            ))
+        } else {
             let mut sink = handle.sink.lock().await;
             super::catch_panic(|| handle.name.clone(), sink.write(epoch, batch)).await?
         };
@@ -65,8 +78,14 @@ pub(crate) async fn write(
         let e = match result {
             Ok(()) => {
                 if let Some(b) = &handle.breaker {
-                    b.borrow_mut().on_success(now, started.elapsed());
+                    let mut b = b.borrow_mut();
+                    let before = b.state();
+                    b.on_success(now, started.elapsed());
+                    if b.state() != before {
+                        rt.metrics.breaker(b.name(), b.state(), false, false);
+                    }
                 }
+                handle.written.increment(batch.len() as u64);
                 return Ok(Written::Done);
             }
             Err(e) => e,
@@ -74,6 +93,7 @@ pub(crate) async fn write(
         let mut f = classify_sink_error(&e).with_stage(handle.name.clone());
         rt.policies.classifier.apply(&mut f);
         rt.counters.sink_failures.set(rt.counters.sink_failures.get() + 1);
+        rt.metrics.sink_failure(&handle.name, f.class.as_str());
         match f.class {
             Class::Fatal => {
                 return Err(PipelineError::Sink {
@@ -91,7 +111,10 @@ pub(crate) async fn write(
                 tracing::debug!(sink = %handle.name, error = %e, "sink write failed");
                 if let Some(b) = &handle.breaker {
                     let mut b = b.borrow_mut();
+                    let before = b.state();
                     b.on_failure(now);
+                    let opened = before != BreakerState::Open && b.state() == BreakerState::Open;
+                    rt.metrics.breaker(b.name(), b.state(), opened, true);
                     if b.state() == BreakerState::Open {
                         // the breaker paces the calls from now on
                         schedule = None;
@@ -103,6 +126,7 @@ pub(crate) async fn write(
                 match next {
                     Ok(d) => {
                         rt.counters.sink_retries.set(rt.counters.sink_retries.get() + 1);
+                        rt.metrics.sink_retry(&handle.name);
                         let _held = rt.held.enter();
                         tokio::time::sleep(d).await;
                     }

@@ -218,6 +218,8 @@ pub(crate) struct PartitionTask<R: PartitionReader, S: Step<Record>, E> {
     pub(crate) tally: Tally,
     /// The records running ahead, when the flow has a concurrent call.
     pub(crate) window: Option<Window>,
+    /// Records read from this partition ([`crate::metrics::RECORDS_READ`]).
+    pub(crate) read: metrics::Counter,
 }
 
 /// Records a task handled and has not added to the run's counters yet.
@@ -679,7 +681,7 @@ where
                         pauses += 1;
                         let d = failure.retry_after.unwrap_or(duration);
                         self.notify(&failure, attempts, "pause");
-                        rt.pause.pause_until(Instant::now() + d, "a throttled failure");
+                        rt.pause_until(Instant::now() + d, "a throttled failure");
                         self.hold_before(batch, i);
                         if !self.wait(d).await? {
                             return Ok(Outcome::Stop);
@@ -759,6 +761,9 @@ where
         let rt = &self.rt;
         let c = &rt.counters;
         c.records_in.set(c.records_in.get() + handled);
+        self.read.increment(handled);
+        rt.metrics
+            .uncommitted(c.records_in.get().saturating_sub(c.records_at_checkpoint.get()));
         c.records_out.set(c.records_out.get() + out);
         c.dead_letters.set(c.dead_letters.get() + dead);
         if let Some(budget) = &rt.policies.budget {
