@@ -19,20 +19,41 @@ use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// What `/ready` reports: the running pipeline's progress, once there is one.
+/// What `/ready` reports on.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<Mutex<Option<Arc<keel::runtime::Progress>>>>);
+pub struct Readiness(Arc<Mutex<Watched>>);
+
+#[derive(Clone, Default)]
+enum Watched {
+    #[default]
+    Starting,
+    Pipeline(Arc<keel::runtime::Progress>),
+    /// A queue worker: ready while it serves.
+    Worker,
+}
 
 impl Readiness {
-    /// Reports on `progress` from now on.
+    /// Reports on a pipeline's `progress` from now on.
     pub fn watch(&self, progress: Arc<keel::runtime::Progress>) {
         if let Ok(mut p) = self.0.lock() {
-            *p = Some(progress);
+            *p = Watched::Pipeline(progress);
+        }
+    }
+
+    /// A queue worker: ready from now on.
+    pub fn worker(&self) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = Watched::Worker;
         }
     }
 
     fn state(&self) -> (StatusCode, String) {
-        let progress = self.0.lock().ok().and_then(|p| p.clone());
+        let watched = self.0.lock().map(|p| p.clone()).unwrap_or_default();
+        let progress = match watched {
+            Watched::Starting => return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
+            Watched::Worker => return (StatusCode::OK, "ready\n".into()),
+            Watched::Pipeline(p) => Some(p),
+        };
         match progress {
             None => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
             Some(p) if p.snapshot().finished => (StatusCode::SERVICE_UNAVAILABLE, "finished\n".into()),

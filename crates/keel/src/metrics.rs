@@ -66,6 +66,24 @@ pub const CHECKPOINT_INTERVAL: &str = "keel_checkpoint_interval_seconds";
 /// Time to recover at start (restore state, finish and roll back sink epochs).
 pub const RECOVERY_SECONDS: &str = "keel_recovery_duration_seconds";
 
+/// Jobs a queue worker finished an attempt of (`queue`, `kind`, `outcome`: `acked`,
+/// `retried`, `dead`, `released`, `lost`).
+pub const QUEUE_JOBS: &str = "keel_queue_jobs_total";
+/// How long job handlers ran (`queue`, `kind`).
+pub const QUEUE_HANDLER_SECONDS: &str = "keel_queue_handler_duration_seconds";
+/// Ready jobs (`queue`, `priority`).
+pub const QUEUE_READY: &str = "keel_queue_ready_jobs";
+/// Delayed jobs and retries waiting for their time (`queue`).
+pub const QUEUE_DELAYED: &str = "keel_queue_delayed_jobs";
+/// Jobs held by workers (`queue`).
+pub const QUEUE_IN_FLIGHT: &str = "keel_queue_in_flight_jobs";
+/// Jobs in the dead set (`queue`).
+pub const QUEUE_DEAD: &str = "keel_queue_dead_jobs";
+/// How long the oldest ready job has waited (`queue`; 0 when none is ready).
+pub const QUEUE_OLDEST_READY_AGE: &str = "keel_queue_oldest_ready_age_seconds";
+/// Held jobs whose lease ran out (`queue`): a worker died or stalled.
+pub const QUEUE_EXPIRED_LEASES: &str = "keel_queue_expired_leases";
+
 /// Registers help texts and units with the installed recorder (call after installing it).
 pub fn describe() {
     describe_counter!(RECORDS_READ, Unit::Count, "Records read from a source partition.");
@@ -121,6 +139,26 @@ pub fn describe() {
     );
     describe_histogram!(RECOVERY_SECONDS, Unit::Seconds, "Time to recover at start.");
     describe_gauge!(CHECKPOINT_INTERVAL, Unit::Seconds, "The checkpoint interval (0: off).");
+    describe_counter!(
+        QUEUE_JOBS,
+        Unit::Count,
+        "Job attempts finished by a queue worker, by outcome."
+    );
+    describe_histogram!(QUEUE_HANDLER_SECONDS, Unit::Seconds, "How long job handlers ran.");
+    describe_gauge!(QUEUE_READY, Unit::Count, "Ready jobs, by priority.");
+    describe_gauge!(
+        QUEUE_DELAYED,
+        Unit::Count,
+        "Delayed jobs and retries waiting for their time."
+    );
+    describe_gauge!(QUEUE_IN_FLIGHT, Unit::Count, "Jobs held by workers.");
+    describe_gauge!(QUEUE_DEAD, Unit::Count, "Jobs in the dead set.");
+    describe_gauge!(
+        QUEUE_OLDEST_READY_AGE,
+        Unit::Seconds,
+        "How long the oldest ready job has waited."
+    );
+    describe_gauge!(QUEUE_EXPIRED_LEASES, Unit::Count, "Held jobs whose lease ran out.");
 }
 
 /// The metrics of one run, labelled with its pipeline.
@@ -267,5 +305,30 @@ impl RunMetrics {
     pub(crate) fn recovered(&self, took: Duration) {
         let h: Histogram = metrics::histogram!(RECOVERY_SECONDS, "pipeline" => self.p());
         h.record(took.as_secs_f64());
+    }
+}
+
+/// A queue's state, as [`crate::queue::Queue::stats`] gives it, into the queue gauges.
+pub fn queue_stats(queue: &str, stats: &crate::queue::QueueStats, now_ms: u64) {
+    let q = queue.to_owned();
+    for (priority, n) in &stats.ready_by_priority {
+        gauge!(QUEUE_READY, "queue" => q.clone(), "priority" => priority.to_string()).set(*n as f64);
+    }
+    gauge!(QUEUE_DELAYED, "queue" => q.clone()).set(stats.scheduled as f64);
+    gauge!(QUEUE_IN_FLIGHT, "queue" => q.clone()).set(stats.active as f64);
+    gauge!(QUEUE_DEAD, "queue" => q.clone()).set(stats.dead as f64);
+    gauge!(QUEUE_EXPIRED_LEASES, "queue" => q.clone()).set(stats.expired_leases as f64);
+    let age = stats
+        .oldest_ready_since_ms
+        .map_or(0.0, |since| now_ms.saturating_sub(since) as f64 / 1000.0);
+    gauge!(QUEUE_OLDEST_READY_AGE, "queue" => q).set(age);
+}
+
+/// A job attempt of `kind` on `queue` ended with `outcome` after its handler ran `took`.
+pub(crate) fn queue_job(queue: &str, kind: &str, outcome: &'static str, took: Option<Duration>) {
+    counter!(QUEUE_JOBS, "queue" => queue.to_owned(), "kind" => kind.to_owned(), "outcome" => outcome).increment(1);
+    if let Some(t) = took {
+        metrics::histogram!(QUEUE_HANDLER_SECONDS, "queue" => queue.to_owned(), "kind" => kind.to_owned())
+            .record(t.as_secs_f64());
     }
 }

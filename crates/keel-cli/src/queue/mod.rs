@@ -159,6 +159,10 @@ pub enum Cmd {
         /// Stop once the queue has nothing ready, scheduled or in flight.
         #[arg(long)]
         drain: bool,
+        /// Serve `/metrics` (the queue's gauges, jobs by outcome, handler durations),
+        /// `/health` and `/ready` on this address (`:9464` for loopback).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<String>,
     },
 }
 
@@ -189,11 +193,11 @@ pub fn run(target: Target, cmd: Cmd) -> Result<u8> {
         let queue = keel_connectors::queue::open(&location, &target.name, retention)
             .await
             .with_context(|| format!("opening the queue {}", keel::util::redact_url(&location)))?;
-        dispatch(cmd, queue).await
+        dispatch(cmd, queue, &target.name).await
     })
 }
 
-async fn dispatch(cmd: Cmd, queue: Arc<dyn Queue>) -> Result<u8> {
+async fn dispatch(cmd: Cmd, queue: Arc<dyn Queue>, name: &str) -> Result<u8> {
     let q = &*queue;
     match cmd {
         Cmd::Enqueue {
@@ -339,8 +343,22 @@ async fn dispatch(cmd: Cmd, queue: Arc<dyn Queue>) -> Result<u8> {
             poll,
             worker,
             drain,
+            metrics_addr,
         } => {
             let timeout = timeout.map(|t| duration(&t, "--timeout")).transpose()?;
+            if let Some(addr) = metrics_addr {
+                let addr = match crate::serve::parse_addr(&addr) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("keel: --metrics-addr: {e}");
+                        return Ok(EXIT_USAGE);
+                    }
+                };
+                let ready = crate::serve::Readiness::default();
+                ready.worker();
+                let bound = crate::serve::start(addr, ready)?;
+                eprintln!("keel: metrics on http://{bound}/metrics");
+            }
             work(
                 queue.clone(),
                 exec,
@@ -351,6 +369,7 @@ async fn dispatch(cmd: Cmd, queue: Arc<dyn Queue>) -> Result<u8> {
                 &poll,
                 worker,
                 drain,
+                name,
             )
             .await
         }
@@ -368,6 +387,7 @@ async fn work(
     poll: &str,
     worker: Option<String>,
     drain: bool,
+    name: &str,
 ) -> Result<u8> {
     let host = keel::util::hostname();
     let mut opts = WorkerOptions::new(worker.unwrap_or_else(|| format!("{host}-{}", std::process::id())));
@@ -376,6 +396,7 @@ async fn work(
     opts.grace = duration(grace, "--grace")?;
     opts.poll = duration(poll, "--poll")?;
     opts.handle_signals = true;
+    opts.metrics_name = name.to_owned();
     tracing::info!(queue = %queue.describe(), worker = %opts.id, concurrency = opts.concurrency, "working");
     let (stdout, lines) = exec::StdoutWriter::start();
     let spec = Arc::new(exec::ExecSpec {

@@ -206,3 +206,73 @@ batch_size = 200
     );
     drop(keel);
 }
+
+/// `keel queue work --metrics-addr`: the attempts by outcome and the queue's gauges.
+#[test]
+fn a_queue_worker_serves_its_jobs_by_outcome_and_the_queue_gauges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", tmp.path().join("q.db").display());
+    let keel = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["queue", "--queue", &db, "--name", "mail"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    for i in 0..5 {
+        keel(&["enqueue", "send", &format!("{{\"i\":{i}}}")]);
+    }
+    keel(&["enqueue", "broken", "{}"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    // `broken` jobs exit 2: permanent, straight to the dead set
+    let worker = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "queue",
+            "--queue",
+            &db,
+            "--name",
+            "mail",
+            "work",
+            "--metrics-addr",
+            &addr,
+        ])
+        .args(["--exec", "grep -q '\"i\"' && exit 0 || exit 2", "--concurrency", "2"])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _worker = Killed(worker);
+    let value = |text: &str, series: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    wait_for("the worker's metrics", 60, || {
+        let Some(text) = get(&addr, "/metrics") else {
+            return false;
+        };
+        value(
+            &text,
+            "keel_queue_jobs_total{queue=\"mail\",kind=\"send\",outcome=\"acked\"}",
+        ) == Some(5.0)
+            && value(
+                &text,
+                "keel_queue_jobs_total{queue=\"mail\",kind=\"broken\",outcome=\"dead\"}",
+            ) == Some(1.0)
+    });
+    // the gauges are sampled every 5 s
+    wait_for("the dead-set gauge", 30, || {
+        get(&addr, "/metrics").is_some_and(|t| value(&t, "keel_queue_dead_jobs{queue=\"mail\"}") == Some(1.0))
+    });
+    let text = get(&addr, "/metrics").unwrap();
+    assert_eq!(
+        value(
+            &text,
+            "keel_queue_handler_duration_seconds_count{queue=\"mail\",kind=\"send\"}"
+        ),
+        Some(5.0)
+    );
+    assert_eq!(get(&addr, "/ready").as_deref(), Some("ready\n"));
+}

@@ -47,6 +47,11 @@ pub struct WorkerOptions {
     pub retry: RetryPolicy,
     /// Stop gracefully on SIGINT and SIGTERM.
     pub handle_signals: bool,
+    /// The `queue` label of the worker's metrics ([`crate::metrics::QUEUE_JOBS`] and the
+    /// queue gauges, sampled every `stats_every`).
+    pub metrics_name: String,
+    /// How often the queue's state is read into the gauges (`None`: never).
+    pub stats_every: Option<Duration>,
 }
 
 impl WorkerOptions {
@@ -60,6 +65,8 @@ impl WorkerOptions {
             grace: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             handle_signals: false,
+            metrics_name: "default".into(),
+            stats_every: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -118,6 +125,7 @@ struct TaskContext {
     worker: String,
     lease: Duration,
     retry: RetryPolicy,
+    metrics_name: Arc<str>,
 }
 
 impl Worker {
@@ -163,7 +171,17 @@ impl Worker {
         if opts.handle_signals {
             self.forward_signals()?;
         }
+        let mut next_stats = tokio::time::Instant::now();
         while !self.shutdown.is_triggered() {
+            if let Some(every) = opts.stats_every
+                && tokio::time::Instant::now() >= next_stats
+            {
+                next_stats = tokio::time::Instant::now() + every;
+                match self.queue.stats().await {
+                    Ok(s) => crate::metrics::queue_stats(&opts.metrics_name, &s, now_ms()),
+                    Err(e) => tracing::debug!(error = %e, "reading the queue's stats for its metrics failed"),
+                }
+            }
             let free = limit - running;
             let mut idle = true;
             // take in batches: with jobs running, wait until half the slots are free
@@ -275,6 +293,7 @@ impl Worker {
             worker: self.options.id.clone(),
             lease: self.options.lease,
             retry: self.options.retry,
+            metrics_name: self.options.metrics_name.as_str().into(),
         }
     }
 }
@@ -360,6 +379,22 @@ async fn keep_lease(cx: &TaskContext, job: &Job) -> LeaseEnd {
 /// worker: it runs again after the lease expired), or releases the job if `cancel` fires
 /// first. A panicking handler is a transient failure.
 async fn run_one(cx: TaskContext, job: Job, cancel: ShutdownHandle) -> TaskEnd {
+    let started = std::time::Instant::now();
+    let (end, ran) = attempt(&cx, &job, cancel).await;
+    let outcome = match &end {
+        TaskEnd::Acked => "acked",
+        TaskEnd::Retried => "retried",
+        TaskEnd::Dead => "dead",
+        TaskEnd::Released => "released",
+        TaskEnd::LostLease => "lost",
+        TaskEnd::Failed(_) => "failed",
+    };
+    crate::metrics::queue_job(&cx.metrics_name, &job.kind, outcome, ran.then(|| started.elapsed()));
+    end
+}
+
+/// One attempt of `job`; true with it when the handler ran to its end.
+async fn attempt(cx: &TaskContext, job: &Job, cancel: ShutdownHandle) -> (TaskEnd, bool) {
     use futures_util::FutureExt as _;
     let work = std::panic::AssertUnwindSafe((cx.handler)(job.clone())).catch_unwind();
     let result = tokio::select! {
@@ -367,15 +402,15 @@ async fn run_one(cx: TaskContext, job: Job, cancel: ShutdownHandle) -> TaskEnd {
             Ok(r) => r,
             Err(_) => Err(Failure::transient("handler_panicked", "the handler panicked")),
         },
-        end = keep_lease(&cx, &job) => {
+        end = keep_lease(cx, job) => {
             match end {
                 LeaseEnd::Lost => tracing::warn!(job = %job.id, "lease lost: another worker has the job; abandoning this attempt"),
                 LeaseEnd::Unrenewable => tracing::warn!(job = %job.id, "the handler was stopped: the job runs again once its lease expired"),
             }
-            return TaskEnd::LostLease;
+            return (TaskEnd::LostLease, false);
         }
         () = cancel.wait() => {
-            return match cx.queue.release(&job.id, &cx.worker, job.lease).await {
+            let end = match cx.queue.release(&job.id, &cx.worker, job.lease).await {
                 Ok(()) => TaskEnd::Released,
                 Err(QueueError::LostLease(_)) => TaskEnd::LostLease,
                 Err(e) => {
@@ -383,16 +418,18 @@ async fn run_one(cx: TaskContext, job: Job, cancel: ShutdownHandle) -> TaskEnd {
                     TaskEnd::LostLease
                 }
             };
+            return (end, false);
         }
     };
-    match result {
+    let end = match result {
         Ok(()) => match cx.queue.ack(&job.id, &cx.worker, job.lease).await {
             Ok(()) => TaskEnd::Acked,
             Err(QueueError::LostLease(_)) => TaskEnd::LostLease,
             Err(e) => TaskEnd::Failed(e),
         },
-        Err(failure) => settle_failure(&cx, &job, failure).await,
-    }
+        Err(failure) => settle_failure(cx, job, failure).await,
+    };
+    (end, true)
 }
 
 pub use super::command::{CommandEnd, EXIT_RETRY as EXIT_TRANSIENT, classify_exit};
