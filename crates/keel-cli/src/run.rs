@@ -158,9 +158,16 @@ pub fn run(args: RunArgs) -> Result<u8> {
         keel_declare::replay::remove_replays(&loaded)
             .map_err(|e| anyhow::anyhow!("removing the output of earlier replays: {e}"))?;
     }
+    let webhooks = match keel_declare::notify::webhooks(&loaded) {
+        Ok(w) => w,
+        Err(e) => return Ok(config_errors(&e)),
+    };
     let pipeline = match keel_declare::build(&loaded, |o| {
         o.from_scratch = args.from_scratch;
         o.handle_signals = true;
+        for w in &webhooks {
+            o.listeners.push(w.clone());
+        }
         if let Some(i) = interval {
             o.checkpoint_interval = i;
         }
@@ -172,25 +179,16 @@ pub fn run(args: RunArgs) -> Result<u8> {
     for s in pipeline.sinks() {
         tracing::info!(sink = %s.name, output = %s.describe, guarantee = %s.guarantee, "sink");
     }
-    let listen = args.metrics_addr.as_deref().or(loaded.config.metrics.listen.as_deref());
-    if let Some(addr) = listen {
-        let addr = match crate::serve::parse_addr(addr) {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("keel: --metrics-addr: {e}");
-                return Ok(EXIT_USAGE);
-            }
-        };
-        let ready = crate::serve::Readiness::default();
-        ready.watch(pipeline.progress());
-        let bound = crate::serve::start(addr, ready)?;
-        if !args.quiet {
-            eprintln!("keel: metrics on http://{bound}/metrics");
-        }
+    if let Some(code) = serve_metrics(&args, &loaded, Some(pipeline.progress()))? {
+        return Ok(code);
     }
     let reporter = Reporter::start(pipeline.progress(), args.quiet || args.json);
     let result = pipeline.run();
     reporter.finish();
+    for w in &webhooks {
+        // the run's last event goes out before the process exits
+        w.flush(std::time::Duration::from_secs(10));
+    }
     match result {
         Err(e) => {
             eprintln!(
@@ -324,6 +322,36 @@ fn report(s: &RunSummary, json: bool, dead_code: u8) {
     }
 }
 
+/// Serves `/metrics`, `/health` and `/ready` when `--metrics-addr` or `[metrics] listen`
+/// asks for it; `/ready` follows `progress` (a batch ingestion has none: ready while it
+/// runs). `Some(code)` when the address is refused.
+fn serve_metrics(
+    args: &RunArgs,
+    loaded: &keel_declare::Loaded,
+    progress: Option<std::sync::Arc<keel::runtime::Progress>>,
+) -> Result<Option<u8>> {
+    let Some(addr) = args.metrics_addr.as_deref().or(loaded.config.metrics.listen.as_deref()) else {
+        return Ok(None);
+    };
+    let addr = match crate::serve::parse_addr(addr) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("keel: --metrics-addr: {e}");
+            return Ok(Some(EXIT_USAGE));
+        }
+    };
+    let ready = crate::serve::Readiness::default();
+    match progress {
+        Some(p) => ready.watch(p),
+        None => ready.worker(),
+    }
+    let bound = crate::serve::start(addr, ready)?;
+    if !args.quiet {
+        eprintln!("keel: metrics on http://{bound}/metrics");
+    }
+    Ok(None)
+}
+
 /// `keel run` of a pipeline with an `[ingest]` table: one unit per input file.
 fn run_ingest(args: &RunArgs, loaded: &keel_declare::Loaded, plan: &keel_declare::ingest::IngestPlan) -> Result<u8> {
     use keel_declare::ingest;
@@ -338,6 +366,13 @@ fn run_ingest(args: &RunArgs, loaded: &keel_declare::Loaded, plan: &keel_declare
         Ok(i) => i,
         Err(code) => return Ok(code),
     };
+    let webhooks = match keel_declare::notify::webhooks(loaded) {
+        Ok(w) => w,
+        Err(e) => return Ok(config_errors(&e)),
+    };
+    if let Some(code) = serve_metrics(args, loaded, None)? {
+        return Ok(code);
+    }
     std::fs::create_dir_all(loaded.state_dir())?;
     let mut plan = plan.clone();
     ingest::assign_worker(&mut plan, &loaded.state_dir())?;
@@ -375,9 +410,19 @@ fn run_ingest(args: &RunArgs, loaded: &keel_declare::Loaded, plan: &keel_declare
         .await?;
         anyhow::Ok(report)
     });
+    let notify = |event: keel::notify::RunEvent| {
+        for w in &webhooks {
+            keel::notify::RunListener::on_event(w, &event);
+            w.flush(std::time::Duration::from_secs(10));
+        }
+    };
     let report = match result {
         Ok(r) => r,
         Err(e) => {
+            notify(keel::notify::RunEvent::Failed {
+                pipeline: loaded.config.name.clone(),
+                error: format!("{e:#}"),
+            });
             eprintln!("keel: batch ingestion failed: {e:#}");
             eprintln!("keel: files already completed stay completed; run the same command again to go on");
             return Ok(EXIT_FAILED);
@@ -388,6 +433,19 @@ fn run_ingest(args: &RunArgs, loaded: &keel_declare::Loaded, plan: &keel_declare
         .errors
         .exit_code_on_dead_letters
         .unwrap_or(EXIT_DEAD_LETTERS);
+    if !report.failed.is_empty() {
+        notify(keel::notify::RunEvent::IngestFilesFailed {
+            pipeline: loaded.config.name.clone(),
+            failed: report.failed.len() as u64,
+            files: report.failed.iter().take(10).map(|f| f.key.clone()).collect(),
+        });
+    } else if report.dead_letters > 0 {
+        notify(keel::notify::RunEvent::FinishedWithDeadLetters {
+            pipeline: loaded.config.name.clone(),
+            records_in: report.records_in,
+            dead_letters: report.dead_letters,
+        });
+    }
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         v["worker"] = serde_json::Value::from(plan.settings.worker.clone());

@@ -8,6 +8,7 @@
 //! - [`stdout`]: print committed records.
 //! - [`txn`]: staged transactions on object storage (S3; the `s3` feature).
 //! - [`kafka`]: Kafka source and exactly-once sink (the `kafka` feature).
+//! - [`webhook`]: run events posted to a webhook (the `webhook` feature).
 //!
 //! Every backend that needs a client library is a cargo feature (none by default), so a
 //! program that only reads and writes files compiles none of them; `keel` enables them all.
@@ -24,3 +25,5 @@ pub mod queue;
 pub mod stdout;
 #[cfg(feature = "s3")]
 pub mod txn;
+#[cfg(feature = "webhook")]
+pub mod webhook;

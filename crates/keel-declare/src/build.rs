@@ -360,6 +360,7 @@ pub fn build_variant(
     if let Some(d) = &cfg.dead_letter {
         check_dead_letter(&mut errors, d, cfg.ingest.is_some());
     }
+    crate::notify::check(&mut errors, &cfg.notify);
     if let Some(m) = cfg.dead_letter.as_ref().and_then(|d| d.max_segment_bytes)
         && m < MIN_FILE_BYTES
     {

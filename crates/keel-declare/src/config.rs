@@ -53,6 +53,9 @@ pub struct PipelineConfig {
     /// `[metrics]`: where `keel run` serves `/metrics`, `/health` and `/ready`.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[[notify]]`: webhooks that hear of run-level events.
+    #[serde(default)]
+    pub notify: Vec<NotifyConfig>,
 }
 
 /// The source.
@@ -679,6 +682,30 @@ pub struct MetricsConfig {
     /// `host:port` (or `:port` for loopback) to serve on; `--metrics-addr` overrides it.
     #[serde(default)]
     pub listen: Option<String>,
+}
+
+/// `[[notify]]`: a webhook for run-level events (`keel::notify`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// `http://` or `https://` URL (`${VAR}` keeps a secret out of the file).
+    pub url: String,
+    /// `json` (default) or `slack` (`{"text": ...}`).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Only these events: `paused`, `resumed`, `failed`, `aborted`,
+    /// `finished_with_dead_letters`, `ingest_files_failed` (default: all).
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// At most one post per event kind in this time (default 1m).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub min_interval: Option<Duration>,
+    /// How long a post may take (default 5s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Headers added to each post.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// Where dead letters go.

@@ -19,6 +19,7 @@ pub mod error;
 pub mod ingest;
 pub mod interpolate;
 mod kafka;
+pub mod notify;
 pub mod replay;
 pub mod source;
 pub mod steps;

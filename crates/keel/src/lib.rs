@@ -73,6 +73,7 @@ pub mod failure;
 pub mod ingest;
 pub mod ledger;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod queue;
 pub mod record;

@@ -84,6 +84,16 @@ pub const QUEUE_OLDEST_READY_AGE: &str = "keel_queue_oldest_ready_age_seconds";
 /// Held jobs whose lease ran out (`queue`): a worker died or stalled.
 pub const QUEUE_EXPIRED_LEASES: &str = "keel_queue_expired_leases";
 
+/// Input files of a batch ingestion (`outcome`: `completed`, `failed`, `skipped`, `busy`,
+/// `unreadable`, `lost`, `stopped`).
+pub const INGEST_FILES: &str = "keel_ingest_files_total";
+/// Input files being processed now.
+pub const INGEST_IN_PROGRESS: &str = "keel_ingest_files_in_progress";
+/// Bytes of the input files completed.
+pub const INGEST_BYTES: &str = "keel_ingest_bytes_total";
+/// How long a processed file took (hash, claim, run, commit).
+pub const INGEST_FILE_SECONDS: &str = "keel_ingest_file_duration_seconds";
+
 /// Registers help texts and units with the installed recorder (call after installing it).
 pub fn describe() {
     describe_counter!(RECORDS_READ, Unit::Count, "Records read from a source partition.");
@@ -139,6 +149,18 @@ pub fn describe() {
     );
     describe_histogram!(RECOVERY_SECONDS, Unit::Seconds, "Time to recover at start.");
     describe_gauge!(CHECKPOINT_INTERVAL, Unit::Seconds, "The checkpoint interval (0: off).");
+    describe_counter!(
+        INGEST_FILES,
+        Unit::Count,
+        "Input files of a batch ingestion, by outcome."
+    );
+    describe_gauge!(INGEST_IN_PROGRESS, Unit::Count, "Input files being processed now.");
+    describe_counter!(INGEST_BYTES, Unit::Bytes, "Bytes of the input files completed.");
+    describe_histogram!(
+        INGEST_FILE_SECONDS,
+        Unit::Seconds,
+        "How long a processed input file took."
+    );
     describe_counter!(
         QUEUE_JOBS,
         Unit::Count,
@@ -331,4 +353,22 @@ pub(crate) fn queue_job(queue: &str, kind: &str, outcome: &'static str, took: Op
         metrics::histogram!(QUEUE_HANDLER_SECONDS, "queue" => queue.to_owned(), "kind" => kind.to_owned())
             .record(t.as_secs_f64());
     }
+}
+
+/// An input file of batch ingestion `pipeline` ended with `outcome`; a processed one took
+/// `took`, a completed one had `bytes`.
+pub(crate) fn ingest_file(pipeline: &str, outcome: &'static str, took: Option<Duration>, bytes: Option<u64>) {
+    let p = pipeline.to_owned();
+    counter!(INGEST_FILES, "pipeline" => p.clone(), "outcome" => outcome).increment(1);
+    if let Some(t) = took {
+        metrics::histogram!(INGEST_FILE_SECONDS, "pipeline" => p.clone()).record(t.as_secs_f64());
+    }
+    if let Some(b) = bytes {
+        counter!(INGEST_BYTES, "pipeline" => p).increment(b);
+    }
+}
+
+/// Input files of batch ingestion `pipeline` being processed now.
+pub(crate) fn ingest_in_progress(pipeline: &str, n: usize) {
+    gauge!(INGEST_IN_PROGRESS, "pipeline" => pipeline.to_owned()).set(n as f64);
 }

@@ -668,3 +668,30 @@ fn a_dead_workers_file_is_taken_over_once_its_lease_expires() {
         .count();
     assert_eq!(taken_over, held_by_a, "{units:?}");
 }
+
+/// `[[notify]]` on a batch ingestion: a file that fails (rolled back) is announced once,
+/// with its name.
+#[test]
+fn failed_files_are_announced_to_the_webhook() {
+    let (url, got) = crate::notify::receiver();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    generate(dir, 3, |_| 20);
+    let bad = "batch-0001.jsonl";
+    let text: String = (0..10)
+        .map(|i| format!("{{\"id\":{},\"customer\":\"x\",\"amount\":-1}}\n", 70_000 + i))
+        .collect();
+    std::fs::write(dir.join("in").join(bad), text).unwrap();
+    std::fs::write(
+        dir.join("pipeline.toml"),
+        format!("{}\n[[notify]]\nurl = \"{url}/ingest\"\n", pipeline(None, "")),
+    )
+    .unwrap();
+    let (code, report) = run_json(dir, "state", None);
+    assert_eq!(code, 4, "{report}");
+    let events: Vec<serde_json::Value> = got.lock().unwrap().iter().map(|(_, v)| v.clone()).collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event"], "ingest_files_failed");
+    assert_eq!(events[0]["failed"], 1);
+    assert_eq!(events[0]["files"], serde_json::json!([bad]));
+}

@@ -7,6 +7,7 @@ mod fault;
 mod ingest;
 mod kafka;
 mod metrics;
+mod notify;
 mod queue;
 mod refjob;
 mod secrets;

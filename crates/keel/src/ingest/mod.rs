@@ -283,6 +283,33 @@ pub(crate) enum Done {
     },
 }
 
+impl Done {
+    /// The outcome, as [`crate::metrics::INGEST_FILES`] labels it.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Done::Skipped => "skipped",
+            Done::Busy => "busy",
+            Done::Unreadable => "unreadable",
+            Done::Processed { outcome, .. } => match outcome {
+                Outcome::Done(_) => "completed",
+                Outcome::Failed(_) => "failed",
+                Outcome::Stopped => "stopped",
+                Outcome::LostLease => "lost",
+            },
+        }
+    }
+
+    /// `took`, when the unit was processed to an end (completed or failed).
+    fn took(&self, took: Duration) -> Option<Duration> {
+        matches!(self.outcome(), "completed" | "failed").then_some(took)
+    }
+
+    /// `size`, when the unit completed.
+    fn bytes(&self, size: Option<u64>) -> Option<u64> {
+        size.filter(|_| self.outcome() == "completed")
+    }
+}
+
 impl Ingestor {
     /// An ingestor writing each unit's output to `stores` (at least one).
     pub fn new(ledger: Arc<dyn Ledger>, stores: Vec<OutputStore>, settings: IngestSettings) -> Self {
@@ -360,11 +387,29 @@ impl Ingestor {
                     report.skipped += 1;
                 } else {
                     let before = known.get(&input.key).map(|u| &u.fingerprint);
-                    running.push(self.one(input, before, &runner));
+                    let size = std::fs::metadata(&input.path).map(|m| m.len()).ok();
+                    let one = self.one(input, before, &runner);
+                    running.push(async move {
+                        let started = std::time::Instant::now();
+                        one.await.map(|d| (d, started.elapsed(), size))
+                    });
+                }
+                if unchanged {
+                    crate::metrics::ingest_file(&self.settings.pipeline, "skipped", None, None);
                 }
             }
+            crate::metrics::ingest_in_progress(&self.settings.pipeline, running.len());
             match running.next().await {
-                Some(done) => report.add(done?),
+                Some(done) => {
+                    let (done, took, size) = done?;
+                    crate::metrics::ingest_file(
+                        &self.settings.pipeline,
+                        done.outcome(),
+                        done.took(took),
+                        done.bytes(size),
+                    );
+                    report.add(done);
+                }
                 None => break,
             }
         }

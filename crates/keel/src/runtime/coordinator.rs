@@ -245,6 +245,7 @@ where
         plan.next_epoch,
         progress.clone(),
         run_metrics.clone(),
+        options.listeners.clone(),
         options.batch_size,
         options.flush_bytes,
         options.poll_interval,
@@ -706,6 +707,11 @@ where
         if rt.pause.active_until().is_none() {
             rt.metrics.unpaused();
             rt.progress.set_paused(None);
+            if rt.paused_announced.replace(false) {
+                rt.listeners.emit(&crate::notify::RunEvent::Resumed {
+                    pipeline: self.name.clone(),
+                });
+            }
             if release {
                 rt.metrics.ready(true);
             }

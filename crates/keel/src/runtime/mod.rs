@@ -252,6 +252,8 @@ pub struct Options {
     pub fingerprint: String,
     /// How failures are handled (see [`crate::policy`]).
     pub policies: Policies,
+    /// Who hears of run-level events ([`crate::notify`]).
+    pub listeners: crate::notify::Listeners,
 }
 
 impl Default for Options {
@@ -270,6 +272,7 @@ impl Default for Options {
             log_lifecycle: true,
             fingerprint: String::new(),
             policies: Policies::default(),
+            listeners: Default::default(),
         }
     }
 }
@@ -418,6 +421,13 @@ impl<Src, S, E> PipelineBuilder<Src, S, E> {
             name: "dead_letters_fallback".into(),
             sink: Box::new(sink),
         });
+        self
+    }
+
+    /// Calls `listener` on run-level events: paused, resumed, failed, aborted, finished with
+    /// dead letters ([`crate::notify`]).
+    pub fn on_event(mut self, listener: impl crate::notify::RunListener) -> Self {
+        self.options.listeners.push(listener);
         self
     }
 
@@ -585,8 +595,33 @@ where
 
     /// Runs the pipeline inside the current `LocalSet` (see [`tokio::task::LocalSet`]).
     pub async fn run_local(self) -> Result<RunSummary, PipelineError> {
+        let (name, listeners) = (self.name.clone(), self.options.listeners.clone());
         // a panic that escaped every narrower catch (in the runtime itself) still ends the run
         // with an error instead of unwinding through the caller
-        catch_panic(|| "runtime".into(), coordinator::run(self)).await?
+        let result = catch_panic(|| "runtime".into(), coordinator::run(self))
+            .await
+            .and_then(|r| r);
+        if !listeners.is_empty() {
+            let event = match &result {
+                Err(PipelineError::Aborted { reason, .. }) => Some(crate::notify::RunEvent::Aborted {
+                    pipeline: name,
+                    reason: reason.clone(),
+                }),
+                Err(e) => Some(crate::notify::RunEvent::Failed {
+                    pipeline: name,
+                    error: e.to_string(),
+                }),
+                Ok(s) if s.dead_letters > 0 => Some(crate::notify::RunEvent::FinishedWithDeadLetters {
+                    pipeline: name,
+                    records_in: s.records_in,
+                    dead_letters: s.dead_letters,
+                }),
+                Ok(_) => None,
+            };
+            if let Some(e) = event {
+                listeners.emit(&e);
+            }
+        }
+        result
     }
 }

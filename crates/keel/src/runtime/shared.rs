@@ -232,6 +232,9 @@ pub(crate) struct RuntimeShared {
     pub(crate) counters: Counters,
     pub(crate) progress: Arc<Progress>,
     pub(crate) metrics: RunMetrics,
+    pub(crate) listeners: crate::notify::Listeners,
+    /// A pause was announced and its end not yet ([`crate::notify::RunEvent::Resumed`]).
+    pub(crate) paused_announced: Cell<bool>,
     pub(crate) batch_size: usize,
     pub(crate) flush_bytes: usize,
     pub(crate) poll_interval: Duration,
@@ -252,6 +255,7 @@ impl RuntimeShared {
         epoch: u64,
         progress: Arc<Progress>,
         metrics: RunMetrics,
+        listeners: crate::notify::Listeners,
         batch_size: usize,
         flush_bytes: usize,
         poll_interval: Duration,
@@ -278,6 +282,8 @@ impl RuntimeShared {
             counters: Counters::default(),
             progress,
             metrics,
+            listeners,
+            paused_announced: Cell::new(false),
             batch_size,
             flush_bytes,
             poll_interval,
@@ -297,6 +303,12 @@ impl RuntimeShared {
         if self.pause.pause_until(until, reason) {
             self.metrics.pause(reason);
             self.progress.set_paused(Some(reason));
+            if !self.paused_announced.replace(true) {
+                self.listeners.emit(&crate::notify::RunEvent::Paused {
+                    pipeline: self.step.pipeline.to_string(),
+                    cause: reason.to_owned(),
+                });
+            }
         }
     }
 
