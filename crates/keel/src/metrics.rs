@@ -84,6 +84,23 @@ pub const QUEUE_OLDEST_READY_AGE: &str = "keel_queue_oldest_ready_age_seconds";
 /// Held jobs whose lease ran out (`queue`): a worker died or stalled.
 pub const QUEUE_EXPIRED_LEASES: &str = "keel_queue_expired_leases";
 
+/// Record retries (`stage`, `outcome`: `attempted`, `succeeded` (the record got through
+/// after retries), `exhausted`).
+pub const RETRIES: &str = "keel_retries_total";
+/// The delays before retries (`stage`).
+pub const RETRY_DELAY_SECONDS: &str = "keel_retry_delay_seconds";
+/// Retries the pipeline's retry budget refused (`stage`).
+pub const RETRY_BUDGET_REFUSALS: &str = "keel_retry_budget_refusals_total";
+/// Dead letters that waited for the dead-letter rate limit.
+pub const DEAD_LETTERS_RATE_LIMITED: &str = "keel_dead_letters_rate_limited_total";
+/// How much of the error budget the current window uses (1: exceeded).
+pub const ERROR_BUDGET_USED: &str = "keel_error_budget_used_ratio";
+/// The pipeline's event-time watermark (Unix time), when it uses event time.
+pub const WATERMARK: &str = "keel_watermark_timestamp_seconds";
+/// How far a partition's event time is behind the wall clock (`partition`).
+pub const EVENT_TIME_LAG: &str = "keel_event_time_lag_seconds";
+/// Bytes of the state file the last checkpoint wrote (a full snapshot or a delta).
+pub const STATE_FILE_BYTES: &str = "keel_state_file_bytes";
 /// Input files of a batch ingestion (`outcome`: `completed`, `failed`, `skipped`, `busy`,
 /// `unreadable`, `lost`, `stopped`).
 pub const INGEST_FILES: &str = "keel_ingest_files_total";
@@ -149,6 +166,30 @@ pub fn describe() {
     );
     describe_histogram!(RECOVERY_SECONDS, Unit::Seconds, "Time to recover at start.");
     describe_gauge!(CHECKPOINT_INTERVAL, Unit::Seconds, "The checkpoint interval (0: off).");
+    describe_counter!(
+        RETRIES,
+        Unit::Count,
+        "Record retries: attempted, succeeded after retries, exhausted."
+    );
+    describe_histogram!(RETRY_DELAY_SECONDS, Unit::Seconds, "Delays before retries.");
+    describe_counter!(RETRY_BUDGET_REFUSALS, Unit::Count, "Retries the retry budget refused.");
+    describe_counter!(
+        DEAD_LETTERS_RATE_LIMITED,
+        Unit::Count,
+        "Dead letters that waited for the rate limit."
+    );
+    describe_gauge!(ERROR_BUDGET_USED, "Share of the error budget the current window uses.");
+    describe_gauge!(WATERMARK, Unit::Seconds, "The event-time watermark (Unix time).");
+    describe_gauge!(
+        EVENT_TIME_LAG,
+        Unit::Seconds,
+        "How far a partition's event time is behind the wall clock."
+    );
+    describe_gauge!(
+        STATE_FILE_BYTES,
+        Unit::Bytes,
+        "Bytes of the state file the last checkpoint wrote."
+    );
     describe_counter!(
         INGEST_FILES,
         Unit::Count,
@@ -321,6 +362,46 @@ impl RunMetrics {
     /// The run checkpoints every `interval` (`None`: off).
     pub(crate) fn interval(&self, interval: Option<Duration>) {
         gauge!(CHECKPOINT_INTERVAL, "pipeline" => self.p()).set(interval.map_or(0.0, |d| d.as_secs_f64()));
+    }
+
+    /// A record retry at `stage`: `attempted` (after `delay`), `succeeded`, `exhausted`.
+    pub(crate) fn retry(&self, stage: &str, outcome: &'static str, delay: Option<Duration>) {
+        counter!(RETRIES, "pipeline" => self.p(), "stage" => stage.to_owned(), "outcome" => outcome).increment(1);
+        if let Some(d) = delay {
+            metrics::histogram!(RETRY_DELAY_SECONDS, "pipeline" => self.p(), "stage" => stage.to_owned())
+                .record(d.as_secs_f64());
+        }
+    }
+
+    /// The retry budget refused a retry at `stage`.
+    pub(crate) fn retry_refused(&self, stage: &str) {
+        counter!(RETRY_BUDGET_REFUSALS, "pipeline" => self.p(), "stage" => stage.to_owned()).increment(1);
+    }
+
+    /// A dead letter waited for the rate limit.
+    pub(crate) fn dead_letter_rate_limited(&self) {
+        counter!(DEAD_LETTERS_RATE_LIMITED, "pipeline" => self.p()).increment(1);
+    }
+
+    /// The error budget's window uses `used` of it.
+    pub(crate) fn error_budget(&self, used: f64) {
+        gauge!(ERROR_BUDGET_USED, "pipeline" => self.p()).set(used);
+    }
+
+    /// The watermark (ms) and each partition's newest event time (ms), at `now_ms`.
+    pub(crate) fn event_time(&self, watermark: Option<i64>, partitions: &[(String, i64)], now_ms: u64) {
+        if let Some(w) = watermark {
+            gauge!(WATERMARK, "pipeline" => self.p()).set(w as f64 / 1000.0);
+        }
+        for (p, t) in partitions {
+            let lag = (now_ms as f64 - *t as f64).max(0.0) / 1000.0;
+            gauge!(EVENT_TIME_LAG, "pipeline" => self.p(), "partition" => p.clone()).set(lag);
+        }
+    }
+
+    /// The last checkpoint wrote a state file of `bytes`.
+    pub(crate) fn state_file(&self, bytes: usize) {
+        gauge!(STATE_FILE_BYTES, "pipeline" => self.p()).set(bytes as f64);
     }
 
     /// Recovery at start took `took`.

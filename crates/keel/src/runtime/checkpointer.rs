@@ -132,6 +132,7 @@ fn finish(
         crash_point("after_prepare");
         if let Some(store) = store {
             if let Some(state) = &job.state {
+                metrics.state_file(state.bytes.len());
                 store.write_state(&state.name, &state.bytes).map_err(|e| {
                     crate::failure::name_io_cause(
                         format!("checkpoint {id}: writing state file {}: {e}", state.name),

@@ -703,6 +703,16 @@ where
         for (pid, n) in &lag {
             rt.metrics.lag(pid, *n);
         }
+        let event_times: Vec<(String, i64)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.done.get())
+            .filter_map(|(pid, s)| Some((pid.clone(), s.max_event_time.get()?)))
+            .collect();
+        if rt.step.watermark.get().is_some() || !event_times.is_empty() {
+            rt.metrics
+                .event_time(rt.step.watermark.get(), &event_times, crate::util::now_ms());
+        }
         rt.progress.set_lag(lag);
         if rt.pause.active_until().is_none() {
             rt.metrics.unpaused();

@@ -108,6 +108,12 @@ impl FailureLog {
         w.slot(sec).2 += 1;
         let (records, dead) = w.totals(sec);
         let window = b.window.as_secs().max(1);
+        let by_count = b.max_count.map_or(0.0, |max| dead as f64 / max.max(1) as f64);
+        let by_ratio = match b.max_ratio {
+            Some(r) if records >= b.min_records && records > 0 && r > 0.0 => dead as f64 / records as f64 / r,
+            _ => 0.0,
+        };
+        self.metrics.error_budget(by_count.max(by_ratio));
         if let Some(max) = b.max_count
             && dead > max
         {

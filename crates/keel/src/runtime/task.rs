@@ -608,6 +608,8 @@ where
         let mut schedule: Option<RetryState> = None;
         let mut pauses = 0u32;
         let mut first_failed_ms = 0u64;
+        // the stage of the last retried failure: a success after it counts for that stage
+        let mut retried_at: Option<String> = None;
         'attempt: loop {
             attempts += 1;
             // the windowed path is boxed: its states stay out of this future, which every
@@ -617,7 +619,12 @@ where
                 true => Box::pin(self.attempt_windowed(batch, i)).await,
             };
             let mut failure = match attempt {
-                Ok(out) => return Ok(Outcome::Out(out)),
+                Ok(out) => {
+                    if let Some(stage) = &retried_at {
+                        rt.metrics.retry(stage, "succeeded", None);
+                    }
+                    return Ok(Outcome::Out(out));
+                }
                 Err(f) => f,
             };
             if failure.reason == reason::PANIC {
@@ -646,6 +653,8 @@ where
                         let delay = st.next_delay(now, failure.retry_after, &mut *rt.rng.borrow_mut());
                         match delay {
                             Ok(d) if rt.policies.budget.as_ref().is_none_or(|b| b.withdraw(now)) => {
+                                rt.metrics.retry(&failure.stage, "attempted", Some(d));
+                                retried_at = Some(failure.stage.clone());
                                 self.notify(&failure, attempts, "retry");
                                 rt.counters.retries.set(rt.counters.retries.get() + 1);
                                 self.hold_before(batch, i);
@@ -655,10 +664,13 @@ where
                                 continue 'attempt;
                             }
                             Ok(_) => {
+                                rt.metrics.retry_refused(&failure.stage);
+                                rt.metrics.retry(&failure.stage, "exhausted", None);
                                 exhausted(&mut failure, attempts, "the pipeline's retry budget is used up");
                                 action = *then;
                             }
                             Err(_) => {
+                                rt.metrics.retry(&failure.stage, "exhausted", None);
                                 exhausted(&mut failure, attempts, "no attempts left");
                                 action = *then;
                             }
@@ -815,6 +827,7 @@ where
     ) -> Result<(), PipelineError> {
         let rt = self.rt.clone();
         if let Some(wait) = rt.failures.dead_letter_delay(rt.now()) {
+            rt.metrics.dead_letter_rate_limited();
             tokio::time::sleep(wait).await;
         }
         let partition = self.local.partition.to_string();

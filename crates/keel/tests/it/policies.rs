@@ -874,3 +874,74 @@ fn named_built_in_steps_get_their_own_policies() {
         "{stages:?}"
     );
 }
+
+/// The record path's metrics through the `metrics` facade (a debugging recorder here, as a
+/// service embedding keel installs its own): retries by outcome with their delays, dead
+/// letters by reason and stage, records read and written.
+#[test]
+fn retries_and_dead_letters_are_counted_in_the_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // y fails twice then succeeds; x always fails: 3 retries, then it is dead-lettered
+    let plan: Plan = Rc::new(RefCell::new(HashMap::from([
+        ("x".to_string(), 99),
+        ("y".to_string(), 2),
+    ])));
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let s = metrics::with_local_recorder(&recorder, || {
+        run_paused(
+            Pipeline::builder("metered")
+                .source(VecSource::new(vec![vec!["x", "y", "z"]]))
+                .step(flaky_flow(plan, log, Instant::now(), Class::Transient))
+                .sink_with("main", MemorySink::new(), RawEncoder)
+                .dead_letters(MemorySink::new())
+                .policies(policies(Action::Retry {
+                    policy: constant(ms(10), 4),
+                    then: Box::new(Action::DeadLetter),
+                }))
+                .build()
+                .unwrap(),
+        )
+        .unwrap()
+    });
+    assert_eq!((s.records_out, s.dead_letters, s.retries), (2, 1, 5));
+    let mut counters: HashMap<String, u64> = HashMap::new();
+    let mut delays = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let k = key.key();
+        let mut labels: Vec<String> = k.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+        labels.sort();
+        let name = format!("{}{{{}}}", k.name(), labels.join(","));
+        match value {
+            DebugValue::Counter(n) => {
+                counters.insert(name, n);
+            }
+            DebugValue::Histogram(v) if k.name() == "keel_retry_delay_seconds" => {
+                delays.extend(v.into_iter().map(|f| f.into_inner()))
+            }
+            _ => {}
+        }
+    }
+    let c = |name: &str| counters.get(name).copied().unwrap_or(0);
+    assert_eq!(
+        c("keel_retries_total{outcome=attempted,pipeline=metered,stage=map_async}"),
+        5,
+        "{counters:?}"
+    );
+    assert_eq!(
+        c("keel_retries_total{outcome=succeeded,pipeline=metered,stage=map_async}"),
+        1
+    );
+    assert_eq!(
+        c("keel_retries_total{outcome=exhausted,pipeline=metered,stage=map_async}"),
+        1
+    );
+    assert_eq!(
+        c("keel_dead_letters_total{pipeline=metered,reason=retries_exhausted,stage=map_async}"),
+        1
+    );
+    assert_eq!(c("keel_records_read_total{partition=p0,pipeline=metered}"), 3);
+    assert_eq!(c("keel_records_written_total{pipeline=metered,sink=main}"), 2);
+    assert_eq!(delays, vec![0.01; 5], "each retry waited the constant 10 ms");
+}
