@@ -48,20 +48,20 @@ impl Readiness {
     }
 
     fn state(&self) -> (StatusCode, String) {
+        let unavailable = |why: String| (StatusCode::SERVICE_UNAVAILABLE, why);
         let watched = self.0.lock().map(|p| p.clone()).unwrap_or_default();
-        let progress = match watched {
-            Watched::Starting => return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
+        let p = match watched {
+            Watched::Starting => return unavailable("starting\n".into()),
             Watched::Worker => return (StatusCode::OK, "ready\n".into()),
-            Watched::Pipeline(p) => Some(p),
+            Watched::Pipeline(p) => p,
         };
-        match progress {
-            None => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
-            Some(p) if p.snapshot().finished => (StatusCode::SERVICE_UNAVAILABLE, "finished\n".into()),
-            Some(p) => match (p.is_ready(), p.paused()) {
-                (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "recovering\n".into()),
-                (true, Some(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("paused: {why}\n")),
-                (true, None) => (StatusCode::OK, "ready\n".into()),
-            },
+        if p.snapshot().finished {
+            return unavailable("finished\n".into());
+        }
+        match (p.is_ready(), p.paused()) {
+            (false, _) => unavailable("recovering\n".into()),
+            (true, Some(why)) => unavailable(format!("paused: {why}\n")),
+            (true, None) => (StatusCode::OK, "ready\n".into()),
         }
     }
 }

@@ -43,6 +43,8 @@ pub const LAST_CHECKPOINT_ID: &str = "keel_last_checkpoint_id";
 pub const LAST_CHECKPOINT_TIMESTAMP: &str = "keel_last_checkpoint_timestamp_seconds";
 /// Records read since the last committed checkpoint: what a crash now would read again.
 pub const UNCOMMITTED_RECORDS: &str = "keel_uncommitted_records";
+/// Bytes (record values) read since the last committed checkpoint.
+pub const UNCOMMITTED_BYTES: &str = "keel_uncommitted_bytes";
 /// Keys in keyed state at the last checkpoint.
 pub const STATE_KEYS: &str = "keel_state_keys";
 /// A circuit breaker's state (`breaker`): 0 closed, 1 open, 2 half-open.
@@ -99,8 +101,8 @@ pub const ERROR_BUDGET_USED: &str = "keel_error_budget_used_ratio";
 pub const WATERMARK: &str = "keel_watermark_timestamp_seconds";
 /// How far a partition's event time is behind the wall clock (`partition`).
 pub const EVENT_TIME_LAG: &str = "keel_event_time_lag_seconds";
-/// Bytes of the state file the last checkpoint wrote (a full snapshot or a delta).
-pub const STATE_FILE_BYTES: &str = "keel_state_file_bytes";
+/// Bytes of keyed state on disk: the state files a restore of the last checkpoint reads.
+pub const STATE_BYTES: &str = "keel_state_bytes";
 /// Input files of a batch ingestion (`outcome`: `completed`, `failed`, `skipped`, `busy`,
 /// `unreadable`, `lost`, `stopped`).
 pub const INGEST_FILES: &str = "keel_ingest_files_total";
@@ -186,9 +188,14 @@ pub fn describe() {
         "How far a partition's event time is behind the wall clock."
     );
     describe_gauge!(
-        STATE_FILE_BYTES,
+        STATE_BYTES,
         Unit::Bytes,
-        "Bytes of the state file the last checkpoint wrote."
+        "Bytes of the state files a restore of the last checkpoint reads."
+    );
+    describe_gauge!(
+        UNCOMMITTED_BYTES,
+        Unit::Bytes,
+        "Bytes read since the last committed checkpoint."
     );
     describe_counter!(
         INGEST_FILES,
@@ -233,6 +240,7 @@ pub(crate) struct RunMetrics {
     last_id: Gauge,
     last_at: Gauge,
     uncommitted: Gauge,
+    uncommitted_bytes: Gauge,
     state_keys: Gauge,
     paused: Gauge,
     ready: Gauge,
@@ -248,6 +256,7 @@ impl RunMetrics {
             last_id: gauge!(LAST_CHECKPOINT_ID, "pipeline" => p.clone()),
             last_at: gauge!(LAST_CHECKPOINT_TIMESTAMP, "pipeline" => p.clone()),
             uncommitted: gauge!(UNCOMMITTED_RECORDS, "pipeline" => p.clone()),
+            uncommitted_bytes: gauge!(UNCOMMITTED_BYTES, "pipeline" => p.clone()),
             state_keys: gauge!(STATE_KEYS, "pipeline" => p.clone()),
             paused: gauge!(PAUSED, "pipeline" => p.clone()),
             ready: gauge!(READY, "pipeline" => p),
@@ -335,9 +344,10 @@ impl RunMetrics {
         gauge!(SOURCE_LAG, "pipeline" => self.p(), "partition" => partition.to_owned()).set(lag as f64);
     }
 
-    /// Records read since the last committed checkpoint.
-    pub(crate) fn uncommitted(&self, records: u64) {
+    /// Records and bytes read since the last committed checkpoint.
+    pub(crate) fn uncommitted(&self, records: u64, bytes: u64) {
         self.uncommitted.set(records as f64);
+        self.uncommitted_bytes.set(bytes as f64);
     }
 
     /// A checkpoint phase took `took`.
@@ -399,9 +409,9 @@ impl RunMetrics {
         }
     }
 
-    /// The last checkpoint wrote a state file of `bytes`.
-    pub(crate) fn state_file(&self, bytes: usize) {
-        gauge!(STATE_FILE_BYTES, "pipeline" => self.p()).set(bytes as f64);
+    /// A restore of the last checkpoint reads `bytes` of state files.
+    pub(crate) fn state_bytes(&self, bytes: u64) {
+        gauge!(STATE_BYTES, "pipeline" => self.p()).set(bytes as f64);
     }
 
     /// Recovery at start took `took`.

@@ -132,7 +132,6 @@ fn finish(
         crash_point("after_prepare");
         if let Some(store) = store {
             if let Some(state) = &job.state {
-                metrics.state_file(state.bytes.len());
                 store.write_state(&state.name, &state.bytes).map_err(|e| {
                     crate::failure::name_io_cause(
                         format!("checkpoint {id}: writing state file {}: {e}", state.name),
@@ -145,6 +144,7 @@ fn finish(
             if let Some(c) = compactor.as_deref_mut() {
                 c.extend(job.state.as_ref());
                 c.describe(&mut job.manifest);
+                metrics.state_bytes(job.manifest.state.bytes);
             }
             store
                 .write_manifest(&job.manifest)

@@ -402,8 +402,8 @@ struct Coordinator<Src: Source, S, E> {
     base_stats: RunStats,
     checkpointer: Checkpointer,
     acks: BTreeMap<CheckpointId, Vec<(String, Src::Position)>>,
-    /// `records_in` at each checkpoint in flight (the uncommitted-records gauge).
-    counted: BTreeMap<CheckpointId, u64>,
+    /// `records_in` and `bytes_in` at each checkpoint in flight (the uncommitted gauges).
+    counted: BTreeMap<CheckpointId, (u64, u64)>,
     completed: u64,
     last_completed: Option<CheckpointId>,
     store_present: bool,
@@ -694,7 +694,8 @@ where
         }
         let epoch = self.epoch;
         rt.metrics.phase("barrier", barrier_started.elapsed());
-        self.counted.insert(epoch, rt.counters.records_in.get());
+        self.counted
+            .insert(epoch, (rt.counters.records_in.get(), rt.counters.bytes_in.get()));
         let lag: Vec<(String, u64)> = self
             .slots
             .iter()
@@ -820,8 +821,9 @@ where
         self.last_completed = Some(done.id);
         self.rt.progress.checkpoint_done(done.id, done.at_ms, done.keys);
         self.rt.metrics.committed(done.id, done.at_ms, done.keys);
-        if let Some(n) = self.counted.remove(&done.id) {
-            self.rt.counters.records_at_checkpoint.set(n);
+        if let Some((records, bytes)) = self.counted.remove(&done.id) {
+            self.rt.counters.records_at_checkpoint.set(records);
+            self.rt.counters.bytes_at_checkpoint.set(bytes);
         }
         self.counted.retain(|id, _| *id > done.id);
         tracing::debug!(checkpoint = done.id, "checkpoint committed");

@@ -176,6 +176,10 @@ pub(crate) struct Counters {
     pub(crate) sink_retries: Cell<u64>,
     /// `records_in` when the last committed checkpoint was taken.
     pub(crate) records_at_checkpoint: Cell<u64>,
+    /// Bytes of the records read (their values).
+    pub(crate) bytes_in: Cell<u64>,
+    /// `bytes_in` when the last committed checkpoint was taken.
+    pub(crate) bytes_at_checkpoint: Cell<u64>,
 }
 
 /// Counts the sink writes that wait for a retry or an open breaker.

@@ -226,6 +226,7 @@ pub(crate) struct PartitionTask<R: PartitionReader, S: Step<Record>, E> {
 #[derive(Default)]
 pub(crate) struct Tally {
     handled: u64,
+    bytes: u64,
     out: u64,
     dead: u64,
 }
@@ -319,6 +320,7 @@ where
                     }
                 }
                 self.tally.handled += 1;
+                self.tally.bytes += batch.records[i].value.len() as u64;
             }
             if let Some(p) = batch.positions.last() {
                 *self.slot.position.borrow_mut() = Some(p.clone());
@@ -769,13 +771,21 @@ where
     /// task reaches a barrier (wherever that happens: a record boundary, a retry's wait), so a
     /// checkpoint's counts describe exactly the records its positions cover (I3).
     fn count(&mut self) {
-        let Tally { handled, out, dead } = std::mem::take(&mut self.tally);
+        let Tally {
+            handled,
+            bytes,
+            out,
+            dead,
+        } = std::mem::take(&mut self.tally);
         let rt = &self.rt;
         let c = &rt.counters;
         c.records_in.set(c.records_in.get() + handled);
+        c.bytes_in.set(c.bytes_in.get() + bytes);
         self.read.increment(handled);
-        rt.metrics
-            .uncommitted(c.records_in.get().saturating_sub(c.records_at_checkpoint.get()));
+        rt.metrics.uncommitted(
+            c.records_in.get().saturating_sub(c.records_at_checkpoint.get()),
+            c.bytes_in.get().saturating_sub(c.bytes_at_checkpoint.get()),
+        );
         c.records_out.set(c.records_out.get() + out);
         c.dead_letters.set(c.dead_letters.get() + dead);
         if let Some(budget) = &rt.policies.budget {
