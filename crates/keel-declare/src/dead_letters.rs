@@ -65,14 +65,7 @@ impl DeadLetters {
 
     /// The dead letters `filter` selects (unreadable ones are never selected).
     pub fn select(&self, filter: &Filter) -> Result<Selection, ReplayError> {
-        Ok(self
-            .read()?
-            .into_iter()
-            .filter_map(|e| match e.envelope {
-                Ok(env) if filter.matches(&env) => Some((e.location, env)),
-                _ => None,
-            })
-            .collect())
+        Ok(filter.select(self.read()?))
     }
 
     /// One dead letter.

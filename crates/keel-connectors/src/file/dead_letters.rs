@@ -72,6 +72,17 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The readable entries of `entries` this filter selects, with their locations.
+    pub fn select(&self, entries: Vec<Entry>) -> Vec<(Location, Envelope)> {
+        entries
+            .into_iter()
+            .filter_map(|e| match e.envelope {
+                Ok(env) if self.matches(&env) => Some((e.location, env)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// True when `e` is selected.
     pub fn matches(&self, e: &Envelope) -> bool {
         self.reason.as_deref().is_none_or(|r| r == e.reason)
@@ -156,14 +167,7 @@ impl DeadLetterDir {
 
     /// The dead letters `filter` selects (corrupt lines are never selected).
     pub fn select(&self, filter: &Filter) -> io::Result<Vec<(Location, Envelope)>> {
-        Ok(self
-            .read()?
-            .into_iter()
-            .filter_map(|e| match e.envelope {
-                Ok(env) if filter.matches(&env) => Some((e.location, env)),
-                _ => None,
-            })
-            .collect())
+        Ok(filter.select(self.read()?))
     }
 
     /// One dead letter.
