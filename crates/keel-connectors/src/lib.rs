@@ -8,6 +8,9 @@
 //! - [`stdout`]: print committed records.
 //! - [`txn`]: staged transactions on object storage (S3; the `s3` feature).
 //! - [`kafka`]: Kafka source and exactly-once sink (the `kafka` feature).
+//! - [`nats`]: NATS JetStream source and exactly-once sink (the `nats` feature).
+//! - [`redis_stream`]: Redis Streams source and exactly-once sink (the `redis` feature).
+//! - [`stage`]: the staged-epoch protocol the message sinks share.
 //! - [`webhook`]: run events posted to a webhook (the `webhook` feature).
 //!
 //! Every backend that needs a client library is a cargo feature (none by default), so a
@@ -16,12 +19,21 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(any(feature = "kafka", feature = "nats", feature = "redis"))]
+pub mod envelope;
 pub mod file;
 pub mod generator;
+#[cfg(any(feature = "nats", feature = "redis"))]
+pub(crate) mod io;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod ledger;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod queue;
+#[cfg(feature = "redis")]
+pub mod redis_stream;
+pub mod stage;
 pub mod stdout;
 #[cfg(feature = "s3")]
 pub mod txn;

@@ -5,7 +5,7 @@
 //! environment variable `KEEL_CRASH_AT` is `<point>:<n>`, the process aborts (no destructors,
 //! no flushing: the same as `kill -9` for everything on disk) the `n`-th time it reaches
 //! `<point>`. Points: `after_prepare`, `after_state`, `after_manifest`, `mid_commit`,
-//! `after_commit`, in the Kafka sink `mid_publish` (half an epoch sent and flushed), in staged transactions `txn_before_publish`, `txn_after_publish`, and in
+//! `after_commit`, in the Kafka, NATS and Redis sinks `mid_publish` (half an epoch sent and stored; for Redis, after its first chunk), in staged transactions `txn_before_publish`, `txn_after_publish`, and in
 //! dead-letter replays `replay_before_mark`. Unset, a crash point costs one relaxed atomic load.
 //!
 //! `<point>:<n>:hang` blocks the thread there for good instead (storage that never answers,

@@ -340,6 +340,7 @@ fn recovery(last: Option<u64>, pre: Option<serde_json::Value>) -> SinkRecovery {
         precommit: pre,
         pipeline: "p".into(),
         from_scratch: false,
+        checkpoint_interval: None,
     }
 }
 

@@ -172,6 +172,8 @@ fn stage_epoch(name: &str) -> Option<CheckpointId> {
     name.strip_prefix("epoch-")?.strip_suffix(".stage")?.parse().ok()
 }
 
+pub(super) use crate::stage::{decode_staged, encode_route, encode_staged};
+
 fn io(context: String) -> impl FnOnce(std::io::Error) -> SinkError {
     move |e| SinkError::io(context, e)
 }
@@ -399,76 +401,6 @@ fn route_of(value: &[u8], field: &str) -> Option<String> {
         && topic != ".."
         && topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     valid.then_some(topic)
-}
-
-/// `u16 topic length | topic`, before a routed record.
-fn encode_route(out: &mut impl Write, topic: &str) -> std::io::Result<()> {
-    let len = u16::try_from(topic.len()).map_err(|_| std::io::Error::other("a topic name over 64 KiB"))?;
-    out.write_all(&len.to_le_bytes())?;
-    out.write_all(topic.as_bytes())
-}
-
-/// `u32 key length (u32::MAX: no key) | key | u32 value length | value`, little-endian.
-fn encode_staged(out: &mut impl Write, key: Option<&[u8]>, value: &[u8]) -> std::io::Result<()> {
-    let len = |n: usize| u32::try_from(n).map_err(|_| std::io::Error::other("a record over 4 GiB"));
-    match key {
-        Some(k) => {
-            out.write_all(&len(k.len())?.to_le_bytes())?;
-            out.write_all(k)?;
-        }
-        None => out.write_all(&u32::MAX.to_le_bytes())?,
-    }
-    out.write_all(&len(value.len())?.to_le_bytes())?;
-    out.write_all(value)
-}
-
-/// A staged record.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct Staged<'a> {
-    /// Its topic, when routed by `topic_field`.
-    pub(super) topic: Option<&'a str>,
-    pub(super) key: Option<&'a [u8]>,
-    pub(super) value: &'a [u8],
-}
-
-/// The records of a staging file; `routed` when each has its topic first.
-pub(super) fn decode_staged(bytes: &[u8], routed: bool) -> Result<Vec<Staged<'_>>, String> {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    let take = |n: usize, at: &mut usize| -> Result<&[u8], String> {
-        let s = bytes
-            .get(*at..*at + n)
-            .ok_or_else(|| format!("cut short at byte {}", *at))?;
-        *at += n;
-        Ok(s)
-    };
-    let u32_at = |at: &mut usize| -> Result<u32, String> {
-        let b = bytes
-            .get(*at..*at + 4)
-            .ok_or_else(|| format!("cut short at byte {}", *at))?;
-        *at += 4;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    while at < bytes.len() {
-        let topic = if routed {
-            let b = take(2, &mut at)?;
-            let n = u16::from_le_bytes([b[0], b[1]]) as usize;
-            let t = take(n, &mut at)?;
-            Some(std::str::from_utf8(t).map_err(|_| format!("a topic that is not UTF-8 before byte {at}"))?)
-        } else {
-            None
-        };
-        let klen = u32_at(&mut at)?;
-        let key = if klen == u32::MAX {
-            None
-        } else {
-            Some(take(klen as usize, &mut at)?)
-        };
-        let vlen = u32_at(&mut at)?;
-        let value = take(vlen as usize, &mut at)?;
-        out.push(Staged { topic, key, value });
-    }
-    Ok(out)
 }
 
 /// A sealed epoch: its staging file, made durable by `prepare`, published by `commit`.
@@ -1052,6 +984,7 @@ pub fn murmur2(data: &[u8]) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use crate::stage::Staged;
     use super::*;
 
     #[test]

@@ -93,8 +93,7 @@ pub fn partition_name(topic: &str, partition: i32) -> String {
 
 /// The topic and partition of a keel partition name.
 pub fn parse_partition(name: &str) -> Option<(&str, i32)> {
-    let (topic, p) = name.rsplit_once(':')?;
-    Some((topic, p.parse().ok()?))
+    crate::envelope::kafka_partition(name)
 }
 
 impl KafkaSource {

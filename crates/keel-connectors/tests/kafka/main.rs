@@ -296,6 +296,7 @@ fn recovery(epoch: Option<u64>, precommit: Option<serde_json::Value>) -> SinkRec
         precommit,
         pipeline: "pipe".into(),
         from_scratch: false,
+        checkpoint_interval: None,
     }
 }
 

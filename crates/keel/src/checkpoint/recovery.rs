@@ -34,6 +34,7 @@ impl RecoveryPlan {
             precommit: self.restore.as_ref().and_then(|m| m.sinks.get(name).cloned()),
             pipeline: self.restore.as_ref().map(|m| m.pipeline.clone()).unwrap_or_default(),
             from_scratch: false,
+            checkpoint_interval: None,
         }
     }
 }
@@ -116,6 +117,10 @@ pub struct SinkRecovery {
     /// refused, never deleted.
     #[serde(default)]
     pub from_scratch: bool,
+    /// How often the run checkpoints (`None`: only at the end): sinks that rely on a
+    /// broker's duplicate window check it against this at start.
+    #[serde(skip)]
+    pub checkpoint_interval: Option<std::time::Duration>,
 }
 
 /// Whether an epoch file is still staged (hidden) or committed (visible).

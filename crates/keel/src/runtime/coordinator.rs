@@ -150,6 +150,7 @@ where
         let mut recovery = plan.sink(&s.name);
         recovery.pipeline = name.clone();
         recovery.from_scratch = options.from_scratch;
+        recovery.checkpoint_interval = options.checkpoint_interval;
         let r = s.sink.recover(&recovery).await.map_err(|e| PipelineError::Sink {
             sink: s.name.clone(),
             source: e,
