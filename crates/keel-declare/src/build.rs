@@ -75,10 +75,12 @@ impl Loaded {
             .iter()
             .filter_map(|s| match s {
                 SinkConfig::Files(f) => Some(self.resolve(&f.path)),
-                SinkConfig::Stdout(_) | SinkConfig::Kafka(_) => None,
+                _ => None,
             })
             .collect();
-        if let Some(d) = &self.config.dead_letter {
+        if let Some(d) = &self.config.dead_letter
+            && matches!(d.kind, DeadLetterKind::Files | DeadLetterKind::Kafka)
+        {
             dirs.push(self.resolve(&d.path));
             dirs.extend(d.fallback.as_deref().map(|f| self.resolve(f)));
         }
@@ -194,10 +196,11 @@ fn sink_format(cfg: &SinkConfig) -> (DocEncoder, Option<String>) {
             };
             (DocEncoder::Csv(out), Some(header))
         }
-        SinkConfig::Kafka(k) => match &k.key {
-            Some(field) => (DocEncoder::JsonKeyed(field.as_str().into()), None),
-            None => (DocEncoder::Json, None),
-        },
+        SinkConfig::Kafka(crate::config::KafkaSinkToml { key: Some(field), .. })
+        | SinkConfig::Nats(crate::config::NatsSinkToml { key: Some(field), .. })
+        | SinkConfig::RedisStream(crate::config::RedisStreamSinkToml { key: Some(field), .. }) => {
+            (DocEncoder::JsonKeyed(field.as_str().into()), None)
+        }
         _ => (DocEncoder::Json, None),
     }
 }
@@ -316,12 +319,42 @@ pub fn build_variant(
         if s.name() == "dead_letters" {
             errors.add(&at.k("name"), "`dead_letters` is reserved for the dead-letter output");
         }
+        let key = match s {
+            SinkConfig::Kafka(k) => k.key.as_deref(),
+            SinkConfig::Nats(n) => n.key.as_deref(),
+            SinkConfig::RedisStream(r) => r.key.as_deref(),
+            _ => None,
+        };
+        if key.is_some_and(|f| f.is_empty() || f.contains('.')) {
+            errors.add(&at.k("key"), "a top-level field name of the output records");
+        }
+        if let SinkConfig::Nats(n) = s {
+            if let Some(why) = crate::nats::unavailable() {
+                errors.add(&at.k("type"), why);
+            }
+            check_url(&mut errors, &at.k("url"), &n.url, "nats");
+            if n.subject.trim().is_empty() || n.subject.contains(['*', '>', ' ']) {
+                errors.add(
+                    &at.k("subject"),
+                    "a subject to publish to, without wildcards, like \"orders.out\"",
+                );
+            }
+        }
+        if let SinkConfig::RedisStream(r) = s {
+            if let Some(why) = crate::redis_stream::unavailable() {
+                errors.add(&at.k("type"), why);
+            }
+            check_url(&mut errors, &at.k("url"), &r.url, "redis");
+            if r.stream.trim().is_empty() {
+                errors.add(&at.k("stream"), "the stream key to append to");
+            }
+            if r.chunk == Some(0) {
+                errors.add(&at.k("chunk"), "at least 1 entry per append");
+            }
+        }
         if let SinkConfig::Kafka(k) = s {
             if let Some(why) = crate::kafka::unavailable() {
                 errors.add(&at.k("type"), why);
-            }
-            if k.key.as_deref().is_some_and(|f| f.is_empty() || f.contains('.')) {
-                errors.add(&at.k("key"), "a top-level field name of the output records");
             }
             if k.brokers.trim().is_empty() {
                 errors.add(&at.k("brokers"), "the brokers to connect to, like \"127.0.0.1:9092\"");
@@ -521,6 +554,31 @@ pub fn build_variant(
                 AnySource::Memory(keel::source::MemorySource::new("unusable kafka source", Vec::new()))
             }
         },
+        #[cfg(feature = "nats")]
+        SourceConfig::Nats(n) => match crate::nats::source(n) {
+            Ok(s) => AnySource::Nats(s),
+            Err(e) => {
+                errors.add(&KeyPath::key("source"), e);
+                AnySource::Memory(keel::source::MemorySource::new("unusable nats source", Vec::new()))
+            }
+        },
+        #[cfg(feature = "redis")]
+        SourceConfig::RedisStream(r) => match crate::redis_stream::source(r) {
+            Ok(s) => AnySource::RedisStream(s),
+            Err(e) => {
+                errors.add(&KeyPath::key("source"), e);
+                AnySource::Memory(keel::source::MemorySource::new("unusable redis source", Vec::new()))
+            }
+        },
+        #[cfg(not(all(feature = "nats", feature = "redis")))]
+        SourceConfig::Nats(_) | SourceConfig::RedisStream(_) => {
+            let why = match &cfg.source {
+                SourceConfig::Nats(_) => crate::nats::unavailable(),
+                _ => crate::redis_stream::unavailable(),
+            };
+            errors.add(&KeyPath::key("source").k("type"), why.unwrap_or("not built"));
+            AnySource::Memory(keel::source::MemorySource::new("unusable source", Vec::new()))
+        }
         SourceConfig::Generator(g) => {
             let gc = GeneratorConfig {
                 partitions: g.partitions,
@@ -644,10 +702,7 @@ fn kafka_sink(
     prefix: Option<&str>,
     state_dir: &Path,
 ) -> Result<impl keel::Sink, ConfigErrors> {
-    let writer = match prefix {
-        Some(p) => format!("{}@{p}", k.name),
-        None => k.name.clone(),
-    };
+    let writer = staged_name(&k.name, prefix);
     let staging = match &k.staging {
         Some(s) if prefix.is_none() => loaded.resolve(s),
         _ => state_dir.join("kafka").join(&k.name),
@@ -662,53 +717,170 @@ fn kafka_sink(
     })
 }
 
+/// The name a sink stages and identifies itself under: a variant (a replay) has its own,
+/// so that its epochs are never taken for the pipeline's.
+fn staged_name(name: &str, prefix: Option<&str>) -> String {
+    match prefix {
+        Some(p) => format!("{name}@{p}"),
+        None => name.to_owned(),
+    }
+}
+
+/// Where a message sink stages: its `staging` setting, else under the checkpoint directory.
+#[cfg(any(feature = "nats", feature = "redis"))]
+fn staging_dir(
+    loaded: &Loaded,
+    set: Option<&str>,
+    kind: &str,
+    name: &str,
+    prefix: Option<&str>,
+    state_dir: &Path,
+) -> PathBuf {
+    match set {
+        Some(s) if prefix.is_none() => loaded.resolve(s),
+        _ => state_dir.join(kind).join(staged_name(name, prefix)),
+    }
+}
+
+#[cfg(feature = "nats")]
+fn nats_sink(
+    loaded: &Loaded,
+    n: &crate::config::NatsSinkToml,
+    prefix: Option<&str>,
+    state_dir: &Path,
+) -> keel_connectors::nats::NatsSink {
+    let staging = staging_dir(loaded, n.staging.as_deref(), "nats", &n.name, prefix, state_dir);
+    crate::nats::sink(n, &staged_name(&n.name, prefix), staging)
+}
+
+#[cfg(feature = "redis")]
+fn redis_stream_sink(
+    loaded: &Loaded,
+    r: &crate::config::RedisStreamSinkToml,
+    prefix: Option<&str>,
+    state_dir: &Path,
+) -> keel_connectors::redis_stream::RedisStreamSink {
+    let staging = staging_dir(loaded, r.staging.as_deref(), "redis", &r.name, prefix, state_dir);
+    crate::redis_stream::sink(r, &staged_name(&r.name, prefix), staging)
+}
+
+/// The error for a sink whose connector this build does not have (also refused by the
+/// checks before, with the feature to enable).
+#[allow(dead_code)]
+fn not_built(loaded: &Loaded, s: &SinkConfig) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        file: loaded.path.clone(),
+        line: None,
+        key: Some(format!("sinks.{}", s.name())),
+        message: "this keel was built without the connector this sink needs".into(),
+    }])
+}
+
+/// A URL setting: not empty, with the scheme the connector speaks.
+fn check_url(errors: &mut Errors<'_>, at: &KeyPath, url: &str, scheme: &str) {
+    let accepted = url.starts_with(&format!("{scheme}://")) || (scheme == "redis" && url.starts_with("rediss://"));
+    if !accepted {
+        errors.add(
+            at,
+            format!(
+                "a {scheme}:// URL, like \"{scheme}://127.0.0.1:{}\"",
+                if scheme == "nats" { 4222 } else { 6379 }
+            ),
+        );
+    }
+}
+
 /// The settings of `[dead_letter]` that depend on its type.
 fn check_dead_letter(errors: &mut Errors<'_>, d: &DeadLetterConfig, ingest: bool) {
+    use DeadLetterKind::{Files, Kafka, Nats, RedisStream};
     let at = KeyPath::key("dead_letter");
-    match d.kind {
-        DeadLetterKind::Files => {
-            let kafka_only = [
-                ("brokers", d.brokers.is_some()),
-                ("topic", d.topic.is_some()),
-                ("compression", d.compression.is_some()),
-                ("fallback_after", d.fallback_after.is_some()),
-                ("options", !d.options.is_empty()),
-            ];
-            for (key, set) in kafka_only {
-                if set {
-                    errors.add(&at.k(key), format!("`{key}` is for type = \"kafka\""));
+    // each type-specific key, with the types it belongs to
+    let specific: [(&str, bool, &[DeadLetterKind], &str); 10] = [
+        ("brokers", d.brokers.is_some(), &[Kafka], "kafka"),
+        ("topic", d.topic.is_some(), &[Kafka], "kafka"),
+        ("compression", d.compression.is_some(), &[Kafka], "kafka"),
+        ("fallback_after", d.fallback_after.is_some(), &[Kafka], "kafka"),
+        ("options", !d.options.is_empty(), &[Kafka], "kafka"),
+        (
+            "url",
+            d.url.is_some(),
+            &[Nats, RedisStream],
+            "nats\" or type = \"redis_stream",
+        ),
+        ("subject", d.subject.is_some(), &[Nats], "nats"),
+        ("stream", d.stream.is_some(), &[RedisStream], "redis_stream"),
+        ("fallback", d.fallback.is_some(), &[Files], "files"),
+        ("max_segment_bytes", d.max_segment_bytes.is_some(), &[Files], "files"),
+    ];
+    for (key, set, kinds, names) in specific {
+        if set && !kinds.contains(&d.kind) {
+            let message = match (key, d.kind) {
+                ("fallback", Kafka) => {
+                    "with type = \"kafka\", `path` is the fallback directory: remove `fallback`".into()
                 }
-            }
+                _ => format!("`{key}` is for type = \"{names}\""),
+            };
+            errors.add(&at.k(key), message);
         }
-        DeadLetterKind::Kafka => {
-            if let Some(why) = crate::kafka::unavailable() {
-                errors.add(&at.k("type"), why);
-            }
-            if d.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
-                errors.add(&at.k("brokers"), "the brokers to connect to, like \"127.0.0.1:9092\"");
-            }
-            if d.topic.as_deref().is_none_or(|t| t.trim().is_empty()) {
-                errors.add(&at.k("topic"), "the dead-letter topic (keel does not create topics)");
-            }
-            if d.fallback.is_some() {
-                errors.add(
-                    &at.k("fallback"),
-                    "with type = \"kafka\", `path` is the fallback directory: remove `fallback`",
-                );
-            }
-            if d.max_segment_bytes.is_some() {
-                errors.add(
-                    &at.k("max_segment_bytes"),
-                    "`max_segment_bytes` is for type = \"files\"",
-                );
-            }
-            if ingest {
-                errors.add(
-                    &at.k("type"),
-                    "batch ingestion writes its dead letters per input file: use type = \"files\" with [ingest]",
-                );
-            }
+    }
+    let mut required = |key: &str, value: Option<&str>, what: &str| {
+        if value.is_none_or(|v| v.trim().is_empty()) {
+            errors.add(&at.k(key), what);
         }
+    };
+    match d.kind {
+        Files => required("path", Some(&d.path), "the directory of dead-letter files"),
+        Kafka => {
+            required(
+                "path",
+                Some(&d.path),
+                "the fallback directory for dead letters the topic cannot take",
+            );
+            required(
+                "brokers",
+                d.brokers.as_deref(),
+                "the brokers to connect to, like \"127.0.0.1:9092\"",
+            );
+            required(
+                "topic",
+                d.topic.as_deref(),
+                "the dead-letter topic (keel does not create topics)",
+            );
+        }
+        Nats => {
+            required("url", d.url.as_deref(), "a nats:// URL, like \"nats://127.0.0.1:4222\"");
+            required(
+                "subject",
+                d.subject.as_deref(),
+                "the dead-letter subject (a stream must capture it)",
+            );
+        }
+        RedisStream => {
+            required(
+                "url",
+                d.url.as_deref(),
+                "a redis:// URL, like \"redis://127.0.0.1:6379\"",
+            );
+            required("stream", d.stream.as_deref(), "the dead-letter stream key");
+        }
+    }
+    if matches!(d.kind, Nats | RedisStream) && !d.path.is_empty() {
+        errors.add(&at.k("path"), "`path` is for type = \"files\" or \"kafka\"");
+    }
+    let unavailable = match d.kind {
+        Files => None,
+        Kafka => crate::kafka::unavailable(),
+        Nats => crate::nats::unavailable(),
+        RedisStream => crate::redis_stream::unavailable(),
+    };
+    if let Some(why) = unavailable {
+        errors.add(&at.k("type"), why);
+    }
+    if ingest && d.kind != Files {
+        errors.add(
+            &at.k("type"),
+            "batch ingestion writes its dead letters per input file: use type = \"files\" with [ingest]",
+        );
     }
 }
 
@@ -745,6 +917,12 @@ fn add_sinks(
         SinkConfig::Files(f) => builder.sink_with(&f.name, file_sink(loaded, f, header, prefix, outputs), enc),
         SinkConfig::Stdout(s) => builder.sink_with(&s.name, StdoutSink::new(), enc),
         SinkConfig::Kafka(k) => builder.sink_with(&k.name, kafka_sink(loaded, k, prefix, state_dir)?, enc),
+        #[cfg(feature = "nats")]
+        SinkConfig::Nats(n) => builder.sink_with(&n.name, nats_sink(loaded, n, prefix, state_dir), enc),
+        #[cfg(feature = "redis")]
+        SinkConfig::RedisStream(r) => builder.sink_with(&r.name, redis_stream_sink(loaded, r, prefix, state_dir), enc),
+        #[allow(unreachable_patterns)]
+        other => return Err(not_built(loaded, other)),
     };
     let sides = if only_sink.is_some() { &[][..] } else { &cfg.sinks[1..] };
     for s in sides {
@@ -753,6 +931,12 @@ fn add_sinks(
             SinkConfig::Files(f) => b.side_sink(&f.name, file_sink(loaded, f, header, prefix, outputs)),
             SinkConfig::Stdout(o) => b.side_sink(&o.name, StdoutSink::new()),
             SinkConfig::Kafka(k) => b.side_sink(&k.name, kafka_sink(loaded, k, prefix, state_dir)?),
+            #[cfg(feature = "nats")]
+            SinkConfig::Nats(n) => b.side_sink(&n.name, nats_sink(loaded, n, prefix, state_dir)),
+            #[cfg(feature = "redis")]
+            SinkConfig::RedisStream(r) => b.side_sink(&r.name, redis_stream_sink(loaded, r, prefix, state_dir)),
+            #[allow(unreachable_patterns)]
+            other => return Err(not_built(loaded, other)),
         };
     }
     if let Some(d) = &cfg.dead_letter
@@ -770,7 +954,23 @@ fn add_sinks(
         })?;
         return Ok(b.dead_letters(sink));
     }
-    if let Some(d) = &cfg.dead_letter {
+    #[cfg(feature = "nats")]
+    if let Some(d) = &cfg.dead_letter
+        && d.kind == DeadLetterKind::Nats
+    {
+        let staging = state_dir.join("nats").join(staged_name("dead_letters", prefix));
+        return Ok(b.dead_letters(crate::nats::dead_letter_sink(d, staging)));
+    }
+    #[cfg(feature = "redis")]
+    if let Some(d) = &cfg.dead_letter
+        && d.kind == DeadLetterKind::RedisStream
+    {
+        let staging = state_dir.join("redis").join(staged_name("dead_letters", prefix));
+        return Ok(b.dead_letters(crate::redis_stream::dead_letter_sink(d, staging)));
+    }
+    if let Some(d) = &cfg.dead_letter
+        && matches!(d.kind, DeadLetterKind::Files | DeadLetterKind::Kafka)
+    {
         let segments = |path: &str| {
             let dir = outputs
                 .and_then(|o| o.get("dead_letters").cloned())

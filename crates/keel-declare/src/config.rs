@@ -68,6 +68,98 @@ pub enum SourceConfig {
     Generator(GeneratorSourceConfig),
     /// Kafka topics (the `kafka` feature).
     Kafka(KafkaSourceToml),
+    /// A NATS JetStream stream (the `nats` feature).
+    Nats(NatsSourceToml),
+    /// Redis streams (the `redis` feature).
+    RedisStream(RedisStreamSourceToml),
+}
+
+/// `type = "nats"` source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSourceToml {
+    /// `nats://[user:pass@]host:port[,...]`.
+    pub url: String,
+    /// The stream (it must exist: keel does not create streams).
+    pub stream: String,
+    /// Subject filters, each a partition; none: the whole stream is one partition.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// Where partitions without a position start: `earliest` (default), `latest`, or a
+    /// stream sequence.
+    #[serde(default, deserialize_with = "nats_start")]
+    pub start: Option<NatsStartToml>,
+    /// Stop at the stream's last message as of the start (tests, backfills).
+    #[serde(default)]
+    pub bounded: bool,
+    /// A durable consumer acknowledged after each checkpoint, for monitoring.
+    #[serde(default)]
+    pub durable: Option<String>,
+}
+
+/// Where a NATS partition starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatsStartToml {
+    /// The first message.
+    Earliest,
+    /// Messages stored from now on.
+    Latest,
+    /// This stream sequence.
+    Sequence(u64),
+}
+
+fn nats_start<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NatsStartToml>, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Option<NatsStartToml>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("`earliest`, `latest` or a stream sequence")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            match v {
+                "earliest" => Ok(Some(NatsStartToml::Earliest)),
+                "latest" => Ok(Some(NatsStartToml::Latest)),
+                other => Err(E::custom(format!(
+                    "`{other}` is not a start: use `earliest`, `latest` or a stream sequence"
+                ))),
+            }
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            u64::try_from(v)
+                .map(|v| Some(NatsStartToml::Sequence(v)))
+                .map_err(|_| E::custom("a stream sequence is not negative"))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// `type = "redis_stream"` source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStreamSourceToml {
+    /// `redis://[user:pass@]host:port[/db]`.
+    pub url: String,
+    /// Stream keys, each a partition.
+    pub streams: Vec<String>,
+    /// Where streams without a position start: `earliest` (default) or `latest`.
+    #[serde(default)]
+    pub start: Option<RedisStreamStartToml>,
+    /// Stop at each stream's last entry as of the start.
+    #[serde(default)]
+    pub bounded: bool,
+    /// A consumer group whose last delivered id follows the checkpoints (monitoring).
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// Where a Redis stream starts.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisStreamStartToml {
+    /// The first entry.
+    Earliest,
+    /// Entries added from now on.
+    Latest,
 }
 
 /// `type = "kafka"` source.
@@ -535,6 +627,10 @@ pub enum SinkConfig {
     Stdout(StdoutSinkConfig),
     /// A Kafka topic, exactly once (the `kafka` feature).
     Kafka(KafkaSinkToml),
+    /// A NATS JetStream subject, exactly once (the `nats` feature).
+    Nats(NatsSinkToml),
+    /// A Redis stream, exactly once (the `redis` feature).
+    RedisStream(RedisStreamSinkToml),
 }
 
 impl SinkConfig {
@@ -544,6 +640,8 @@ impl SinkConfig {
             SinkConfig::Files(c) => &c.name,
             SinkConfig::Stdout(c) => &c.name,
             SinkConfig::Kafka(c) => &c.name,
+            SinkConfig::Nats(c) => &c.name,
+            SinkConfig::RedisStream(c) => &c.name,
         }
     }
 }
@@ -589,6 +687,61 @@ pub struct KafkaSinkToml {
     /// librdkafka settings passed through.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+}
+
+/// `type = "nats"` sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSinkToml {
+    /// Name, used by steps that write to it and in its messages' ids.
+    pub name: String,
+    /// `nats://[user:pass@]host:port[,...]`.
+    pub url: String,
+    /// The subject (a stream must capture it: keel does not create streams).
+    pub subject: String,
+    /// A top-level field of the output record sent as the `keel.key` header.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Headers added to every message.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Where epochs are staged until their commit (default `<checkpoint path>/nats/<name>`).
+    #[serde(default)]
+    pub staging: Option<String>,
+    /// How long a commit waits out an outage before the run fails (default 5m).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub publish_timeout: Option<Duration>,
+    /// Messages awaiting the stream's acknowledgement, at most (default 4096).
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+}
+
+/// `type = "redis_stream"` sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStreamSinkToml {
+    /// Name, used by steps that write to it and in its progress key.
+    pub name: String,
+    /// `redis://[user:pass@]host:port[/db]`.
+    pub url: String,
+    /// The stream key.
+    pub stream: String,
+    /// A top-level field of the output record written as the entry's `key` field.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// `MAXLEN ~ n` on every append.
+    #[serde(default)]
+    pub maxlen: Option<u64>,
+    /// Entries per atomic append (default: the whole epoch, so readers see whole epochs;
+    /// with a chunk size, a crash mid-commit can leave a prefix of an epoch visible).
+    #[serde(default)]
+    pub chunk: Option<usize>,
+    /// Where epochs are staged until their commit (default `<checkpoint path>/redis/<name>`).
+    #[serde(default)]
+    pub staging: Option<String>,
+    /// How long a commit waits out an outage before the run fails (default 5m).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub publish_timeout: Option<Duration>,
 }
 
 /// How the Kafka sink picks partitions.
@@ -640,12 +793,14 @@ pub struct StdoutSinkConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
-    /// `files` (the default: segment files in `path`) or `kafka` (a topic, with `path` as
-    /// the local fallback).
+    /// `files` (the default: segment files in `path`), `kafka` (a topic, with `path` as
+    /// the local fallback), `nats` (a subject) or `redis_stream` (a stream).
     #[serde(default, rename = "type")]
     pub kind: DeadLetterKind,
     /// Directory of dead-letter files (relative to the pipeline file); with `type = "kafka"`,
-    /// the fallback that takes the dead letters the topic cannot, until it can.
+    /// the fallback that takes the dead letters the topic cannot, until it can. Not used by
+    /// `nats` and `redis_stream`.
+    #[serde(default)]
     pub path: String,
     /// Kafka: `host:port[,host:port...]`.
     #[serde(default)]
@@ -663,6 +818,15 @@ pub struct DeadLetterConfig {
     /// Kafka: librdkafka settings passed through.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// NATS and Redis: the server's URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// NATS: the dead-letter subject (a stream must capture it).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Redis: the dead-letter stream key.
+    #[serde(default)]
+    pub stream: Option<String>,
     /// A field to copy into each dead letter as its `id`; for records that are not valid
     /// JSON, the first `"<field>": <value>` in the text is used.
     #[serde(default)]
@@ -717,6 +881,10 @@ pub enum DeadLetterKind {
     Files,
     /// A Kafka topic.
     Kafka,
+    /// A NATS JetStream subject.
+    Nats,
+    /// A Redis stream.
+    RedisStream,
 }
 
 /// `[errors]`: classification rules and what to do with each class of failure.

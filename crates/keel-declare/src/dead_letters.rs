@@ -8,7 +8,7 @@
 //! `<path>/_replays.jsonl`, and purging acts on the directory only (the topic's retention
 //! removes its messages).
 
-use keel::dead_letter::{EnvelopeError, Replay};
+use keel::dead_letter::Replay;
 use keel_connectors::file::dead_letters::{DeadLetterDir, Entry, Filter, Location};
 
 use crate::build::Loaded;
@@ -25,10 +25,13 @@ impl DeadLetters {
     /// The dead letters of a pipeline file.
     pub fn of(loaded: &Loaded) -> Result<Self, ReplayError> {
         let d = loaded.config.dead_letter.as_ref().ok_or(ReplayError::NoDeadLetters)?;
+        if let Some(elsewhere) = not_readable(d) {
+            return Err(ReplayError::NotReadable(elsewhere));
+        }
         let dir = loaded.resolve(&d.path);
         let topic = match d.kind {
-            DeadLetterKind::Files => None,
             DeadLetterKind::Kafka => Some(crate::kafka::TopicStore::new(d, dir.join("_replays.jsonl"))?),
+            _ => None,
         };
         Ok(DeadLetters {
             dir: DeadLetterDir::new(dir),
@@ -107,6 +110,17 @@ impl DeadLetters {
 }
 
 /// An entry for a topic message that is not a dead letter.
-pub(crate) fn unreadable(message: String) -> Result<keel::dead_letter::Envelope, EnvelopeError> {
-    Err(EnvelopeError::Json(message))
+#[cfg(feature = "kafka")]
+pub(crate) fn unreadable(message: String) -> Result<keel::dead_letter::Envelope, keel::dead_letter::EnvelopeError> {
+    Err(keel::dead_letter::EnvelopeError::Json(message))
+}
+
+/// Where dead letters go that `keel dlq` does not read (a NATS subject, a Redis stream).
+pub(crate) fn not_readable(d: &crate::config::DeadLetterConfig) -> Option<String> {
+    let unset = String::new;
+    match d.kind {
+        DeadLetterKind::Nats => Some(format!("NATS subject {}", d.subject.clone().unwrap_or_else(unset))),
+        DeadLetterKind::RedisStream => Some(format!("Redis stream {}", d.stream.clone().unwrap_or_else(unset))),
+        DeadLetterKind::Files | DeadLetterKind::Kafka => None,
+    }
 }

@@ -75,7 +75,7 @@ pub fn plan(loaded: &Loaded) -> Result<Option<IngestPlan>, ConfigErrors> {
             }
             crate::build::files_source(loaded, f)
         }
-        SourceConfig::Generator(_) | SourceConfig::Kafka(_) => {
+        SourceConfig::Generator(_) | SourceConfig::Kafka(_) | SourceConfig::Nats(_) | SourceConfig::RedisStream(_) => {
             errors.add(
                 &KeyPath::key("source").k("type"),
                 "[ingest] needs a `files` source: each input file is a unit",
@@ -99,9 +99,9 @@ pub fn plan(loaded: &Loaded) -> Result<Option<IngestPlan>, ConfigErrors> {
     for (i, s) in cfg.sinks.iter().enumerate() {
         match s {
             SinkConfig::Files(f) => outputs.push((f.name.clone(), loaded.resolve(&f.path))),
-            SinkConfig::Stdout(_) | SinkConfig::Kafka(_) => errors.add(
+            _ => errors.add(
                 &KeyPath::key("sinks").i(i).k("type"),
-                "[ingest] commits each file's output as a transaction: use `files` sinks (stdout and Kafka cannot be rolled back)",
+                "[ingest] commits each file's output as a transaction: use `files` sinks (stdout and brokers cannot be rolled back)",
             ),
         }
     }

@@ -44,6 +44,11 @@ pub enum ReplayError {
     /// The pipeline has no dead-letter output.
     #[error("the pipeline file has no [dead_letter] output")]
     NoDeadLetters,
+    /// The dead letters go to a broker `keel dlq` does not read.
+    #[error(
+        "the dead letters go to {0}: read them there (each is the original record with its envelope in keel.error.* headers or fields); keel dlq reads dead-letter directories and Kafka topics"
+    )]
+    NotReadable(String),
     /// Replaying through the steps of a pipeline with keyed state would run outside that
     /// state (a replay has its own checkpoints) and corrupt its results.
     #[error(
@@ -108,10 +113,12 @@ pub fn remove_replays(loaded: &Loaded) -> std::io::Result<usize> {
                 loaded.resolve(&f.path),
                 format!("{}-replay-", f.prefix.as_deref().unwrap_or("part")),
             )),
-            SinkConfig::Stdout(_) | SinkConfig::Kafka(_) => None,
+            _ => None,
         })
         .collect();
-    if let Some(d) = &loaded.config.dead_letter {
+    if let Some(d) = &loaded.config.dead_letter
+        && crate::dead_letters::not_readable(d).is_none()
+    {
         outputs.push((loaded.resolve(&d.path), "dead-replay-".into()));
     }
     for (dir, prefix) in outputs {
@@ -157,6 +164,9 @@ fn replays_dir(loaded: &Loaded) -> PathBuf {
 /// The dead-letter directory of a pipeline file.
 pub fn dead_letter_dir(loaded: &Loaded) -> Result<DeadLetterDir, ReplayError> {
     let d = loaded.config.dead_letter.as_ref().ok_or(ReplayError::NoDeadLetters)?;
+    if let Some(elsewhere) = crate::dead_letters::not_readable(d) {
+        return Err(ReplayError::NotReadable(elsewhere));
+    }
     Ok(DeadLetterDir::new(loaded.resolve(&d.path)))
 }
 

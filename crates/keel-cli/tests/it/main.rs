@@ -1,5 +1,6 @@
 //! Integration tests of the `keel` command (one test binary for the crate).
 
+mod brokers;
 mod cli;
 mod crash;
 mod csv;
@@ -7,7 +8,9 @@ mod fault;
 mod ingest;
 mod kafka;
 mod metrics;
+mod nats;
 mod notify;
 mod queue;
+mod redis_stream;
 mod refjob;
 mod secrets;

@@ -984,8 +984,8 @@ pub fn murmur2(data: &[u8]) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use crate::stage::Staged;
     use super::*;
+    use crate::stage::Staged;
 
     #[test]
     fn murmur2_matches_the_java_client() {

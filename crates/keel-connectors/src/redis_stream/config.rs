@@ -52,8 +52,11 @@ pub struct RedisStreamSinkConfig {
     pub staging: PathBuf,
     /// `MAXLEN ~ n` on every `XADD`, if set.
     pub maxlen: Option<u64>,
-    /// Entries per atomic chunk (one script call).
-    pub chunk: usize,
+    /// Entries per atomic append. `None` (the default): each epoch is one atomic append, so
+    /// readers see whole epochs only. With `Some(n)`, a larger epoch is appended in chunks of
+    /// `n` (each atomic with the progress key): a crash mid-commit then leaves a prefix of
+    /// the epoch visible, which the restart completes (never rolls back).
+    pub chunk: Option<usize>,
     /// How long a commit keeps retrying through an outage before the run fails.
     pub publish_timeout: Duration,
     /// The sink writes dead letters (records are envelopes).
@@ -68,7 +71,7 @@ impl RedisStreamSinkConfig {
             stream: stream.into(),
             staging: staging.into(),
             maxlen: None,
-            chunk: 1000,
+            chunk: None,
             publish_timeout: Duration::from_secs(300),
             dead_letters: false,
         }

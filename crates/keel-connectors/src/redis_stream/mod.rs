@@ -5,10 +5,12 @@
 //!   delivered id is set to each checkpoint's position, for monitoring only (`XINFO GROUPS`
 //!   shows the lag).
 //! - [`RedisStreamSink`]: stages each epoch locally ([`crate::stage`]) and appends it at the
-//!   commit in chunks, each one Lua script that checks and advances the sink's progress key
+//!   commit with one Lua script that checks and advances the sink's progress key
 //!   (`keel:progress:{<stream>}:<pipeline>/<sink>` = `<token>:<records done>`, the token
-//!   fixed at prepare) in the same atomic step as its `XADD`s. A chunk repeated after a
-//!   crash finds the progress key past it and adds nothing.
+//!   fixed at prepare) in the same atomic step as its `XADD`s: readers see whole epochs
+//!   only, and a commit repeated after a crash finds the key past it and adds nothing. With
+//!   `chunk`, large epochs go in several such steps (Redis is not blocked as long; a crash
+//!   between two leaves a prefix visible that the restart completes).
 //! - Dead letters to a stream ([`RedisStreamSink::dead_letters`]): entry fields `value`
 //!   (the original bytes), `key`, then the envelope's `keel.error.*` fields.
 //!

@@ -145,7 +145,7 @@ impl RedisStreamPublisher {
         records: &[Staged<'_>],
         from: usize,
     ) -> Result<(), Failure> {
-        let chunk = self.config.chunk.max(1);
+        let chunk = self.config.chunk.unwrap_or(usize::MAX).max(1);
         let mut at = from;
         while at < records.len() {
             let to = (at + chunk).min(records.len());

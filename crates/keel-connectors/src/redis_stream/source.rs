@@ -249,6 +249,13 @@ fn record_of(fields: Fields) -> Record {
     }
 }
 
+impl RedisStreamReader {
+    /// The stream key this reader reads.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+}
+
 impl PartitionReader for RedisStreamReader {
     type Position = String;
 

@@ -86,7 +86,7 @@ fn stream_values(stream: &str) -> Vec<String> {
 
 fn config(stream: &str, staging: &std::path::Path) -> RedisStreamSinkConfig {
     let mut c = RedisStreamSinkConfig::new(url(), stream, staging);
-    c.chunk = 10;
+    c.chunk = Some(10);
     c
 }
 
