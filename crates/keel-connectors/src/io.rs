@@ -26,6 +26,7 @@ fn runtime() -> Result<&'static Runtime, String> {
     .map_err(Clone::clone)
 }
 
+#[cfg_attr(not(any(feature = "nats", feature = "redis")), allow(dead_code))]
 /// Runs `f` on the I/O runtime and waits for it from async code (any runtime). `Err` when
 /// the runtime cannot start or `f` panicked.
 pub(crate) async fn run<F>(f: F) -> Result<F::Output, String>
@@ -51,6 +52,7 @@ where
     rx.recv().map_err(|_| "a connector task panicked".to_owned())
 }
 
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 /// Spawns `f` on the I/O runtime (a reader's prefetch loop).
 pub(crate) fn spawn<F>(f: F) -> Result<tokio::task::JoinHandle<F::Output>, String>
 where
@@ -60,6 +62,7 @@ where
     Ok(runtime()?.spawn(f))
 }
 
+#[cfg_attr(not(any(feature = "nats", feature = "redis")), allow(dead_code))]
 fn panicked(e: &tokio::task::JoinError) -> String {
     format!("a connector task failed: {e}")
 }

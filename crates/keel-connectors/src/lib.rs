@@ -10,6 +10,7 @@
 //! - [`kafka`]: Kafka source and exactly-once sink (the `kafka` feature).
 //! - [`nats`]: NATS JetStream source and exactly-once sink (the `nats` feature).
 //! - [`redis_stream`]: Redis Streams source and exactly-once sink (the `redis` feature).
+//! - [`postgres`]: PostgreSQL exactly-once table sink (the `postgres` feature).
 //! - [`stage`]: the staged-epoch protocol the message sinks share.
 //! - [`webhook`]: run events posted to a webhook (the `webhook` feature).
 //!
@@ -23,13 +24,15 @@
 pub mod envelope;
 pub mod file;
 pub mod generator;
-#[cfg(any(feature = "nats", feature = "redis"))]
+#[cfg(any(feature = "nats", feature = "redis", feature = "postgres"))]
 pub(crate) mod io;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod ledger;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod queue;
 #[cfg(feature = "redis")]
 pub mod redis_stream;

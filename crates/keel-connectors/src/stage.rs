@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use keel::checkpoint::CheckpointId;
 use keel::checkpoint::recovery::SinkRecovery;
-use keel::sink::{EmptyEpoch, Framing, Guarantee, OutBatch, RecoveryReport, SealedEpoch, Sink, SinkError};
+use keel::sink::{EmptyEpoch, Framing, Guarantee, OutBatch, RecordCheck, RecoveryReport, SealedEpoch, Sink, SinkError};
 use serde::{Deserialize, Serialize};
 
 /// `u16 topic length | topic`, before a routed record.
@@ -112,6 +112,11 @@ pub trait Publish: Send + Sync + 'static {
 
     /// The largest record the destination takes, once [`Publish::start`] has learnt it.
     fn max_record_bytes(&self) -> Option<usize> {
+        None
+    }
+
+    /// A check of each record ([`Sink::record_check`]), once [`Publish::start`] has run.
+    fn record_check(&self) -> Option<RecordCheck> {
         None
     }
 
@@ -268,6 +273,10 @@ impl<P: Publish> Sink for StagedSink<P> {
 
     fn max_record_bytes(&self) -> Option<usize> {
         self.publisher.max_record_bytes()
+    }
+
+    fn record_check(&self) -> Option<RecordCheck> {
+        self.publisher.record_check()
     }
 
     async fn highest_epoch(&mut self) -> Result<Option<CheckpointId>, SinkError> {

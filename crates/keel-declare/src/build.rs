@@ -340,6 +340,30 @@ pub fn build_variant(
                 );
             }
         }
+        if let SinkConfig::Postgres(p) = s {
+            if let Some(why) = crate::postgres::unavailable() {
+                errors.add(&at.k("type"), why);
+            }
+            if !p.url.starts_with("postgres://") && !p.url.starts_with("postgresql://") && !p.url.contains("host=") {
+                errors.add(
+                    &at.k("url"),
+                    "a postgres:// URL, like \"postgres://keel@127.0.0.1:5432/db\"",
+                );
+            }
+            if p.table.trim().is_empty() {
+                errors.add(&at.k("table"), "the table to write to (`table` or `schema.table`)");
+            }
+            if p.rows_per_statement == Some(0) {
+                errors.add(&at.k("rows_per_statement"), "at least 1 row per statement");
+            }
+            if let Some(k) = p
+                .upsert_key
+                .iter()
+                .find(|k| !p.columns.is_empty() && !p.columns.contains_key(*k))
+            {
+                errors.add(&at.k("upsert_key"), format!("`{k}` is not one of the mapped columns"));
+            }
+        }
         if let SinkConfig::RedisStream(r) = s {
             if let Some(why) = crate::redis_stream::unavailable() {
                 errors.add(&at.k("type"), why);
@@ -727,7 +751,7 @@ fn staged_name(name: &str, prefix: Option<&str>) -> String {
 }
 
 /// Where a message sink stages: its `staging` setting, else under the checkpoint directory.
-#[cfg(any(feature = "nats", feature = "redis"))]
+#[cfg(any(feature = "nats", feature = "redis", feature = "postgres"))]
 fn staging_dir(
     loaded: &Loaded,
     set: Option<&str>,
@@ -764,6 +788,17 @@ fn redis_stream_sink(
     crate::redis_stream::sink(r, &staged_name(&r.name, prefix), staging)
 }
 
+#[cfg(feature = "postgres")]
+fn postgres_sink(
+    loaded: &Loaded,
+    p: &crate::config::PostgresSinkToml,
+    prefix: Option<&str>,
+    state_dir: &Path,
+) -> keel_connectors::postgres::PostgresSink {
+    let staging = staging_dir(loaded, p.staging.as_deref(), "postgres", &p.name, prefix, state_dir);
+    crate::postgres::sink(p, &staged_name(&p.name, prefix), staging)
+}
+
 /// The error for a sink whose connector this build does not have (also refused by the
 /// checks before, with the feature to enable).
 #[allow(dead_code)]
@@ -792,10 +827,10 @@ fn check_url(errors: &mut Errors<'_>, at: &KeyPath, url: &str, scheme: &str) {
 
 /// The settings of `[dead_letter]` that depend on its type.
 fn check_dead_letter(errors: &mut Errors<'_>, d: &DeadLetterConfig, ingest: bool) {
-    use DeadLetterKind::{Files, Kafka, Nats, RedisStream};
+    use DeadLetterKind::{Files, Kafka, Nats, Postgres, RedisStream};
     let at = KeyPath::key("dead_letter");
     // each type-specific key, with the types it belongs to
-    let specific: [(&str, bool, &[DeadLetterKind], &str); 10] = [
+    let specific: [(&str, bool, &[DeadLetterKind], &str); 11] = [
         ("brokers", d.brokers.is_some(), &[Kafka], "kafka"),
         ("topic", d.topic.is_some(), &[Kafka], "kafka"),
         ("compression", d.compression.is_some(), &[Kafka], "kafka"),
@@ -804,9 +839,10 @@ fn check_dead_letter(errors: &mut Errors<'_>, d: &DeadLetterConfig, ingest: bool
         (
             "url",
             d.url.is_some(),
-            &[Nats, RedisStream],
-            "nats\" or type = \"redis_stream",
+            &[Nats, RedisStream, Postgres],
+            "nats\", \"redis_stream\" or \"postgres",
         ),
+        ("table", d.table.is_some(), &[Postgres], "postgres"),
         ("subject", d.subject.is_some(), &[Nats], "nats"),
         ("stream", d.stream.is_some(), &[RedisStream], "redis_stream"),
         ("fallback", d.fallback.is_some(), &[Files], "files"),
@@ -863,8 +899,20 @@ fn check_dead_letter(errors: &mut Errors<'_>, d: &DeadLetterConfig, ingest: bool
             );
             required("stream", d.stream.as_deref(), "the dead-letter stream key");
         }
+        Postgres => {
+            required(
+                "url",
+                d.url.as_deref(),
+                "a postgres:// URL, like \"postgres://keel@127.0.0.1:5432/db\"",
+            );
+            required(
+                "table",
+                d.table.as_deref(),
+                "the dead-letter table (created if missing)",
+            );
+        }
     }
-    if matches!(d.kind, Nats | RedisStream) && !d.path.is_empty() {
+    if matches!(d.kind, Nats | RedisStream | Postgres) && !d.path.is_empty() {
         errors.add(&at.k("path"), "`path` is for type = \"files\" or \"kafka\"");
     }
     let unavailable = match d.kind {
@@ -872,6 +920,7 @@ fn check_dead_letter(errors: &mut Errors<'_>, d: &DeadLetterConfig, ingest: bool
         Kafka => crate::kafka::unavailable(),
         Nats => crate::nats::unavailable(),
         RedisStream => crate::redis_stream::unavailable(),
+        Postgres => crate::postgres::unavailable(),
     };
     if let Some(why) = unavailable {
         errors.add(&at.k("type"), why);
@@ -921,6 +970,8 @@ fn add_sinks(
         SinkConfig::Nats(n) => builder.sink_with(&n.name, nats_sink(loaded, n, prefix, state_dir), enc),
         #[cfg(feature = "redis")]
         SinkConfig::RedisStream(r) => builder.sink_with(&r.name, redis_stream_sink(loaded, r, prefix, state_dir), enc),
+        #[cfg(feature = "postgres")]
+        SinkConfig::Postgres(p) => builder.sink_with(&p.name, postgres_sink(loaded, p, prefix, state_dir), enc),
         #[allow(unreachable_patterns)]
         other => return Err(not_built(loaded, other)),
     };
@@ -935,6 +986,8 @@ fn add_sinks(
             SinkConfig::Nats(n) => b.side_sink(&n.name, nats_sink(loaded, n, prefix, state_dir)),
             #[cfg(feature = "redis")]
             SinkConfig::RedisStream(r) => b.side_sink(&r.name, redis_stream_sink(loaded, r, prefix, state_dir)),
+            #[cfg(feature = "postgres")]
+            SinkConfig::Postgres(p) => b.side_sink(&p.name, postgres_sink(loaded, p, prefix, state_dir)),
             #[allow(unreachable_patterns)]
             other => return Err(not_built(loaded, other)),
         };
@@ -967,6 +1020,13 @@ fn add_sinks(
     {
         let staging = state_dir.join("redis").join(staged_name("dead_letters", prefix));
         return Ok(b.dead_letters(crate::redis_stream::dead_letter_sink(d, staging)));
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(d) = &cfg.dead_letter
+        && d.kind == DeadLetterKind::Postgres
+    {
+        let staging = state_dir.join("postgres").join(staged_name("dead_letters", prefix));
+        return Ok(b.dead_letters(crate::postgres::dead_letter_sink(d, staging)));
     }
     if let Some(d) = &cfg.dead_letter
         && matches!(d.kind, DeadLetterKind::Files | DeadLetterKind::Kafka)

@@ -631,6 +631,8 @@ pub enum SinkConfig {
     Nats(NatsSinkToml),
     /// A Redis stream, exactly once (the `redis` feature).
     RedisStream(RedisStreamSinkToml),
+    /// A PostgreSQL table, exactly once (the `postgres` feature).
+    Postgres(PostgresSinkToml),
 }
 
 impl SinkConfig {
@@ -642,6 +644,7 @@ impl SinkConfig {
             SinkConfig::Kafka(c) => &c.name,
             SinkConfig::Nats(c) => &c.name,
             SinkConfig::RedisStream(c) => &c.name,
+            SinkConfig::Postgres(c) => &c.name,
         }
     }
 }
@@ -714,6 +717,34 @@ pub struct NatsSinkToml {
     /// Messages awaiting the stream's acknowledgement, at most (default 4096).
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+}
+
+/// `type = "postgres"` sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkToml {
+    /// Name, used by steps that write to it and in its progress row.
+    pub name: String,
+    /// `postgres://user[:password]@host:port/db` (`${VAR}` keeps the password out of the file).
+    pub url: String,
+    /// `table` or `schema.table` (it must exist).
+    pub table: String,
+    /// `{ column = "field" }`: the record field each column takes (default: every column
+    /// from the field of its name; columns with a default are left to it).
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// Upsert on these columns (a unique index must cover them); default: insert.
+    #[serde(default)]
+    pub upsert_key: Vec<String>,
+    /// Where epochs are staged until their commit (default `<checkpoint path>/postgres/<name>`).
+    #[serde(default)]
+    pub staging: Option<String>,
+    /// How long a commit waits out an outage before the run fails (default 5m).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub publish_timeout: Option<Duration>,
+    /// Rows per INSERT statement in an epoch's transaction (default 5000).
+    #[serde(default)]
+    pub rows_per_statement: Option<usize>,
 }
 
 /// `type = "redis_stream"` sink.
@@ -794,7 +825,8 @@ pub struct StdoutSinkConfig {
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
     /// `files` (the default: segment files in `path`), `kafka` (a topic, with `path` as
-    /// the local fallback), `nats` (a subject) or `redis_stream` (a stream).
+    /// the local fallback), `nats` (a subject), `redis_stream` (a stream) or `postgres` (a
+    /// table).
     #[serde(default, rename = "type")]
     pub kind: DeadLetterKind,
     /// Directory of dead-letter files (relative to the pipeline file); with `type = "kafka"`,
@@ -818,7 +850,7 @@ pub struct DeadLetterConfig {
     /// Kafka: librdkafka settings passed through.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
-    /// NATS and Redis: the server's URL.
+    /// NATS, Redis and PostgreSQL: the server's URL.
     #[serde(default)]
     pub url: Option<String>,
     /// NATS: the dead-letter subject (a stream must capture it).
@@ -827,6 +859,9 @@ pub struct DeadLetterConfig {
     /// Redis: the dead-letter stream key.
     #[serde(default)]
     pub stream: Option<String>,
+    /// PostgreSQL: the dead-letter table (created if missing).
+    #[serde(default)]
+    pub table: Option<String>,
     /// A field to copy into each dead letter as its `id`; for records that are not valid
     /// JSON, the first `"<field>": <value>` in the text is used.
     #[serde(default)]
@@ -885,6 +920,8 @@ pub enum DeadLetterKind {
     Nats,
     /// A Redis stream.
     RedisStream,
+    /// A PostgreSQL table.
+    Postgres,
 }
 
 /// `[errors]`: classification rules and what to do with each class of failure.

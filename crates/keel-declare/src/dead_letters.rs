@@ -121,6 +121,7 @@ pub(crate) fn not_readable(d: &crate::config::DeadLetterConfig) -> Option<String
     match d.kind {
         DeadLetterKind::Nats => Some(format!("NATS subject {}", d.subject.clone().unwrap_or_else(unset))),
         DeadLetterKind::RedisStream => Some(format!("Redis stream {}", d.stream.clone().unwrap_or_else(unset))),
+        DeadLetterKind::Postgres => Some(format!("PostgreSQL table {}", d.table.clone().unwrap_or_else(unset))),
         DeadLetterKind::Files | DeadLetterKind::Kafka => None,
     }
 }

@@ -21,6 +21,7 @@ pub mod interpolate;
 mod kafka;
 mod nats;
 pub mod notify;
+mod postgres;
 mod redis_stream;
 pub mod replay;
 pub mod source;

@@ -28,8 +28,9 @@ pub(crate) struct StepShared {
 pub(crate) struct SideSink {
     pub(crate) name: String,
     pub(crate) framing: Framing,
-    /// The sink's record size limit ([`crate::Sink::max_record_bytes`]).
-    pub(crate) max_record_bytes: Option<usize>,
+    /// What its records must satisfy ([`crate::Sink::max_record_bytes`],
+    /// [`crate::Sink::record_check`]).
+    pub(crate) limits: crate::sink::RecordLimits,
 }
 
 impl StepShared {
@@ -268,8 +269,7 @@ impl<'a> Context<'a> {
     /// out and fails as `oversized` at that sink's stage.
     fn within_limit(&mut self, i: usize) -> Result<(), Failure> {
         let side = &self.shared.side_sinks[i];
-        crate::runtime::within_limit(&mut self.local.side[i], side.max_record_bytes)
-            .map_err(|f| f.with_stage(side.name.clone()))
+        crate::runtime::within_limit(&mut self.local.side[i], &side.limits).map_err(|f| f.with_stage(side.name.clone()))
     }
 
     /// Sends `value`, encoded as JSON, to the sink named `sink`.

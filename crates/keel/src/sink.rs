@@ -184,6 +184,14 @@ impl OutBatch {
         })
     }
 
+    /// The last record, if any.
+    pub fn last(&self) -> Option<OutRecord<'_>> {
+        self.spans.last().map(|s| OutRecord {
+            key: s.key_start.map(|k| &self.keys[k as usize..s.key_end as usize]),
+            value: &self.data[s.value_start as usize..s.end as usize],
+        })
+    }
+
     /// Bytes of the last record (key and value), 0 when empty.
     pub fn last_record_bytes(&self) -> usize {
         self.spans.last().map_or(0, |s| {
@@ -284,6 +292,14 @@ pub trait Sink: 'static {
         None
     }
 
+    /// A check each encoded record must pass to join an epoch (a value the destination's
+    /// schema cannot take, say). A record that fails it fails alone at this sink's stage,
+    /// before its epoch is decided, and the stage's policy handles it (a dead letter by
+    /// default). Read after [`Sink::recover`], so that it can use what the sink learnt there.
+    fn record_check(&self) -> Option<RecordCheck> {
+        None
+    }
+
     /// Called once on start, before any write: finish commits of epochs up to the restored
     /// checkpoint, discard staged epochs after it.
     fn recover(&mut self, recovery: &SinkRecovery) -> impl Future<Output = Result<RecoveryReport, SinkError>>;
@@ -295,6 +311,34 @@ pub trait Sink: 'static {
     fn seal(&mut self, epoch: CheckpointId) -> impl Future<Output = Result<Box<dyn SealedEpoch>, SinkError>>;
 }
 
+/// A per-record check of a sink ([`Sink::record_check`]).
+pub type RecordCheck = std::sync::Arc<dyn Fn(OutRecord<'_>) -> Result<(), Failure> + Send + Sync>;
+
+/// What each record written to a sink must satisfy: its size limit and its own check.
+#[derive(Clone, Default)]
+pub(crate) struct RecordLimits {
+    pub(crate) max_bytes: Option<usize>,
+    pub(crate) check: Option<RecordCheck>,
+}
+
+impl fmt::Debug for RecordLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordLimits")
+            .field("max_bytes", &self.max_bytes)
+            .field("check", &self.check.is_some())
+            .finish()
+    }
+}
+
+impl RecordLimits {
+    pub(crate) fn of(sink: &dyn DynSink) -> Self {
+        RecordLimits {
+            max_bytes: sink.max_record_bytes(),
+            check: sink.record_check(),
+        }
+    }
+}
+
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// Object-safe form of [`Sink`], so a pipeline can hold sinks of different types.
@@ -303,6 +347,7 @@ pub(crate) trait DynSink {
     fn guarantee(&self) -> Guarantee;
     fn framing(&self) -> Framing;
     fn max_record_bytes(&self) -> Option<usize>;
+    fn record_check(&self) -> Option<RecordCheck>;
     fn highest_epoch(&mut self) -> BoxFut<'_, Result<Option<CheckpointId>, SinkError>>;
     fn recover<'a>(&'a mut self, r: &'a SinkRecovery) -> BoxFut<'a, Result<RecoveryReport, SinkError>>;
     fn write<'a>(&'a mut self, epoch: CheckpointId, batch: &'a OutBatch) -> BoxFut<'a, Result<(), SinkError>>;
@@ -321,6 +366,9 @@ impl<S: Sink> DynSink for S {
     }
     fn max_record_bytes(&self) -> Option<usize> {
         Sink::max_record_bytes(self)
+    }
+    fn record_check(&self) -> Option<RecordCheck> {
+        Sink::record_check(self)
     }
     fn highest_epoch(&mut self) -> BoxFut<'_, Result<Option<CheckpointId>, SinkError>> {
         Box::pin(Sink::highest_epoch(self))

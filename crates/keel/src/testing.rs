@@ -226,7 +226,7 @@ impl StepHarness {
             .map(|n| SideSink {
                 name: (*n).to_owned(),
                 framing: Framing::Lines,
-                max_record_bytes: None,
+                limits: Default::default(),
             })
             .collect();
         let shared = StepShared::new("test", StateStore::new(SnapshotPolicy::default()), time, sides);

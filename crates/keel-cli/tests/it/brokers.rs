@@ -156,6 +156,10 @@ pub fn crash_test(target: &dyn Target, records: u64, points: &[&str]) -> usize {
 pub struct Server {
     program: String,
     args: Vec<String>,
+    /// Run as this user and group (a server that refuses root).
+    user: Option<(u32, u32)>,
+    /// How a service manager stops it (`-TERM`; PostgreSQL's fast shutdown is `-INT`).
+    stop_signal: &'static str,
     child: Option<Child>,
     /// Its port.
     pub port: u16,
@@ -171,11 +175,29 @@ fn free_port() -> u16 {
 impl Server {
     /// Starts `program` with `args(port, data_dir)`.
     pub fn start(program: &str, args: impl Fn(u16, &Path) -> Vec<String>) -> Server {
+        Self::start_as(program, None, "-TERM", |_| {}, args)
+    }
+
+    /// Starts `program` as `user`, stopped with `stop_signal`, after `prepare(data_dir)`
+    /// (the data directory is the user's).
+    pub fn start_as(
+        program: &str,
+        user: Option<(u32, u32)>,
+        stop_signal: &'static str,
+        prepare: impl FnOnce(&Path),
+        args: impl Fn(u16, &Path) -> Vec<String>,
+    ) -> Server {
         let data = tempfile::tempdir().unwrap();
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(data.path(), Some(uid), Some(gid)).unwrap();
+        }
+        prepare(data.path());
         let port = free_port();
         let mut s = Server {
             program: program.into(),
             args: args(port, data.path()),
+            user,
+            stop_signal,
             child: None,
             port,
             _data: data,
@@ -185,12 +207,13 @@ impl Server {
     }
 
     fn up(&mut self) {
-        let child = Command::new(&self.program)
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", self.program));
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args).stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some((uid, gid)) = self.user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", self.program));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -207,7 +230,9 @@ impl Server {
     /// Stops the server (SIGTERM, as a service manager does) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args([self.stop_signal, &c.id().to_string()])
+                .status();
             let _ = c.wait();
         }
     }

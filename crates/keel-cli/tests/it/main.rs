@@ -10,6 +10,7 @@ mod kafka;
 mod metrics;
 mod nats;
 mod notify;
+mod postgres;
 mod queue;
 mod redis_stream;
 mod refjob;

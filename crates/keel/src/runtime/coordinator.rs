@@ -19,7 +19,7 @@ use crate::checkpoint::{
 use crate::context::{Context, SideSink, StepShared, TaskLocal};
 use crate::policy::CircuitBreaker;
 use crate::record::Record;
-use crate::sink::Encoder;
+use crate::sink::{Encoder, RecordLimits};
 use crate::source::Source;
 use crate::state::StateStore;
 use crate::step::Step;
@@ -50,14 +50,7 @@ where
     } = p;
 
     let mut sinks: Vec<NamedSink> = std::iter::once(main).chain(side).collect();
-    let side_sinks: Vec<SideSink> = sinks[1..]
-        .iter()
-        .map(|s| SideSink {
-            name: s.name.clone(),
-            framing: s.sink.framing(),
-            max_record_bytes: s.sink.max_record_bytes(),
-        })
-        .collect();
+    let side_count = sinks.len() - 1;
     let dead_index = dead_letters.map(|d| {
         sinks.push(d);
         sinks.len() - 1
@@ -212,6 +205,15 @@ where
     }
 
     // 3. The shared runtime and the checkpoint thread.
+    // after recovery: a sink's limits may depend on what it learnt there (a server's limit)
+    let side_sinks: Vec<SideSink> = sinks[1..=side_count]
+        .iter()
+        .map(|s| SideSink {
+            name: s.name.clone(),
+            framing: s.sink.framing(),
+            limits: RecordLimits::of(s.sink.as_ref()),
+        })
+        .collect();
     let step_shared = StepShared::new(&name, state, options.watermarks, side_sinks);
     step_shared
         .watermark
@@ -233,7 +235,7 @@ where
                 .map(|c| RefCell::new(CircuitBreaker::new(s.name.clone(), c))),
             name: s.name,
             framing: s.sink.framing(),
-            max_record_bytes: s.sink.max_record_bytes(),
+            limits: RecordLimits::of(s.sink.as_ref()),
             sink: tokio::sync::Mutex::new(s.sink),
         })
         .collect();
@@ -641,7 +643,7 @@ where
         let mut key = Vec::new();
         for o in &outputs {
             encode_main(&mut out.main, &mut self.encoder, o, &mut key)
-                .and_then(|()| within_limit(&mut out.main, self.rt.sinks[0].max_record_bytes))
+                .and_then(|()| within_limit(&mut out.main, &self.rt.sinks[0].limits))
                 .map_err(end)?;
         }
         let c = &rt.counters;

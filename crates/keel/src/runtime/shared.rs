@@ -23,8 +23,9 @@ use crate::sink::{DynSink, Framing};
 pub(crate) struct SinkHandle {
     pub(crate) name: String,
     pub(crate) framing: Framing,
-    /// The sink's record size limit ([`crate::Sink::max_record_bytes`]).
-    pub(crate) max_record_bytes: Option<usize>,
+    /// What its records must satisfy ([`crate::Sink::max_record_bytes`],
+    /// [`crate::Sink::record_check`]).
+    pub(crate) limits: crate::sink::RecordLimits,
     pub(crate) sink: Mutex<Box<dyn DynSink>>,
     pub(crate) breaker: Option<RefCell<CircuitBreaker>>,
     /// Records written to it ([`crate::metrics::RECORDS_WRITTEN`]).

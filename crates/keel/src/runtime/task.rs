@@ -23,7 +23,7 @@ use crate::dead_letter::{Envelope, Provenance};
 use crate::failure::{Failure, reason};
 use crate::policy::{Action, FailureEvent, RetryState};
 use crate::record::{Record, SourceBatch};
-use crate::sink::{Encoder, Framing, OutBatch};
+use crate::sink::{Encoder, Framing, OutBatch, RecordLimits};
 use crate::source::{PartitionReader, ReadStatus};
 use crate::step::Step;
 use crate::util::now_ms;
@@ -499,7 +499,7 @@ where
             let main = &self.rt.sinks[0];
             for o in self.outputs.drain(..) {
                 let encoded = encode_main(&mut self.out.main, &mut self.encoder, &o, &mut self.scratch_key)
-                    .and_then(|()| within_limit(&mut self.out.main, main.max_record_bytes));
+                    .and_then(|()| within_limit(&mut self.out.main, &main.limits));
                 if let Err(f) = encoded {
                     result = Err(f.with_stage(main.name.clone()));
                     break;
@@ -918,20 +918,26 @@ pub(crate) fn encode_main<T, E: Encoder<T>>(
     out.push_with(key, |buf| encoder.encode(item, buf))
 }
 
-/// The record pushed last onto `out`, if over the sink's size limit, is taken back out and
-/// fails as `oversized` (the caller sets the sink's stage).
+/// The record pushed last onto `out`, if over the sink's size limit (`oversized`) or
+/// refused by its check, is taken back out and fails (the caller sets the sink's stage).
 #[inline]
-pub(crate) fn within_limit(out: &mut OutBatch, max_record_bytes: Option<usize>) -> Result<(), Failure> {
-    let Some(max) = max_record_bytes else {
-        return Ok(());
-    };
-    let size = out.last_record_bytes();
-    if size > max {
+pub(crate) fn within_limit(out: &mut OutBatch, limits: &RecordLimits) -> Result<(), Failure> {
+    if let Some(max) = limits.max_bytes {
+        let size = out.last_record_bytes();
+        if size > max {
+            out.truncate(out.len() - 1);
+            return Err(Failure::permanent(
+                reason::OVERSIZED,
+                format!("an output record of {size} bytes is larger than the sink's maximum of {max}"),
+            ));
+        }
+    }
+    if let Some(check) = &limits.check
+        && let Some(last) = out.last()
+        && let Err(f) = check(last)
+    {
         out.truncate(out.len() - 1);
-        return Err(Failure::permanent(
-            reason::OVERSIZED,
-            format!("an output record of {size} bytes is larger than the sink's maximum of {max}"),
-        ));
+        return Err(f);
     }
     Ok(())
 }
