@@ -11,6 +11,7 @@
 //! - [`nats`]: NATS JetStream source and exactly-once sink (the `nats` feature).
 //! - [`redis_stream`]: Redis Streams source and exactly-once sink (the `redis` feature).
 //! - [`postgres`]: PostgreSQL exactly-once table sink (the `postgres` feature).
+//! - [`s3`]: exactly-once files per epoch on object storage (the `s3` feature).
 //! - [`stage`]: the staged-epoch protocol the message sinks share.
 //! - [`webhook`]: run events posted to a webhook (the `webhook` feature).
 //!
@@ -24,7 +25,7 @@
 pub mod envelope;
 pub mod file;
 pub mod generator;
-#[cfg(any(feature = "nats", feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "nats", feature = "redis", feature = "postgres", feature = "s3"))]
 pub(crate) mod io;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -36,6 +37,8 @@ pub mod postgres;
 pub mod queue;
 #[cfg(feature = "redis")]
 pub mod redis_stream;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod stage;
 pub mod stdout;
 #[cfg(feature = "s3")]

@@ -125,6 +125,15 @@ pub trait Publish: Send + Sync + 'static {
     /// publisher's records are recognised by. Called once, before any other blocking call.
     fn start(&self, writer: &str, recovery: &SinkRecovery) -> Result<(), SinkError>;
 
+    /// At start, after [`Publish::start`]: removes output of epochs after `restored` that a
+    /// lost checkpoint had decided (their records will be produced again), where the
+    /// destination can; with no checkpoint at all, only when the run is `from_scratch`
+    /// (else such output is refused, never deleted). Returns how many objects it removed.
+    fn roll_back_after(&self, restored: Option<CheckpointId>, from_scratch: bool) -> Result<usize, SinkError> {
+        let _ = (restored, from_scratch);
+        Ok(0)
+    }
+
     /// At prepare: what a later recovery needs to find what an interrupted publish of
     /// `epoch` did (stored in the manifest).
     fn mark(&self, epoch: CheckpointId) -> Result<serde_json::Value, SinkError>;
@@ -286,9 +295,14 @@ impl<P: Publish> Sink for StagedSink<P> {
     async fn recover(&mut self, recovery: &SinkRecovery) -> Result<RecoveryReport, SinkError> {
         let (writer, r) = (format!("{}/{}", recovery.pipeline, self.name), recovery.clone());
         self.blocking(move |p| p.start(&writer, &r)).await?;
+        let (restored, scratch) = (recovery.last_checkpoint, recovery.from_scratch);
+        let rolled_back = self.blocking(move |p| p.roll_back_after(restored, scratch)).await?;
         keel::durable::create_dir_durable(&*keel::durable::local(), &self.dir)
             .map_err(io(format!("creating {}", self.dir.display())))?;
-        let mut report = RecoveryReport::default();
+        let mut report = RecoveryReport {
+            rolled_back,
+            ..RecoveryReport::default()
+        };
         if let Some(pre) = &recovery.precommit {
             let pre: StagedPreCommit = serde_json::from_value(pre.clone())
                 .map_err(|e| SinkError::PreCommit(format!("sink `{}`: {e}", self.name)))?;

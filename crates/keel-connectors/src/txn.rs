@@ -61,7 +61,7 @@ const DECISION: &str = "_decision";
 const MANIFESTS: &str = "_manifests";
 const DATA: &str = "data";
 
-/// Where an S3-compatible bucket is.
+/// Where an S3-compatible bucket is (also the location of [`crate::s3::S3Sink`]).
 #[derive(Clone, Debug, Default)]
 pub struct S3Location {
     /// The bucket.
@@ -76,6 +76,25 @@ pub struct S3Location {
     pub access_key: Option<String>,
     /// The secret key.
     pub secret_key: Option<String>,
+}
+
+impl S3Location {
+    /// A client of the bucket (credentials from the environment where not set).
+    pub fn store(&self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        let mut b = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(&self.bucket)
+            .with_region(self.region.as_deref().unwrap_or("us-east-1"));
+        if let Some(e) = &self.endpoint {
+            b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+        }
+        if let Some(k) = &self.access_key {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(s) = &self.secret_key {
+            b = b.with_secret_access_key(s);
+        }
+        Ok(Arc::new(b.build()?))
+    }
 }
 
 /// A transaction store on an object store.
@@ -104,21 +123,9 @@ impl ObjectTxnStore {
 
     /// An S3 (or S3-compatible) bucket.
     pub fn s3(loc: &S3Location) -> Result<Self, TxnError> {
-        let mut b = object_store::aws::AmazonS3Builder::from_env()
-            .with_bucket_name(&loc.bucket)
-            .with_region(loc.region.as_deref().unwrap_or("us-east-1"));
-        if let Some(e) = &loc.endpoint {
-            b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
-        }
-        if let Some(k) = &loc.access_key {
-            b = b.with_access_key_id(k);
-        }
-        if let Some(s) = &loc.secret_key {
-            b = b.with_secret_access_key(s);
-        }
-        let s3 = b.build().map_err(store_err)?;
+        let s3 = loc.store().map_err(store_err)?;
         let name = format!("s3://{}/{}", loc.bucket, loc.prefix.trim_matches('/'));
-        Ok(Self::new(Arc::new(s3), &loc.prefix, &name))
+        Ok(Self::new(s3, &loc.prefix, &name))
     }
 
     /// Keeps the last `n` versions of each dataset (at least 1); older ones are deleted

@@ -187,12 +187,23 @@ fn field(errors: &mut Errors<'_>, at: &KeyPath, text: &str) -> Option<FieldPath>
 
 fn sink_format(cfg: &SinkConfig) -> (DocEncoder, Option<String>) {
     match cfg {
-        SinkConfig::Files(f) if f.format == FileFormat::Csv => {
-            let cols: Vec<String> = f.columns.clone().unwrap_or_default();
+        SinkConfig::Files(crate::config::FilesSinkConfig {
+            format: FileFormat::Csv,
+            columns,
+            neutralize_formulas,
+            ..
+        })
+        | SinkConfig::S3(crate::config::S3SinkToml {
+            format: FileFormat::Csv,
+            columns,
+            neutralize_formulas,
+            ..
+        }) => {
+            let cols: Vec<String> = columns.clone().unwrap_or_default();
             let header = csv_header(&cols);
             let out = CsvOut {
                 columns: cols.into(),
-                neutralize_formulas: f.neutralize_formulas,
+                neutralize_formulas: *neutralize_formulas,
             };
             (DocEncoder::Csv(out), Some(header))
         }
@@ -396,16 +407,34 @@ pub fn build_variant(
                 );
             }
         }
-        if let SinkConfig::Files(f) = s {
-            match (f.format, &f.columns) {
+        let formatted = match s {
+            SinkConfig::Files(f) => Some((f.format, &f.columns, f.neutralize_formulas)),
+            SinkConfig::S3(f) => Some((f.format, &f.columns, f.neutralize_formulas)),
+            _ => None,
+        };
+        if let Some((format, columns, neutralize)) = formatted {
+            match (format, columns) {
                 (FileFormat::Csv, None) => errors.add(&at.k("columns"), "a CSV sink needs `columns`"),
                 (FileFormat::Lines, _) => errors.add(&at.k("format"), "sinks write `json_lines` or `csv`"),
                 (FileFormat::JsonLines, Some(_)) => errors.add(&at.k("columns"), "`columns` is for CSV sinks"),
-                (FileFormat::JsonLines, None) if f.neutralize_formulas => {
+                (FileFormat::JsonLines, None) if neutralize => {
                     errors.add(&at.k("neutralize_formulas"), "`neutralize_formulas` is for CSV sinks")
                 }
                 _ => {}
             }
+        }
+        if let SinkConfig::S3(s3) = s {
+            if let Some(why) = crate::s3::unavailable() {
+                errors.add(&at.k("type"), why);
+            }
+            if s3.bucket.trim().is_empty() {
+                errors.add(&at.k("bucket"), "the bucket to write to");
+            }
+            if s3.max_file_bytes.is_some_and(|m| m < MIN_FILE_BYTES) {
+                errors.add(&at.k("max_file_bytes"), format!("at least {MIN_FILE_BYTES} bytes"));
+            }
+        }
+        if let SinkConfig::Files(f) = s {
             if f.max_file_bytes.is_some_and(|m| m < MIN_FILE_BYTES) {
                 errors.add(
                     &at.k("max_file_bytes"),
@@ -751,7 +780,7 @@ fn staged_name(name: &str, prefix: Option<&str>) -> String {
 }
 
 /// Where a message sink stages: its `staging` setting, else under the checkpoint directory.
-#[cfg(any(feature = "nats", feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "nats", feature = "redis", feature = "postgres", feature = "s3"))]
 fn staging_dir(
     loaded: &Loaded,
     set: Option<&str>,
@@ -799,6 +828,18 @@ fn postgres_sink(
     crate::postgres::sink(p, &staged_name(&p.name, prefix), staging)
 }
 
+#[cfg(feature = "s3")]
+fn s3_sink(
+    loaded: &Loaded,
+    s: &crate::config::S3SinkToml,
+    header: Option<String>,
+    prefix: Option<&str>,
+    state_dir: &Path,
+) -> keel_connectors::s3::S3Sink {
+    let staging = staging_dir(loaded, s.staging.as_deref(), "s3", &s.name, prefix, state_dir);
+    crate::s3::sink(s, &staged_name(&s.name, prefix), staging, header)
+}
+
 /// The error for a sink whose connector this build does not have (also refused by the
 /// checks before, with the feature to enable).
 #[allow(dead_code)]
@@ -827,10 +868,10 @@ fn check_url(errors: &mut Errors<'_>, at: &KeyPath, url: &str, scheme: &str) {
 
 /// The settings of `[dead_letter]` that depend on its type.
 fn check_dead_letter(errors: &mut Errors<'_>, d: &DeadLetterConfig, ingest: bool) {
-    use DeadLetterKind::{Files, Kafka, Nats, Postgres, RedisStream};
+    use DeadLetterKind::{Files, Kafka, Nats, Postgres, RedisStream, S3};
     let at = KeyPath::key("dead_letter");
     // each type-specific key, with the types it belongs to
-    let specific: [(&str, bool, &[DeadLetterKind], &str); 11] = [
+    let specific: [(&str, bool, &[DeadLetterKind], &str); 17] = [
         ("brokers", d.brokers.is_some(), &[Kafka], "kafka"),
         ("topic", d.topic.is_some(), &[Kafka], "kafka"),
         ("compression", d.compression.is_some(), &[Kafka], "kafka"),
@@ -843,6 +884,12 @@ fn check_dead_letter(errors: &mut Errors<'_>, d: &DeadLetterConfig, ingest: bool
             "nats\", \"redis_stream\" or \"postgres",
         ),
         ("table", d.table.is_some(), &[Postgres], "postgres"),
+        ("bucket", d.bucket.is_some(), &[S3], "s3"),
+        ("prefix", d.prefix.is_some(), &[S3], "s3"),
+        ("endpoint", d.endpoint.is_some(), &[S3], "s3"),
+        ("region", d.region.is_some(), &[S3], "s3"),
+        ("access_key", d.access_key.is_some(), &[S3], "s3"),
+        ("secret_key", d.secret_key.is_some(), &[S3], "s3"),
         ("subject", d.subject.is_some(), &[Nats], "nats"),
         ("stream", d.stream.is_some(), &[RedisStream], "redis_stream"),
         ("fallback", d.fallback.is_some(), &[Files], "files"),
@@ -911,8 +958,9 @@ fn check_dead_letter(errors: &mut Errors<'_>, d: &DeadLetterConfig, ingest: bool
                 "the dead-letter table (created if missing)",
             );
         }
+        S3 => required("bucket", d.bucket.as_deref(), "the bucket of the dead letters"),
     }
-    if matches!(d.kind, Nats | RedisStream | Postgres) && !d.path.is_empty() {
+    if matches!(d.kind, Nats | RedisStream | Postgres | S3) && !d.path.is_empty() {
         errors.add(&at.k("path"), "`path` is for type = \"files\" or \"kafka\"");
     }
     let unavailable = match d.kind {
@@ -921,6 +969,7 @@ fn check_dead_letter(errors: &mut Errors<'_>, d: &DeadLetterConfig, ingest: bool
         Nats => crate::nats::unavailable(),
         RedisStream => crate::redis_stream::unavailable(),
         Postgres => crate::postgres::unavailable(),
+        S3 => crate::s3::unavailable(),
     };
     if let Some(why) = unavailable {
         errors.add(&at.k("type"), why);
@@ -972,6 +1021,8 @@ fn add_sinks(
         SinkConfig::RedisStream(r) => builder.sink_with(&r.name, redis_stream_sink(loaded, r, prefix, state_dir), enc),
         #[cfg(feature = "postgres")]
         SinkConfig::Postgres(p) => builder.sink_with(&p.name, postgres_sink(loaded, p, prefix, state_dir), enc),
+        #[cfg(feature = "s3")]
+        SinkConfig::S3(s) => builder.sink_with(&s.name, s3_sink(loaded, s, header, prefix, state_dir), enc),
         #[allow(unreachable_patterns)]
         other => return Err(not_built(loaded, other)),
     };
@@ -988,6 +1039,8 @@ fn add_sinks(
             SinkConfig::RedisStream(r) => b.side_sink(&r.name, redis_stream_sink(loaded, r, prefix, state_dir)),
             #[cfg(feature = "postgres")]
             SinkConfig::Postgres(p) => b.side_sink(&p.name, postgres_sink(loaded, p, prefix, state_dir)),
+            #[cfg(feature = "s3")]
+            SinkConfig::S3(s) => b.side_sink(&s.name, s3_sink(loaded, s, header, prefix, state_dir)),
             #[allow(unreachable_patterns)]
             other => return Err(not_built(loaded, other)),
         };
@@ -1020,6 +1073,13 @@ fn add_sinks(
     {
         let staging = state_dir.join("redis").join(staged_name("dead_letters", prefix));
         return Ok(b.dead_letters(crate::redis_stream::dead_letter_sink(d, staging)));
+    }
+    #[cfg(feature = "s3")]
+    if let Some(d) = &cfg.dead_letter
+        && d.kind == DeadLetterKind::S3
+    {
+        let staging = state_dir.join("s3").join(staged_name("dead_letters", prefix));
+        return Ok(b.dead_letters(crate::s3::dead_letter_sink(d, staging)));
     }
     #[cfg(feature = "postgres")]
     if let Some(d) = &cfg.dead_letter

@@ -633,6 +633,8 @@ pub enum SinkConfig {
     RedisStream(RedisStreamSinkToml),
     /// A PostgreSQL table, exactly once (the `postgres` feature).
     Postgres(PostgresSinkToml),
+    /// Files per epoch on S3-compatible object storage, exactly once (the `s3` feature).
+    S3(S3SinkToml),
 }
 
 impl SinkConfig {
@@ -645,6 +647,7 @@ impl SinkConfig {
             SinkConfig::Nats(c) => &c.name,
             SinkConfig::RedisStream(c) => &c.name,
             SinkConfig::Postgres(c) => &c.name,
+            SinkConfig::S3(c) => &c.name,
         }
     }
 }
@@ -717,6 +720,49 @@ pub struct NatsSinkToml {
     /// Messages awaiting the stream's acknowledgement, at most (default 4096).
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+}
+
+/// `type = "s3"` sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3SinkToml {
+    /// Name, used by steps that write to it.
+    pub name: String,
+    /// The bucket.
+    pub bucket: String,
+    /// The prefix the sink owns inside the bucket.
+    #[serde(default)]
+    pub prefix: String,
+    /// An S3-compatible server (`http://127.0.0.1:9000`); AWS when unset.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The region (default `us-east-1`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The access key (default: the environment, `AWS_ACCESS_KEY_ID`).
+    #[serde(default)]
+    pub access_key: Option<String>,
+    /// The secret key (default: the environment; `${VAR}` keeps it out of the file).
+    #[serde(default)]
+    pub secret_key: Option<String>,
+    /// `json_lines` (default) or `csv`.
+    #[serde(default)]
+    pub format: FileFormat,
+    /// CSV: the columns, in order (also the header line of each object).
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// CSV: neutralize text that a spreadsheet would run as a formula.
+    #[serde(default)]
+    pub neutralize_formulas: bool,
+    /// Start a new object within an epoch after this many bytes (default 128 MiB).
+    #[serde(default)]
+    pub max_file_bytes: Option<u64>,
+    /// Where epochs are staged until their commit (default `<checkpoint path>/s3/<name>`).
+    #[serde(default)]
+    pub staging: Option<String>,
+    /// How long a commit waits out an outage before the run fails (default 5m).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub publish_timeout: Option<Duration>,
 }
 
 /// `type = "postgres"` sink.
@@ -825,8 +871,8 @@ pub struct StdoutSinkConfig {
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
     /// `files` (the default: segment files in `path`), `kafka` (a topic, with `path` as
-    /// the local fallback), `nats` (a subject), `redis_stream` (a stream) or `postgres` (a
-    /// table).
+    /// the local fallback), `nats` (a subject), `redis_stream` (a stream), `postgres` (a
+    /// table) or `s3` (objects under a prefix).
     #[serde(default, rename = "type")]
     pub kind: DeadLetterKind,
     /// Directory of dead-letter files (relative to the pipeline file); with `type = "kafka"`,
@@ -862,6 +908,24 @@ pub struct DeadLetterConfig {
     /// PostgreSQL: the dead-letter table (created if missing).
     #[serde(default)]
     pub table: Option<String>,
+    /// S3: the bucket (with `prefix`, `endpoint`, `region`, `access_key`, `secret_key`).
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// S3: the prefix the dead letters own.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// S3: an S3-compatible server.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// S3: the region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// S3: the access key.
+    #[serde(default)]
+    pub access_key: Option<String>,
+    /// S3: the secret key.
+    #[serde(default)]
+    pub secret_key: Option<String>,
     /// A field to copy into each dead letter as its `id`; for records that are not valid
     /// JSON, the first `"<field>": <value>` in the text is used.
     #[serde(default)]
@@ -922,6 +986,8 @@ pub enum DeadLetterKind {
     RedisStream,
     /// A PostgreSQL table.
     Postgres,
+    /// Objects on S3-compatible storage.
+    S3,
 }
 
 /// `[errors]`: classification rules and what to do with each class of failure.

@@ -24,6 +24,7 @@ pub mod notify;
 mod postgres;
 mod redis_stream;
 pub mod replay;
+mod s3;
 pub mod source;
 pub mod steps;
 

@@ -14,4 +14,5 @@ mod postgres;
 mod queue;
 mod redis_stream;
 mod refjob;
+mod s3;
 mod secrets;

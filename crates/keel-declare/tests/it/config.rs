@@ -152,7 +152,7 @@ fn unknown_keys_and_wrong_types_are_refused_with_their_line() {
     let c = Case::new("name = \"x\"\n[source]\ntype = \"ftp\"\n", &[]);
     assert!(
         c.errors()
-            .contains("pipeline.toml:3: source.type: expected one of `files`, `generator`, `kafka`, found \"ftp\""),
+            .contains("pipeline.toml:3: source.type: expected one of `files`, `generator`, `kafka`, `nats`, `redis_stream`, found \"ftp\""),
         "{}",
         c.errors()
     );
@@ -559,7 +559,7 @@ fn every_missing_key_is_reported() {
         error_lines("name = \"t\"\n[source]\ntype = \"ftp\"\n\n[[steps]]\ntype = \"dedupe\"\n"),
         [
             "pipeline.toml:1: missing key `sinks`",
-            "pipeline.toml:3: source.type: expected one of `files`, `generator`, `kafka`, found \"ftp\"",
+            "pipeline.toml:3: source.type: expected one of `files`, `generator`, `kafka`, `nats`, `redis_stream`, found \"ftp\"",
             "pipeline.toml:5: steps[0]: missing key `key`",
             "pipeline.toml:5: steps[0]: missing key `window`",
         ]
