@@ -177,6 +177,64 @@ pub fn envelope_of<'a>(
     })
 }
 
+/// The columns of a dead letter as a table row ([`row_of`]), in order.
+pub const ROW_COLUMNS: &[&str] = &[
+    "identity",
+    "pipeline",
+    "reason",
+    "class",
+    "stage",
+    "message",
+    "field",
+    "partition",
+    "position",
+    "epoch",
+    "attempts",
+    "first_failed_ms",
+    "last_failed_ms",
+    "raw",
+    "raw_b64",
+    "envelope",
+];
+
+/// A dead letter (its envelope as a JSON line) as a table row: a JSON object of
+/// [`ROW_COLUMNS`]. `position` and `envelope` are JSON values, or their text with
+/// `json_as_text` (for tables without a JSON type). Bytes that are no envelope are
+/// returned as they are.
+pub fn row_of(envelope: &[u8], json_as_text: bool) -> Vec<u8> {
+    let Ok(env) = Envelope::decode(envelope) else {
+        return envelope.to_vec();
+    };
+    let whole: serde_json::Value = serde_json::from_slice(envelope).unwrap_or(serde_json::Value::Null);
+    let json = |v: serde_json::Value| {
+        if json_as_text {
+            serde_json::Value::String(v.to_string())
+        } else {
+            v
+        }
+    };
+    serde_json::json!({
+        "identity": env.identity(),
+        "pipeline": env.pipeline,
+        "reason": env.reason,
+        "class": env.class.to_string(),
+        "stage": env.stage,
+        "message": env.message,
+        "field": env.field,
+        "partition": env.partition,
+        "position": json(env.position),
+        "epoch": env.epoch,
+        "attempts": env.attempts,
+        "first_failed_ms": env.first_failed_ms,
+        "last_failed_ms": env.last_failed_ms,
+        "raw": env.raw,
+        "raw_b64": env.raw_b64,
+        "envelope": json(whole),
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// `topic:N`, a Kafka source's partition name.
 pub(crate) fn kafka_partition(name: &str) -> Option<(&str, i32)> {
     let (topic, p) = name.rsplit_once(':')?;

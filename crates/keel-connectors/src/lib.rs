@@ -12,6 +12,7 @@
 //! - [`redis_stream`]: Redis Streams source and exactly-once sink (the `redis` feature).
 //! - [`postgres`]: PostgreSQL exactly-once table sink (the `postgres` feature).
 //! - [`s3`]: exactly-once files per epoch on object storage (the `s3` feature).
+//! - [`delta`]: Delta Lake table sink, exactly once with `txn` actions (the `delta` feature).
 //! - [`stage`]: the staged-epoch protocol the message sinks share.
 //! - [`webhook`]: run events posted to a webhook (the `webhook` feature).
 //!
@@ -21,11 +22,25 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-#[cfg(any(feature = "kafka", feature = "nats", feature = "redis"))]
+#[cfg(feature = "delta")]
+pub mod delta;
+#[cfg(any(
+    feature = "kafka",
+    feature = "nats",
+    feature = "redis",
+    feature = "postgres",
+    feature = "delta"
+))]
 pub mod envelope;
 pub mod file;
 pub mod generator;
-#[cfg(any(feature = "nats", feature = "redis", feature = "postgres", feature = "s3"))]
+#[cfg(any(
+    feature = "nats",
+    feature = "redis",
+    feature = "postgres",
+    feature = "s3",
+    feature = "delta"
+))]
 pub(crate) mod io;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -125,6 +125,12 @@ pub trait Publish: Send + Sync + 'static {
     /// publisher's records are recognised by. Called once, before any other blocking call.
     fn start(&self, writer: &str, recovery: &SinkRecovery) -> Result<(), SinkError>;
 
+    /// The highest epoch the destination has from this sink (a Delta table's `txn` version),
+    /// so that new epochs are numbered above it. Called before [`Publish::start`].
+    fn highest_epoch(&self) -> Result<Option<CheckpointId>, SinkError> {
+        Ok(None)
+    }
+
     /// At start, after [`Publish::start`]: removes output of epochs after `restored` that a
     /// lost checkpoint had decided (their records will be produced again), where the
     /// destination can; with no checkpoint at all, only when the run is `from_scratch`
@@ -289,7 +295,9 @@ impl<P: Publish> Sink for StagedSink<P> {
     }
 
     async fn highest_epoch(&mut self) -> Result<Option<CheckpointId>, SinkError> {
-        Ok(staged_epochs(&self.dir)?.last().copied())
+        let staged = staged_epochs(&self.dir)?.last().copied();
+        let published = self.blocking(|p| p.highest_epoch()).await?;
+        Ok(staged.max(published))
     }
 
     async fn recover(&mut self, recovery: &SinkRecovery) -> Result<RecoveryReport, SinkError> {

@@ -423,6 +423,19 @@ pub fn build_variant(
                 _ => {}
             }
         }
+        if let SinkConfig::Delta(d) = s {
+            if let Some(why) = crate::delta::unavailable() {
+                errors.add(&at.k("type"), why);
+            }
+            if d.table.trim().is_empty() {
+                errors.add(&at.k("table"), "a local directory or s3://bucket/path");
+            }
+            for (column, ty) in &d.columns {
+                if let Err(e) = crate::delta::check_column_type(ty) {
+                    errors.add(&at.k("columns").k(column), e);
+                }
+            }
+        }
         if let SinkConfig::S3(s3) = s {
             if let Some(why) = crate::s3::unavailable() {
                 errors.add(&at.k("type"), why);
@@ -780,7 +793,13 @@ fn staged_name(name: &str, prefix: Option<&str>) -> String {
 }
 
 /// Where a message sink stages: its `staging` setting, else under the checkpoint directory.
-#[cfg(any(feature = "nats", feature = "redis", feature = "postgres", feature = "s3"))]
+#[cfg(any(
+    feature = "nats",
+    feature = "redis",
+    feature = "postgres",
+    feature = "s3",
+    feature = "delta"
+))]
 fn staging_dir(
     loaded: &Loaded,
     set: Option<&str>,
@@ -840,6 +859,32 @@ fn s3_sink(
     crate::s3::sink(s, &staged_name(&s.name, prefix), staging, header)
 }
 
+/// A Delta table's location: a URL as it is, a path relative to the pipeline file.
+#[cfg(feature = "delta")]
+fn delta_location(loaded: &Loaded, table: &str) -> String {
+    if table.contains("://") {
+        table.to_owned()
+    } else {
+        loaded.resolve(table).display().to_string()
+    }
+}
+
+#[cfg(feature = "delta")]
+fn delta_sink(
+    loaded: &Loaded,
+    d: &crate::config::DeltaSinkToml,
+    prefix: Option<&str>,
+    state_dir: &Path,
+) -> keel_connectors::delta::DeltaSink {
+    let name = staged_name(&d.name, prefix);
+    let staging = staging_dir(loaded, d.staging.as_deref(), "delta", &d.name, prefix, state_dir);
+    let app_id = match (&d.app_id, prefix) {
+        (Some(a), None) => a.clone(),
+        _ => format!("keel/{}/{name}", loaded.config.name),
+    };
+    crate::delta::sink(d, &name, delta_location(loaded, &d.table), app_id, staging)
+}
+
 /// The error for a sink whose connector this build does not have (also refused by the
 /// checks before, with the feature to enable).
 #[allow(dead_code)]
@@ -868,10 +913,10 @@ fn check_url(errors: &mut Errors<'_>, at: &KeyPath, url: &str, scheme: &str) {
 
 /// The settings of `[dead_letter]` that depend on its type.
 fn check_dead_letter(errors: &mut Errors<'_>, d: &DeadLetterConfig, ingest: bool) {
-    use DeadLetterKind::{Files, Kafka, Nats, Postgres, RedisStream, S3};
+    use DeadLetterKind::{Delta, Files, Kafka, Nats, Postgres, RedisStream, S3};
     let at = KeyPath::key("dead_letter");
     // each type-specific key, with the types it belongs to
-    let specific: [(&str, bool, &[DeadLetterKind], &str); 17] = [
+    let specific: [(&str, bool, &[DeadLetterKind], &str); 18] = [
         ("brokers", d.brokers.is_some(), &[Kafka], "kafka"),
         ("topic", d.topic.is_some(), &[Kafka], "kafka"),
         ("compression", d.compression.is_some(), &[Kafka], "kafka"),
@@ -883,7 +928,8 @@ fn check_dead_letter(errors: &mut Errors<'_>, d: &DeadLetterConfig, ingest: bool
             &[Nats, RedisStream, Postgres],
             "nats\", \"redis_stream\" or \"postgres",
         ),
-        ("table", d.table.is_some(), &[Postgres], "postgres"),
+        ("table", d.table.is_some(), &[Postgres, Delta], "postgres\" or \"delta"),
+        ("storage_options", !d.storage_options.is_empty(), &[Delta], "delta"),
         ("bucket", d.bucket.is_some(), &[S3], "s3"),
         ("prefix", d.prefix.is_some(), &[S3], "s3"),
         ("endpoint", d.endpoint.is_some(), &[S3], "s3"),
@@ -959,8 +1005,13 @@ fn check_dead_letter(errors: &mut Errors<'_>, d: &DeadLetterConfig, ingest: bool
             );
         }
         S3 => required("bucket", d.bucket.as_deref(), "the bucket of the dead letters"),
+        Delta => required(
+            "table",
+            d.table.as_deref(),
+            "the dead-letter table: a directory or s3://bucket/path",
+        ),
     }
-    if matches!(d.kind, Nats | RedisStream | Postgres | S3) && !d.path.is_empty() {
+    if matches!(d.kind, Nats | RedisStream | Postgres | S3 | Delta) && !d.path.is_empty() {
         errors.add(&at.k("path"), "`path` is for type = \"files\" or \"kafka\"");
     }
     let unavailable = match d.kind {
@@ -970,6 +1021,7 @@ fn check_dead_letter(errors: &mut Errors<'_>, d: &DeadLetterConfig, ingest: bool
         RedisStream => crate::redis_stream::unavailable(),
         Postgres => crate::postgres::unavailable(),
         S3 => crate::s3::unavailable(),
+        Delta => crate::delta::unavailable(),
     };
     if let Some(why) = unavailable {
         errors.add(&at.k("type"), why);
@@ -1023,6 +1075,8 @@ fn add_sinks(
         SinkConfig::Postgres(p) => builder.sink_with(&p.name, postgres_sink(loaded, p, prefix, state_dir), enc),
         #[cfg(feature = "s3")]
         SinkConfig::S3(s) => builder.sink_with(&s.name, s3_sink(loaded, s, header, prefix, state_dir), enc),
+        #[cfg(feature = "delta")]
+        SinkConfig::Delta(d) => builder.sink_with(&d.name, delta_sink(loaded, d, prefix, state_dir), enc),
         #[allow(unreachable_patterns)]
         other => return Err(not_built(loaded, other)),
     };
@@ -1041,6 +1095,8 @@ fn add_sinks(
             SinkConfig::Postgres(p) => b.side_sink(&p.name, postgres_sink(loaded, p, prefix, state_dir)),
             #[cfg(feature = "s3")]
             SinkConfig::S3(s) => b.side_sink(&s.name, s3_sink(loaded, s, header, prefix, state_dir)),
+            #[cfg(feature = "delta")]
+            SinkConfig::Delta(d) => b.side_sink(&d.name, delta_sink(loaded, d, prefix, state_dir)),
             #[allow(unreachable_patterns)]
             other => return Err(not_built(loaded, other)),
         };
@@ -1073,6 +1129,16 @@ fn add_sinks(
     {
         let staging = state_dir.join("redis").join(staged_name("dead_letters", prefix));
         return Ok(b.dead_letters(crate::redis_stream::dead_letter_sink(d, staging)));
+    }
+    #[cfg(feature = "delta")]
+    if let Some(d) = &cfg.dead_letter
+        && d.kind == DeadLetterKind::Delta
+    {
+        let name = staged_name("dead_letters", prefix);
+        let staging = state_dir.join("delta").join(&name);
+        let location = delta_location(loaded, d.table.as_deref().unwrap_or_default());
+        let app_id = format!("keel/{}/{name}", cfg.name);
+        return Ok(b.dead_letters(crate::delta::dead_letter_sink(d, location, app_id, staging)));
     }
     #[cfg(feature = "s3")]
     if let Some(d) = &cfg.dead_letter

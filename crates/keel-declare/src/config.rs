@@ -635,6 +635,8 @@ pub enum SinkConfig {
     Postgres(PostgresSinkToml),
     /// Files per epoch on S3-compatible object storage, exactly once (the `s3` feature).
     S3(S3SinkToml),
+    /// A Delta Lake table, one commit per epoch (the `delta` feature).
+    Delta(DeltaSinkToml),
 }
 
 impl SinkConfig {
@@ -648,6 +650,7 @@ impl SinkConfig {
             SinkConfig::RedisStream(c) => &c.name,
             SinkConfig::Postgres(c) => &c.name,
             SinkConfig::S3(c) => &c.name,
+            SinkConfig::Delta(c) => &c.name,
         }
     }
 }
@@ -765,6 +768,33 @@ pub struct S3SinkToml {
     pub publish_timeout: Option<Duration>,
 }
 
+/// `type = "delta"` sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaSinkToml {
+    /// Name, used by steps that write to it.
+    pub name: String,
+    /// A local directory (relative to the pipeline file) or `s3://bucket/path`.
+    pub table: String,
+    /// `{ column = "type" }` for a table the sink creates (`string`, `long`, `integer`,
+    /// `double`, `boolean`, `timestamp`, `date`); default: the first epoch's fields.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// Options of the table's storage (`aws_endpoint_url`, `aws_access_key_id`,
+    /// `aws_secret_access_key`, `aws_region`, `aws_allow_http`...).
+    #[serde(default)]
+    pub storage_options: BTreeMap<String, String>,
+    /// The app id of the sink's `txn` actions (default `keel/<pipeline>/<name>`).
+    #[serde(default)]
+    pub app_id: Option<String>,
+    /// Where epochs are staged until their commit (default `<checkpoint path>/delta/<name>`).
+    #[serde(default)]
+    pub staging: Option<String>,
+    /// How long a commit waits out an outage before the run fails (default 5m).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub publish_timeout: Option<Duration>,
+}
+
 /// `type = "postgres"` sink.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -872,7 +902,7 @@ pub struct StdoutSinkConfig {
 pub struct DeadLetterConfig {
     /// `files` (the default: segment files in `path`), `kafka` (a topic, with `path` as
     /// the local fallback), `nats` (a subject), `redis_stream` (a stream), `postgres` (a
-    /// table) or `s3` (objects under a prefix).
+    /// table), `s3` (objects under a prefix) or `delta` (a Delta Lake table).
     #[serde(default, rename = "type")]
     pub kind: DeadLetterKind,
     /// Directory of dead-letter files (relative to the pipeline file); with `type = "kafka"`,
@@ -905,9 +935,12 @@ pub struct DeadLetterConfig {
     /// Redis: the dead-letter stream key.
     #[serde(default)]
     pub stream: Option<String>,
-    /// PostgreSQL: the dead-letter table (created if missing).
+    /// PostgreSQL: the dead-letter table (created if missing); Delta: the table's location.
     #[serde(default)]
     pub table: Option<String>,
+    /// Delta: the table's storage options.
+    #[serde(default)]
+    pub storage_options: BTreeMap<String, String>,
     /// S3: the bucket (with `prefix`, `endpoint`, `region`, `access_key`, `secret_key`).
     #[serde(default)]
     pub bucket: Option<String>,
@@ -988,6 +1021,8 @@ pub enum DeadLetterKind {
     Postgres,
     /// Objects on S3-compatible storage.
     S3,
+    /// A Delta Lake table.
+    Delta,
 }
 
 /// `[errors]`: classification rules and what to do with each class of failure.

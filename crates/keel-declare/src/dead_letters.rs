@@ -122,6 +122,7 @@ pub(crate) fn not_readable(d: &crate::config::DeadLetterConfig) -> Option<String
         DeadLetterKind::Nats => Some(format!("NATS subject {}", d.subject.clone().unwrap_or_else(unset))),
         DeadLetterKind::RedisStream => Some(format!("Redis stream {}", d.stream.clone().unwrap_or_else(unset))),
         DeadLetterKind::Postgres => Some(format!("PostgreSQL table {}", d.table.clone().unwrap_or_else(unset))),
+        DeadLetterKind::Delta => Some(format!("Delta table {}", d.table.clone().unwrap_or_else(unset))),
         DeadLetterKind::S3 => Some(format!(
             "s3://{}/{} (dead-*.jsonl objects, the format of a dead-letter directory)",
             d.bucket.clone().unwrap_or_else(unset),

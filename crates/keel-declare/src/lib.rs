@@ -13,6 +13,7 @@ pub mod build;
 pub mod config;
 pub mod de;
 pub mod dead_letters;
+mod delta;
 pub mod doc;
 pub mod encode;
 pub mod error;

@@ -4,6 +4,7 @@ mod brokers;
 mod cli;
 mod crash;
 mod csv;
+mod delta;
 mod fault;
 mod ingest;
 mod kafka;

@@ -12,7 +12,8 @@ use object_store::ObjectStoreExt;
 
 use crate::brokers::{self, Server, Target};
 
-fn s3s_fs() -> String {
+/// The s3s-fs program (`.ci/services` installs it).
+pub fn s3s_fs() -> String {
     which("s3s-fs")
         .or_else(|| {
             let home = std::env::var("HOME").ok()?;

@@ -33,7 +33,7 @@ impl PostgresSink {
     /// envelope as `jsonb`), keyed by identity.
     pub fn dead_letters(mut config: PostgresSinkConfig) -> Self {
         config.dead_letters = true;
-        config.columns = DEAD_LETTER_COLUMNS
+        config.columns = crate::envelope::ROW_COLUMNS
             .iter()
             .map(|c| ((*c).to_owned(), (*c).to_owned()))
             .collect();
@@ -43,25 +43,6 @@ impl PostgresSink {
         Self::with_config("dead_letters", config)
     }
 }
-
-const DEAD_LETTER_COLUMNS: &[&str] = &[
-    "identity",
-    "pipeline",
-    "reason",
-    "class",
-    "stage",
-    "message",
-    "field",
-    "partition",
-    "position",
-    "epoch",
-    "attempts",
-    "first_failed_ms",
-    "last_failed_ms",
-    "raw",
-    "raw_b64",
-    "envelope",
-];
 
 /// The dead-letter table (`%t`: its quoted name).
 const DEAD_LETTER_TABLE: &str = "CREATE TABLE IF NOT EXISTS %t (
@@ -346,7 +327,7 @@ impl PostgresPublisher {
         let mut rows = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
             let value = if self.config.dead_letters {
-                dead_letter_row(r.value)
+                crate::envelope::row_of(r.value, false)
             } else {
                 r.value.to_vec()
             };
@@ -432,34 +413,6 @@ impl PostgresPublisher {
         })
         .map_err(|e| Failure::fatal("runtime", e))?
     }
-}
-
-/// The dead-letter row of an envelope (a JSON object with the dead-letter columns).
-fn dead_letter_row(envelope: &[u8]) -> Vec<u8> {
-    let Ok(env) = keel::dead_letter::Envelope::decode(envelope) else {
-        return envelope.to_vec();
-    };
-    let whole: serde_json::Value = serde_json::from_slice(envelope).unwrap_or(serde_json::Value::Null);
-    serde_json::json!({
-        "identity": env.identity(),
-        "pipeline": env.pipeline,
-        "reason": env.reason,
-        "class": env.class.to_string(),
-        "stage": env.stage,
-        "message": env.message,
-        "field": env.field,
-        "partition": env.partition,
-        "position": env.position,
-        "epoch": env.epoch,
-        "attempts": env.attempts,
-        "first_failed_ms": env.first_failed_ms,
-        "last_failed_ms": env.last_failed_ms,
-        "raw": env.raw,
-        "raw_b64": env.raw_b64,
-        "envelope": whole,
-    })
-    .to_string()
-    .into_bytes()
 }
 
 impl Publish for PostgresPublisher {
