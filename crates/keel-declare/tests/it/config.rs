@@ -685,3 +685,60 @@ fn messages_use_no_rust_words() {
         }
     }
 }
+
+/// The tables of the broker, database and lake connectors are checked before any work,
+/// each mistake at its key.
+#[test]
+fn connector_tables_are_checked_before_any_work() {
+    let toml = r#"name = "t"
+
+[source]
+type = "nats"
+url = "nats://127.0.0.1:4222"
+stream = "S"
+
+[[sinks]]
+name = "a"
+type = "nats"
+url = "http://127.0.0.1:4222"
+subject = "orders.*"
+
+[[sinks]]
+name = "b"
+type = "postgres"
+url = "postgres://keel@127.0.0.1/db"
+table = ""
+rows_per_statement = 0
+
+[[sinks]]
+name = "c"
+type = "delta"
+table = "lake/t"
+columns = { id = "int128" }
+
+[[sinks]]
+name = "d"
+type = "redis_stream"
+url = "redis://127.0.0.1"
+stream = "s"
+chunk = 0
+
+[dead_letter]
+type = "postgres"
+url = "postgres://keel@127.0.0.1/db"
+subject = "x"
+"#;
+    let e = Case::new(toml, &[]).errors();
+    for expected in [
+        "sinks[0].url: a nats:// URL",
+        "sinks[0].subject: a subject to publish to, without wildcards",
+        "sinks[1].table: the table to write to",
+        "sinks[1].rows_per_statement: at least 1 row per statement",
+        "sinks[2].columns.id: `int128` is not a column type",
+        "sinks[3].chunk: at least 1 entry per append",
+        "dead_letter.subject: `subject` is for type = \"nats\"",
+        "dead_letter.table: the dead-letter table (created if missing)",
+    ] {
+        assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+    }
+}
