@@ -101,8 +101,8 @@ fn check_snapshot(target: &dyn Target, input: &Input, dir: &Path, what: &str) {
 }
 
 /// The crash test: each of `points` (`KEEL_CRASH_AT`) must abort the run there; then
-/// `kill -9` at random instants after a checkpoint; then a run to the end. Returns how many
-/// random kills hit a running job.
+/// `kill -9` at 12 random instants, each after a new checkpoint; then a run to the end.
+/// Returns how many random kills hit a running job.
 pub fn crash_test(target: &dyn Target, records: u64, points: &[&str]) -> usize {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -114,7 +114,7 @@ pub fn crash_test(target: &dyn Target, records: u64, points: &[&str]) -> usize {
     }
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut killed = 0;
-    for k in 0..10 {
+    for k in 0..12 {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;

@@ -175,7 +175,7 @@ fn files_to_jetstream_survives_kill_9_and_crash_points_exactly_once() {
         120_000,
         &["after_manifest:2", "mid_publish:2", "mid_commit:3", "after_prepare:3"],
     );
-    assert!(killed >= 3, "only {killed} kills hit a running job");
+    assert!(killed >= 10, "only {killed} kills hit a running job");
 }
 
 #[test]
@@ -190,7 +190,7 @@ fn jetstream_to_files_survives_kill_9_and_crash_points_exactly_once() {
         120_000,
         &["after_manifest:2", "mid_commit:3", "after_prepare:3"],
     );
-    assert!(killed >= 3, "only {killed} kills hit a running job");
+    assert!(killed >= 10, "only {killed} kills hit a running job");
 }
 
 /// A nats-server of its own (JetStream on a temporary directory) stopped for 60 s while
@@ -212,6 +212,29 @@ fn a_jetstream_outage_of_60_s_loses_nothing_and_dead_letters_nothing() {
     let url = format!("nats://127.0.0.1:{}", server.port);
     let target = ToNats {
         stream: create_stream(&url, "outage"),
+        url,
+    };
+    brokers::outage_test(&target, &mut server, 150_000, Duration::from_secs(60));
+}
+
+/// The same outage while the job reads its input from JetStream: the source's consumer is
+/// made again where it stopped once the server is back; nothing is lost or read twice.
+#[test]
+fn a_jetstream_outage_of_60_s_while_reading_loses_nothing() {
+    let mut server = Server::start("/usr/sbin/nats-server", |port, data| {
+        vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            data.display().to_string(),
+        ]
+    });
+    let url = format!("nats://127.0.0.1:{}", server.port);
+    let target = FromNats {
+        stream: create_stream(&url, "outage_in"),
         url,
     };
     brokers::outage_test(&target, &mut server, 150_000, Duration::from_secs(60));

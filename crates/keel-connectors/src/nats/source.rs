@@ -149,13 +149,20 @@ impl Source for NatsSource {
             partition.to_owned(),
         );
         // consumers are created here, so a refusal fails the open instead of a later read
+        let spec = ConsumerSpec {
+            client: client.clone(),
+            stream: stream.clone(),
+            filter: filter.clone(),
+            durable: durable.clone(),
+            name: name.clone(),
+        };
         let opened = crate::io::run(open_consumer(client, stream, filter, deliver, durable, name.clone()))
             .await
             .map_err(SourceError::Other)?
             .map_err(failed)?;
         let (end, pending, consumer) = opened;
         let bounded_end = self.config.bounded.then_some(end);
-        let pump = crate::io::spawn(pump(consumer, tx)).map_err(SourceError::Other)?;
+        let pump = crate::io::spawn(pump(spec, consumer, deliver, tx)).map_err(SourceError::Other)?;
         let next = match (from, deliver) {
             (Some(seq), _) => seq,
             (None, DeliverPolicy::ByStartSequence { start_sequence }) => start_sequence,
@@ -276,28 +283,78 @@ async fn open_consumer(
     Ok((end, pending, opened))
 }
 
-/// Moves the consumer's messages into `tx` until the reader is dropped.
-async fn pump(consumer: Opened, tx: mpsc::Sender<Consumed>) {
-    let mut messages: std::pin::Pin<Box<dyn futures_util::Stream<Item = Consumed> + Send>> = match consumer {
-        Opened::Ordered(c) => match c.messages().await {
-            Ok(m) => Box::pin(m.map(|r| r.map_err(|e| e.to_string()))),
-            Err(e) => {
-                let _ = tx.send(Err(e.to_string())).await;
-                return;
+/// What a partition's consumer is made from, to make it again after a failure.
+struct ConsumerSpec {
+    client: async_nats::Client,
+    stream: String,
+    filter: Option<String>,
+    durable: Option<String>,
+    name: String,
+}
+
+async fn messages_of(consumer: Opened) -> Result<std::pin::Pin<Box<dyn futures_util::Stream<Item = Consumed> + Send>>, String> {
+    Ok(match consumer {
+        Opened::Ordered(c) => Box::pin(c.messages().await.map_err(|e| e.to_string())?.map(|r| r.map_err(|e| e.to_string()))),
+        Opened::Durable(c) => Box::pin(c.messages().await.map_err(|e| e.to_string())?.map(|r| r.map_err(|e| e.to_string()))),
+    })
+}
+
+/// Moves the consumer's messages into `tx` until the reader is dropped. When the consumer
+/// fails or ends (the server restarted, the connection broke), another is made where this
+/// one stopped, again and again with a pause: an outage only pauses the partition. Every
+/// tenth failure in a row is handed to the reader as a transient failure, so that the
+/// source's policies and metrics see a long outage.
+async fn pump(spec: ConsumerSpec, mut consumer: Opened, mut deliver: DeliverPolicy, tx: mpsc::Sender<Consumed>) {
+    let mut failures = 0u32;
+    loop {
+        match messages_of(consumer).await {
+            Ok(mut messages) => {
+                while let Some(m) = messages.next().await {
+                    let m = match m {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(partition = %spec.name, error = %e, "nats source: the consumer failed; making another");
+                            break;
+                        }
+                    };
+                    if let Ok(info) = m.info() {
+                        deliver = DeliverPolicy::ByStartSequence {
+                            start_sequence: info.stream_sequence + 1,
+                        };
+                    }
+                    failures = 0;
+                    if tx.send(Ok(m)).await.is_err() {
+                        return;
+                    }
+                }
             }
-        },
-        Opened::Durable(c) => match c.messages().await {
-            Ok(m) => Box::pin(m.map(|r| r.map_err(|e| e.to_string()))),
-            Err(e) => {
-                let _ = tx.send(Err(e.to_string())).await;
-                return;
-            }
-        },
-    };
-    while let Some(m) = messages.next().await {
-        if tx.send(m).await.is_err() {
-            return;
+            Err(e) => tracing::warn!(partition = %spec.name, error = %e, "nats source: the consumer failed; making another"),
         }
+        // make another consumer where this one stopped
+        consumer = loop {
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let again = open_consumer(
+                spec.client.clone(),
+                spec.stream.clone(),
+                spec.filter.clone(),
+                deliver,
+                spec.durable.clone(),
+                spec.name.clone(),
+            )
+            .await;
+            match again {
+                Ok((_, _, c)) => break c,
+                Err(f) => {
+                    failures += 1;
+                    if failures.is_multiple_of(10) && tx.send(Err(f.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
     }
 }
 
