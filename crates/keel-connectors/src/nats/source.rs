@@ -292,10 +292,22 @@ struct ConsumerSpec {
     name: String,
 }
 
-async fn messages_of(consumer: Opened) -> Result<std::pin::Pin<Box<dyn futures_util::Stream<Item = Consumed> + Send>>, String> {
+async fn messages_of(
+    consumer: Opened,
+) -> Result<std::pin::Pin<Box<dyn futures_util::Stream<Item = Consumed> + Send>>, String> {
     Ok(match consumer {
-        Opened::Ordered(c) => Box::pin(c.messages().await.map_err(|e| e.to_string())?.map(|r| r.map_err(|e| e.to_string()))),
-        Opened::Durable(c) => Box::pin(c.messages().await.map_err(|e| e.to_string())?.map(|r| r.map_err(|e| e.to_string()))),
+        Opened::Ordered(c) => Box::pin(
+            c.messages()
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|r| r.map_err(|e| e.to_string())),
+        ),
+        Opened::Durable(c) => Box::pin(
+            c.messages()
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|r| r.map_err(|e| e.to_string())),
+        ),
     })
 }
 
@@ -328,7 +340,9 @@ async fn pump(spec: ConsumerSpec, mut consumer: Opened, mut deliver: DeliverPoli
                     }
                 }
             }
-            Err(e) => tracing::warn!(partition = %spec.name, error = %e, "nats source: the consumer failed; making another"),
+            Err(e) => {
+                tracing::warn!(partition = %spec.name, error = %e, "nats source: the consumer failed; making another")
+            }
         }
         // make another consumer where this one stopped
         consumer = loop {
