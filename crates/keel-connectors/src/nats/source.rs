@@ -363,7 +363,7 @@ async fn pump(spec: ConsumerSpec, mut consumer: Opened, mut deliver: DeliverPoli
                 Ok((_, _, c)) => break c,
                 Err(f) => {
                     failures += 1;
-                    if failures.is_multiple_of(10) && tx.send(Err(f.to_string())).await.is_err() {
+                    if failures % 10 == 0 && tx.send(Err(f.to_string())).await.is_err() {
                         return;
                     }
                 }
