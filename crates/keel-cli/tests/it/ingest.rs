@@ -302,7 +302,13 @@ fn kill_9_during_a_200_file_ingestion_then_every_file_exactly_once() {
     assert!(interrupted >= 5, "only {interrupted} kills hit a running ingestion");
 
     let (code, report) = run_json(dir, "state", None);
-    assert_eq!(code, 1, "the run ends with dead letters: {report}");
+    // exit 1 for the dead letters, unless a run between the kills finished every file (a
+    // loaded machine), in which case this run has nothing left to do
+    let all_done_before = report["skipped"] == 200;
+    assert!(
+        code == 1 || (code == 0 && all_done_before),
+        "the run ends with dead letters: {report}"
+    );
     assert_eq!(check(dir, &input, true), 200);
     let stats = ledger_json(dir, &["stats"]);
     assert_eq!(stats[0]["completed"], 200, "{stats:?}");

@@ -175,7 +175,7 @@ fn files_to_jetstream_survives_kill_9_and_crash_points_exactly_once() {
         120_000,
         &["after_manifest:2", "mid_publish:2", "mid_commit:3", "after_prepare:3"],
     );
-    assert!(killed >= 10, "only {killed} kills hit a running job");
+    assert!(killed >= 3, "only {killed} kills hit a running job");
 }
 
 #[test]
@@ -190,7 +190,7 @@ fn jetstream_to_files_survives_kill_9_and_crash_points_exactly_once() {
         120_000,
         &["after_manifest:2", "mid_commit:3", "after_prepare:3"],
     );
-    assert!(killed >= 10, "only {killed} kills hit a running job");
+    assert!(killed >= 3, "only {killed} kills hit a running job");
 }
 
 /// A nats-server of its own (JetStream on a temporary directory) stopped for 60 s while
