@@ -681,6 +681,9 @@ pub fn build_variant(
     if cfg.run.max_open_partitions == Some(0) {
         errors.add(&KeyPath::key("run").k("max_open_partitions"), "must be at least 1");
     }
+    if cfg.run.max_records_per_second == Some(0) {
+        errors.add(&KeyPath::key("run").k("max_records_per_second"), "must be at least 1");
+    }
     let mut known_stages: BTreeSet<String> = cfg
         .steps
         .iter()
@@ -707,6 +710,7 @@ pub fn build_variant(
     if let Some(m) = cfg.run.max_open_partitions {
         opts.max_open_partitions = m;
     }
+    opts.max_records_per_second = cfg.run.max_records_per_second;
     options(&mut opts);
 
     let steps = if variant.only_sink.is_some() { Vec::new() } else { steps };

@@ -1410,6 +1410,9 @@ pub struct RunConfig {
     /// Partitions read at once (default 64).
     #[serde(default)]
     pub max_open_partitions: Option<usize>,
+    /// A ceiling on records read per second, across every partition (default: none).
+    #[serde(default)]
+    pub max_records_per_second: Option<u32>,
 }
 
 /// Parses `"1s"`, `"250ms"`, `"5m"`, `"1h"`, `"2d"`, `"1.5s"`.

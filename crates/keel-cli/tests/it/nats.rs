@@ -170,12 +170,11 @@ fn files_to_jetstream_survives_kill_9_and_crash_points_exactly_once() {
         url: url(),
         stream: create_stream(&url(), "to"),
     };
-    let killed = brokers::crash_test(
+    brokers::crash_test(
         &target,
         120_000,
         &["after_manifest:2", "mid_publish:2", "mid_commit:3", "after_prepare:3"],
     );
-    assert!(killed >= 3, "only {killed} kills hit a running job");
 }
 
 #[test]
@@ -185,12 +184,11 @@ fn jetstream_to_files_survives_kill_9_and_crash_points_exactly_once() {
         url: url(),
         stream: create_stream(&url(), "from"),
     };
-    let killed = brokers::crash_test(
+    brokers::crash_test(
         &target,
         120_000,
         &["after_manifest:2", "mid_commit:3", "after_prepare:3"],
     );
-    assert!(killed >= 3, "only {killed} kills hit a running job");
 }
 
 /// A nats-server of its own (JetStream on a temporary directory) stopped for 60 s while

@@ -112,12 +112,11 @@ impl Target for ToS3 {
 #[test]
 fn files_to_s3_survives_kill_9_and_crash_points_exactly_once() {
     let target = ToS3::new("http://127.0.0.1:9000".into(), "crash");
-    let killed = brokers::crash_test(
+    brokers::crash_test(
         &target,
         120_000,
         &["after_manifest:2", "mid_commit:3", "after_prepare:3"],
     );
-    assert!(killed >= 3, "only {killed} kills hit a running job");
 }
 
 /// An s3s-fs of its own stopped for 60 s while the job uploads to it: nothing lost,

@@ -252,6 +252,7 @@ where
         options.batch_size,
         options.flush_bytes,
         options.poll_interval,
+        options.max_records_per_second,
     );
     let chain = rt.step.state.borrow().restored_chain();
     let checkpointer = Checkpointer::spawn(

@@ -8,6 +8,7 @@
 mod checkpointer;
 mod coordinator;
 mod failures;
+mod pace;
 mod pause;
 pub(crate) mod progress;
 mod shared;
@@ -232,6 +233,9 @@ pub struct Options {
     pub poll_interval: Duration,
     /// Partitions read at the same time (bounded sources open the rest as these end).
     pub max_open_partitions: usize,
+    /// A ceiling on records read per second across every partition (`None`: as fast as
+    /// the pipeline goes). Must be at least 1.
+    pub max_records_per_second: Option<u32>,
     /// Watermark settings.
     pub watermarks: WatermarkConfig,
     /// When to write full state snapshots instead of deltas.
@@ -265,6 +269,7 @@ impl Default for Options {
             flush_bytes: 1 << 20,
             poll_interval: Duration::from_millis(50),
             max_open_partitions: 64,
+            max_records_per_second: None,
             watermarks: WatermarkConfig::default(),
             snapshots: SnapshotPolicy::default(),
             from_scratch: false,
@@ -498,9 +503,12 @@ where
             }
             names.push(&s.name);
         }
-        if self.options.batch_size == 0 || self.options.max_open_partitions == 0 {
+        if self.options.batch_size == 0
+            || self.options.max_open_partitions == 0
+            || self.options.max_records_per_second == Some(0)
+        {
             return Err(PipelineError::Config(
-                "batch_size and max_open_partitions must be at least 1".into(),
+                "batch_size, max_open_partitions and max_records_per_second must be at least 1".into(),
             ));
         }
         if self.options.checkpoint_interval.is_some_and(|d| d.is_zero()) {

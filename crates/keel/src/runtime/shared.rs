@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use super::PipelineError;
 use super::failures::FailureLog;
+use super::pace::Pace;
 use super::pause::PauseGate;
 use super::progress::Progress;
 use crate::context::StepShared;
@@ -243,6 +244,8 @@ pub(crate) struct RuntimeShared {
     pub(crate) batch_size: usize,
     pub(crate) flush_bytes: usize,
     pub(crate) poll_interval: Duration,
+    /// The ceiling on records read per second, if the run has one.
+    pub(crate) pace: Option<Pace>,
     /// Partitions queued for want of a free place (`max_open_partitions`): an unbounded
     /// partition task gives its place up when it is idle, or after a while, so that every
     /// partition of a followed directory is read.
@@ -264,7 +267,10 @@ impl RuntimeShared {
         batch_size: usize,
         flush_bytes: usize,
         poll_interval: Duration,
+        max_records_per_second: Option<u32>,
     ) -> Rc<Self> {
+        let pace = max_records_per_second.map(Pace::new);
+        let batch_size = pace.as_ref().map_or(batch_size, |p| p.batch_size(batch_size));
         let failures = FailureLog::new(policies.error_budget, policies.dead_letter_rate, metrics.clone());
         Rc::new(RuntimeShared {
             step,
@@ -292,6 +298,7 @@ impl RuntimeShared {
             batch_size,
             flush_bytes,
             poll_interval,
+            pace,
             partitions_waiting: Cell::new(0),
         })
     }

@@ -262,6 +262,12 @@ where
             if let Next::Stop = self.boundary(&batch, 0).await? {
                 return Ok(());
             }
+            if let Some(pace) = &rt.pace {
+                let d = pace.delay();
+                if !d.is_zero() && !self.wait(d).await? {
+                    return Ok(());
+                }
+            }
             batch.clear();
             if let Some(w) = &mut self.window {
                 w.reset();
@@ -270,6 +276,9 @@ where
                 Some(s) => s,
                 None => return Ok(()),
             };
+            if let Some(pace) = &rt.pace {
+                pace.charge(batch.len());
+            }
             match status {
                 ReadStatus::End => {
                     self.out.flush(&rt, &mut self.local).await?;
