@@ -104,6 +104,10 @@ fn check(m: &Mapped, v: Option<&Value>) -> Result<(), Failure> {
         None | Some(Value::Null) => return Ok(()),
         Some(v) => v,
     };
+    // PostgreSQL text cannot hold a NUL character, nor can jsonb (`\u0000`)
+    if has_nul(v) {
+        return bad("a NUL character cannot be stored");
+    }
     match (c.kind, v) {
         (Kind::Json | Kind::Other, _) => Ok(()),
         (Kind::Text, Value::String(_) | Value::Number(_) | Value::Bool(_)) => Ok(()),
@@ -125,6 +129,16 @@ fn check(m: &Mapped, v: Option<&Value>) -> Result<(), Failure> {
         (Kind::Time, Value::String(s)) if s.len() >= 8 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) => Ok(()),
         (Kind::Time, Value::String(s)) if s.contains(':') => Ok(()),
         (_, v) => bad(&format!("{} is not accepted", short(v))),
+    }
+}
+
+/// Whether a string anywhere in `v` holds a NUL character.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 
@@ -154,6 +168,42 @@ pub(crate) fn row(columns: &[Mapped], value: &[u8]) -> Result<serde_json::Map<St
         .iter()
         .map(|m| (m.column.name.clone(), object.remove(&m.field).unwrap_or(Value::Null)))
         .collect())
+}
+
+/// Appends the row of a record to a CSV body for `COPY … (FORMAT csv)`: every mapped column
+/// in order, NULL as an empty unquoted field, text always quoted (so an empty string stays
+/// one), JSON values of `json`/`jsonb` columns as their JSON text. The values went through
+/// [`check_record`] when they were written, so each is one the column takes.
+pub(crate) fn csv_row(columns: &[Mapped], value: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let object: serde_json::Map<String, Value> =
+        serde_json::from_slice(value).map_err(|e| format!("a staged row is not a JSON object: {e}"))?;
+    for (i, m) in columns.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match (object.get(&m.field), m.column.kind) {
+            (None | Some(Value::Null), _) => {}
+            (Some(v), Kind::Json) => quoted(&v.to_string(), out),
+            (Some(Value::String(s)), _) => quoted(s, out),
+            (Some(Value::Number(n)), _) => out.extend_from_slice(n.to_string().as_bytes()),
+            (Some(Value::Bool(b)), _) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            (Some(v), _) => quoted(&v.to_string(), out),
+        }
+    }
+    out.push(b'\n');
+    Ok(())
+}
+
+/// A CSV field in double quotes, inner quotes doubled.
+fn quoted(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for (i, part) in s.split('"').enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"\"\"");
+        }
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -192,6 +242,8 @@ mod tests {
         assert!(ok("timestamp with time zone", "\"2026-11-30T10:00:00Z\"").is_ok());
         assert!(ok("timestamp with time zone", "17").is_err());
         assert!(ok("integer", "null").is_ok());
+        assert!(ok("text", "\"a\\u0000b\"").is_err());
+        assert!(ok("jsonb", "{\"a\":\"\\u0000\"}").is_err());
         let e = check_record(&mapped("integer", true), b"{}").unwrap_err();
         assert_eq!(e.reason, reason::MISSING_FIELD);
         assert_eq!(e.field.as_deref(), Some("f"));
@@ -199,5 +251,39 @@ mod tests {
             check_record(&mapped("integer", false), b"[1]").unwrap_err().reason,
             reason::MALFORMED
         );
+    }
+
+    #[test]
+    fn csv_rows_quote_text_and_leave_nulls_empty() {
+        let col = |name: &str, ty: &str, field: &str| Mapped {
+            column: Column {
+                name: name.into(),
+                ty: ty.into(),
+                kind: Kind::of(ty),
+                not_null: false,
+                has_default: false,
+            },
+            field: field.into(),
+        };
+        let cols = vec![
+            col("id", "bigint", "id"),
+            col("name", "text", "n"),
+            col("doc", "jsonb", "d"),
+            col("ok", "boolean", "ok"),
+            col("note", "text", "missing"),
+        ];
+        let mut out = Vec::new();
+        csv_row(
+            &cols,
+            br#"{"id":7,"n":"say \"hi\",\nbye","d":{"a":[1,"x"]},"ok":true}"#,
+            &mut out,
+        )
+        .unwrap();
+        csv_row(&cols, br#"{"id":8,"n":"","d":"s","ok":null}"#, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "7,\"say \"\"hi\"\",\nbye\",\"{\"\"a\"\":[1,\"\"x\"\"]}\",true,\n8,\"\",\"\"\"s\"\"\",,\n"
+        );
+        assert!(csv_row(&cols, b"[1]", &mut Vec::new()).is_err());
     }
 }

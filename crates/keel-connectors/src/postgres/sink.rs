@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::SinkExt;
 use keel::checkpoint::CheckpointId;
 use keel::checkpoint::recovery::SinkRecovery;
 use keel::sink::{RecordCheck, SinkError};
@@ -76,12 +77,32 @@ pub struct PostgresPublisher {
 struct Started {
     writer: String,
     columns: Arc<Vec<Mapped>>,
-    /// `INSERT INTO t (cols) SELECT cols FROM jsonb_populate_recordset(NULL::t, $1) [ON CONFLICT …]`.
-    insert: String,
+    /// How an epoch's rows go in.
+    load: Load,
     /// The progress table, quoted.
     progress: String,
     /// The upsert key's columns, if upserting.
     key: Vec<String>,
+}
+
+/// How rows are loaded inside an epoch's transaction.
+enum Load {
+    /// `COPY t (cols) FROM STDIN (FORMAT csv)`: inserts whose every column has a type the
+    /// sink writes as text itself (the server's own input functions convert it, as for a
+    /// COPY of a CSV file). About ten times the rate of the statement below.
+    Copy(String),
+    /// `INSERT INTO t (cols) SELECT cols FROM jsonb_populate_recordset(NULL::t, $1)
+    /// [ON CONFLICT …]`, 5000 rows a statement: upserts, and columns of other types
+    /// (arrays, ranges, enums…), which the server maps from JSON itself.
+    Statement(String),
+}
+
+/// The rows of an epoch, ready for its [`Load`].
+enum Rows {
+    /// One CSV body.
+    Csv(Vec<u8>),
+    /// JSON arrays of rows, one per statement.
+    Json(Vec<String>),
 }
 
 /// The token of an epoch's transaction, fixed at prepare.
@@ -310,20 +331,40 @@ impl PostgresPublisher {
                 format!(" ON CONFLICT ({target}) DO UPDATE SET {}", updates.join(", "))
             }
         };
+        let copy = key.is_empty() && mapped.iter().all(|m| m.column.kind != Kind::Other);
+        let load = if copy {
+            Load::Copy(format!("COPY {table} ({list}) FROM STDIN (FORMAT csv)"))
+        } else {
+            Load::Statement(format!(
+                "INSERT INTO {table} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb){conflict}"
+            ))
+        };
         Ok(Started {
             writer: writer.to_owned(),
-            insert: format!(
-                "INSERT INTO {table} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb){conflict}"
-            ),
+            load,
             columns: Arc::new(mapped),
             progress,
             key,
         })
     }
 
-    /// The rows of `records`, JSON arrays of at most `rows_per_statement` objects. Upserts
-    /// keep the last row of each key (a statement may not touch a row twice).
-    fn rows(&self, s: &Started, epoch: CheckpointId, records: &[Staged<'_>]) -> Result<Vec<String>, SinkError> {
+    /// The rows of `records`: one CSV body for a COPY, or JSON arrays of at most
+    /// `rows_per_statement` objects. Upserts keep the last row of each key (a statement may
+    /// not touch a row twice).
+    fn rows(&self, s: &Started, epoch: CheckpointId, records: &[Staged<'_>]) -> Result<Rows, SinkError> {
+        if matches!(s.load, Load::Copy(_)) {
+            let mut csv = Vec::with_capacity(records.iter().map(|r| r.value.len() + 8).sum());
+            for (i, r) in records.iter().enumerate() {
+                let value = if self.config.dead_letters {
+                    crate::envelope::row_of(r.value, false)
+                } else {
+                    r.value.to_vec()
+                };
+                columns::csv_row(&s.columns, &value, &mut csv)
+                    .map_err(|e| SinkError::Fatal(format!("record {i} of epoch {epoch}: {e}")))?;
+            }
+            return Ok(Rows::Csv(csv));
+        }
         let mut rows = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
             let value = if self.config.dead_letters {
@@ -353,23 +394,23 @@ impl PostgresPublisher {
                 .map(|(_, r)| r)
                 .collect();
         }
-        Ok(rows
-            .chunks(self.config.rows_per_statement.max(1))
-            .map(|c| serde_json::Value::Array(c.iter().cloned().map(serde_json::Value::Object).collect()).to_string())
-            .collect())
+        Ok(Rows::Json(
+            rows.chunks(self.config.rows_per_statement.max(1))
+                .map(|c| {
+                    serde_json::Value::Array(c.iter().cloned().map(serde_json::Value::Object).collect()).to_string()
+                })
+                .collect(),
+        ))
     }
 
     /// One transaction: nothing if the progress row already has `token`, else the rows and
     /// the progress row.
-    fn commit_once(&self, s: &Started, epoch: CheckpointId, token: &str, chunks: &[String]) -> Result<bool, Failure> {
+    fn commit_once(&self, s: &Started, epoch: CheckpointId, token: &str, rows: &Arc<Rows>) -> Result<bool, Failure> {
         let client = self.client()?;
-        let (insert, progress, writer, token, chunks) = (
-            s.insert.clone(),
-            s.progress.clone(),
-            s.writer.clone(),
-            token.to_owned(),
-            chunks.to_vec(),
-        );
+        let load = match &s.load {
+            Load::Copy(sql) | Load::Statement(sql) => sql.clone(),
+        };
+        let (progress, writer, token, rows) = (s.progress.clone(), s.writer.clone(), token.to_owned(), rows.clone());
         let table = self.config.table.clone();
         crate::io::block_on(async move {
             let doing = format!("committing epoch {epoch} into table {table}");
@@ -383,9 +424,22 @@ impl PostgresPublisher {
                 if current.is_some_and(|r| r.get::<_, String>(0) == token) {
                     return Ok(false);
                 }
-                let statement = client.prepare(&insert).await.map_err(fail)?;
-                for rows in &chunks {
-                    client.execute(&statement, &[rows]).await.map_err(fail)?;
+                let statement = client.prepare(&load).await.map_err(fail)?;
+                match &*rows {
+                    Rows::Csv(csv) => {
+                        let sink = client.copy_in::<_, bytes::Bytes>(&statement).await.map_err(fail)?;
+                        futures_util::pin_mut!(sink);
+                        // in pieces of 1 MiB: the server gets going before the last byte
+                        for piece in csv.chunks(1 << 20) {
+                            sink.send(bytes::Bytes::copy_from_slice(piece)).await.map_err(fail)?;
+                        }
+                        sink.finish().await.map_err(fail)?;
+                    }
+                    Rows::Json(chunks) => {
+                        for chunk in chunks {
+                            client.execute(&statement, &[chunk]).await.map_err(fail)?;
+                        }
+                    }
                 }
                 client
                     .execute(
@@ -475,11 +529,9 @@ impl Publish for PostgresPublisher {
             .ok_or_else(|| SinkError::Fatal("postgres sink: used before start".into()))?;
         let mark: Mark =
             serde_json::from_value(mark.clone()).map_err(|e| SinkError::PreCommit(format!("postgres sink: {e}")))?;
-        let chunks = self.rows(s, epoch, records)?;
+        let rows = Arc::new(self.rows(s, epoch, records)?);
         let deadline = Instant::now() + self.config.publish_timeout;
-        let wrote = self.patiently("a commit", deadline, || {
-            self.commit_once(s, epoch, &mark.token, &chunks)
-        })?;
+        let wrote = self.patiently("a commit", deadline, || self.commit_once(s, epoch, &mark.token, &rows))?;
         tracing::debug!(epoch, wrote, rows = records.len(), "postgres sink: epoch committed");
         Ok(())
     }

@@ -132,6 +132,64 @@ fn an_epoch_commits_in_one_transaction_and_a_repeated_commit_is_a_no_op() {
     assert_eq!(count(&t), 100, "the repeated commit wrote again");
 }
 
+/// Inserts go in by COPY (CSV), and a table with a column of another type (an array)
+/// through `jsonb_populate_recordset`: both store the same values, quotes, commas, line
+/// breaks, empty strings, NULLs, JSON documents, numbers given as text, times and booleans
+/// among them.
+#[test]
+fn copy_and_statement_inserts_store_the_same_values() {
+    let columns =
+        "id BIGINT NOT NULL, name TEXT, doc JSONB, amount NUMERIC(12,3), at TIMESTAMPTZ, ok BOOLEAN, n INTEGER";
+    let by_copy = table("copy", columns);
+    let by_statement = table("statement", &format!("{columns}, tags TEXT[]"));
+    let records: Vec<String> = [
+        r#"{"id":1,"name":"say \"hi\", then\nbye","doc":{"a":[1,"x,\"y\""],"b":null},"amount":12.5,"at":"2026-11-30T10:00:00Z","ok":true,"n":"42"}"#,
+        r#"{"id":2,"name":"","doc":"just text","amount":"7.25","ok":"f","n":-3}"#,
+        r#"{"id":3,"name":null,"doc":[],"amount":0,"at":"2026-12-01 01:02:03+00","ok":false}"#,
+        r#"{"id":4,"name":"tab\tand \\ backslash and ünïcödé","doc":{"deep":{"er":1.5e3}},"n":2147483647}"#,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for t in [&by_copy, &by_statement] {
+        let staging = tempfile::tempdir().unwrap();
+        let mut config = PostgresSinkConfig::new(url(), t, staging.path());
+        config.columns = ["id", "name", "doc", "amount", "at", "ok", "n"]
+            .iter()
+            .map(|c| (c.to_string(), c.to_string()))
+            .collect();
+        let mut sink = PostgresSink::with_config("out", config);
+        block_on(sink.recover(&recovery(None, None))).unwrap();
+        let (mut sealed, _) = staged(&mut sink, 1, &records);
+        sealed.commit().unwrap();
+    }
+    let read = |t: &str| -> Vec<String> {
+        sql(&format!(
+            "SELECT concat_ws('|', id, coalesce(name, '<null>'), doc::text, amount::text, at AT TIME ZONE 'UTC', ok, n) FROM {t} ORDER BY id"
+        ))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    let copied = read(&by_copy);
+    assert_eq!(copied.len(), 4);
+    assert_eq!(copied, read(&by_statement));
+    assert_eq!(
+        copied[0],
+        "1|say \"hi\", then\nbye|{\"a\": [1, \"x,\\\"y\\\"\"], \"b\": null}|12.500|2026-11-30 10:00:00|t|42"
+    );
+    assert_eq!(copied[1], "2||\"just text\"|7.250|f|-3", "an empty string is not NULL");
+    assert!(
+        copied[2].starts_with("3|<null>|[]|0.000|2026-12-01 01:02:03|f"),
+        "{}",
+        copied[2]
+    );
+    assert_eq!(
+        copied[3],
+        "4|tab\tand \\ backslash and ünïcödé|{\"deep\": {\"er\": 1500.0}}|2147483647"
+    );
+}
+
 /// Upserts: the last row of a key wins, within an epoch and across epochs.
 #[test]
 fn upserts_keep_the_last_row_of_each_key() {

@@ -124,6 +124,7 @@ retain = 5
 [run]
 batch_size = 256
 max_open_partitions = 8
+max_records_per_second = 50000
 "#;
     let c = Case::new(toml, &[]);
     assert_eq!(c.errors(), "");
@@ -189,7 +190,7 @@ type = "dedupe"
 key = "a..b"
 window = "1m"
 "#,
-        "",
+        "[run]\nmax_records_per_second = 0\n",
     );
     let c = Case::new(&toml, &[]);
     let e = c.errors();
@@ -200,6 +201,7 @@ window = "1m"
         "steps[4].name: two stateful steps use the state table `aggregate`",
         "steps[4].final.sink: no sink is named `nowhere`",
         "steps[5].key: `a..b` is not a field name",
+        "run.max_records_per_second: must be at least 1",
     ] {
         assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
     }

@@ -167,6 +167,15 @@ pub enum Entry<'a> {
     Delete(&'a [u8]),
 }
 
+impl<'a> Entry<'a> {
+    /// The key the entry is about.
+    pub fn key(&self) -> &'a [u8] {
+        match *self {
+            Entry::Put(k, _) | Entry::Delete(k) => k,
+        }
+    }
+}
+
 /// Reads a verified state file: calls `f(table, entry)` for every entry in order.
 pub fn read(bytes: &[u8], mut f: impl FnMut(&str, Entry<'_>)) -> Result<(Kind, u64), StateFileError> {
     if bytes.len() < 8 + 2 + 1 + 8 + 1 + 4 || &bytes[..8] != MAGIC {

@@ -10,6 +10,7 @@
 //! until a step first touches them with a type, so restoring needs no registration.
 
 pub mod file;
+pub mod key_group;
 
 use std::any::Any;
 use std::cell::Cell;
@@ -371,6 +372,9 @@ pub struct StateStore {
     chain_sizes: Vec<u64>,
     /// A full snapshot exists (written or restored): later snapshots are deltas.
     based: bool,
+    /// Restored from parts of other chains ([`StateStore::restore_groups`]): the next
+    /// snapshot must be written, in full, even if nothing changed.
+    unsaved: bool,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -601,9 +605,10 @@ impl StateStore {
     /// chain of state files and compacts it into a new full snapshot in the background
     /// ([`compact`]).
     pub fn snapshot(&mut self, id: u64) -> Result<Option<StateSnapshot>, StateError> {
-        if !self.tables.iter().any(|t| t.has_changes()) {
+        if !self.unsaved && !self.tables.iter().any(|t| t.has_changes()) {
             return Ok(None);
         }
+        self.unsaved = false;
         let full = !self.based;
         let kind = if full { Kind::Full } else { Kind::Delta };
         let mut w = StateFileWriter::new(kind, id);
@@ -637,17 +642,56 @@ impl StateStore {
         files: &[String],
         mut read_file: impl FnMut(&str) -> std::io::Result<Vec<u8>>,
     ) -> Result<(), RestoreError> {
+        self.clear();
+        self.based = !files.is_empty();
+        self.apply_chain(files, &mut read_file, |_| true)?;
+        Ok(())
+    }
+
+    /// Rebuilds the store with the keys of `groups` ([`key_group`]) only, from the chains of
+    /// state files of a checkpoint (one chain per worker that took it, each a full snapshot
+    /// then deltas), whatever the number of workers then and now. The restored keys no longer
+    /// form any one chain, so the next snapshot is a full one.
+    pub fn restore_groups(
+        &mut self,
+        chains: &[Vec<String>],
+        groups: std::ops::Range<u16>,
+        mut read_file: impl FnMut(&str) -> std::io::Result<Vec<u8>>,
+    ) -> Result<(), RestoreError> {
+        self.clear();
+        for files in chains {
+            self.apply_chain(files, &mut read_file, |key| groups.contains(&key_group::key_group(key)))?;
+        }
+        self.chain.clear();
+        self.chain_sizes.clear();
+        self.based = false;
+        // the next snapshot is a full one even if nothing changes before it
+        self.unsaved = true;
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.unsaved = false;
         self.tables.clear();
         self.names.clear();
         self.by_name.clear();
         self.chain.clear();
         self.chain_sizes.clear();
-        self.based = !files.is_empty();
+    }
+
+    /// Applies one chain of state files (a full snapshot, then deltas) to the store, entries
+    /// whose key `keep` accepts only, and records it as the store's chain.
+    fn apply_chain(
+        &mut self,
+        files: &[String],
+        read_file: &mut impl FnMut(&str) -> std::io::Result<Vec<u8>>,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<(), RestoreError> {
         for (n, name) in files.iter().enumerate() {
             let bytes = read_file(name).map_err(|e| RestoreError::Read(name.clone(), e))?;
             let mut err = None;
             let (kind, _) = file::read(&bytes, |table, entry| {
-                if err.is_some() {
+                if err.is_some() || !keep(entry.key()) {
                     return;
                 }
                 let i = self.index_of(&Arc::from(table));

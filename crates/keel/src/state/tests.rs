@@ -222,3 +222,75 @@ fn a_delta_holds_only_the_keys_changed_in_its_epoch() {
     assert!(delta.bytes.len() * 100 < full.bytes.len());
     assert!(s.snapshot(3).unwrap().is_none(), "nothing is dirty after a delta");
 }
+
+/// State kept by 4 workers (each its own key groups and its own chain of full snapshots and
+/// deltas) restores onto 2, 3 or 1 workers, and back: every key exactly once, on the worker
+/// that owns its group, with its latest value; deletes in deltas stay deleted.
+#[test]
+fn state_of_n_workers_restores_onto_any_other_number() {
+    use super::key_group::{key_group, worker_groups};
+    let t = totals();
+    let mut files = HashMap::new();
+    let mut expected: HashMap<Vec<u8>, i64> = HashMap::new();
+    let mut workers: Vec<StateStore> = (0..4)
+        .map(|_| StateStore::new(SnapshotPolicy { max_deltas: 8 }))
+        .collect();
+    let mut chains: Vec<Vec<String>> = vec![Vec::new(); 4];
+    for epoch in 1..=5u64 {
+        for i in 0..400u64 {
+            let key = format!("customer-{}", (i * 7 + epoch * 13) % 300).into_bytes();
+            let w = (0..4)
+                .find(|&w| worker_groups(w, 4).contains(&key_group(&key)))
+                .unwrap();
+            if (i + epoch) % 9 == 0 {
+                workers[w].delete(&t, &key).unwrap();
+                expected.remove(&key);
+            } else {
+                workers[w]
+                    .update(&t, &key, |v| *v.get_or_insert(0) += i as i64)
+                    .unwrap();
+                *expected.entry(key).or_insert(0) += i as i64;
+            }
+        }
+        for (w, store) in workers.iter_mut().enumerate() {
+            // each worker names its files apart, as one chain each
+            if let Some(mut snap) = store.snapshot(epoch).unwrap() {
+                snap.name = format!("w{w}-{}", snap.name);
+                if snap.kind == Kind::Full {
+                    chains[w].clear();
+                }
+                chains[w].push(snap.name.clone());
+                files.insert(snap.name, snap.bytes);
+            }
+        }
+    }
+    assert!(chains.iter().all(|c| c.len() > 1), "deltas were written: {chains:?}");
+    let read = |n: &str| files.get(n).cloned().ok_or_else(|| std::io::Error::other("missing"));
+    for n in [1usize, 2, 3, 8] {
+        let mut seen: HashMap<Vec<u8>, i64> = HashMap::new();
+        for w in 0..n {
+            let groups = worker_groups(w, n);
+            let mut s = StateStore::new(SnapshotPolicy::default());
+            s.restore_groups(&chains, groups.clone(), read).unwrap();
+            for (k, v) in s.entries(&t).unwrap() {
+                assert!(
+                    groups.contains(&key_group(&k)),
+                    "{n} workers: worker {w} got a key of another"
+                );
+                assert!(
+                    seen.insert(k.to_vec(), v).is_none(),
+                    "{n} workers: a key restored twice"
+                );
+            }
+            // rescaled state is written in full at the next checkpoint, changed or not, and
+            // restores from that one file alone
+            let snap = s.snapshot(9).unwrap().expect("a full snapshot after rescaling");
+            assert_eq!(snap.kind, Kind::Full);
+            let mut again = StateStore::new(SnapshotPolicy::default());
+            again.restore(&["x".to_string()], |_| Ok(snap.bytes.clone())).unwrap();
+            assert_eq!(again.entries(&t).unwrap().len(), s.entries(&t).unwrap().len());
+            assert!(s.snapshot(10).unwrap().is_none(), "then deltas again");
+        }
+        assert_eq!(seen, expected, "{n} workers");
+    }
+}
