@@ -89,7 +89,8 @@ struct Started {
 enum Load {
     /// `COPY t (cols) FROM STDIN (FORMAT csv)`: inserts whose every column has a type the
     /// sink writes as text itself (the server's own input functions convert it, as for a
-    /// COPY of a CSV file). About ten times the rate of the statement below.
+    /// COPY of a CSV file). The sink runs 2.4 times as fast as with the statement below
+    /// (BENCHMARKS.md).
     Copy(String),
     /// `INSERT INTO t (cols) SELECT cols FROM jsonb_populate_recordset(NULL::t, $1)
     /// [ON CONFLICT …]`, 5000 rows a statement: upserts, and columns of other types
@@ -348,6 +349,16 @@ impl PostgresPublisher {
         })
     }
 
+    /// The JSON object a staged record stands for: the record itself, or for a dead-letter
+    /// table the row of its envelope.
+    fn row_value<'a>(&self, staged: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        if self.config.dead_letters {
+            std::borrow::Cow::Owned(crate::envelope::row_of(staged, false))
+        } else {
+            std::borrow::Cow::Borrowed(staged)
+        }
+    }
+
     /// The rows of `records`: one CSV body for a COPY, or JSON arrays of at most
     /// `rows_per_statement` objects. Upserts keep the last row of each key (a statement may
     /// not touch a row twice).
@@ -355,24 +366,14 @@ impl PostgresPublisher {
         if matches!(s.load, Load::Copy(_)) {
             let mut csv = Vec::with_capacity(records.iter().map(|r| r.value.len() + 8).sum());
             for (i, r) in records.iter().enumerate() {
-                let value = if self.config.dead_letters {
-                    crate::envelope::row_of(r.value, false)
-                } else {
-                    r.value.to_vec()
-                };
-                columns::csv_row(&s.columns, &value, &mut csv)
+                columns::csv_row(&s.columns, &self.row_value(r.value), &mut csv)
                     .map_err(|e| SinkError::Fatal(format!("record {i} of epoch {epoch}: {e}")))?;
             }
             return Ok(Rows::Csv(csv));
         }
         let mut rows = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
-            let value = if self.config.dead_letters {
-                crate::envelope::row_of(r.value, false)
-            } else {
-                r.value.to_vec()
-            };
-            let row = columns::row(&s.columns, &value)
+            let row = columns::row(&s.columns, &self.row_value(r.value))
                 .map_err(|e| SinkError::Fatal(format!("record {i} of epoch {epoch}: {e}")))?;
             rows.push(row);
         }
